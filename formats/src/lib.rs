@@ -1,0 +1,16 @@
+//! Guix store formats, usable on their own: no daemon logic, no I/O policy.
+//!
+//! - [`base32`], [`hash`]: Nix base32 and hash values in every textual form the daemon uses.
+//! - [`store_path`]: store paths as a validated type, and the store-path computations.
+//! - [`nar`]: the Nix ARchive, streaming writer and strict reader/unpacker.
+//! - [`derivation`]: ATerm derivations, modulo hashes, output paths.
+//! - [`worker`]: the worker protocol 0x164 spoken over the daemon socket.
+//! - [`export`], [`sexp`], [`signature`], [`narinfo`]: `guix archive` export streams, Guix
+//!   canonical S-expressions and Ed25519 signatures, the ACL, narinfo files.
+
+pub mod base32;
+pub mod hash;
+pub mod store_path;
+
+pub use hash::{Hash, HashAlgo};
+pub use store_path::{StoreDir, StorePath};

@@ -1,0 +1,9 @@
+//! The substituter: fetches substitutes over HTTP.
+//!
+//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
+//! nothing can mistake it for a working one.
+
+fn main() {
+    eprintln!("guix-substituter: not implemented yet");
+    std::process::exit(2);
+}
