@@ -217,7 +217,7 @@ pub fn base16_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.chunks(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
@@ -351,7 +351,7 @@ mod tests {
     fn compress() {
         let digest: Vec<u8> = (0u8..32).collect();
         let c = compress_hash(&digest, 20);
-        assert_eq!(c[0], 0 ^ 20);
+        assert_eq!(c[0], 20);
         assert_eq!(c[11], 11 ^ 31);
         assert_eq!(c[12], 12);
     }

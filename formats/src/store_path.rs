@@ -335,7 +335,7 @@ mod tests {
         let a = store().parse("/gnu/store/00000000000000000000000000000000-b").unwrap();
         let b = store().parse("/gnu/store/00000000000000000000000000000000-b-c").unwrap();
         let c = store().parse("/gnu/store/10000000000000000000000000000000-a").unwrap();
-        let mut v = vec![c.clone(), b.clone(), a.clone()];
+        let mut v = [c.clone(), b.clone(), a.clone()];
         v.sort();
         let mut s: Vec<String> = v.iter().map(|p| store().display(p)).collect();
         let sorted = { let mut t = s.clone(); t.sort(); t };
