@@ -24,7 +24,8 @@
 //! The parser accepts exactly the canonical form, so `parse` then `to_aterm` reproduces the
 //! input byte for byte. Compared with the C++ parser (`parseDerivation`), which is lenient, it
 //! additionally refuses, with an error: bytes after the closing `)`, missing or extra commas in
-//! lists, duplicate keys or set members, NUL bytes in strings (C++ would silently truncate them
+//! lists, duplicate keys or set members, unknown escapes and raw newline/CR/tab bytes (both
+//! would print differently), NUL bytes in strings (C++ would silently truncate them
 //! when printing), unsorted maps and sets (C++ re-sorts them, so its hashes would no longer be
 //! of the file's bytes), invalid store paths and output names, and non-ASCII hash fields. The
 //! real client never produces any of these. The grammar is flat (no recursion), so there is no
@@ -64,6 +65,9 @@ pub enum DerivationError {
     /// byte but would print it unescaped, so the file would not round trip.
     #[error("unexpected escape sequence in derivation string at byte {0}")]
     BadEscape(usize),
+    /// A raw newline, carriage return or tab, which the printer always escapes.
+    #[error("unescaped control character in derivation string at byte {0}")]
+    Unescaped(usize),
     /// The C++ parser's wording (`parsePath`).
     #[error("bad path `{0}' in derivation")]
     BadPath(String),
@@ -75,8 +79,6 @@ pub enum DerivationError {
     NonAscii { field: &'static str },
     #[error("duplicate or unsorted {what} `{key}' in derivation")]
     NotSorted { what: &'static str, key: String },
-    #[error("derivation has no outputs")]
-    NoOutputs,
 }
 
 /// The name of a derivation output (`out`, `dev`, …): non-empty, store-name characters only, so
@@ -351,8 +353,11 @@ impl Derivation {
     where
         L: FnMut(&StorePath) -> Result<Derivation, E>,
     {
-        for input in self.input_drvs.keys() {
-            hasher.hash_of(store, input)?;
+        // A fixed-output derivation's hash does not depend on its inputs: don't load them.
+        if !self.is_fixed_output() {
+            for input in self.input_drvs.keys() {
+                hasher.hash_of(store, input)?;
+            }
         }
         self.hash_modulo_with(store, |p| hasher.cached(p).ok_or_else(|| ModuloError::Cycle(store.display(p))))
     }
@@ -645,6 +650,7 @@ impl Parser<'_> {
                         _ => return Err(DerivationError::BadEscape(self.pos - 2)),
                     }
                 }
+                b'\n' | b'\r' | b'\t' => return Err(DerivationError::Unescaped(self.pos - 1)),
                 _ => c,
             };
             if c == 0 {
@@ -694,9 +700,6 @@ impl Parser<'_> {
             let hash = self.ascii("hash")?;
             self.expect(")")?;
             insert_sorted(&mut outputs, id, DerivationOutput { path: Some(path), hash_algo, hash }, "output", |k| k.to_string())?;
-        }
-        if outputs.is_empty() {
-            return Err(DerivationError::NoOutputs);
         }
 
         self.expect(",[")?;
@@ -789,4 +792,227 @@ fn insert_set_sorted<K: Ord>(
     }
     set.insert(key);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store_path::HashPart;
+    use proptest::prelude::*;
+
+    fn store() -> StoreDir {
+        StoreDir::default()
+    }
+
+    fn sp(name: &str, seed: u8) -> StorePath {
+        StorePath::from_parts(HashPart::from_digest(&[seed; 20]), name).unwrap()
+    }
+
+    fn sample() -> Derivation {
+        let mut d = Derivation {
+            outputs: BTreeMap::new(),
+            input_drvs: BTreeMap::new(),
+            input_srcs: [sp("src", 1)].into_iter().collect(),
+            platform: b"x86_64-linux".to_vec(),
+            builder: b"/bin/sh".to_vec(),
+            args: vec![b"-c".to_vec(), b"echo \"hi\"\n".to_vec()],
+            env: BTreeMap::new(),
+        };
+        d.outputs.insert(OutputName::out(), DerivationOutput { path: Some(sp("x", 2)), ..DerivationOutput::blank() });
+        d.input_drvs.insert(sp("in.drv", 3), [OutputName::out()].into_iter().collect());
+        d.env.insert(b"out".to_vec(), b"/gnu/store/x".to_vec());
+        d
+    }
+
+    #[test]
+    fn known_text() {
+        let t = sample().to_aterm(&store());
+        let s = String::from_utf8(t.clone()).unwrap();
+        assert!(s.starts_with("Derive([(\"out\",\"/gnu/store/"));
+        assert!(s.contains(r#"["-c","echo \"hi\"\n"]"#), "{s}");
+        assert_eq!(Derivation::parse(&store(), &t).unwrap(), sample());
+    }
+
+    #[test]
+    fn refuses_non_canonical_and_garbage() {
+        let good = sample().to_aterm(&store());
+        let s = String::from_utf8(good.clone()).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            ([&good[..], b"\n"].concat(), "trailing"),
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            (s.replacen("Derive", "derive", 1).into_bytes(), "keyword"),
+            (s.replacen(r#"["-c","#, r#"["-c""#, 1).into_bytes(), "missing comma"),
+            (s.replacen(r#"["-c","#, r#"[,"-c","#, 1).into_bytes(), "leading comma"),
+            (s.replacen("echo", "ec\\ho", 1).into_bytes(), "bad escape"),
+            (s.replacen("echo", "ec\0ho", 1).into_bytes(), "nul"),
+            (s.replacen(r#"[("out","/gnu"#, r#"[("out","gnu"#, 1).into_bytes(), "relative path"),
+            (s.replacen(r#"[("out","#, r#"[("o t","#, 1).into_bytes(), "output name"),
+            (s.replacen(r#"[("out","#, r#"[("","#, 1).into_bytes(), "empty output name"),
+        ];
+        for (bad, what) in cases {
+            assert!(Derivation::parse(&store(), &bad).is_err(), "{what} accepted");
+        }
+        let mut d = sample();
+        d.env.insert(b"a".to_vec(), b"1".to_vec());
+        let s = String::from_utf8(d.to_aterm(&store())).unwrap();
+        let swapped = s.replacen(r#"("a","1"),("out","/gnu/store/x")"#, r#"("out","/gnu/store/x"),("a","1")"#, 1);
+        assert_ne!(swapped, s);
+        assert!(matches!(
+            Derivation::parse(&store(), swapped.as_bytes()),
+            Err(DerivationError::NotSorted { what: "environment variable", .. })
+        ));
+        let dup = s.replacen(r#"("a","1")"#, r#"("a","1"),("a","1")"#, 1);
+        assert!(matches!(Derivation::parse(&store(), dup.as_bytes()), Err(DerivationError::NotSorted { .. })));
+        // The C++ error wording for a bad path.
+        assert_eq!(DerivationError::BadPath("x".into()).to_string(), "bad path `x' in derivation");
+    }
+
+    #[test]
+    fn empty_lists_and_no_outputs() {
+        let t = br#"Derive([],[],[],"","",[],[])"#;
+        let d = Derivation::parse(&store(), t).unwrap();
+        assert_eq!(d.to_aterm(&store()), t.to_vec());
+        assert!(!d.is_fixed_output());
+    }
+
+    #[test]
+    fn fixed_hash_parsing() {
+        let mut o = DerivationOutput::blank();
+        o.hash_algo = "r:sha1".into();
+        o.hash = "F572D396FAE9206628714FB2CE00F72E94F2258F".into();
+        let (rec, h) = o.fixed_hash().unwrap();
+        assert!(rec);
+        assert_eq!(h.to_base16(), "f572d396fae9206628714fb2ce00f72e94f2258f");
+        o.hash_algo = "sha42".into();
+        assert_eq!(o.fixed_hash().unwrap_err().to_string(), "unknown hash algorithm `sha42'");
+        o.hash_algo = "sha1".into();
+        o.hash = "zz".into();
+        assert_eq!(o.fixed_hash().unwrap_err().to_string(), "invalid hash `zz'");
+    }
+
+    #[test]
+    fn derived_paths() {
+        let st = store();
+        let p = st.display(&sp("a.drv", 4));
+        let d = DerivedPath::parse(&st, &p).unwrap();
+        assert!(d.outputs.is_empty() && d.wants(&OutputName::out()));
+        assert_eq!(d.display(&st), p);
+        let d = DerivedPath::parse(&st, &format!("{p}!out,,dev")).unwrap();
+        assert_eq!(d.display(&st), format!("{p}!dev,out"));
+        assert!(!d.wants(&OutputName::new("doc").unwrap()));
+        assert!(DerivedPath::parse(&st, &format!("{p}!")).unwrap().outputs.is_empty());
+        assert!(DerivedPath::parse(&st, &format!("{p}!a b")).is_err());
+        assert!(DerivedPath::parse(&st, "/tmp/x!out").is_err());
+    }
+
+    #[test]
+    fn cycle_from_a_lying_loader_is_an_error() {
+        let st = store();
+        let a = sp("a.drv", 5);
+        let b = sp("b.drv", 6);
+        let mk = |input: &StorePath| {
+            let mut d = sample();
+            d.input_drvs.clear();
+            d.input_drvs.insert(input.clone(), [OutputName::out()].into_iter().collect());
+            d
+        };
+        let (da, db) = (mk(&b), mk(&a));
+        let mut h = ModuloHasher::new(|p: &StorePath| -> Result<Derivation, ()> {
+            Ok(if p == &a { da.clone() } else { db.clone() })
+        });
+        assert!(matches!(h.hash_of(&st, &a), Err(ModuloError::Cycle(_))));
+    }
+
+    #[test]
+    fn deep_chain_does_not_overflow() {
+        // A chain far deeper than real ones (a few hundred) is hashed with an explicit stack.
+        let st = store();
+        let path = |i: u32| {
+            let mut d = [0u8; 20];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            StorePath::from_parts(HashPart::from_digest(&d), "c.drv").unwrap()
+        };
+        let paths: Vec<StorePath> = (0..3000).map(path).collect();
+        let index: HashMap<&StorePath, usize> = paths.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        let mut loads = 0usize;
+        let mut h = ModuloHasher::new(|p: &StorePath| -> Result<Derivation, ()> {
+            loads += 1;
+            let i = *index.get(p).ok_or(())?;
+            let mut d = sample();
+            d.input_drvs.clear();
+            if let Some(next) = paths.get(i + 1) {
+                d.input_drvs.insert(next.clone(), [OutputName::out()].into_iter().collect());
+            }
+            Ok(d)
+        });
+        let top = h.hash_of(&st, &paths[0]).unwrap();
+        assert_eq!(h.hash_of(&st, &paths[0]).unwrap(), top);
+        drop(h);
+        assert_eq!(loads, paths.len(), "each input loaded once");
+    }
+
+    fn bytes_no_nul() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(1u8..=255, 0..24)
+    }
+
+    fn store_path() -> impl Strategy<Value = StorePath> {
+        (proptest::array::uniform20(any::<u8>()), "[a-z0-9][a-z0-9+._-]{0,12}")
+            .prop_map(|(d, n)| StorePath::from_parts(HashPart::from_digest(&d), &n).unwrap())
+    }
+
+    fn output_name() -> impl Strategy<Value = OutputName> {
+        "[a-zA-Z0-9+._?=-]{1,8}".prop_map(|s| OutputName::new(&s).unwrap())
+    }
+
+    prop_compose! {
+        fn derivation()(
+            outputs in proptest::collection::btree_map(output_name(), (store_path(), "(r:)?[a-z0-9]{0,6}", "[0-9a-f]{0,8}"), 0..4),
+            input_drvs in proptest::collection::btree_map(store_path(), proptest::collection::btree_set(output_name(), 0..3), 0..4),
+            input_srcs in proptest::collection::btree_set(store_path(), 0..4),
+            platform in bytes_no_nul(),
+            builder in bytes_no_nul(),
+            args in proptest::collection::vec(bytes_no_nul(), 0..4),
+            env in proptest::collection::btree_map(bytes_no_nul(), bytes_no_nul(), 0..6),
+        ) -> Derivation {
+            let outputs = outputs
+                .into_iter()
+                .map(|(n, (p, a, h))| (n, DerivationOutput { path: Some(p), hash_algo: a, hash: h }))
+                .collect();
+            Derivation { outputs, input_drvs, input_srcs, platform, builder, args, env }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn print_parse_round_trip(d in derivation()) {
+            let t = d.to_aterm(&store());
+            let back = Derivation::parse(&store(), &t).unwrap();
+            prop_assert_eq!(&back, &d);
+            prop_assert_eq!(back.to_aterm(&store()), t);
+        }
+
+        #[test]
+        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Derivation::parse(&store(), &b);
+            let mut with_prefix = b"Derive([".to_vec();
+            with_prefix.extend_from_slice(&b);
+            let _ = Derivation::parse(&store(), &with_prefix);
+        }
+
+        #[test]
+        fn mutated_derivations_never_panic(d in derivation(), pos in any::<usize>(), byte in any::<u8>(), cut in any::<bool>()) {
+            let mut t = d.to_aterm(&store());
+            let i = pos % t.len();
+            if cut { t.truncate(i) } else { t[i] = byte }
+            if let Ok(p) = Derivation::parse(&store(), &t) {
+                // Whatever is accepted is canonical.
+                prop_assert_eq!(p.to_aterm(&store()), t);
+            }
+        }
+
+        #[test]
+        fn derived_path_never_panics(s in "\\PC{0,80}") {
+            let _ = DerivedPath::parse(&store(), &s);
+        }
+    }
 }
