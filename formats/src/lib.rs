@@ -12,6 +12,7 @@ pub mod base32;
 pub mod hash;
 pub mod store_path;
 pub mod wire;
+pub mod worker;
 
 pub use hash::{Hash, HashAlgo};
 pub use store_path::{StoreDir, StorePath};
