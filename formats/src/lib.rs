@@ -13,6 +13,7 @@ pub mod derivation;
 pub mod hash;
 pub mod store_path;
 pub mod wire;
+pub mod worker;
 
 pub use hash::{Hash, HashAlgo};
 pub use store_path::{StoreDir, StorePath};

@@ -1,0 +1,155 @@
+;;; Known-answer vectors for the worker protocol, produced by the REAL Guix client against the
+;;; REAL C++ daemon.
+;;;
+;;; Run (from the worktree):
+;;;   /work/shared/guix-ref/run -q --bind $PWD/formats/tests/vectors:/vectors -- \
+;;;       guix repl /vectors/gen/worker.scm
+;;; Writes /vectors/worker.txt.
+;;;
+;;; How: the client's connection goes through a custom binary port wrapping the daemon socket,
+;;; which logs every byte in each direction. The client never pipelines, so the log is
+;;; causally ordered. Output format, one item per line:
+;;;   # comment
+;;;   = LABEL          start of one exchange (the Guile procedure called)
+;;;   C HEX            bytes the client sent (consecutive chunks merged)
+;;;   S HEX            bytes the daemon sent (consecutive chunks merged)
+;;; The first exchange, "handshake", alternates C/S lines; every other exchange is one C line
+;;; (opcode, fields, and for add-to-store the NAR) followed by one S line (STDERR frames and
+;;; the reply). Store paths depend only on the contents below; registration times do not
+;;; repeat between runs. Nothing here depends on the rootfs's signing key.
+
+(use-modules (guix store)
+             (rnrs bytevectors)
+             (rnrs io ports)
+             (ice-9 format)
+             (srfi srfi-1))
+
+(define sock (socket PF_UNIX SOCK_STREAM 0))
+(connect sock AF_UNIX "/var/guix/daemon-socket/socket")
+
+(define log '())                                  ;reversed list of (tag . bytevector)
+(define (log! tag bv) (set! log (cons (cons tag bv) log)))
+
+(define (read! bv start count)
+  (let* ((buf (make-bytevector count))
+         (n   (recv! sock buf)))
+    (bytevector-copy! buf 0 bv start n)
+    (when (> n 0)
+      (let ((got (make-bytevector n)))
+        (bytevector-copy! buf 0 got 0 n)
+        (log! 'S got)))
+    n))
+
+(define (write! bv start count)
+  (let ((out (make-bytevector count)))
+    (bytevector-copy! bv start out 0 count)
+    (log! 'C out)
+    (put-bytevector sock out)
+    (force-output sock)
+    count))
+
+(define port
+  (make-custom-binary-input/output-port "logging-daemon-port" read! write! #f #f #f))
+(setvbuf port 'none)
+
+(define (mark! label) (log! 'M (string->utf8 label)))
+
+(define (write-file* name content)
+  (call-with-output-file name (lambda (p) (display content p))))
+
+;; Files for add-to-store.
+(write-file* "/tmp/flat.txt" "flat file\n")
+(mkdir "/tmp/tree")
+(write-file* "/tmp/tree/a.txt" "hello\n")
+(write-file* "/tmp/tree/run.sh" "#!/bin/sh\necho hi\n")
+(chmod "/tmp/tree/run.sh" #o755)
+(symlink "a.txt" "/tmp/tree/link")
+
+(mark! "handshake")
+(define conn (open-connection #:port port #:reserve-space? #f))
+
+(mark! "set-build-options")
+(set-build-options conn #:keep-going? #t #:fallback? #t #:verbosity 1
+                   #:max-silent-time 3600 #:timeout 7200 #:build-cores 2
+                   #:max-build-jobs 4 #:use-substitutes? #f
+                   #:substitute-urls '("http://a.example" "http://b.example")
+                   #:rounds 2 #:print-build-trace #t
+                   #:multiplexed-build-output? #t)
+
+(mark! "add-text-to-store")
+(define hi (add-text-to-store conn "hi" "hello\n" '()))
+
+(mark! "add-text-to-store/refs")
+(define with-refs (add-text-to-store conn "with-refs" (string-append "uses " hi) (list hi)))
+
+(mark! "valid-path?")
+(valid-path? conn hi)
+
+(mark! "valid-path?/unknown")
+(valid-path? conn "/gnu/store/00000000000000000000000000000000-nope")
+
+(mark! "query-path-info")
+(query-path-info conn with-refs)
+
+(mark! "query-path-info/invalid")
+(false-if-exception (query-path-info conn "/gnu/store/00000000000000000000000000000000-nope"))
+
+(mark! "query-path-hash")
+(query-path-hash conn hi)
+
+(mark! "references")
+(references conn with-refs)
+
+(mark! "referrers")
+(referrers conn hi)
+
+(mark! "add-to-store/flat")
+(add-to-store conn "flat.txt" #f "sha256" "/tmp/flat.txt")
+
+(mark! "add-to-store/recursive")
+(add-to-store conn "tree" #t "sha256" "/tmp/tree")
+
+(mark! "add-temp-root")
+(add-temp-root conn hi)
+
+(mark! "valid-path?/refs")
+(valid-path? conn with-refs)
+
+(mark! "built-in-builders")
+(built-in-builders conn)
+
+(mark! "substitute-urls")
+(substitute-urls conn)
+
+(close-connection conn)
+
+;; Merge consecutive chunks of the same direction and write the vector file.
+(define (hex bv)
+  (string-concatenate
+   (map (lambda (b) (format #f "~2,'0x" b)) (bytevector->u8-list bv))))
+
+(define (concat bvs)
+  (let* ((len (fold + 0 (map bytevector-length bvs)))
+         (out (make-bytevector len)))
+    (let loop ((bvs bvs) (off 0))
+      (unless (null? bvs)
+        (bytevector-copy! (car bvs) 0 out off (bytevector-length (car bvs)))
+        (loop (cdr bvs) (+ off (bytevector-length (car bvs))))))
+    out))
+
+(call-with-output-file "/vectors/worker.txt"
+  (lambda (out)
+    (format out "# Worker protocol exchanges of the real Guix 1.5.0 client (guix/store.scm) with the~%")
+    (format out "# real C++ guix-daemon 1.5.0. Generated by gen/worker.scm; format documented there.~%")
+    (let loop ((items (reverse log)) (tag #f) (acc '()))
+      (define (flush!)
+        (when tag
+          (if (eq? tag 'M)
+              (format out "= ~a~%" (utf8->string (concat (reverse acc))))
+              (format out "~a ~a~%" tag (hex (concat (reverse acc)))))))
+      (cond ((null? items) (flush!))
+            ((and (eq? (caar items) tag) (not (eq? tag 'M)))
+             (loop (cdr items) tag (cons (cdar items) acc)))
+            (else
+             (flush!)
+             (loop (cdr items) (caar items) (list (cdar items))))))))
