@@ -10,6 +10,7 @@
 
 pub mod base32;
 pub mod hash;
+pub mod nar;
 pub mod store_path;
 pub mod wire;
 
