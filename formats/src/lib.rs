@@ -10,7 +10,9 @@
 
 pub mod base32;
 pub mod derivation;
+pub mod export;
 pub mod hash;
+pub mod nar;
 pub mod store_path;
 pub mod wire;
 pub mod worker;
