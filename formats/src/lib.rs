@@ -10,6 +10,8 @@
 
 pub mod base32;
 pub mod hash;
+pub mod sexp;
+pub mod signature;
 pub mod store_path;
 pub mod wire;
 
