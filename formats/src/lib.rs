@@ -10,6 +10,7 @@
 
 pub mod base32;
 pub mod hash;
+pub mod narinfo;
 pub mod sexp;
 pub mod signature;
 pub mod store_path;

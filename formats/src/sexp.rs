@@ -608,7 +608,6 @@ pub(crate) fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Standard base64 with padding, no line breaks (Guix's `base64-encode`).
-#[allow(dead_code)] // used by narinfo
 pub(crate) fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);

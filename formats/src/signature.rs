@@ -423,7 +423,7 @@ fn ecdsa_verify(sig_val: &Sexp, data: &Sexp, public: &PublicKey) -> bool {
 
 /// The digest a `(data … (hash ALGO VALUE))` S-expression carries (Guix's
 /// `hash-data->bytevector`), provided ALGO is a hash algorithm and VALUE is non-empty.
-fn signed_hash(data: &Sexp) -> Option<&[u8]> {
+pub fn signed_hash(data: &Sexp) -> Option<&[u8]> {
     let hash = data.find_token("hash")?;
     if hash.as_list()?.len() != 3 {
         return None;
