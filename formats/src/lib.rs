@@ -6,13 +6,17 @@
 //! - [`derivation`]: ATerm derivations, modulo hashes, output paths.
 //! - [`worker`]: the worker protocol 0x164 spoken over the daemon socket.
 //! - [`export`], [`sexp`], [`signature`], [`narinfo`]: `guix archive` export streams, Guix
-//!   canonical S-expressions and Ed25519 signatures, the ACL, narinfo files.
+//!   S-expressions and their signatures (libgcrypt's ECDSA over the Ed25519 curve, as Guix
+//!   keys are used), the ACL, narinfo files.
 
 pub mod base32;
 pub mod derivation;
 pub mod export;
 pub mod hash;
 pub mod nar;
+pub mod narinfo;
+pub mod sexp;
+pub mod signature;
 pub mod store_path;
 pub mod wire;
 pub mod worker;
