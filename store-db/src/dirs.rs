@@ -1,0 +1,316 @@
+//! The store and state directories, and what the C++ daemon creates in them when it opens the
+//! store (`LocalStore::LocalStore`): the store itself, `.links`, `profiles/per-user`,
+//! `temproots`, `gcroots` (+ `gcroots/profiles`), the database directory with `reserved`,
+//! `big-lock` (held shared for the process lifetime) and the `schema` check.
+
+use std::ffi::OsString;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use guix_formats::StoreDir;
+use nix::fcntl::{fcntl, FcntlArg};
+
+use crate::db::{check_schema_version, read_schema_version};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_STORE_DIR: &str = "/gnu/store";
+pub const DEFAULT_STATE_DIR: &str = "/var/guix";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/guix";
+/// `gc-reserved-space` default: 8 MiB.
+pub const DEFAULT_RESERVED_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Where the store and its state live, read from the same environment variables as the C++
+/// daemon (`processEnvironment`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDirs {
+    store_dir: PathBuf,
+    state_dir: PathBuf,
+    db_dir: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl StateDirs {
+    /// From the process environment.
+    pub fn from_env() -> Result<StateDirs> {
+        StateDirs::from_lookup(|k| std::env::var_os(k))
+    }
+
+    /// From an environment lookup: `NIX_STORE_DIR` (else `NIX_STORE`, else `/gnu/store`),
+    /// `GUIX_STATE_DIRECTORY` (`/var/guix`), `GUIX_DATABASE_DIRECTORY` (`$state/db`, not
+    /// canonicalised, as in C++), `GUIX_LOG_DIRECTORY` (`/var/log/guix`). A variable that is set
+    /// counts even when empty (and then fails: not absolute).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<StateDirs> {
+        let or = |k: &str, d: &str| get(k).unwrap_or_else(|| d.into());
+        let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.into());
+        let state_dir = canon_path(&or("GUIX_STATE_DIRECTORY", DEFAULT_STATE_DIR))?;
+        let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| state_dir.join("db"));
+        Ok(StateDirs {
+            store_dir: canon_path(&store)?,
+            state_dir,
+            db_dir,
+            log_dir: canon_path(&or("GUIX_LOG_DIRECTORY", DEFAULT_LOG_DIR))?,
+        })
+    }
+
+    /// Explicit directories (tests, tools). The store directory must be valid UTF-8.
+    pub fn new(store_dir: PathBuf, state_dir: PathBuf, db_dir: PathBuf, log_dir: PathBuf) -> StateDirs {
+        StateDirs { store_dir, state_dir, db_dir, log_dir }
+    }
+
+    /// Everything under one root (`ROOT/store`, `ROOT/var-guix`, `ROOT/var-guix/db`,
+    /// `ROOT/var-log-guix`): the layout of the rig's `--keep` directory.
+    pub fn under(root: &Path) -> StateDirs {
+        let state = root.join("var-guix");
+        StateDirs::new(root.join("store"), state.clone(), state.join("db"), root.join("var-log-guix"))
+    }
+
+    pub fn store_path(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The store directory as the prefix of store paths.
+    pub fn store_dir(&self) -> Result<StoreDir> {
+        let s = self.store_dir.to_str().ok_or_else(|| Error::NotUtf8(self.store_dir.display().to_string()))?;
+        StoreDir::new(s).map_err(|_| Error::NotAbsolute(s.to_owned()))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn db_dir(&self) -> &Path {
+        &self.db_dir
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.store_dir.join(".links")
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.state_dir.join("profiles")
+    }
+
+    pub fn per_user_dir(&self) -> PathBuf {
+        self.profiles_dir().join("per-user")
+    }
+
+    pub fn temproots_dir(&self) -> PathBuf {
+        self.state_dir.join("temproots")
+    }
+
+    pub fn gcroots_dir(&self) -> PathBuf {
+        self.state_dir.join("gcroots")
+    }
+
+    pub fn big_lock_path(&self) -> PathBuf {
+        self.db_dir.join("big-lock")
+    }
+
+    pub fn reserved_path(&self) -> PathBuf {
+        self.db_dir.join("reserved")
+    }
+
+    /// Creates the store and state layout as the C++ daemon does at store open, takes the big
+    /// lock (shared) and checks `db/schema`. Keep the returned [`StoreLock`] for the lifetime
+    /// of the process. A read-only store mount is an error (the C++ daemon remounts it in a
+    /// private namespace when root; not done here).
+    pub fn init(&self, opts: &InitOptions) -> Result<StoreLock> {
+        create_dirs(&self.store_dir)?;
+        check_store_writable(&self.store_dir)?;
+        create_dirs(&self.links_dir())?;
+        create_dirs(&self.profiles_dir())?;
+        create_dirs(&self.temproots_dir())?;
+        create_dirs(&self.db_dir)?;
+        let gcroots = self.gcroots_dir();
+        if std::fs::symlink_metadata(&gcroots).is_err() {
+            create_dirs(&gcroots)?;
+            let link = gcroots.join("profiles");
+            std::os::unix::fs::symlink(self.profiles_dir(), &link)
+                .map_err(Error::sys(format!("creating symlink to `{}'", link.display())))?;
+        }
+        let per_user = self.per_user_dir();
+        create_dirs(&per_user)?;
+
+        if let Some(group) = &opts.build_users_group {
+            if nix::unistd::getuid().is_root() {
+                set_multi_user_permissions(&self.store_dir, &per_user, group)?;
+            }
+        }
+        check_store_not_symlink(&self.store_dir)?;
+
+        // Errors are ignored, as in C++: the reserve only helps the GC on a full disk.
+        let reserved = self.reserved_path();
+        if opts.reserve_space {
+            let _ = reserve(&reserved, opts.reserved_size);
+        } else {
+            let _ = std::fs::remove_file(&reserved);
+        }
+
+        let lock_path = self.big_lock_path();
+        let big_lock = match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lock_path) {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {
+                return Ok(StoreLock { big_lock: None });
+            }
+            Err(e) => return Err(Error::sys(format!("opening lock file `{}'", lock_path.display()))(e)),
+        };
+        if !read_lock(&big_lock, false)? {
+            eprintln!("waiting for the big store lock...");
+            read_lock(&big_lock, true)?;
+        }
+        check_schema_version(read_schema_version(&self.db_dir)?)?;
+        Ok(StoreLock { big_lock: Some(big_lock) })
+    }
+}
+
+/// Options of [`StateDirs::init`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    /// Keep `db/reserved` at `reserved_size` bytes (false: delete it, as the GC does).
+    pub reserve_space: bool,
+    /// `gc-reserved-space`.
+    pub reserved_size: u64,
+    /// `--build-users-group`: when running as root, the store becomes `root:<group>` 01775
+    /// and `profiles/per-user` 0755.
+    pub build_users_group: Option<String>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { reserve_space: true, reserved_size: DEFAULT_RESERVED_SIZE, build_users_group: None }
+    }
+}
+
+/// The shared lock on `db/big-lock`, held until dropped. Without it (`big-lock` not openable:
+/// `EACCES`) the store is read-only, as in the C++ daemon.
+#[derive(Debug)]
+pub struct StoreLock {
+    big_lock: Option<OwnedFd>,
+}
+
+impl StoreLock {
+    /// Whether the big lock could not be opened (the C++ `readOnlyMode`).
+    pub fn read_only(&self) -> bool {
+        self.big_lock.is_none()
+    }
+}
+
+/// `createDirs`: `mkdir -p`, mode 0755 (0777 under the daemon's umask 022).
+fn create_dirs(path: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(Error::sys(format!("creating directory `{}'", path.display())))
+}
+
+/// `canonPath` without symlink resolution: absolute, no `.`, `..` or repeated slashes.
+fn canon_path(p: &OsString) -> Result<PathBuf> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(Error::NotAbsolute(path.display().to_string()));
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+fn check_store_writable(store: &Path) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(store)
+        .map_err(|e| Error::sys("getting info about the store mount point")(e.into()))?;
+    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Err(Error::StoreReadOnly(store.display().to_string()));
+    }
+    Ok(())
+}
+
+/// `checkStoreNotSymlink` (skipped when `NIX_IGNORE_SYMLINK_STORE=1`).
+fn check_store_not_symlink(store: &Path) -> Result<()> {
+    if std::env::var_os("NIX_IGNORE_SYMLINK_STORE").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
+    let mut p = Some(store);
+    while let Some(path) = p.filter(|p| *p != Path::new("/")) {
+        let md = std::fs::symlink_metadata(path).map_err(Error::sys(format!("getting status of `{}'", path.display())))?;
+        if md.file_type().is_symlink() {
+            return Err(Error::StoreIsSymlink(path.display().to_string()));
+        }
+        p = path.parent();
+    }
+    Ok(())
+}
+
+fn set_multi_user_permissions(store: &Path, per_user: &Path, group: &str) -> Result<()> {
+    std::fs::set_permissions(per_user, std::fs::Permissions::from_mode(0o755))
+        .map_err(Error::sys(format!("could not set permissions on '{}' to 755", per_user.display())))?;
+    let gr = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::NoSuchGroup(group.to_owned()))?;
+    let md = std::fs::metadata(store).map_err(Error::sys(format!("getting attributes of path '{}'", store.display())))?;
+    const PERM: u32 = 0o1775;
+    if md.uid() != 0 || md.gid() != gr.gid.as_raw() || md.mode() & 0o7777 != PERM {
+        nix::unistd::chown(store, Some(nix::unistd::Uid::from_raw(0)), Some(gr.gid))
+            .map_err(|e| Error::sys(format!("changing ownership of path '{}'", store.display()))(e.into()))?;
+        std::fs::set_permissions(store, std::fs::Permissions::from_mode(PERM))
+            .map_err(Error::sys(format!("changing permissions on path '{}'", store.display())))?;
+    }
+    Ok(())
+}
+
+/// Makes `db/reserved` exactly `size` bytes (`posix_fallocate`, else writing `X`s).
+fn reserve(path: &Path, size: u64) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
+        return Ok(());
+    }
+    let f = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    let len = i64::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
+    if nix::fcntl::posix_fallocate(f.as_raw_fd(), 0, len).is_err() {
+        use std::io::Write;
+        let chunk = vec![b'X'; 64 * 1024];
+        let mut left = size;
+        let mut w = &f;
+        while left > 0 {
+            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+            w.write_all(chunk.get(..n).unwrap_or(&chunk))?;
+            left -= n as u64;
+        }
+        f.set_len(size)?;
+    }
+    Ok(())
+}
+
+/// `lockFile(fd, ltRead, wait)`: a shared POSIX record lock on the whole file. Returns false
+/// when `wait` is false and another process holds a write lock.
+fn read_lock(fd: &OwnedFd, wait: bool) -> Result<bool> {
+    let lock = nix::libc::flock {
+        l_type: nix::libc::F_RDLCK as _,
+        l_whence: nix::libc::SEEK_SET as _,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    loop {
+        let arg = if wait { FcntlArg::F_SETLKW(&lock) } else { FcntlArg::F_SETLK(&lock) };
+        match fcntl(fd.as_raw_fd(), arg) {
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN) if !wait => return Ok(false),
+            Err(e) => return Err(Error::sys("acquiring/releasing lock")(e.into())),
+        }
+    }
+}
