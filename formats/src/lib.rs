@@ -9,6 +9,7 @@
 //!   canonical S-expressions and Ed25519 signatures, the ACL, narinfo files.
 
 pub mod base32;
+pub mod derivation;
 pub mod hash;
 pub mod store_path;
 pub mod wire;
