@@ -454,3 +454,165 @@ Usage: guix-daemon-rs [-?V] [-c N] [-M N] [--build-users-group=GROUP]
             [--system=SYSTEM] [--timeout=SECONDS] [--help] [--usage]
             [--version]
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "guix-daemon-rs";
+
+    fn ok(args: &[&str]) -> Options {
+        let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse(P, &v).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
+    }
+    fn err(args: &[&str]) -> Exit {
+        let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse(P, &v).expect_err("should fail")
+    }
+    fn usage(msg: &str) -> Exit {
+        Exit::usage_error(P, msg.to_owned())
+    }
+
+    #[test]
+    fn defaults() {
+        let o = ok(&[]);
+        assert_eq!(o, Options::default());
+        assert!(o.gc_keep_derivations && !o.gc_keep_outputs);
+        assert_eq!(o.log_compression, LogCompression::Gzip);
+    }
+
+    #[test]
+    fn every_option() {
+        let o = ok(&[
+            "--system=i686-linux", "-c", "4", "-M3", "--timeout", "10", "--max-silent-time=20", "--disable-chroot",
+            "--chroot-directory=/a", "--chroot-directory", "/b=/c", "--build-users-group=guixbuild", "--no-substitutes",
+            "--substitute-urls=https://a https://b", "--no-offload", "--cache-failures", "--rounds=3", "--lose-logs",
+            "--log-compression=bzip2", "--discover=no", "--disable-deduplication", "--impersonate-linux-2.6",
+            "--isolate-host-loopback", "--gc-keep-outputs", "--gc-keep-derivations=NO", "--listen=/x/s", "--listen",
+            "/y/s", "--debug", "--rs-libexec-dir=/lib", "--rs-metrics-listen=127.0.0.1:9100",
+        ]);
+        assert_eq!(o.system.as_deref(), Some("i686-linux"));
+        assert_eq!(o.cores.as_deref(), Some("4"));
+        assert_eq!(o.max_jobs.as_deref(), Some("3"));
+        assert_eq!(o.timeout.as_deref(), Some("10"));
+        assert_eq!(o.max_silent_time.as_deref(), Some("20"));
+        assert!(o.disable_chroot && o.no_substitutes && o.no_offload && o.cache_failures && o.lose_logs);
+        assert_eq!(o.chroot_dirs, vec!["/a", "/b=/c"]);
+        assert_eq!(o.build_users_group.as_deref(), Some("guixbuild"));
+        assert_eq!(o.substitute_urls.as_deref(), Some("https://a https://b"));
+        assert_eq!(o.build_repeat, 2);
+        assert_eq!(o.log_compression, LogCompression::Bzip2);
+        assert!(!o.discover && o.disable_deduplication && o.impersonate_linux_26 && o.isolate_host_loopback);
+        assert!(o.gc_keep_outputs && !o.gc_keep_derivations);
+        assert_eq!(o.listen, vec!["/x/s", "/y/s"]);
+        assert!(o.debug);
+        assert_eq!(o.rs_libexec_dir, Some(PathBuf::from("/lib")));
+        assert_eq!(o.rs_metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn aliases_and_abbreviations() {
+        assert!(ok(&["--disable-store-optimization"]).disable_deduplication);
+        assert!(ok(&["--no-build-hook"]).no_offload);
+        assert_eq!(ok(&["--disable-log-compression"]).log_compression, LogCompression::None);
+        assert_eq!(ok(&["--list=/s"]).listen, vec!["/s"]);
+        assert!(ok(&["--debu"]).debug);
+        assert!(ok(&["--disc=YES"]).discover);
+        assert!(ok(&["--disable-s"]).disable_deduplication);
+        assert_eq!(ok(&["--log-c=none"]).log_compression, LogCompression::None);
+        // Aliases of one option are not ambiguous.
+        assert!(ok(&["--no-b"]).no_offload);
+    }
+
+    #[test]
+    fn short_options_cluster() {
+        let o = ok(&["-c4", "-M", "2"]);
+        assert_eq!((o.cores.as_deref(), o.max_jobs.as_deref()), (Some("4"), Some("2")));
+        assert_eq!(ok(&["-Mx"]).max_jobs.as_deref(), Some("x"));
+        assert_eq!(err(&["-Vc4"]).stdout, format!("{VERSION_LINE}\n"));
+    }
+
+    #[test]
+    fn booleans() {
+        for (v, b) in [("yes", true), ("YES", true), ("No", false), ("no", false)] {
+            assert_eq!(ok(&[&format!("--gc-keep-outputs={v}")]).gc_keep_outputs, b);
+        }
+        assert_eq!(err(&["--gc-keep-outputs=maybe"]), Exit::error("'maybe': invalid Boolean value".into()));
+        assert_eq!(err(&["--discover="]), Exit::error("'': invalid Boolean value".into()));
+        assert_eq!(err(&["--gc-keep-derivations=1"]).code, 1);
+        // An optional value is only taken after `=`.
+        assert_eq!(err(&["--discover", "maybe"]), usage("Too many arguments"));
+    }
+
+    #[test]
+    fn log_compression_and_rounds_errors() {
+        assert_eq!(err(&["--log-compression=zstd"]), Exit::error("zstd: unknown compression type".into()));
+        assert_eq!(err(&["--log-compression=GZIP"]), Exit::error("GZIP: unknown compression type".into()));
+        assert_eq!(err(&["--rounds=x"]), Exit::error("x: invalid number of rounds".into()));
+        assert_eq!(err(&["--rounds=5x"]), Exit::error("5x: invalid number of rounds".into()));
+        assert_eq!(err(&["--rounds= "]).code, 1);
+        assert_eq!(ok(&["--rounds=0"]).build_repeat, 0);
+        assert_eq!(ok(&["--rounds="]).build_repeat, 0);
+        assert_eq!(ok(&["--rounds= +7"]).build_repeat, 6);
+        assert_eq!(ok(&["--rounds=99999999999999999999"]).build_repeat, u64::MAX - 1);
+        assert_eq!(err(&["--rs-metrics-listen=nope"]).code, 1);
+    }
+
+    #[test]
+    fn usage_errors_exit_64() {
+        assert_eq!(err(&["--bogus"]), usage("unrecognized option '--bogus'"));
+        assert_eq!(err(&["--allow-aslr"]), usage("unrecognized option '--allow-aslr'"));
+        assert_eq!(err(&["-x"]), usage("invalid option -- 'x'"));
+        assert_eq!(err(&["-h"]), usage("invalid option -- 'h'"));
+        assert_eq!(err(&["--listen"]), usage("option '--listen' requires an argument"));
+        assert_eq!(err(&["-c"]), usage("option requires an argument -- 'c'"));
+        assert_eq!(err(&["--debug=x"]), usage("option '--debug' doesn't allow an argument"));
+        assert_eq!(err(&["--version=3"]), usage("option '--version' doesn't allow an argument"));
+        assert_eq!(err(&["extra"]), usage("Too many arguments"));
+        assert_eq!(err(&["--", "--debug"]), usage("Too many arguments"));
+        assert_eq!(
+            err(&["--dis"]),
+            usage("option '--dis' is ambiguous; possibilities: '--disable-chroot' '--disable-log-compression' '--discover' '--disable-deduplication' '--disable-store-optimization'")
+        );
+        let e = err(&["--bogus"]);
+        assert_eq!(e.code, 64);
+        assert_eq!(
+            e.stderr,
+            "guix-daemon-rs: unrecognized option '--bogus'\nTry `guix-daemon-rs --help' or `guix-daemon-rs --usage' for more information.\n"
+        );
+    }
+
+    #[test]
+    fn options_act_in_order() {
+        assert_eq!(err(&["--help", "--bogus"]).code, 0);
+        assert_eq!(err(&["--bogus", "--help"]).code, 64);
+        assert_eq!(err(&["-V", "-x"]).stdout, format!("{VERSION_LINE}\n"));
+        assert_eq!(err(&["--gc-keep-outputs=maybe", "--bogus"]).code, 1);
+    }
+
+    #[test]
+    fn help_usage_version() {
+        for a in ["--help", "-?", "--he"] {
+            let e = err(&[a]);
+            assert_eq!(e.code, 0);
+            assert!(e.stdout.starts_with("Usage: guix-daemon-rs [OPTION...]\n"));
+        }
+        let help = help_text();
+        for o in OPTIONS.iter().filter(|o| !matches!(o.long, "no-build-hook" | "disable-log-compression" | "disable-store-optimization")) {
+            assert!(help.contains(&format!("--{}", o.long)), "help lacks --{}", o.long);
+        }
+        assert!(err(&["--usage"]).stdout.starts_with("Usage: guix-daemon-rs [-?V]"));
+        assert_eq!(err(&["--version"]).stdout, format!("{VERSION_LINE}\n"));
+        assert!(VERSION_LINE.contains("compatible with guix-daemon (GNU Guix) 1.5.0"));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let pieces = ["-", "--", "=", "-c", "--c", "--listen", "x", "é", "-é", "--é=é", "-M", "--rounds=", "-?V"];
+        for a in pieces {
+            for b in pieces {
+                let _ = parse(P, &[a.to_owned(), b.to_owned()]);
+            }
+        }
+    }
+}

@@ -238,3 +238,106 @@ pub fn build_config(opts: &Options, paths: &Paths, client_sockets: ClientSockets
         system: opts.system.clone().unwrap_or_else(default_system),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn paths(vars: &[(&str, &str)]) -> Paths {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Paths::from_env(|k| m.get(k).cloned()).unwrap()
+    }
+
+    fn config(opts: &Options) -> Result<DaemonConfig, SettingError> {
+        let p = paths(&[]);
+        let addrs = listen_addrs(opts, &p)?;
+        build_config(opts, &p, ClientSockets::Opened(addrs))
+    }
+
+    #[test]
+    fn environment() {
+        let p = paths(&[]);
+        assert_eq!(p.store_dir, PathBuf::from("/gnu/store"));
+        assert_eq!(p.db_dir, PathBuf::from("/var/guix/db"));
+        assert_eq!(p.default_socket(), PathBuf::from("/var/guix/daemon-socket/socket"));
+        assert_eq!(p.guix_program, PathBuf::from("/usr/bin/guix"));
+        let p = paths(&[
+            ("NIX_STORE", "/other"),
+            ("GUIX_STATE_DIRECTORY", "/s"),
+            ("GUIX_LOG_DIRECTORY", "/l"),
+            ("GUIX_CONFIGURATION_DIRECTORY", "/c"),
+            ("NIX_BIN_DIR", "/bin"),
+        ]);
+        assert_eq!(p.store_dir, PathBuf::from("/other"));
+        assert_eq!((p.db_dir.as_path(), p.log_dir.as_path(), p.conf_dir.as_path()), (Path::new("/s/db"), Path::new("/l"), Path::new("/c")));
+        assert_eq!(p.guix_program, PathBuf::from("/bin/guix"));
+        assert_eq!(p.control_socket(), PathBuf::from("/s/daemon-socket/rs-control"));
+        let p = paths(&[("NIX_STORE_DIR", "/a//b/./c/../store/"), ("NIX_STORE", "/ignored"), ("GUIX_DATABASE_DIRECTORY", "/d"), ("GUIX", "/g")]);
+        assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
+        assert_eq!((p.db_dir.as_path(), p.guix_program.as_path()), (Path::new("/d"), Path::new("/g")));
+        assert!(Paths::from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
+    }
+
+    #[test]
+    fn integer_settings() {
+        let c = config(&Options::default()).unwrap();
+        assert_eq!((c.max_build_jobs, c.build_cores, c.max_silent_time, c.build_timeout), (1, 0, 3600, 86400));
+        let o = Options { cores: Some("-1".into()), max_jobs: Some(" +5".into()), timeout: Some("-3".into()), ..Options::default() };
+        let c = config(&o).unwrap();
+        assert_eq!((c.build_cores, c.max_build_jobs, c.build_timeout), (u32::MAX, 5, -3));
+        for (o, key) in [
+            (Options { max_jobs: Some("x".into()), ..Options::default() }, "build-max-jobs"),
+            (Options { max_jobs: Some(String::new()), ..Options::default() }, "build-max-jobs"),
+            (Options { max_jobs: Some("99999999999".into()), ..Options::default() }, "build-max-jobs"),
+            (Options { cores: Some("5x".into()), ..Options::default() }, "build-cores"),
+            (Options { max_silent_time: Some("1.5".into()), ..Options::default() }, "build-max-silent-time"),
+            (Options { timeout: Some("abc".into()), ..Options::default() }, "build-timeout"),
+            // Reported in the C++ order: max-jobs before cores.
+            (Options { cores: Some("x".into()), max_jobs: Some("x".into()), ..Options::default() }, "build-max-jobs"),
+        ] {
+            assert_eq!(config(&o), Err(SettingError::Integer(key)));
+        }
+        assert_eq!(
+            SettingError::Integer("build-max-jobs").to_string(),
+            "configuration setting `build-max-jobs' should have an integer value"
+        );
+    }
+
+    #[test]
+    fn listen_and_refusals() {
+        let p = paths(&[]);
+        let o = Options { listen: vec!["/a/../s".into(), "host".into(), "h:1".into()], ..Options::default() };
+        let a = listen_addrs(&o, &p).unwrap();
+        assert_eq!(
+            a,
+            vec![
+                ListenAddr::Unix("/s".into()),
+                ListenAddr::Tcp { host: "host".into(), port: DEFAULT_PORT.into() },
+                ListenAddr::Tcp { host: "h".into(), port: "1".into() },
+            ]
+        );
+        assert!(matches!(check_supported(&o, &a), Err(SettingError::Unsupported(m)) if m.contains("TCP")));
+        let o = Options { discover: true, ..Options::default() };
+        assert!(check_supported(&o, &[]).is_err());
+        let o = Options { listen: vec!["/x/s1".into(), "/x/s2".into()], ..Options::default() };
+        assert_eq!(config(&o).unwrap().daemon_socket_file, PathBuf::from("/x/s2"));
+    }
+
+    #[test]
+    fn flags_map_to_settings() {
+        let o = Options {
+            build_users_group: Some(String::new()),
+            substitute_urls: Some(" a  b ".into()),
+            disable_chroot: true,
+            isolate_host_loopback: true,
+            ..Options::default()
+        };
+        let c = config(&o).unwrap();
+        assert_eq!(c.build_users_group, None);
+        assert_eq!(c.substitute_urls, vec!["a", "b"]);
+        assert!(!c.use_chroot && !c.use_host_loopback && c.keep_log && c.use_substitutes && c.auto_optimise_store);
+        assert_eq!(config(&Options::default()).unwrap().substitute_urls.len(), 2);
+        assert!(default_system().ends_with("-linux"));
+    }
+}
