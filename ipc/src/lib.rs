@@ -10,6 +10,9 @@
 //! This crate knows nothing of what the messages mean: each link defines its own request and
 //! reply enums (see ARCHITECTURE.md) and plugs them in as type parameters.
 
+pub mod component;
+pub mod config;
+pub mod control;
 mod frame;
 mod client;
 mod server;

@@ -1,9 +1,5 @@
-//! The supervisor: the guix-daemon-rs binary, spawns and watches the components.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-daemon-rs`: see the library crate for everything it does.
 
 fn main() {
-    eprintln!("guix-daemon-rs: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(guix_supervisor::run(std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect()));
 }

@@ -1,0 +1,118 @@
+//! The control socket (`$GUIX_STATE_DIRECTORY/daemon-socket/rs-control`, mode 0600) and the
+//! `ctl` subcommands that use it.
+//!
+//! The server accepts only peers running as root or as the daemon's own user (checked with
+//! `SO_PEERCRED`, on top of the file mode) and forwards each request to the supervision loop.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guix_ipc::control::{ControlReply, ControlRequest, SupervisorStatus, CONTROL_LINK};
+use guix_ipc::{serve_connection, Client, Handler, Hello};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::supervise::Command;
+
+struct Forward(mpsc::Sender<Command>);
+
+impl Handler for Forward {
+    type Req = ControlRequest;
+    type Resp = ControlReply;
+    fn handle(self: &Arc<Self>, _peer: &Hello, req: ControlRequest) -> impl Future<Output = ControlReply> + Send + 'static {
+        let tx = self.0.clone();
+        async move {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if tx.send(Command::Control(req, reply_tx)).await.is_err() {
+                return ControlReply::Error("the supervisor is shutting down".to_owned());
+            }
+            reply_rx.await.unwrap_or_else(|_| ControlReply::Error("the supervisor is shutting down".to_owned()))
+        }
+    }
+}
+
+/// Serves the control socket until the process ends.
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
+    let handler = Arc::new(Forward(commands));
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
+            _ => continue,
+        }
+        tokio::spawn(serve_connection(stream, CONTROL_LINK, "guix-daemon-rs", handler.clone()));
+    }
+}
+
+/// Sends one request to the running daemon.
+pub async fn request(socket: &Path, req: ControlRequest) -> Result<ControlReply, String> {
+    let client = Client::<ControlRequest, ControlReply>::new(socket, CONTROL_LINK, "ctl", Duration::from_millis(500));
+    client.call(req).await.map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))
+}
+
+fn secs(s: u64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The human-readable table of `ctl status`.
+pub fn format_status(st: &SupervisorStatus) -> String {
+    let mut out = format!("supervisor: pid {}, up {}\n", st.pid, secs(st.uptime_secs));
+    out.push_str(&format!("{:<14} {:>8} {:>9} {:>8} {:>11}  {}\n", "COMPONENT", "PID", "UPTIME", "RESTARTS", "CONNECTIONS", "LAST EXIT"));
+    for c in &st.components {
+        let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let up = match (c.uptime_secs, c.restart_in_secs) {
+            (Some(u), _) => secs(u),
+            (None, Some(r)) => format!("in {r:.1}s"),
+            (None, None) => "down".to_owned(),
+        };
+        let conns = c.connections.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        out.push_str(&format!(
+            "{:<14} {:>8} {:>9} {:>8} {:>11}  {}\n",
+            c.name,
+            pid,
+            up,
+            c.restarts,
+            conns,
+            c.last_exit.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+/// `guix-daemon-rs ctl ARGS`: returns the exit status.
+pub async fn ctl(socket: &Path, args: &[String]) -> i32 {
+    let req = match args {
+        [cmd] if cmd == "status" => ControlRequest::Status,
+        [cmd, comp] if cmd == "restart" => ControlRequest::Restart { component: comp.clone() },
+        _ => {
+            eprintln!("usage: guix-daemon-rs ctl status\n       guix-daemon-rs ctl restart COMPONENT");
+            return crate::cli::EXIT_USAGE;
+        }
+    };
+    match request(socket, req).await {
+        Ok(ControlReply::Status(st)) => {
+            print!("{}", format_status(&st));
+            0
+        }
+        Ok(ControlReply::Restarted { component, pid }) => {
+            println!("restarted {component} (pid {pid})");
+            0
+        }
+        Ok(ControlReply::Ok) => 0,
+        Ok(ControlReply::Error(e)) => {
+            eprintln!("error: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! From parsed options and the environment to a typed [`DaemonConfig`].
+//!
+//! This is the C++ daemon's `settings.processEnvironment()` (paths from environment variables)
+//! and `settings.update()` (integer settings checked, in the same order, with the same
+//! messages), plus our refusals: options whose feature is not built and whose silent acceptance
+//! would mislead are refused here with a clear message.
+
+use std::path::{Path, PathBuf};
+
+use guix_ipc::config::{ClientSockets, DaemonConfig, ListenAddr};
+use thiserror::Error;
+
+use crate::cli::Options;
+
+/// Default port of `--listen HOST` (`DEFAULT_GUIX_PORT`).
+pub const DEFAULT_PORT: &str = "44146";
+/// The configure-time `GUIX_SUBSTITUTE_URLS`.
+pub const DEFAULT_SUBSTITUTE_URLS: &str = "https://bordeaux.guix.gnu.org https://ci.guix.gnu.org";
+/// The configure-time `bindir` (that of Debian's package), used when `NIX_BIN_DIR` is unset.
+pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SettingError {
+    /// Same text as `nix::Settings::_get` for integers.
+    #[error("configuration setting `{0}' should have an integer value")]
+    Integer(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("path `{0}' is not absolute")]
+    NotAbsolute(String),
+}
+
+/// The locations from the environment (`settings.processEnvironment()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub store_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub db_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub guix_program: PathBuf,
+}
+
+impl Paths {
+    /// Reads the environment through `get` (a function so tests need not touch the process
+    /// environment).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Paths, SettingError> {
+        let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| "/gnu/store".to_owned());
+        let state = get("GUIX_STATE_DIRECTORY").unwrap_or_else(|| "/var/guix".to_owned());
+        let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| Path::new(&state).join("db"));
+        let bin_dir = get("NIX_BIN_DIR").unwrap_or_else(|| DEFAULT_BIN_DIR.to_owned());
+        Ok(Paths {
+            store_dir: canon_path(&store)?,
+            state_dir: PathBuf::from(state),
+            db_dir,
+            log_dir: get("GUIX_LOG_DIRECTORY").unwrap_or_else(|| "/var/log/guix".to_owned()).into(),
+            conf_dir: get("GUIX_CONFIGURATION_DIRECTORY").unwrap_or_else(|| "/etc/guix".to_owned()).into(),
+            guix_program: get("GUIX").map(PathBuf::from).unwrap_or_else(|| Path::new(&bin_dir).join("guix")),
+        })
+    }
+
+    /// `$state/daemon-socket/socket`.
+    pub fn default_socket(&self) -> PathBuf {
+        self.state_dir.join("daemon-socket").join("socket")
+    }
+    /// `$state/daemon-socket/rs-control`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("daemon-socket").join("rs-control")
+    }
+    /// `$state/daemon-rs`: the internal link sockets.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.state_dir.join("daemon-rs")
+    }
+}
+
+/// `canonPath` of libutil without symlink resolution: removes `.`, `..` and repeated slashes.
+pub fn canon_path(p: &str) -> Result<PathBuf, SettingError> {
+    if !p.starts_with('/') {
+        return Err(SettingError::NotAbsolute(p.to_owned()));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(PathBuf::from(format!("/{}", parts.join("/"))))
+}
+
+/// Interprets the `--listen` arguments (empty: the default socket).
+pub fn listen_addrs(opts: &Options, paths: &Paths) -> Result<Vec<ListenAddr>, SettingError> {
+    if opts.listen.is_empty() {
+        return Ok(vec![ListenAddr::Unix(paths.default_socket())]);
+    }
+    opts.listen
+        .iter()
+        .map(|l| {
+            if l.starts_with('/') {
+                Ok(ListenAddr::Unix(canon_path(l)?))
+            } else {
+                let (host, port) = match l.rsplit_once(':') {
+                    Some((h, p)) => (h.to_owned(), p.to_owned()),
+                    None => (l.clone(), DEFAULT_PORT.to_owned()),
+                };
+                Ok(ListenAddr::Tcp { host, port })
+            }
+        })
+        .collect()
+}
+
+/// Refuses what we cannot do yet and would otherwise silently not do.
+pub fn check_supported(opts: &Options, addrs: &[ListenAddr]) -> Result<(), SettingError> {
+    if let Some(ListenAddr::Tcp { host, port }) = addrs.iter().find(|a| matches!(a, ListenAddr::Tcp { .. })) {
+        return Err(SettingError::Unsupported(format!(
+            "--listen={host}:{port}: listening on TCP is not supported by guix-daemon-rs yet (use an absolute socket file name)"
+        )));
+    }
+    if opts.discover {
+        return Err(SettingError::Unsupported(
+            "--discover=yes: discovery of substitute servers is not supported by guix-daemon-rs yet".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The system type this program was built for, in Guix's spelling.
+pub fn default_system() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86" => "i686",
+        "arm" => "armhf",
+        "powerpc64" if cfg!(target_endian = "little") => "powerpc64le",
+        a => a,
+    };
+    format!("{arch}-{}", std::env::consts::OS)
+}
+
+/// `string2Int` (an `istream >>` of the type): optional leading blanks, a sign, digits, and
+/// nothing after. Unsigned types take a negative number modulo 2^n, as `istream` does.
+fn parse_u32(s: &str) -> Option<u32> {
+    let (neg, mag) = parse_magnitude(s)?;
+    let n = u32::try_from(mag).ok()?;
+    Some(if neg { n.wrapping_neg() } else { n })
+}
+
+fn parse_i64(s: &str) -> Option<i64> {
+    let (neg, mag) = parse_magnitude(s)?;
+    if neg {
+        0i64.checked_sub_unsigned(mag)
+    } else {
+        i64::try_from(mag).ok()
+    }
+}
+
+fn parse_magnitude(s: &str) -> Option<(bool, u64)> {
+    let t = s.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, t.get(1..)?),
+        Some(b'+') => (false, t.get(1..)?),
+        _ => (false, t),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut n = 0u64;
+    for b in digits.bytes() {
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some((neg, n))
+}
+
+fn int_setting<T>(raw: &Option<String>, key: &'static str, default: T, parse: fn(&str) -> Option<T>) -> Result<T, SettingError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => parse(s).ok_or(SettingError::Integer(key)),
+    }
+}
+
+/// Builds the configuration (`settings.update()`): integer settings are checked in the order of
+/// the C++ daemon, so the first error reported is the same.
+pub fn build_config(opts: &Options, paths: &Paths, client_sockets: ClientSockets) -> Result<DaemonConfig, SettingError> {
+    let max_build_jobs = int_setting(&opts.max_jobs, "build-max-jobs", 1, parse_u32)?;
+    let build_cores = int_setting(&opts.cores, "build-cores", 0, parse_u32)?;
+    let max_silent_time = int_setting(&opts.max_silent_time, "build-max-silent-time", 3600, parse_i64)?;
+    let build_timeout = int_setting(&opts.timeout, "build-timeout", 86400, parse_i64)?;
+    let daemon_socket_file = match &client_sockets {
+        ClientSockets::Opened(addrs) => addrs
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                ListenAddr::Unix(p) => Some(p.clone()),
+                ListenAddr::Tcp { .. } => None,
+            })
+            .unwrap_or_else(|| paths.default_socket()),
+        ClientSockets::SocketActivated(_) => paths.default_socket(),
+    };
+    Ok(DaemonConfig {
+        store_dir: paths.store_dir.clone(),
+        state_dir: paths.state_dir.clone(),
+        db_dir: paths.db_dir.clone(),
+        log_dir: paths.log_dir.clone(),
+        conf_dir: paths.conf_dir.clone(),
+        guix_program: paths.guix_program.clone(),
+        client_sockets,
+        daemon_socket_file,
+        runtime_dir: paths.runtime_dir(),
+        control_socket: paths.control_socket(),
+        debug: opts.debug,
+        build_users_group: opts.build_users_group.clone().filter(|g| !g.is_empty()),
+        cache_failures: opts.cache_failures,
+        extra_chroot_dirs: opts.chroot_dirs.clone(),
+        build_cores,
+        max_build_jobs,
+        max_silent_time,
+        build_timeout,
+        build_repeat: opts.build_repeat,
+        use_chroot: !opts.disable_chroot,
+        auto_optimise_store: !opts.disable_deduplication,
+        discover: opts.discover,
+        gc_keep_derivations: opts.gc_keep_derivations,
+        gc_keep_outputs: opts.gc_keep_outputs,
+        impersonate_linux_26: opts.impersonate_linux_26,
+        use_host_loopback: !opts.isolate_host_loopback,
+        log_compression: opts.log_compression,
+        keep_log: !opts.lose_logs,
+        use_build_hook: !opts.no_offload,
+        use_substitutes: !opts.no_substitutes,
+        substitute_urls: opts
+            .substitute_urls
+            .as_deref()
+            .unwrap_or(DEFAULT_SUBSTITUTE_URLS)
+            .split_ascii_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        system: opts.system.clone().unwrap_or_else(default_system),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn paths(vars: &[(&str, &str)]) -> Paths {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Paths::from_env(|k| m.get(k).cloned()).unwrap()
+    }
+
+    fn config(opts: &Options) -> Result<DaemonConfig, SettingError> {
+        let p = paths(&[]);
+        let addrs = listen_addrs(opts, &p)?;
+        build_config(opts, &p, ClientSockets::Opened(addrs))
+    }
+
+    #[test]
+    fn environment() {
+        let p = paths(&[]);
+        assert_eq!(p.store_dir, PathBuf::from("/gnu/store"));
+        assert_eq!(p.db_dir, PathBuf::from("/var/guix/db"));
+        assert_eq!(p.default_socket(), PathBuf::from("/var/guix/daemon-socket/socket"));
+        assert_eq!(p.guix_program, PathBuf::from("/usr/bin/guix"));
+        let p = paths(&[
+            ("NIX_STORE", "/other"),
+            ("GUIX_STATE_DIRECTORY", "/s"),
+            ("GUIX_LOG_DIRECTORY", "/l"),
+            ("GUIX_CONFIGURATION_DIRECTORY", "/c"),
+            ("NIX_BIN_DIR", "/bin"),
+        ]);
+        assert_eq!(p.store_dir, PathBuf::from("/other"));
+        assert_eq!((p.db_dir.as_path(), p.log_dir.as_path(), p.conf_dir.as_path()), (Path::new("/s/db"), Path::new("/l"), Path::new("/c")));
+        assert_eq!(p.guix_program, PathBuf::from("/bin/guix"));
+        assert_eq!(p.control_socket(), PathBuf::from("/s/daemon-socket/rs-control"));
+        let p = paths(&[("NIX_STORE_DIR", "/a//b/./c/../store/"), ("NIX_STORE", "/ignored"), ("GUIX_DATABASE_DIRECTORY", "/d"), ("GUIX", "/g")]);
+        assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
+        assert_eq!((p.db_dir.as_path(), p.guix_program.as_path()), (Path::new("/d"), Path::new("/g")));
+        assert!(Paths::from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
+    }
+
+    #[test]
+    fn integer_settings() {
+        let c = config(&Options::default()).unwrap();
+        assert_eq!((c.max_build_jobs, c.build_cores, c.max_silent_time, c.build_timeout), (1, 0, 3600, 86400));
+        let o = Options { cores: Some("-1".into()), max_jobs: Some(" +5".into()), timeout: Some("-3".into()), ..Options::default() };
+        let c = config(&o).unwrap();
+        assert_eq!((c.build_cores, c.max_build_jobs, c.build_timeout), (u32::MAX, 5, -3));
+        for (o, key) in [
+            (Options { max_jobs: Some("x".into()), ..Options::default() }, "build-max-jobs"),
+            (Options { max_jobs: Some(String::new()), ..Options::default() }, "build-max-jobs"),
+            (Options { max_jobs: Some("99999999999".into()), ..Options::default() }, "build-max-jobs"),
+            (Options { cores: Some("5x".into()), ..Options::default() }, "build-cores"),
+            (Options { max_silent_time: Some("1.5".into()), ..Options::default() }, "build-max-silent-time"),
+            (Options { timeout: Some("abc".into()), ..Options::default() }, "build-timeout"),
+            // Reported in the C++ order: max-jobs before cores.
+            (Options { cores: Some("x".into()), max_jobs: Some("x".into()), ..Options::default() }, "build-max-jobs"),
+        ] {
+            assert_eq!(config(&o), Err(SettingError::Integer(key)));
+        }
+        assert_eq!(
+            SettingError::Integer("build-max-jobs").to_string(),
+            "configuration setting `build-max-jobs' should have an integer value"
+        );
+    }
+
+    #[test]
+    fn listen_and_refusals() {
+        let p = paths(&[]);
+        let o = Options { listen: vec!["/a/../s".into(), "host".into(), "h:1".into()], ..Options::default() };
+        let a = listen_addrs(&o, &p).unwrap();
+        assert_eq!(
+            a,
+            vec![
+                ListenAddr::Unix("/s".into()),
+                ListenAddr::Tcp { host: "host".into(), port: DEFAULT_PORT.into() },
+                ListenAddr::Tcp { host: "h".into(), port: "1".into() },
+            ]
+        );
+        assert!(matches!(check_supported(&o, &a), Err(SettingError::Unsupported(m)) if m.contains("TCP")));
+        let o = Options { discover: true, ..Options::default() };
+        assert!(check_supported(&o, &[]).is_err());
+        let o = Options { listen: vec!["/x/s1".into(), "/x/s2".into()], ..Options::default() };
+        assert_eq!(config(&o).unwrap().daemon_socket_file, PathBuf::from("/x/s2"));
+    }
+
+    #[test]
+    fn flags_map_to_settings() {
+        let o = Options {
+            build_users_group: Some(String::new()),
+            substitute_urls: Some(" a  b ".into()),
+            disable_chroot: true,
+            isolate_host_loopback: true,
+            ..Options::default()
+        };
+        let c = config(&o).unwrap();
+        assert_eq!(c.build_users_group, None);
+        assert_eq!(c.substitute_urls, vec!["a", "b"]);
+        assert!(!c.use_chroot && !c.use_host_loopback && c.keep_log && c.use_substitutes && c.auto_optimise_store);
+        assert_eq!(config(&Options::default()).unwrap().substitute_urls.len(), 2);
+        assert!(default_system().ends_with("-linux"));
+    }
+}
