@@ -18,21 +18,22 @@ use std::time::{Duration, UNIX_EPOCH};
 use guix_formats::{HashAlgo, StoreDir, StorePath};
 use guix_store_db::{DbOptions, DbReader, DbWriter, InitOptions, Registration, StateDirs, ValidPathInfo};
 
-fn rig() -> PathBuf {
-    let rig = std::env::var_os("GUIX_RIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig"));
-    assert!(
-        rig.is_file(),
-        "rig `{}' not found: set GUIX_RIG=/path/to/run (guix-ref `run` interface); these tests need it and root",
-        rig.display()
-    );
-    rig
+/// The rig's `run` command: `$GUIX_RIG` (a guix-ref style `run` script) if set, else the
+/// project's `scripts/rig run`.
+fn rig_run() -> Command {
+    if let Some(p) = std::env::var_os("GUIX_RIG") {
+        return Command::new(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig");
+    assert!(p.is_file(), "the test rig `{}' is missing; these tests need it and root", p.display());
+    let mut c = Command::new(p);
+    c.arg("run");
+    c
 }
 
 /// Runs `rig -q --keep DIR [--bind B] -- ARGS` and returns stdout; panics on failure.
 fn run_rig(keep: &Path, bind: Option<(&Path, &str)>, args: &[&str]) -> String {
-    let mut cmd = Command::new(rig());
+    let mut cmd = rig_run();
     cmd.arg("-q").arg("--keep").arg(keep);
     if let Some((host, inner)) = bind {
         cmd.arg("--bind").arg(format!("{}:{inner}", host.display()));

@@ -1,8 +1,8 @@
 //! Compares `guix-daemon-rs` with the real C++ `guix-daemon` 1.5.0 on bad command lines: same
 //! exit status and same messages (with the program name normalised).
 //!
-//! Needs the test rig (a `run` script with the interface of `scripts/rig/run`): set
-//! `GUIX_REF_RUN=/path/to/run`. Without it the test says so and passes.
+//! Needs the test rig (`scripts/rig run`, or a guix-ref style `run` script named by
+//! `GUIX_REF_RUN`) and root; without them it fails.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,20 +41,21 @@ const CASES: &[&str] = &[
     "--discover maybe",
 ];
 
-fn rig() -> Option<PathBuf> {
+/// The rig's `run` command: `$GUIX_REF_RUN` (a guix-ref style `run` script) if set, else the
+/// project's `scripts/rig run`. Missing rig = failure, never a silent pass.
+fn rig_run() -> Command {
     if let Some(p) = std::env::var_os("GUIX_REF_RUN") {
-        return Some(PathBuf::from(p));
+        return Command::new(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig/run");
-    p.exists().then_some(p)
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rig");
+    assert!(p.exists(), "the test rig {} is missing", p.display());
+    let mut c = Command::new(p);
+    c.arg("run");
+    c
 }
 
 #[test]
 fn bad_command_lines_match_the_cxx_daemon() {
-    let Some(run) = rig() else {
-        eprintln!("skipped: set GUIX_REF_RUN to the rig's run script to compare with the C++ daemon");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_guix-daemon-rs"), dir.path().join("guix-daemon-rs")).unwrap();
     let mut script = String::from("cd /tmp\n");
@@ -66,7 +67,7 @@ fn bad_command_lines_match_the_cxx_daemon() {
         }
     }
     std::fs::write(dir.path().join("cases.sh"), script).unwrap();
-    let out = Command::new(&run)
+    let out = rig_run()
         .arg("-q")
         .arg("--bind")
         .arg(format!("{}:/rs", dir.path().display()))
