@@ -364,3 +364,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(feature = "serde")]
+mod serde_impls {
+    //! Hashes travel between our processes in their `algo:base16` form.
+    use super::Hash;
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    impl Serialize for Hash {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.to_typed_base16())
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Hash {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+            let s = String::deserialize(d)?;
+            Hash::parse_typed(&s).map_err(D::Error::custom)
+        }
+    }
+}

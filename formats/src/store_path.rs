@@ -359,3 +359,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(feature = "serde")]
+mod serde_impls {
+    //! Store paths travel between our processes as their base name, validated on arrival.
+    use super::StorePath;
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    impl Serialize for StorePath {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&self.base_name())
+        }
+    }
+
+    impl<'de> Deserialize<'de> for StorePath {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StorePath, D::Error> {
+            let s = String::deserialize(d)?;
+            StorePath::from_base_name(&s).map_err(D::Error::custom)
+        }
+    }
+}

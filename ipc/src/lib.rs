@@ -16,6 +16,7 @@ pub mod control;
 mod frame;
 mod client;
 mod server;
+pub mod store_db;
 
 pub use client::{Client, ClientError};
 pub use frame::{encode_frame, read_frame, write_frame, Envelope, FrameError, Hello, MAX_FRAME};

@@ -1,0 +1,62 @@
+//! The `store-db` link: socket-front (and later builder, substituter, gc) → store-db.
+//!
+//! store-db is the only writer of the database and the only process that renames items into the
+//! store. Every request is idempotent, so a caller may resend it after a store-db restart:
+//! adding a path that is already valid returns it unchanged, temp roots are sets, and
+//! `SyncConnections` replaces (not extends) the set of live connections.
+
+use guix_formats::{Hash, StorePath};
+use serde::{Deserialize, Serialize};
+
+use crate::LinkSpec;
+
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 1 };
+
+/// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
+/// so numbers from a previous socket-front incarnation never collide with current ones.
+pub type ConnId = u64;
+
+/// Name of the scratch directory, directly under the store directory (same file system, so a
+/// finished item is moved into place with `rename`). Writers create their work there; only
+/// store-db moves things out of it.
+pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
+
+/// A finished item waiting in the scratch directory, and what to register for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewItem {
+    /// File name of the item inside the scratch directory (one path component). The tree is
+    /// complete and canonicalised (modes 0444/0555, mtime 1, owned by the daemon).
+    pub scratch_name: String,
+    /// Its final name in the store.
+    pub path: StorePath,
+    /// SHA-256 of its NAR serialisation, computed while it was written.
+    pub nar_hash: Hash,
+    pub nar_size: u64,
+    pub references: Vec<StorePath>,
+    pub deriver: Option<StorePath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreDbRequest {
+    /// Moves the items into the store and registers them in one transaction (a `.drv` is parsed
+    /// and checked, and its outputs recorded). Items already valid are left as they are and
+    /// their scratch copies removed. Also adds every path to the connection's temp roots.
+    AddItems { conn: ConnId, items: Vec<NewItem> },
+    /// Adds temp roots for a connection.
+    AddTempRoots { conn: ConnId, paths: Vec<StorePath> },
+    /// The connection ended: its temp roots go away.
+    ConnectionClosed { conn: ConnId },
+    /// The complete set of live connections of the caller, sent after (re)connecting with the
+    /// temp roots of each; store-db drops every other connection's roots.
+    SyncConnections { live: Vec<(ConnId, Vec<StorePath>)> },
+    /// Creates the GC root symlink `gcroots/auto/<hash>` → `path` (AddIndirectRoot).
+    AddIndirectRoot { path: String },
+    ClearFailedPaths { paths: Vec<StorePath> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreDbReply {
+    Ok,
+    /// The request failed; `message` is what the client is told (the C++ daemon's wording).
+    Error { message: String },
+}
