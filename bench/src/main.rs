@@ -1,1 +1,196 @@
-fn main() { eprintln!("guix-bench: not implemented yet"); std::process::exit(2); }
+//! guix-bench: the same workload against the C++ guix-daemon and against ours, each in its own
+//! rig session (fresh private store), printing per figure the C++ value, ours and the ratio.
+//!
+//! Every measurement is repeated and the median reported. Nothing here asserts a timing.
+//! While our daemon does not serve clients, its column says "not available" with the reason.
+//! See bench/README.md.
+
+mod procmem;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use guix_tests::{DaemonKind, Rig};
+
+use scenarios::{Params, Scenario};
+
+struct Args {
+    scenarios: Vec<Scenario>,
+    quick: bool,
+    reps: Option<usize>,
+    ours: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
+  --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory
+  --quick          smaller counts and shorter runs (a smoke test, not a measurement)
+  --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
+  --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
+Needs root and a rig set up with `scripts/rig setup`.";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--scenario" => {
+                let name = it.next().ok_or("--scenario needs a name")?;
+                args.scenarios.push(Scenario::from_name(&name).ok_or_else(|| format!("unknown scenario `{name}'"))?);
+            }
+            "--quick" => args.quick = true,
+            "--reps" => {
+                let n = it.next().ok_or("--reps needs a number")?;
+                let n: usize = n.parse().map_err(|_| format!("--reps: `{n}' is not a number"))?;
+                args.reps = Some(n.max(1));
+            }
+            "--ours" => args.ours = Some(PathBuf::from(it.next().ok_or("--ours needs a path")?)),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}'")),
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = Scenario::ALL.to_vec();
+    }
+    Ok(args)
+}
+
+/// One line of the report: a figure measured on both daemons.
+struct Row {
+    label: String,
+    unit: &'static str,
+    higher_is_better: bool,
+    cxx: Result<f64, String>,
+    ours: Result<f64, String>,
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    let n = if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+    format!("{n} {unit}")
+}
+
+fn print_row(r: &Row) {
+    let cxx = match &r.cxx {
+        Ok(v) => fmt_value(*v, r.unit),
+        Err(e) => format!("failed: {e}"),
+    };
+    let ours = match &r.ours {
+        Ok(v) => fmt_value(*v, r.unit),
+        Err(e) => format!("not available ({e})"),
+    };
+    let ratio = match (&r.cxx, &r.ours) {
+        (Ok(c), Ok(o)) if *c > 0.0 => {
+            format!("{:.2}x ({})", o / c, if r.higher_is_better { "higher is better" } else { "lower is better" })
+        }
+        _ => "-".into(),
+    };
+    println!("{:<44} {:>16}   {:<18} {}", r.label, cxx, ours, ratio);
+}
+
+/// The daemon a column measures, or why it cannot be measured.
+fn ours_kind(args: &Args) -> Result<DaemonKind, String> {
+    let binary = match &args.ours {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("locating this executable: {e}"))?
+            .with_file_name("guix-daemon-rs"),
+    };
+    let binary = binary.canonicalize().map_err(|_| {
+        format!("{} not built; run `cargo build --release -p guix-supervisor`", binary.display())
+    })?;
+    Ok(DaemonKind::Ours { binary, args: Vec::new() })
+}
+
+/// The first meaningful line of a (possibly long) error, for the table.
+fn short(e: &str) -> String {
+    let interesting = e
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .find(|l| l.contains("not implemented"))
+        .or_else(|| e.lines().map(str::trim).find(|l| !l.is_empty()))
+        .unwrap_or("unknown error");
+    let mut s: String = interesting.chars().take(120).collect();
+    if interesting.chars().count() > 120 {
+        s.push('…');
+    }
+    s
+}
+
+/// Runs `scenario` against one daemon in a fresh session; one result per figure.
+fn measure(rig: &Rig, kind: Result<DaemonKind, String>, scenario: Scenario, p: &Params) -> Vec<Result<f64, String>> {
+    let n = scenario.figures(p).len();
+    let fail = |e: String| vec![Err(e); n];
+    let kind = match kind {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let session = match rig.start(kind) {
+        Ok(s) => s,
+        Err(e) => {
+            // The rig's own message is generic; the daemon's log says why.
+            let why = format!("{e}");
+            return fail(format!("daemon did not start: {}", short(&why)));
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("tokio runtime: {e}")),
+    };
+    let out = rt.block_on(scenarios::run(scenario, &session, p));
+    let log = session.daemon_log();
+    drop(session);
+    match out {
+        Ok(v) => v.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let mut why = short(&e);
+            if let Some(line) = log.lines().find(|l| l.contains("not implemented")) {
+                why = format!("{why}; daemon log: {}", line.trim());
+            }
+            fail(why)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("guix-bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
+        }
+    };
+    let rig = match Rig::discover() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("guix-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let params = Params::new(args.quick, args.reps);
+    let ours = ours_kind(&args);
+    println!(
+        "guix-bench: {} repetitions per figure, median shown{}",
+        params.reps,
+        if args.quick { " (--quick)" } else { "" }
+    );
+    println!("{:<44} {:>16}   {:<18} ratio ours/C++", "figure", "C++ guix-daemon", "ours");
+    let mut cxx_failed = false;
+    for &scenario in &args.scenarios {
+        let figures = scenario.figures(&params);
+        let cxx = measure(&rig, Ok(DaemonKind::Cxx), scenario, &params);
+        let ours = measure(&rig, ours.clone(), scenario, &params);
+        for ((f, c), o) in figures.into_iter().zip(cxx).zip(ours) {
+            cxx_failed |= c.is_err();
+            print_row(&Row { label: f.label, unit: f.unit, higher_is_better: f.higher_is_better, cxx: c, ours: o });
+        }
+    }
+    if cxx_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

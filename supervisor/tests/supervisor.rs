@@ -133,6 +133,8 @@ fn supervises_restarts_and_stops_components() {
     // socket the supervisor keeps, and the restarted component answers it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(front as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let answer = ask(&d.socket());
+    // The supervisor records the new pid after spawning; the status may lag the answer a little.
+    wait_for(|| d.pid_of("socket-front").is_some_and(|p| p != front), "the new socket-front pid");
     let new_front = d.pid_of("socket-front").unwrap();
     assert_ne!(new_front, front);
     assert_eq!(answer.trim(), format!("socket-front {new_front}"));

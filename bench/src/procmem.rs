@@ -1,0 +1,88 @@
+//! Memory of a rig session's daemon: the sum of `Pss` over the daemon's process tree.
+//!
+//! Which processes count: the daemon process itself and all its descendants. The C++ daemon
+//! forks one worker per connection, ours is a supervisor with component children; both are
+//! covered. The daemon is found through the session's state directory: `session.pid` is the
+//! host PID of the session's PID-namespace init, `daemon.pid` the daemon's PID *inside* that
+//! namespace. We scan `/proc` for processes in that PID namespace (`/proc/P/ns/pid`), take the
+//! one whose innermost `NSpid` is the daemon's, and walk `PPid` links down from it. Processes
+//! that exit during the scan are skipped. Pss (proportional set size) splits shared pages
+//! between the processes sharing them, so the sum is what the tree costs the machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+/// Pss of the daemon's process tree.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeMemory {
+    pub pss_kib: u64,
+    pub processes: usize,
+}
+
+fn read_pid(path: &Path) -> Result<u32, String> {
+    let s = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    s.trim().parse().map_err(|_| format!("{} does not hold a PID", path.display()))
+}
+
+fn status_fields(pid: u32) -> Option<(u32, u32)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut ppid = None;
+    let mut inner = None;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("PPid:") {
+            ppid = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("NSpid:") {
+            inner = v.split_whitespace().last().and_then(|p| p.parse().ok());
+        }
+    }
+    Some((ppid?, inner?))
+}
+
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Measures the daemon tree of the session whose state directory is `state`.
+pub fn daemon_tree_memory(state: &Path) -> Result<TreeMemory, String> {
+    let init = read_pid(&state.join("session.pid"))?;
+    let daemon_inner = read_pid(&state.join("daemon.pid"))?;
+    let ns = fs::read_link(format!("/proc/{init}/ns/pid")).map_err(|e| format!("session init {init}: {e}"))?;
+    // parent → children, for processes in the session's PID namespace.
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut root = None;
+    let entries = fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() != Some(&ns) {
+            continue;
+        }
+        let Some((ppid, inner)) = status_fields(pid) else { continue };
+        children.entry(ppid).or_default().push(pid);
+        if inner == daemon_inner {
+            root = Some(pid);
+        }
+    }
+    let root = root.ok_or_else(|| format!("no process with PID {daemon_inner} in the session's namespace"))?;
+    let mut tree = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        if tree.insert(p) {
+            todo.extend(children.get(&p).into_iter().flatten().copied());
+        }
+    }
+    let mut pss = 0;
+    let mut processes = 0;
+    for p in tree {
+        if let Some(kib) = pss_kib(p) {
+            pss += kib;
+            processes += 1;
+        }
+    }
+    Ok(TreeMemory { pss_kib: pss, processes })
+}

@@ -1,0 +1,267 @@
+//! The workloads. Each scenario yields one or more figures; [`run`] measures every figure
+//! `reps` times in one session and returns the medians.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guix_client::{ClientError, DaemonClient};
+use guix_formats::store_path::StorePath;
+use guix_tests::Session;
+
+use crate::procmem::daemon_tree_memory;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Connect + handshake, sequentially and from concurrent tasks.
+    Connect,
+    /// AddTextToStore of distinct small texts on one connection.
+    AddText,
+    /// QueryPathInfo over a pre-populated store at 1, 16 and 256 concurrent connections.
+    QueryPathInfo,
+    /// Pss of the daemon's process tree with no connection and with 256 idle ones.
+    IdleMemory,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::Connect, Scenario::AddText, Scenario::QueryPathInfo, Scenario::IdleMemory];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::AddText => "add-text",
+            Scenario::QueryPathInfo => "query-path-info",
+            Scenario::IdleMemory => "idle-memory",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn figures(self, p: &Params) -> Vec<Figure> {
+        let rate = |label: String, unit| Figure { label, unit, higher_is_better: true };
+        match self {
+            Scenario::Connect => vec![
+                rate(format!("connect+handshake, sequential ({})", p.connects), "conn/s"),
+                rate(format!("connect+handshake, {} concurrent ({})", CONNECT_CONCURRENCY, p.connects), "conn/s"),
+            ],
+            Scenario::AddText => vec![rate(format!("AddTextToStore, 1 connection ({})", p.texts), "op/s")],
+            Scenario::QueryPathInfo => QPI_CONCURRENCY
+                .iter()
+                .map(|c| {
+                    rate(
+                        format!("QueryPathInfo, {c} conn ({} paths, {:.1}s)", p.populate, p.duration.as_secs_f64()),
+                        "op/s",
+                    )
+                })
+                .collect(),
+            Scenario::IdleMemory => vec![
+                Figure { label: "daemon Pss, no connection".into(), unit: "MiB", higher_is_better: false },
+                Figure {
+                    label: format!("daemon Pss, {IDLE_CONNECTIONS} idle connections"),
+                    unit: "MiB",
+                    higher_is_better: false,
+                },
+            ],
+        }
+    }
+}
+
+pub struct Figure {
+    pub label: String,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+}
+
+const CONNECT_CONCURRENCY: usize = 16;
+const QPI_CONCURRENCY: [usize; 3] = [1, 16, 256];
+const IDLE_CONNECTIONS: usize = 256;
+
+/// Sizes of the workloads.
+pub struct Params {
+    pub reps: usize,
+    pub connects: usize,
+    pub texts: usize,
+    pub populate: usize,
+    pub duration: Duration,
+}
+
+impl Params {
+    pub fn new(quick: bool, reps: Option<usize>) -> Params {
+        if quick {
+            Params { reps: reps.unwrap_or(3), connects: 64, texts: 100, populate: 200, duration: Duration::from_millis(300) }
+        } else {
+            Params { reps: reps.unwrap_or(5), connects: 400, texts: 1000, populate: 1000, duration: Duration::from_secs(2) }
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Connects, retrying while the daemon's listen backlog is full (a non-blocking connect to a
+/// Unix socket fails with EAGAIN then, where a blocking one would wait).
+async fn connect(socket: &Path) -> Res<DaemonClient> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match DaemonClient::connect(socket).await {
+            Ok(c) => return Ok(c),
+            Err(ClientError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Measures every figure of `scenario` `p.reps` times against `session`; returns the medians.
+pub async fn run(scenario: Scenario, session: &Session, p: &Params) -> Res<Vec<f64>> {
+    let socket = session.socket_path();
+    let n = scenario.figures(p).len();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let paths = if scenario == Scenario::QueryPathInfo { Arc::new(populate(socket, p.populate).await?) } else { Arc::default() };
+    for rep in 0..p.reps {
+        let one = match scenario {
+            Scenario::Connect => vec![
+                connect_rate(socket, p.connects, 1).await?,
+                connect_rate(socket, p.connects, CONNECT_CONCURRENCY).await?,
+            ],
+            Scenario::AddText => vec![add_text_rate(socket, p.texts, rep).await?],
+            Scenario::QueryPathInfo => {
+                let mut v = Vec::new();
+                for c in QPI_CONCURRENCY {
+                    v.push(qpi_rate(socket, &paths, c, p.duration).await?);
+                }
+                v
+            }
+            Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?,
+        };
+        for (s, v) in samples.iter_mut().zip(one) {
+            s.push(v);
+        }
+    }
+    Ok(samples.into_iter().map(median).collect())
+}
+
+/// `n` connections with handshake, from `concurrency` tasks; connections per second.
+async fn connect_rate(socket: &Path, n: usize, concurrency: usize) -> Res<f64> {
+    let per_task = n.div_ceil(concurrency);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let socket = socket.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                drop(connect(&socket).await?);
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(err)??;
+    }
+    Ok((per_task * concurrency) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `n` distinct AddTextToStore calls on one connection; operations per second.
+async fn add_text_rate(socket: &Path, n: usize, rep: usize) -> Res<f64> {
+    let mut c = connect(socket).await?;
+    let none = BTreeSet::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let text = format!("guix-bench add-text rep {rep} item {i}\n");
+        c.add_text_to_store("bench-text", text.as_bytes(), &none).await.map_err(err)?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Adds `n` small text items (each referring to the previous one, so path infos have
+/// references to send).
+async fn populate(socket: &Path, n: usize) -> Res<Vec<StorePath>> {
+    let mut c = connect(socket).await?;
+    let mut out: Vec<StorePath> = Vec::with_capacity(n);
+    for i in 0..n {
+        let refs: BTreeSet<StorePath> = out.last().cloned().into_iter().collect();
+        let text = format!("guix-bench populated item {i}\n");
+        out.push(c.add_text_to_store("bench-item", text.as_bytes(), &refs).await.map_err(err)?);
+    }
+    Ok(out)
+}
+
+/// `concurrency` connections each issuing QueryPathInfo back to back for `duration`;
+/// operations per second over all of them.
+async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize, duration: Duration) -> Res<f64> {
+    if paths.is_empty() {
+        return Err("no populated paths".into());
+    }
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        clients.push(connect(socket).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for (k, mut c) in clients.into_iter().enumerate() {
+        let paths = paths.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut i = k * 7919;
+            while Instant::now() < deadline {
+                let p = &paths[i % paths.len()];
+                if c.query_path_info(p).await.map_err(err)?.is_none() {
+                    return Err(format!("{p} is not valid"));
+                }
+                done += 1;
+                i += 1;
+            }
+            Ok::<_, String>(done)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(err)??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Pss of the daemon tree before and with [`IDLE_CONNECTIONS`] open idle connections.
+async fn idle_memory(socket: &Path, state: &Path) -> Res<Vec<f64>> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = daemon_tree_memory(state)?;
+    let mut clients = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        clients.push(connect(socket).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let with = daemon_tree_memory(state)?;
+    drop(clients);
+    // Let the per-connection processes (C++) exit before the next repetition.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if daemon_tree_memory(state)?.processes <= before.processes {
+            break;
+        }
+    }
+    Ok(vec![mib(before.pss_kib), mib(with.pss_kib)])
+}
