@@ -40,7 +40,6 @@ use guix_formats::worker::{
 pub use guix_formats::worker::request::GcAction;
 pub use guix_formats::worker::{BuildMode, DerivedPath, PathInfo, SetOptions, SubstitutablePathInfo};
 
-mod nar_dump;
 
 /// The socket the Guile client uses when `GUIX_DAEMON_SOCKET` is not set.
 pub const DEFAULT_SOCKET: &str = "/var/guix/daemon-socket/socket";
@@ -444,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DaemonClient<S> {
         let src = source.to_owned();
         let dumper = tokio::task::spawn_blocking(move || {
             let mut w = ChannelWriter { tx, buf: Vec::with_capacity(NAR_CHUNK) };
-            nar_dump::dump_path(&src, &mut w)?;
+            guix_formats::nar::dump_path_to(&src, &mut w).map_err(io::Error::other)?;
             w.send_buf()
         });
         let mut send_err = None;

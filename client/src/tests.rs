@@ -131,7 +131,7 @@ async fn add_to_store_streams_the_nar() {
     std::fs::write(dir.join("sub/a"), b"a").unwrap();
     std::os::unix::fs::symlink("b", dir.join("link")).unwrap();
     let mut want = Vec::new();
-    nar_dump::dump_path(&dir, &mut want).unwrap();
+    guix_formats::nar::dump_path_to(&dir, &mut want).unwrap();
     let result = path("tree", 9);
     let r2 = result.clone();
     let (mut c, h) = pair(move |mut b| async move {
