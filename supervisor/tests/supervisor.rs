@@ -132,6 +132,9 @@ fn supervises_restarts_and_stops_components() {
     // kill -9 socket-front, and connect at once: the connection waits in the backlog of the
     // socket the supervisor keeps, and the restarted component answers it.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(front as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // kill(2) returns before the process is gone; a connection it accepted in that window would
+    // die with it. Connect once it is gone (the replacement starts only after a 100 ms backoff).
+    wait_for(|| !alive(front), "the killed socket-front to be gone");
     let answer = ask(&d.socket());
     // The supervisor records the new pid after spawning; the status may lag the answer a little.
     wait_for(|| d.pid_of("socket-front").is_some_and(|p| p != front), "the new socket-front pid");
