@@ -24,7 +24,9 @@ pub enum ClientError {
     Frame(#[from] FrameError),
 }
 
-type Pending<Resp> = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
+/// The callers waiting for a reply on one connection; `None` once the connection is dead, so
+/// that a call can never register on a connection nobody reads any more.
+type Pending<Resp> = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Resp>>>>>;
 
 struct Conn<Req, Resp> {
     tx: mpsc::UnboundedSender<Envelope<Req>>,
@@ -33,7 +35,7 @@ struct Conn<Req, Resp> {
 
 impl<Req, Resp> Conn<Req, Resp> {
     fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.pending.lock().map(|p| p.is_none()).unwrap_or(true)
     }
 }
 
@@ -91,8 +93,11 @@ where
         let conn = self.connection().await.map_err(|e| e.to_string())?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = conn.pending.lock() {
-            p.insert(id, tx);
+        match conn.pending.lock().as_deref_mut() {
+            Ok(Some(p)) => {
+                p.insert(id, tx);
+            }
+            _ => return Err("connection closed".to_owned()),
         }
         if conn.tx.send(Envelope { id, body: req }).is_err() {
             return Err("connection closed".to_owned());
@@ -111,20 +116,21 @@ where
         exchange_hello(&mut stream, self.spec, &self.who).await?;
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Envelope<Req>>();
-        let pending: Pending<Resp> = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending<Resp> = Arc::new(Mutex::new(Some(HashMap::new())));
         let conn = Arc::new(Conn { tx, pending: pending.clone() });
 
-        // The reader ends when the peer goes away; dropping the pending senders then wakes
-        // every waiting caller, which retries on a new connection.
+        // The reader ends when the peer goes away; marking the connection dead drops the
+        // pending senders, which wakes every waiting caller; each retries on a new connection.
+        let reader_pending = pending.clone();
         let reader = tokio::spawn(async move {
             while let Ok(env) = read_frame::<_, Envelope<Resp>>(&mut rd).await {
-                let waiter = pending.lock().ok().and_then(|mut p| p.remove(&env.id));
+                let waiter = reader_pending.lock().ok().and_then(|mut p| p.as_mut().and_then(|p| p.remove(&env.id)));
                 if let Some(w) = waiter {
                     let _ = w.send(env.body);
                 }
             }
-            if let Ok(mut p) = pending.lock() {
-                p.clear();
+            if let Ok(mut p) = reader_pending.lock() {
+                *p = None;
             }
         });
         tokio::spawn(async move {
@@ -136,6 +142,9 @@ where
             // Make the connection unusable for new calls and wake the waiting ones.
             rx.close();
             reader.abort();
+            if let Ok(mut p) = pending.lock() {
+                *p = None;
+            }
         });
         *guard = Some(conn.clone());
         Ok(conn)

@@ -122,6 +122,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn call_after_the_peer_closed_an_idle_connection() {
+        // A server that answers one request per connection, then closes it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = exchange_hello(&mut s, SPEC, "one-shot").await;
+                if let Ok(env) = read_frame::<_, Envelope<(u32, u64)>>(&mut s).await {
+                    let _ = write_frame(&mut s, &Envelope { id: env.id, body: env.body.0 * 2 }).await;
+                }
+            }
+        });
+        let client = Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(5));
+        assert_eq!(client.call((1, 0)).await.unwrap(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The connection is dead but the client has not written to it since: the call must
+        // not wait forever on it.
+        let r = tokio::time::timeout(Duration::from_secs(3), client.call((2, 0))).await;
+        assert_eq!(r.expect("call hung on a dead connection").unwrap(), 4);
+    }
+
+    #[tokio::test]
     async fn unavailable_after_retry_window() {
         let dir = tempfile::tempdir().unwrap();
         let client = Client::<(u32, u64), u32>::new(dir.path().join("none"), SPEC, "t", Duration::from_millis(100));

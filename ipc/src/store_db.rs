@@ -26,6 +26,10 @@ pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 pub struct NewItem {
     /// File name of the item inside the scratch directory (one path component). The tree is
     /// complete and canonicalised (modes 0444/0555, mtime 1, owned by the daemon).
+    ///
+    /// Writers name their entries `<writer-pid>-<anything>`: store-db removes the entries of
+    /// writers that are no longer alive (at its startup and periodically), and entries named
+    /// otherwise once they are an hour old.
     pub scratch_name: String,
     /// Its final name in the store.
     pub path: StorePath,

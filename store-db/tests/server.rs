@@ -1,0 +1,429 @@
+//! The `guix-store-db` process, run as it is in production: under the real `guix-daemon-rs`
+//! supervisor (`--rs-libexec-dir` holding our binary), reached through its link socket with
+//! `guix_ipc::Client`. Also the writer's group commit, in process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, OutputName};
+use guix_formats::nar::{self, Limits, Node};
+use guix_formats::{StoreDir, StorePath};
+use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::Client;
+use guix_store_db::{DbReader, StateDirs};
+
+type StoreDbClient = Client<StoreDbRequest, StoreDbReply>;
+
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_guix-store-db")).parent().unwrap().to_owned()
+}
+
+/// The supervisor binary, built on demand (it belongs to another crate of the workspace).
+fn supervisor_bin() -> PathBuf {
+    let path = target_dir().join("guix-daemon-rs");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "guix-supervisor", "--bin", "guix-daemon-rs"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    path
+}
+
+struct Daemon {
+    child: Child,
+    root: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        let libexec = root.join("libexec");
+        std::fs::create_dir(&libexec).unwrap();
+        symlink(env!("CARGO_BIN_EXE_guix-store-db"), libexec.join("guix-store-db")).unwrap();
+        // socket-front is not under test: a stand-in that says "not implemented yet".
+        std::fs::write(libexec.join("guix-socket-front"), "#!/bin/sh\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(libexec.join("guix-socket-front"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let dirs = StateDirs::under(&root);
+        let child = Command::new(supervisor_bin())
+            .arg(format!("--rs-libexec-dir={}", libexec.display()))
+            .env("NIX_STORE_DIR", dirs.store_path())
+            .env("GUIX_STATE_DIRECTORY", dirs.state_dir())
+            .env("GUIX_DATABASE_DIRECTORY", dirs.db_dir())
+            .env("GUIX_LOG_DIRECTORY", dirs.log_dir())
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, root, _tmp: tmp };
+        wait_for(|| d.socket().exists() && d.scratch().is_dir() && d.dirs().db_dir().join("db.sqlite").exists(), "store-db");
+        d
+    }
+    fn dirs(&self) -> StateDirs {
+        StateDirs::under(&self.root)
+    }
+    fn store_dir(&self) -> StoreDir {
+        self.dirs().store_dir().unwrap()
+    }
+    fn socket(&self) -> PathBuf {
+        self.dirs().state_dir().join("daemon-rs/store-db.sock")
+    }
+    fn scratch(&self) -> PathBuf {
+        self.dirs().store_path().join(SCRATCH_DIR_NAME)
+    }
+    fn client(&self) -> StoreDbClient {
+        Client::new(self.socket(), STORE_DB_LINK, "test", Duration::from_secs(60))
+    }
+    fn reader(&self) -> DbReader {
+        DbReader::open(self.dirs().db_dir(), self.store_dir()).unwrap()
+    }
+    fn store_db_pid(&self) -> Option<i32> {
+        let out = Command::new(supervisor_bin())
+            .args(["ctl", "status"])
+            .env("GUIX_STATE_DIRECTORY", self.dirs().state_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("store-db"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Restores `node` into the scratch directory as a writer does (`<pid>-<n>`), canonicalised
+/// (mtime 1), and returns the item to send.
+fn scratch_item(scratch: &Path, path: StorePath, node: &Node, references: Vec<StorePath>) -> NewItem {
+    let name = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let dest = scratch.join(&name);
+    let bytes = node.to_nar().unwrap();
+    let summary = nar::restore(&bytes[..], &dest, &Limits::default()).unwrap();
+    canonicalise(&dest);
+    NewItem { scratch_name: name, path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references, deriver: None }
+}
+
+fn canonicalise(p: &Path) {
+    let md = std::fs::symlink_metadata(p).unwrap();
+    if md.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            canonicalise(&e.unwrap().path());
+        }
+    }
+    let one = nix::sys::time::TimeSpec::new(1, 0);
+    nix::sys::stat::utimensat(None, p, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+}
+
+fn text(contents: &str) -> Node {
+    Node::Regular { executable: false, contents: contents.as_bytes().to_vec() }
+}
+
+fn text_item(d: &Daemon, name: &str, contents: &str, references: Vec<StorePath>) -> NewItem {
+    let path = d.store_dir().make_text_path(name, contents.as_bytes(), &references).unwrap();
+    scratch_item(&d.scratch(), path, &text(contents), references)
+}
+
+fn tree() -> Node {
+    let mut bin = BTreeMap::new();
+    bin.insert(b"hello".to_vec(), Node::Regular { executable: true, contents: b"#!/bin/sh\necho hi\n".to_vec() });
+    let mut top = BTreeMap::new();
+    top.insert(b"bin".to_vec(), Node::Directory(bin));
+    top.insert(b"README".to_vec(), text("read me"));
+    top.insert(b"link".to_vec(), Node::Symlink { target: b"bin/hello".to_vec() });
+    Node::Directory(top)
+}
+
+/// A derivation with one output depending on `src`, and its `.drv` path.
+fn derivation(store: &StoreDir, name: &str, src: &StorePath) -> (Derivation, StorePath) {
+    let mut outputs = BTreeMap::new();
+    outputs.insert(OutputName::out(), DerivationOutput::blank());
+    let mut drv = Derivation {
+        outputs,
+        input_drvs: BTreeMap::new(),
+        input_srcs: [src.clone()].into(),
+        platform: b"x86_64-linux".to_vec(),
+        builder: store.display(src).into_bytes(),
+        args: vec![],
+        env: [(b"out".to_vec(), vec![])].into_iter().collect(),
+    };
+    let mut hasher = ModuloHasher::new(|_: &StorePath| -> Result<Derivation, String> { Err("no inputs".into()) });
+    drv.fill_output_paths(store, name, &mut hasher).unwrap();
+    let path = drv.drv_path(store, name).unwrap();
+    (drv, path)
+}
+
+fn drv_item(d: &Daemon, drv: &Derivation, path: &StorePath) -> NewItem {
+    let store = d.store_dir();
+    let node = Node::Regular { executable: false, contents: drv.to_aterm(&store) };
+    scratch_item(&d.scratch(), path.clone(), &node, drv.references().into_iter().collect())
+}
+
+fn nar_of(path: &Path) -> nar::NarSummary {
+    nar::dump_path(path, &mut std::io::sink()).unwrap()
+}
+
+fn integrity_ok(d: &Daemon) {
+    let conn = rusqlite::Connection::open(d.dirs().db_dir().join("db.sqlite")).unwrap();
+    let res: String = conn.query_row("pragma integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(res, "ok");
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn adds_text_tree_and_derivation() {
+    let d = Daemon::start();
+    let rt = rt();
+    let c = d.client();
+    let store = d.store_dir();
+
+    let a = text_item(&d, "a.txt", "aaa", vec![]);
+    let t_path = store.make_fixed_output_path(true, &nar_of_node(&tree()), "tree").unwrap();
+    let t = scratch_item(&d.scratch(), t_path.clone(), &tree(), vec![a.path.clone()]);
+    let (drv, drv_path) = derivation(&store, "thing", &a.path);
+    let dv = drv_item(&d, &drv, &drv_path);
+    let items = vec![a.clone(), t.clone(), dv.clone()];
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: items.clone() })).unwrap(), StoreDbReply::Ok);
+
+    let r = d.reader();
+    for i in &items {
+        let info = r.query_path_info(&i.path).unwrap();
+        assert_eq!(info.nar_hash, i.nar_hash);
+        assert_eq!(info.nar_size, Some(i.nar_size));
+        assert_eq!(info.references, i.references.iter().cloned().collect::<BTreeSet<_>>());
+        let on_disk = d.dirs().store_path().join(i.path.base_name());
+        assert_eq!(nar_of(&on_disk).nar_hash, i.nar_hash, "{}", on_disk.display());
+        // The lock file was deleted after success.
+        assert!(!PathBuf::from(format!("{}.lock", on_disk.display())).exists());
+    }
+    let outs = r.query_derivation_output_map(&drv_path).unwrap();
+    assert_eq!(outs.get("out"), drv.outputs.get(&OutputName::out()).and_then(|o| o.path.as_ref()));
+    // Nothing left in the scratch directory.
+    assert_eq!(std::fs::read_dir(d.scratch()).unwrap().count(), 0);
+
+    // Idempotent: the same request again (scratch copies gone) succeeds and changes nothing.
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items })).unwrap(), StoreDbReply::Ok);
+    // Adding a valid path with a fresh scratch copy removes the copy.
+    let again = text_item(&d, "a.txt", "aaa", vec![]);
+    let again_scratch = d.scratch().join(&again.scratch_name);
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 2, items: vec![again] })).unwrap(), StoreDbReply::Ok);
+    assert!(!again_scratch.exists());
+
+    // Roots and failed paths.
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddIndirectRoot { path: "/home/x/result".into() })).unwrap(), StoreDbReply::Ok);
+    let auto = d.dirs().gcroots_dir().join("auto");
+    assert_eq!(std::fs::read_dir(&auto).unwrap().count(), 1);
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::ClearFailedPaths { paths: vec![drv_path] })).unwrap(), StoreDbReply::Ok);
+    integrity_ok(&d);
+}
+
+fn nar_of_node(n: &Node) -> guix_formats::Hash {
+    guix_formats::HashAlgo::Sha256.digest(&n.to_nar().unwrap())
+}
+
+fn error_of(r: StoreDbReply) -> String {
+    match r {
+        StoreDbReply::Error { message } => message,
+        StoreDbReply::Ok => panic!("expected an error"),
+    }
+}
+
+#[test]
+fn refuses_hostile_names_bad_derivations_and_invalid_references() {
+    let d = Daemon::start();
+    let rt = rt();
+    let c = d.client();
+    let store = d.store_dir();
+    let r = d.reader();
+
+    // Hostile scratch names: refused before anything is touched.
+    let outside = d.root.join("outside");
+    std::fs::write(&outside, b"x").unwrap();
+    let good = text_item(&d, "g", "g", vec![]);
+    for bad in ["../../outside", "a/b", ".", "..", ""] {
+        let mut item = good.clone();
+        item.scratch_name = bad.to_owned();
+        let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![item] })).unwrap());
+        assert!(msg.contains("invalid scratch item name"), "{msg}");
+    }
+    assert!(outside.exists());
+    assert!(!r.is_valid(&good.path).unwrap());
+
+    // A missing scratch item.
+    let mut missing = text_item(&d, "m", "m", vec![]);
+    std::fs::remove_file(d.scratch().join(&missing.scratch_name)).unwrap();
+    missing.scratch_name = format!("{}-nothing", std::process::id());
+    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![missing.clone()] })).unwrap());
+    assert_eq!(msg, format!("scratch item `{}' does not exist", missing.scratch_name));
+
+    // A .drv with a wrong output path: the C++ message, nothing of the batch registered, the
+    // items it moved into the store removed, its scratch copies too.
+    let src = text_item(&d, "builder.sh", "echo", vec![]);
+    let (mut drv, _) = derivation(&store, "bad", &src.path);
+    let right = drv.outputs.get(&OutputName::out()).unwrap().path.clone().unwrap();
+    let wrong = store.make_text_path("bad", b"nope", &BTreeSet::new()).unwrap();
+    drv.outputs.get_mut(&OutputName::out()).unwrap().path = Some(wrong.clone());
+    drv.env.insert(b"out".to_vec(), store.display(&wrong).into_bytes());
+    let drv_path = drv.drv_path(&store, "bad").unwrap();
+    let dv = drv_item(&d, &drv, &drv_path);
+    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), dv] })).unwrap());
+    assert_eq!(
+        msg,
+        format!(
+            "derivation `{}' has incorrect output `{}', should be `{}'",
+            store.display(&drv_path),
+            store.display(&wrong),
+            store.display(&right)
+        )
+    );
+    assert!(!r.is_valid(&src.path).unwrap() && !r.is_valid(&drv_path).unwrap());
+    assert!(!d.dirs().store_path().join(src.path.base_name()).exists());
+    assert!(!d.dirs().store_path().join(drv_path.base_name()).exists());
+    assert_eq!(std::fs::read_dir(d.scratch()).unwrap().count(), 1, "only `good' is left");
+
+    // A reference that is neither valid nor in the batch: the C++ message (no path in it).
+    let ghost = store.make_text_path("ghost", b"boo", &BTreeSet::new()).unwrap();
+    let dangling = text_item(&d, "dangling", "d", vec![ghost]);
+    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![dangling.clone()] })).unwrap());
+    assert_eq!(msg, "path `%1%' is not valid");
+    assert!(!d.dirs().store_path().join(dangling.path.base_name()).exists());
+    // The lock file of a failed addition stays (empty), as in C++.
+    assert_eq!(std::fs::metadata(format!("{}/{}.lock", d.dirs().store_path().display(), dangling.path.base_name())).unwrap().len(), 0);
+
+    // A stale invalid item at the final name is replaced.
+    let stale_dest = d.dirs().store_path().join(good.path.base_name());
+    std::fs::create_dir_all(stale_dest.join("junk")).unwrap();
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![good.clone()] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(std::fs::read(&stale_dest).unwrap(), b"g");
+    integrity_ok(&d);
+}
+
+#[test]
+fn survives_kill_9_in_a_loop() {
+    let d = Daemon::start();
+    let rt = rt();
+    let client = Arc::new(d.client());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok: Arc<std::sync::Mutex<Vec<NewItem>>> = Arc::default();
+
+    // Four writers adding items continuously, some chained by references.
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (client, stop, ok) = (client.clone(), stop.clone(), ok.clone());
+        let scratch = d.scratch();
+        let store = d.store_dir();
+        tasks.push(rt.spawn(async move {
+            let mut prev: Option<StorePath> = None;
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let contents = format!("writer {w} item {n} {}", "x".repeat((n as usize * 37) % 5000));
+                let refs: Vec<StorePath> = prev.iter().cloned().collect();
+                let path = store.make_text_path(&format!("w{w}-{n}"), contents.as_bytes(), &refs).unwrap();
+                let item = scratch_item(&scratch, path.clone(), &text(&contents), refs);
+                let reply = client.call(StoreDbRequest::AddItems { conn: w, items: vec![item.clone()] }).await;
+                match reply {
+                    Ok(StoreDbReply::Ok) => {
+                        ok.lock().unwrap().push(item);
+                        prev = Some(path);
+                    }
+                    other => panic!("writer {w} item {n}: {other:?}"),
+                }
+                n += 1;
+            }
+        }));
+    }
+
+    let mut pids = BTreeSet::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        let pid = loop {
+            if let Some(p) = d.store_db_pid() {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        pids.insert(pid);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        // Wait for the supervisor to start the next one.
+        wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    assert!(pids.len() >= 5);
+
+    let ok = ok.lock().unwrap();
+    assert!(ok.len() > 20, "only {} items added", ok.len());
+    let r = d.reader();
+    for item in ok.iter() {
+        let info = r.query_path_info(&item.path).unwrap();
+        assert_eq!(info.nar_hash, item.nar_hash);
+    }
+    // Every registered path has its complete files.
+    let all = r.query_all_valid_paths().unwrap();
+    assert_eq!(all.len(), ok.len());
+    for p in &all {
+        let info = r.query_path_info(p).unwrap();
+        let on_disk = d.dirs().store_path().join(p.base_name());
+        let s = nar_of(&on_disk);
+        assert_eq!((s.nar_hash, Some(s.nar_size)), (info.nar_hash, info.nar_size), "{}", on_disk.display());
+    }
+    integrity_ok(&d);
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let d = Daemon::start();
+    let rt = rt();
+    let c = d.client();
+    let item = text_item(&d, "t", "t", vec![]);
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![item] })).unwrap(), StoreDbReply::Ok);
+    let pid = d.store_db_pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
+    let out = Command::new(supervisor_bin())
+        .args(["ctl", "status"])
+        .env("GUIX_STATE_DIRECTORY", d.dirs().state_dir())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = status.lines().find(|l| l.starts_with("store-db")).unwrap().to_owned();
+    assert!(line.contains("exit 0") || line.contains("status 0"), "{status}");
+}
