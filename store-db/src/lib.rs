@@ -9,11 +9,14 @@
 //!   and [`DbWriter`] (the store-db process only).
 //! - [`info`][mod@info] — [`ValidPathInfo`] and [`Registration`].
 //! - [`sql`][mod@sql] — the C++ daemon's SQL text, verbatim.
+//! - [`server`] — the `guix-store-db` process: the `store-db` link, the writer thread, path
+//!   locks, temp and indirect roots, the scratch directory.
 
 pub mod db;
 pub mod dirs;
 pub mod error;
 pub mod info;
+pub mod server;
 pub mod sql;
 
 pub use db::{DbOptions, DbReader, DbWriter, SCHEMA_VERSION};

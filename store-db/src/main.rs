@@ -1,9 +1,6 @@
-//! store-db: the only writer of /var/guix/db/db.sqlite.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-store-db`: the only writer of the store database and of the store's namespace. The
+//! supervisor (`guix-daemon-rs`) starts it; see [`guix_store_db::server::service`].
 
-fn main() {
-    eprintln!("guix-store-db: not implemented yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    guix_store_db::server::service::main()
 }

@@ -1,0 +1,158 @@
+//! File-system operations of store-db on store items and the scratch directory.
+//!
+//! # The scratch directory
+//! `<store>/.rs-scratch` (mode 0700, owned by the daemon) is where writers (socket-front,
+//! later the builder and the substituter) put finished items before asking store-db to move
+//! them into the store. It is on the store's file system, so the move is one `rename`.
+//!
+//! Naming convention (what the sweep relies on): a writer names its entries
+//! `<writer-pid>-<anything>`. store-db removes leftovers ([`sweep_scratch`]) at startup and
+//! every few minutes, in its writer thread (so never while it is renaming one): an entry whose
+//! writer pid is no longer alive is removed; an entry whose name does not start with a pid is
+//! removed once its status-change time is older than [`UNNAMED_MAX_AGE`]. A writer that is
+//! alive keeps its entries however long it takes, and a store-db restart never removes the
+//! work of a writer that is still filling it.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Age after which a scratch entry not named `<pid>-…` is removed.
+pub const UNNAMED_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Why a scratch name is refused (the text the client sees).
+pub fn check_scratch_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.bytes().any(|b| b == b'/' || b == 0);
+    if bad {
+        return Err(format!("invalid scratch item name `{name}'"));
+    }
+    Ok(())
+}
+
+/// `deletePath`: removes a file, symlink or directory tree, making directories writable
+/// first (store directories are 0555). A path that does not exist is not an error.
+pub fn delete_path(path: &Path) -> io::Result<()> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if md.is_dir() {
+        if md.mode() & 0o700 != 0o700 {
+            fs::set_permissions(path, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777))?;
+        }
+        for entry in fs::read_dir(path)? {
+            delete_path(&entry?.path())?;
+        }
+        match fs::remove_dir(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    } else {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Creates the scratch directory (0700) if needed and checks that it is a real directory.
+pub fn ensure_scratch_dir(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("`{}' is not a directory", dir.display())))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(dir)?,
+        Err(e) => return Err(e),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// The writer pid a scratch entry name starts with (`<pid>-…`).
+pub fn scratch_owner(name: &OsStr) -> Option<i32> {
+    let s = name.to_str()?;
+    let (pid, _) = s.split_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// Removes the scratch entries whose writer is gone (see the module documentation). Returns
+/// the entries removed.
+pub fn sweep_scratch(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let stale = match scratch_owner(&name) {
+            Some(pid) => !pid_alive(pid),
+            None => match entry.path().symlink_metadata() {
+                Ok(md) => now.saturating_sub(md.ctime()) > UNNAMED_MAX_AGE.as_secs() as i64,
+                Err(_) => false,
+            },
+        };
+        if stale {
+            let p = entry.path();
+            delete_path(&p)?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names() {
+        for ok in ["123-abc", "x", "a.b", "..."] {
+            assert!(check_scratch_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "../x", "a\0b"] {
+            assert!(check_scratch_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_scratch_name(&"a".repeat(256)).is_err());
+        assert_eq!(scratch_owner(OsStr::new("42-x")), Some(42));
+        assert_eq!(scratch_owner(OsStr::new("x-42")), None);
+        assert_eq!(scratch_owner(OsStr::new("-x")), None);
+    }
+
+    #[test]
+    fn delete_read_only_tree_and_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("scratch");
+        ensure_scratch_dir(&scratch).unwrap();
+        // A read-only tree of a dead writer (pid 2^22+1 is above pid_max's default range
+        // on most systems, but check to be sure).
+        let dead = (4_194_000..4_194_300).find(|&p| !pid_alive(p)).unwrap();
+        let t = scratch.join(format!("{dead}-item"));
+        fs::create_dir_all(t.join("sub")).unwrap();
+        fs::write(t.join("sub/f"), b"x").unwrap();
+        fs::set_permissions(t.join("sub"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(&t, fs::Permissions::from_mode(0o555)).unwrap();
+        let live = scratch.join(format!("{}-item", std::process::id()));
+        fs::write(&live, b"y").unwrap();
+        let fresh_unnamed = scratch.join("unnamed");
+        fs::write(&fresh_unnamed, b"z").unwrap();
+        let removed = sweep_scratch(&scratch).unwrap();
+        assert_eq!(removed, vec![t.clone()]);
+        assert!(!t.exists() && live.exists() && fresh_unnamed.exists());
+        delete_path(&live).unwrap();
+        delete_path(&live).unwrap();
+    }
+}

@@ -1,0 +1,16 @@
+//! The store-db process (`guix-store-db`): serves the `store-db` link
+//! ([`guix_ipc::store_db`]) for socket-front and the other components.
+//!
+//! - [`service`] — startup ([`service::main`]), the [`guix_ipc::Handler`] ([`service::StoreDb`]),
+//!   SIGTERM.
+//! - [`writer`] — the writer thread: file moves into the store, `.drv` checks, registration,
+//!   group commit, crash safety.
+//! - [`pathlock`] — the C++ daemon's per-path `.lock` files.
+//! - [`roots`] — temp roots (in memory) and indirect roots.
+//! - [`fsops`] — `deletePath`, the scratch directory and its sweep.
+
+pub mod fsops;
+pub mod pathlock;
+pub mod roots;
+pub mod service;
+pub mod writer;

@@ -1,0 +1,253 @@
+//! Startup, request handling and shutdown of the store-db process.
+//!
+//! Startup ([`main`]): the configuration and the inherited listening socket `store-db` from
+//! the supervisor ([`guix_ipc::component`]), [`StateDirs::init`] (directories, schema check,
+//! big lock, reserved space), the scratch directory `<store>/.rs-scratch` (0700), one
+//! [`DbWriter`] in the writer thread, a sweep of scratch leftovers (then every
+//! [`SWEEP_INTERVAL`]), then one task per connection ([`guix_ipc::serve_connection`]).
+//!
+//! SIGTERM/SIGINT: stop accepting connections, wait (at most [`DRAIN_TIMEOUT`]) until no
+//! request is in flight, exit 0. Exiting earlier would be safe too (SQLite transactions,
+//! idempotent requests retried by the callers); waiting only saves the callers a retry.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use guix_formats::StoreDir;
+use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
+use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::{Handler, Hello};
+
+use super::fsops::{check_scratch_name, ensure_scratch_dir};
+use super::pathlock::PathLockTable;
+use super::roots::{add_indirect_root, TempRoots};
+use super::writer::{self, Job, StoreLayout, WriterHandle, WriterOptions};
+use crate::{DbOptions, DbWriter, InitOptions, StateDirs};
+
+/// How often scratch leftovers of dead writers are removed (besides at startup).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How long SIGTERM waits for requests in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The state shared by every connection.
+pub struct StoreDb {
+    layout: StoreLayout,
+    state_dir: PathBuf,
+    writer: WriterHandle,
+    locks: Arc<PathLockTable>,
+    temp_roots: Arc<TempRoots>,
+    inflight: AtomicUsize,
+}
+
+impl StoreDb {
+    pub fn new(layout: StoreLayout, state_dir: PathBuf, writer: WriterHandle) -> StoreDb {
+        StoreDb {
+            layout,
+            state_dir,
+            writer,
+            locks: PathLockTable::new(),
+            temp_roots: Arc::new(TempRoots::default()),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The temp roots of the callers' connections (for the GC).
+    pub fn temp_roots(&self) -> &Arc<TempRoots> {
+        &self.temp_roots
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    /// Requests being handled right now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Handles one request.
+    pub async fn execute(&self, req: StoreDbRequest) -> StoreDbReply {
+        let res = match req {
+            StoreDbRequest::AddItems { conn, items } => self.add_items(conn, items).await,
+            StoreDbRequest::AddTempRoots { conn, paths } => {
+                self.temp_roots.add(conn, paths);
+                Ok(())
+            }
+            StoreDbRequest::ConnectionClosed { conn } => {
+                self.temp_roots.close(conn);
+                Ok(())
+            }
+            StoreDbRequest::SyncConnections { live } => {
+                self.temp_roots.sync(live);
+                Ok(())
+            }
+            StoreDbRequest::AddIndirectRoot { path } => {
+                let state = self.state_dir.clone();
+                tokio::task::spawn_blocking(move || add_indirect_root(&state, &path).map(|_| ()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            StoreDbRequest::ClearFailedPaths { paths } => {
+                self.writer.run(|reply| Job::ClearFailed { paths, reply }).await
+            }
+        };
+        match res {
+            Ok(()) => StoreDbReply::Ok,
+            Err(message) => StoreDbReply::Error { message },
+        }
+    }
+
+    async fn add_items(&self, conn: u64, items: Vec<NewItem>) -> Result<(), String> {
+        let clean_scratch = |items: &[NewItem]| {
+            for i in items {
+                if check_scratch_name(&i.scratch_name).is_ok() {
+                    let _ = super::fsops::delete_path(&self.layout.scratch.join(&i.scratch_name));
+                }
+            }
+        };
+        if let Some(bad) = items.iter().find_map(|i| check_scratch_name(&i.scratch_name).err()) {
+            clean_scratch(&items);
+            return Err(bad);
+        }
+        // As `addToStore`: the path is a temp root of the connection before it is valid.
+        self.temp_roots.add(conn, items.iter().map(|i| i.path.clone()));
+        let finals = items.iter().map(|i| self.layout.store_path.join(i.path.base_name())).collect();
+        let mut locks = match self.locks.lock(finals).await {
+            Ok(l) => l,
+            Err(e) => {
+                clean_scratch(&items);
+                return Err(e);
+            }
+        };
+        let res = self.writer.run(|reply| Job::Add { items, reply }).await;
+        locks.set_deletion(res.is_ok());
+        drop(locks);
+        res
+    }
+}
+
+/// The handler of the `store-db` link.
+pub struct Service(pub Arc<StoreDb>);
+
+struct Inflight(Arc<StoreDb>);
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Handler for Service {
+    type Req = StoreDbRequest;
+    type Resp = StoreDbReply;
+    fn handle(self: &Arc<Self>, _peer: &Hello, req: StoreDbRequest) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
+        let db = self.0.clone();
+        db.inflight.fetch_add(1, Ordering::SeqCst);
+        let guard = Inflight(db.clone());
+        async move {
+            let r = db.execute(req).await;
+            drop(guard);
+            r
+        }
+    }
+}
+
+/// Why store-db could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Component(#[from] guix_ipc::component::ComponentError),
+    #[error("no inherited listening socket `store-db'")]
+    NoListener,
+    #[error("{0}")]
+    Store(#[from] crate::Error),
+    #[error("the store is read-only (cannot open the big lock)")]
+    ReadOnly,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The program: returns the exit status.
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guix-store-db: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), StartError> {
+    let config = config_from_env()?;
+    let listener = inherited_listeners()?
+        .into_iter()
+        .find_map(|(name, l)| match l {
+            InheritedListener::Unix(u) if name == STORE_DB_LINK.name => Some(u),
+            _ => None,
+        })
+        .ok_or(StartError::NoListener)?;
+    let dirs = StateDirs::new(config.store_dir.clone(), config.state_dir.clone(), config.db_dir.clone(), config.log_dir.clone());
+    let lock = dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
+    if lock.read_only() {
+        return Err(StartError::ReadOnly);
+    }
+    let store_dir: StoreDir = dirs.store_dir()?;
+    let scratch = dirs.store_path().join(SCRATCH_DIR_NAME);
+    ensure_scratch_dir(&scratch)?;
+    let db = DbWriter::open(dirs.db_dir(), store_dir.clone(), &lock, &DbOptions::default())?;
+    let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };
+    let (writer, writer_thread) = writer::spawn(db, layout.clone(), WriterOptions::default())?;
+    writer.send(Job::Sweep);
+    let state = Arc::new(StoreDb::new(layout, config.state_dir.clone(), writer));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(listener, state.clone()))?;
+    // Stop the writer: its queue is empty (nothing in flight), so this returns at once.
+    drop(rt);
+    drop(state);
+    let _ = writer_thread.join();
+    drop(lock);
+    Ok(())
+}
+
+/// Accepts connections until SIGTERM/SIGINT, then drains.
+async fn serve(listener: std::os::unix::net::UnixListener, state: Arc<StoreDb>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let service = Arc::new(Service(state.clone()));
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.tick().await;
+    let who = format!("store-db[{}]", std::process::id());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let service = service.clone();
+                    let who = who.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = guix_ipc::serve_connection(stream, STORE_DB_LINK, &who, service).await {
+                            eprintln!("guix-store-db: connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("guix-store-db: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = sweep.tick() => state.writer().send(Job::Sweep),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    drop(listener);
+    let start = std::time::Instant::now();
+    while state.inflight() > 0 && start.elapsed() < DRAIN_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

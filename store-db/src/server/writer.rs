@@ -1,0 +1,360 @@
+//! The writer thread: the one place where items are moved into the store and the database is
+//! written.
+//!
+//! rusqlite is synchronous and SQLite has one writer at a time anyway, so every change goes
+//! through one OS thread that owns the [`DbWriter`]. Requests are queued to it as [`Job`]s.
+//!
+//! **Group commit**: when several `AddItems` jobs are waiting, the thread prepares each (file
+//! moves, `.drv` checks) and registers all of them in ONE transaction — with WAL and
+//! `synchronous = normal` a commit costs little, but a transaction per small item still
+//! dominates the cost of adding many small items concurrently (see the `group_commit` bench
+//! in `tests/server.rs`). Atomicity stays per request: when the group's transaction fails,
+//! each job is retried in a transaction of its own, so one bad request never fails another.
+//!
+//! # Adding items (one job)
+//! The caller holds the per-path locks ([`super::pathlock`]). For each item: if the path is
+//! already valid, its scratch copy is removed and nothing else happens; otherwise whatever is
+//! at the final name (an invalid leftover: a crash between rename and commit, a failed build)
+//! is deleted, and the scratch item is renamed to its final name. Then every `.drv` of the job
+//! is read back from the store, parsed and checked (`checkDerivationOutputs`), and the job's
+//! items are registered. On any error nothing of the job is registered, the items it moved
+//! into the store are deleted again, and its scratch copies are removed.
+//!
+//! A retried request whose items were moved in before a crash (so its scratch copies are gone
+//! and its items sit, invalid, at their final names) is completed when the NAR hash and size
+//! of what is at the final name are the ones announced; otherwise it fails ("scratch item
+//! `N' does not exist").
+//!
+//! # Crash safety and durability
+//! A kill at any moment leaves the database consistent (one SQLite transaction per commit)
+//! and never a registered path without its files: files reach their final name (atomically,
+//! by `rename`) before the transaction that makes them valid. An item renamed but not yet
+//! committed is invalid and is deleted by the next addition of that path (or the GC).
+//! Like the C++ daemon (Guix 1.5.0: `fsync-metadata` only sets SQLite's `synchronous =
+//! normal`), store files are not fsync'ed: after a power loss, a recently registered item may
+//! have lost data the file system had not written yet; `guix gc --verify=contents` finds it.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
+use guix_formats::{StoreDir, StorePath};
+use guix_ipc::store_db::NewItem;
+use tokio::sync::oneshot;
+
+use super::fsops::{check_scratch_name, delete_path, sweep_scratch};
+use super::pathlock::strerror;
+use crate::{DbWriter, DerivationOutputs, Registration, ValidPathInfo};
+
+/// The result of a job: `Err` holds the client-facing message.
+pub type JobResult = Result<(), String>;
+
+/// A request to the writer thread.
+pub enum Job {
+    /// Move items into the store and register them (the caller holds their path locks).
+    Add { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
+    /// `clearFailedPaths`.
+    ClearFailed { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
+    /// Remove scratch leftovers of dead writers.
+    Sweep,
+}
+
+/// Settings of the writer thread.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// The most `AddItems` jobs registered in one transaction (1 disables group commit).
+    pub max_group: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { max_group: 64 }
+    }
+}
+
+/// Counters, for tests, benches and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub jobs: AtomicU64,
+    pub transactions: AtomicU64,
+}
+
+/// The sending side of the writer's queue. Dropping every handle stops the thread once the
+/// queue is empty.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    /// Runs a job that replies, and waits for the reply.
+    pub async fn run(&self, make: impl FnOnce(oneshot::Sender<JobResult>) -> Job) -> JobResult {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| "store-db is shutting down".to_owned())?;
+        rx.await.map_err(|_| "store-db writer thread stopped".to_owned())?
+    }
+
+    /// Queues a job that does not reply.
+    pub fn send(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+}
+
+/// Where the writer works.
+#[derive(Debug, Clone)]
+pub struct StoreLayout {
+    /// The store directory on disk.
+    pub store_path: PathBuf,
+    pub store_dir: StoreDir,
+    /// The scratch directory (see [`super::fsops`]).
+    pub scratch: PathBuf,
+}
+
+/// Starts the writer thread.
+pub fn spawn(db: DbWriter, layout: StoreLayout, opts: WriterOptions) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(WriterStats::default());
+    let mut w = Writer::new(db, layout, opts, stats.clone());
+    let thread = std::thread::Builder::new().name("store-db-writer".into()).spawn(move || w.run(rx))?;
+    Ok((WriterHandle { tx, stats }, thread))
+}
+
+type Loader = Box<dyn FnMut(&StorePath) -> Result<Derivation, String> + Send>;
+
+/// `drvHashes` is bounded: the memo is dropped after this many `.drv` checks.
+const HASHER_RESET: u64 = 10_000;
+
+struct Writer {
+    db: DbWriter,
+    layout: StoreLayout,
+    opts: WriterOptions,
+    stats: Arc<WriterStats>,
+    hasher: ModuloHasher<Loader>,
+    drv_checks: u64,
+}
+
+/// A job whose items are in place, ready to be registered.
+struct Prepared {
+    regs: Vec<Registration>,
+    /// Final paths this job put there (deleted again if its registration fails).
+    placed: Vec<PathBuf>,
+}
+
+impl Writer {
+    fn new(db: DbWriter, layout: StoreLayout, opts: WriterOptions, stats: Arc<WriterStats>) -> Writer {
+        let hasher = new_hasher(&layout);
+        Writer { db, layout, opts, stats, hasher, drv_checks: 0 }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let mut next = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            match job {
+                Job::Add { items, reply } => {
+                    let mut group = vec![(items, reply)];
+                    while group.len() < self.opts.max_group.max(1) {
+                        match rx.try_recv() {
+                            Ok(Job::Add { items, reply }) => group.push((items, reply)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.add_group(group);
+                }
+                Job::ClearFailed { paths, reply } => {
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    let set = paths.into_iter().collect();
+                    let _ = reply.send(self.db.clear_failed_paths(&set).map_err(|e| e.to_string()));
+                }
+                Job::Sweep => match sweep_scratch(&self.layout.scratch) {
+                    Ok(removed) => {
+                        for p in removed {
+                            eprintln!("guix-store-db: removed scratch leftover `{}'", p.display());
+                        }
+                    }
+                    Err(e) => eprintln!("guix-store-db: cleaning `{}': {e}", self.layout.scratch.display()),
+                },
+            }
+        }
+    }
+
+    fn add_group(&mut self, group: Vec<(Vec<NewItem>, oneshot::Sender<JobResult>)>) {
+        self.stats.jobs.fetch_add(group.len() as u64, Ordering::Relaxed);
+        let mut ready: Vec<(Prepared, oneshot::Sender<JobResult>)> = Vec::new();
+        for (items, reply) in group {
+            match self.prepare(&items) {
+                Ok(p) if p.regs.is_empty() => {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok(p) => ready.push((p, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if ready.len() > 1 {
+            let all: Vec<Registration> = ready.iter().flat_map(|(p, _)| p.regs.iter().cloned()).collect();
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            if self.db.register_valid_paths(&all).is_ok() {
+                for (_, reply) in ready {
+                    let _ = reply.send(Ok(()));
+                }
+                return;
+            }
+            // Some job of the group is at fault: commit each on its own.
+        }
+        for (p, reply) in ready {
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            let res = self.db.register_valid_paths(&p.regs).map_err(|e| e.to_string());
+            if res.is_err() {
+                undo(&p.placed);
+            }
+            let _ = reply.send(res);
+        }
+    }
+
+    /// Puts a job's items at their final names and builds their registrations. On error,
+    /// undoes what it did and removes the job's scratch copies.
+    fn prepare(&mut self, items: &[NewItem]) -> Result<Prepared, String> {
+        let mut placed = Vec::new();
+        let res = self.prepare_inner(items, &mut placed);
+        if res.is_err() {
+            undo(&placed);
+            for item in items {
+                if check_scratch_name(&item.scratch_name).is_ok() {
+                    let _ = delete_path(&self.layout.scratch.join(&item.scratch_name));
+                }
+            }
+        }
+        res.map(|regs| Prepared { regs, placed })
+    }
+
+    fn prepare_inner(&mut self, items: &[NewItem], placed: &mut Vec<PathBuf>) -> Result<Vec<Registration>, String> {
+        let mut seen = HashSet::new();
+        let mut todo = Vec::new();
+        for item in items {
+            check_scratch_name(&item.scratch_name)?;
+            let scratch = self.layout.scratch.join(&item.scratch_name);
+            let already = !seen.insert(item.path.clone()) || self.db.is_valid(&item.path).map_err(|e| e.to_string())?;
+            if already {
+                delete_path(&scratch).map_err(|e| format!("deleting `{}': {}", scratch.display(), strerror(&e)))?;
+                continue;
+            }
+            let dest = self.layout.store_path.join(item.path.base_name());
+            match std::fs::symlink_metadata(&scratch) {
+                Ok(_) => {
+                    delete_path(&dest).map_err(|e| format!("deleting `{}': {}", dest.display(), strerror(&e)))?;
+                    std::fs::rename(&scratch, &dest).map_err(|e| {
+                        format!("cannot rename `{}' to `{}': {}", scratch.display(), dest.display(), strerror(&e))
+                    })?;
+                    placed.push(dest.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && already_in_place(&dest, item) => {
+                    placed.push(dest.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(format!("scratch item `{}' does not exist", item.scratch_name));
+                }
+                Err(e) => return Err(format!("getting status of `{}': {}", scratch.display(), strerror(&e))),
+            }
+            todo.push((item, dest));
+        }
+        let mut regs = Vec::with_capacity(todo.len());
+        for (item, dest) in todo {
+            let info = ValidPathInfo {
+                path: item.path.clone(),
+                deriver: item.deriver.clone(),
+                nar_hash: item.nar_hash,
+                references: item.references.iter().cloned().collect(),
+                registration_time: 0,
+                nar_size: Some(item.nar_size),
+            };
+            let reg = if item.path.is_derivation() {
+                let outputs = self.check_drv(&item.path, &dest)?;
+                Registration::derivation(info, outputs)
+            } else {
+                Registration::new(info)
+            };
+            regs.push(reg.map_err(|e| e.to_string())?);
+        }
+        Ok(regs)
+    }
+
+    /// Reads, parses and checks a `.drv` that is at its final name; returns its outputs.
+    fn check_drv(&mut self, path: &StorePath, file: &Path) -> Result<DerivationOutputs, String> {
+        self.drv_checks += 1;
+        if self.drv_checks >= HASHER_RESET {
+            self.hasher = new_hasher(&self.layout);
+            self.drv_checks = 0;
+        }
+        let store = &self.layout.store_dir;
+        let drv = read_drv(store, file)?;
+        drv.check_outputs(store, path, &mut self.hasher).map_err(|e| e.to_string())?;
+        let mut outputs = DerivationOutputs::new();
+        for (name, out) in drv.output_paths() {
+            let out = out.ok_or_else(|| format!("derivation `{}' has a blank output `{name}'", store.display(path)))?;
+            outputs.insert(name.as_str().to_owned(), out.clone());
+        }
+        Ok(outputs)
+    }
+}
+
+fn new_hasher(layout: &StoreLayout) -> ModuloHasher<Loader> {
+    let store = layout.store_dir.clone();
+    let dir = layout.store_path.clone();
+    ModuloHasher::new(Box::new(move |p: &StorePath| read_drv(&store, &dir.join(p.base_name()))) as Loader)
+}
+
+/// `readDerivation`, bounded by [`MAX_DRV_SIZE`].
+fn read_drv(store: &StoreDir, file: &Path) -> Result<Derivation, String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("opening file `{}': {}", file.display(), strerror(&e)))?;
+    let mut text = Vec::new();
+    f.take(MAX_DRV_SIZE as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("reading file `{}': {}", file.display(), strerror(&e)))?;
+    if text.len() > MAX_DRV_SIZE {
+        return Err(format!("derivation `{}' is too large", file.display()));
+    }
+    Derivation::parse(store, &text).map_err(|e| format!("error parsing derivation `{}': {e}", file.display()))
+}
+
+/// Whether the invalid item at `dest` is exactly the one announced (NAR hash and size).
+fn already_in_place(dest: &Path, item: &NewItem) -> bool {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return false;
+    }
+    match guix_formats::nar::dump_path(dest, &mut std::io::sink()) {
+        Ok(s) => s.nar_hash == item.nar_hash && s.nar_size == item.nar_size,
+        Err(_) => false,
+    }
+}
+
+fn undo(placed: &[PathBuf]) {
+    for p in placed {
+        if let Err(e) = delete_path(p) {
+            eprintln!("guix-store-db: cannot remove unregistered `{}': {}", p.display(), strerror(&e));
+        }
+    }
+}
