@@ -51,6 +51,7 @@ pub struct Client<Req, Resp> {
     who: String,
     retry_for: Duration,
     next_id: AtomicU64,
+    generation: AtomicU64,
     conn: tokio::sync::Mutex<Option<Arc<Conn<Req, Resp>>>>,
     _marker: PhantomData<fn(Req) -> Resp>,
 }
@@ -67,9 +68,17 @@ where
             who: who.to_owned(),
             retry_for,
             next_id: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
             conn: tokio::sync::Mutex::new(None),
             _marker: PhantomData,
         }
+    }
+
+    /// How many connections this client has made so far. A caller whose peer keeps state per
+    /// connection of its own (store-db's temp roots) compares it before and after a call: a
+    /// change means the peer may have restarted and lost that state.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Sends `req` and waits for its reply, reconnecting and resending while the peer is away.
@@ -147,6 +156,7 @@ where
             }
         });
         *guard = Some(conn.clone());
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(conn)
     }
 }

@@ -1,9 +1,5 @@
-//! socket-front: listening sockets, handshakes and the worker protocol of every client connection.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-socket-front`: serves every client connection of the daemon (see the library docs).
 
 fn main() {
-    eprintln!("guix-socket-front: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(guix_socket_front::main_entry());
 }

@@ -1,0 +1,216 @@
+//! AddToStore (7) and AddTextToStore (8): new items written into scratch space and committed
+//! through store-db.
+//!
+//! AddToStore's NAR arrives inline on the socket. It is unpacked straight into a scratch item
+//! by the shared NAR reader running on a blocking thread over the bridged socket
+//! ([`crate::bridge`]): one pass validates it, restores it, computes its SHA-256 (the
+//! narHash), the hash the client asked for (of the NAR if recursive, of the file contents if
+//! flat) — no spool, no second read. Parse errors close the connection (the C++ daemon parses
+//! before `startWork`); "regular file expected" and "unknown hash type" come after the whole
+//! NAR was read and keep it.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::path::Path;
+
+use guix_formats::hash::Hasher;
+use guix_formats::nar::{self, Event, NarError, NarSummary, Restorer, Visitor};
+use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
+use guix_formats::{Hash, HashAlgo, StorePath};
+use guix_ipc::store_db::NewItem;
+
+use crate::bridge::SyncBridge;
+use crate::conn::{Conn, Stream};
+use crate::error::{nar_failure, Failure};
+use crate::scratch::{canonicalise, ScratchItem};
+
+/// The kind of a NAR's root node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootKind {
+    Regular,
+    Directory,
+    Symlink,
+}
+
+/// Restores the NAR, noting the root's kind and hashing a root regular file's contents.
+struct AddVisitor {
+    restorer: Restorer,
+    root: Option<RootKind>,
+    contents: Option<Hasher>,
+}
+
+impl Visitor for AddVisitor {
+    fn event(&mut self, event: Event<'_>) -> Result<(), NarError> {
+        if self.root.is_none() {
+            self.root = Some(match event {
+                Event::Regular { .. } => RootKind::Regular,
+                Event::Symlink { .. } => RootKind::Symlink,
+                _ => RootKind::Directory,
+            });
+        }
+        self.restorer.event(event)
+    }
+
+    fn contents(&mut self, chunk: &[u8]) -> Result<(), NarError> {
+        if self.root == Some(RootKind::Regular) {
+            if let Some(h) = self.contents.as_mut() {
+                h.update(chunk);
+            }
+        }
+        self.restorer.contents(chunk)
+    }
+
+    fn contents_done(&mut self) -> Result<(), NarError> {
+        self.restorer.contents_done()
+    }
+}
+
+/// A `Write` that only hashes (the NAR with the client's algorithm, when it is not SHA-256).
+struct HashSink(Option<Hasher>);
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(h) = self.0.as_mut() {
+            h.update(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Received {
+    summary: NarSummary,
+    root: Option<RootKind>,
+    contents_hash: Option<Hash>,
+    nar_hash_algo: Option<Hash>,
+}
+
+impl<S: Stream> Conn<S> {
+    pub(crate) async fn add_to_store(&mut self) -> Result<Reply, Failure> {
+        let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
+        let req = read_request_body(self.stream()?, Opcode::AddToStore, &store, version, &limits).await?;
+        let Request::AddToStore { name, fixed, recursive, hash_algo } = req else {
+            return Err(Failure::fatal("AddToStore request expected"));
+        };
+        // The old "compat hack": fixed != 1 forces recursive SHA-256.
+        let (recursive, algo_name) = if fixed { (recursive, hash_algo) } else { (true, "sha256".to_owned()) };
+        let algo = HashAlgo::from_name(&algo_name);
+        let item = self
+            .shared
+            .scratch
+            .allocate(self.id)
+            .map_err(|e| Failure::Fatal(format!("creating scratch space: {e}")))?;
+        let dest = item.path().to_owned();
+        let nar_limits = self.shared.nar_limits.clone();
+        let received = self
+            .blocking(move |s, h| -> Result<Received, NarError> {
+                let mut input = SyncBridge::new(s, h);
+                let flat_algo = if recursive { None } else { algo };
+                let mut visitor = AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
+                let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
+                let mut tee = HashSink(nar_algo.map(Hasher::new));
+                let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
+                Ok(Received {
+                    summary,
+                    root: visitor.root,
+                    contents_hash: visitor.contents.map(Hasher::finish),
+                    nar_hash_algo: tee.0.map(Hasher::finish),
+                })
+            })
+            .await?
+            .map_err(nar_failure)?;
+        // startWork: from here on errors keep the connection.
+        if !recursive && received.root != Some(RootKind::Regular) {
+            return Err(Failure::op("regular file expected"));
+        }
+        let Some(algo) = algo else { return Err(Failure::op("unknown hash type")) };
+        let hash = if !recursive {
+            received.contents_hash
+        } else if algo == HashAlgo::Sha256 {
+            Some(received.summary.nar_hash)
+        } else {
+            received.nar_hash_algo
+        }
+        .ok_or_else(|| Failure::op("regular file expected"))?;
+        let path = store.make_fixed_output_path(recursive, &hash, &name).map_err(|e| Failure::Op(e.to_string()))?;
+        self.commit(item, path, received.summary, BTreeSet::new(), None).await
+    }
+
+    pub(crate) async fn add_text(
+        &mut self,
+        name: String,
+        contents: Vec<u8>,
+        references: BTreeSet<StorePath>,
+    ) -> Result<Reply, Failure> {
+        let store = self.shared.store.clone();
+        let path = store.make_text_path(&name, &contents, &references).map_err(|e| Failure::Op(e.to_string()))?;
+        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
+        let p = path.clone();
+        if self.shared.db.run(move |r| r.is_valid(&p)).await? {
+            return Ok(Reply::Path(path));
+        }
+        let refs = references.clone();
+        let valid = self.shared.db.run(move |r| r.query_valid_paths(&refs)).await?;
+        if valid.len() != references.len() {
+            // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
+            return Err(Failure::op("path `%1%' is not valid"));
+        }
+        let item = self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+        let dest = item.path().to_owned();
+        let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
+            .await
+            .map_err(|e| Failure::Op(e.to_string()))?
+            .map_err(|e| Failure::Op(e.to_string()))?;
+        self.commit(item, path, summary, references, None).await
+    }
+
+    /// Registers a finished scratch item through store-db (unless the path became valid in
+    /// the meantime) and answers with its path.
+    pub(crate) async fn commit(
+        &mut self,
+        item: ScratchItem,
+        path: StorePath,
+        summary: NarSummary,
+        references: BTreeSet<StorePath>,
+        deriver: Option<StorePath>,
+    ) -> Result<Reply, Failure> {
+        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
+        let p = path.clone();
+        if self.shared.db.run(move |r| r.is_valid(&p)).await? {
+            return Ok(Reply::Path(path));
+        }
+        let dest = item.path().to_owned();
+        tokio::task::spawn_blocking(move || canonicalise(&dest))
+            .await
+            .map_err(|e| Failure::Op(e.to_string()))?
+            .map_err(|e| Failure::Op(format!("canonicalising `{}': {e}", item.path().display())))?;
+        let new = NewItem {
+            scratch_name: item.name().to_owned(),
+            path: path.clone(),
+            nar_hash: summary.nar_hash,
+            nar_size: summary.nar_size,
+            references: references.into_iter().collect(),
+            deriver,
+        };
+        self.shared.storedb.add_items(self.id, vec![new]).await?;
+        item.handed_over();
+        Ok(Reply::Path(path))
+    }
+}
+
+/// Writes a text item (mode 0444) and returns its NAR summary.
+fn write_text(dest: &Path, contents: &[u8]) -> Result<NarSummary, NarError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(dest)
+        .map_err(|e| NarError::Io { context: format!("creating file `{}'", dest.display()), source: e })?;
+    f.write_all(contents)
+        .map_err(|e| NarError::Io { context: format!("writing file `{}'", dest.display()), source: e })?;
+    drop(f);
+    nar::dump_path(dest, &mut io::sink())
+}

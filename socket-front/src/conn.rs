@@ -1,0 +1,205 @@
+//! One client connection: the handshake, the request loop and its error policy.
+//!
+//! Each connection is one tokio task owning a [`Conn`]: its id, the peer's credentials and
+//! trust, the version the client announced, its [`Settings`], and the stream. Requests are
+//! served one after the other (the protocol has no pipelining); a failure is reported as the
+//! C++ daemon reports it ([`Failure`]) and never affects another connection.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use guix_formats::nar;
+use guix_formats::worker::{
+    read_op, server_handshake, write_reply, write_stderr, Limits, Opcode, ProtoError, Reply, StderrMsg,
+};
+use guix_formats::StoreDir;
+use guix_ipc::config::DaemonConfig;
+use guix_ipc::store_db::ConnId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Handle;
+
+use crate::dbpool::ReaderPool;
+use crate::error::Failure;
+use crate::metrics::Metrics;
+use crate::scratch::Scratch;
+use crate::settings::Settings;
+use crate::storedb::StoreDb;
+
+/// What every connection shares.
+pub struct Shared {
+    pub config: DaemonConfig,
+    pub store: StoreDir,
+    pub db: Arc<ReaderPool>,
+    pub storedb: StoreDb,
+    pub scratch: Scratch,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub nar_limits: nar::Limits,
+    /// Our effective uid: a peer with this uid is trusted, like root.
+    pub daemon_uid: u32,
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// From `SO_PEERCRED`; `None` for TCP clients.
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    pub fn is_remote(&self) -> bool {
+        self.uid.is_none()
+    }
+}
+
+/// Anything a connection can run over: a Unix socket, or a pipe in tests.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+pub struct Conn<S> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: ConnId,
+    pub(crate) peer: Peer,
+    pub(crate) trusted: bool,
+    pub(crate) version: u32,
+    pub(crate) settings: Settings,
+    /// `None` only while a blocking thread has it (see [`Conn::blocking`]).
+    stream: Option<S>,
+}
+
+/// Serves one connection to its end. Never panics on input; every outcome is logged by the
+/// caller's metrics.
+pub async fn serve<S: Stream>(shared: Arc<Shared>, id: ConnId, peer: Peer, stream: S) {
+    shared.metrics.connection_opened();
+    shared.storedb.open_connection(id);
+    let trusted = peer.uid.is_some_and(|u| u == 0 || u == shared.daemon_uid);
+    let settings = Settings::new(&shared.config);
+    let mut conn = Conn { shared: shared.clone(), id, peer, trusted, version: 0, settings, stream: Some(stream) };
+    if let Err(Failure::Gone(why) | Failure::Fatal(why) | Failure::Op(why)) = conn.run().await {
+        if shared.config.debug {
+            eprintln!("guix-socket-front: connection {id:x} ended: {why}");
+        }
+    }
+    shared.storedb.close_connection(id).await;
+    shared.metrics.connection_closed();
+}
+
+impl<S: Stream> Conn<S> {
+    pub(crate) fn stream(&mut self) -> Result<&mut S, Failure> {
+        self.stream.as_mut().ok_or_else(|| Failure::Gone("stream lost by a failed transfer".into()))
+    }
+
+    /// Sends one STDERR frame. A write failure means the client is gone.
+    pub(crate) async fn send(&mut self, msg: &StderrMsg) -> Result<(), Failure> {
+        let version = self.version;
+        let s = self.stream()?;
+        write_stderr(s, msg, version).await.map_err(|e| Failure::Gone(e.to_string()))
+    }
+
+    /// `STDERR_NEXT` with a log line.
+    pub(crate) async fn log(&mut self, line: &str) -> Result<(), Failure> {
+        self.send(&StderrMsg::Next(format!("{line}\n").into_bytes())).await
+    }
+
+    /// Runs `f` on a blocking thread with the stream (bridged with [`crate::bridge`]), and
+    /// takes the stream back. If the thread dies, the connection is closed.
+    pub(crate) async fn blocking<T, F>(&mut self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S, Handle) -> T + Send + 'static,
+    {
+        let mut s = self.stream.take().ok_or_else(|| Failure::Gone("stream lost".into()))?;
+        let h = Handle::current();
+        let (s, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut s, h);
+            (s, r)
+        })
+        .await
+        .map_err(|e| Failure::Gone(format!("transfer thread failed: {e}")))?;
+        self.stream = Some(s);
+        Ok(r)
+    }
+
+    async fn run(&mut self) -> Result<(), Failure> {
+        // Handshake errors end the connection without a frame, as in C++.
+        let hello = server_handshake(self.stream()?).await.map_err(|e| Failure::Gone(e.to_string()))?;
+        self.version = hello.version;
+        // startWork: open the store, create the per-user profile directory.
+        if let Err(msg) = self.create_user().await {
+            self.send(&StderrMsg::Error { msg, status: 1 }).await?;
+            return Ok(());
+        }
+        self.send(&StderrMsg::Last).await?;
+        loop {
+            let op = match read_op(self.stream()?).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(op)) => op,
+                Err(e @ ProtoError::InvalidOperation(_)) => {
+                    self.send(&StderrMsg::Error { msg: e.to_string(), status: 1 }).await?;
+                    return Ok(());
+                }
+                // A high half in the opcode word or a broken stream: closed without a frame.
+                Err(e) => return Err(Failure::Gone(e.to_string())),
+            };
+            let start = Instant::now();
+            let res = self.perform(op).await;
+            self.shared.metrics.op_done(op, res.is_ok(), start.elapsed());
+            match res {
+                Ok(reply) => {
+                    self.send(&StderrMsg::Last).await?;
+                    let (version, store) = (self.version, self.shared.store.clone());
+                    let s = self.stream()?;
+                    write_reply(s, op, &reply, &store, version).await.map_err(|e| Failure::Gone(e.to_string()))?;
+                }
+                Err(Failure::Op(msg)) => self.send(&StderrMsg::Error { msg, status: 1 }).await?,
+                Err(Failure::Fatal(msg)) => {
+                    self.send(&StderrMsg::Error { msg, status: 1 }).await?;
+                    return Ok(());
+                }
+                Err(gone @ Failure::Gone(_)) => return Err(gone),
+            }
+        }
+    }
+
+    /// `createUser`: `<state>/profiles/per-user/<name>`, owned by the user, mode 0755.
+    async fn create_user(&mut self) -> Result<(), String> {
+        let Some(uid) = self.peer.uid else { return Ok(()) };
+        let per_user: PathBuf = self.shared.config.state_dir.join("profiles/per-user");
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
+            let Some(user) = user else {
+                // C++ logs "user with UID … not found" and carries on.
+                return Ok(());
+            };
+            if user.name.is_empty() || user.name.contains('/') || user.name.starts_with('.') {
+                return Ok(());
+            }
+            let dir = per_user.join(&user.name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating directory `{}': {e}", dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("changing permissions of `{}': {e}", dir.display()))?;
+            nix::unistd::chown(&dir, Some(user.uid), None)
+                .map_err(|e| format!("changing owner of `{}': {e}", dir.display()))?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    async fn perform(&mut self, op: Opcode) -> Result<Reply, Failure> {
+        match op {
+            Opcode::AddToStore => self.add_to_store().await,
+            Opcode::CollectGarbage if self.peer.is_remote() => {
+                Err(Failure::fatal("Garbage collection is disabled for remote hosts."))
+            }
+            _ => {
+                let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
+                let req = guix_formats::worker::read_request_body(self.stream()?, op, &store, version, &limits).await?;
+                self.handle(req).await
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! socket-front: every client connection of the daemon, in one tokio process.
+//!
+//! The supervisor hands over the client listening sockets (named `client`); socket-front
+//! accepts on all of them and serves each connection in its own task, speaking the worker
+//! protocol 0x164 byte for byte like the C++ `guix-daemon` (spec: `protocol.md`).
+//!
+//! * Reads go straight to SQLite through a small pool of read-only WAL connections
+//!   ([`dbpool`]), never through another process.
+//! * Writes — new items, temp roots, indirect roots, failed-path cache — go to store-db over
+//!   the `store-db` link ([`storedb`]); new items are first written into scratch space on the
+//!   store's file system ([`scratch`]).
+//! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
+//!   by the same rule ([`error`]).
+//!
+//! Modules: [`server`] (accepting), [`conn`] (one connection: handshake, request loop),
+//! [`ops`] (queries and simple operations), [`add`] (AddToStore, AddTextToStore),
+//! [`transfer`] (ExportPath, ImportPaths), [`settings`] (SetOptions), [`roots`] (FindRoots),
+//! [`metrics`] (reported to the supervisor), [`bridge`] (blocking I/O over the socket).
+
+pub mod add;
+pub mod bridge;
+pub mod conn;
+pub mod dbpool;
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod roots;
+pub mod scratch;
+pub mod server;
+pub mod settings;
+pub mod storedb;
+pub mod transfer;
+
+use std::sync::Arc;
+
+use guix_formats::worker::Limits;
+use guix_formats::{nar, StoreDir};
+use guix_ipc::component::{config_from_env, inherited_listeners, CLIENT_SOCKET_NAME};
+
+use crate::conn::Shared;
+
+/// Read-only database connections kept open.
+pub const DB_READERS: usize = 4;
+
+/// The program: returns the exit status.
+pub fn main_entry() -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("guix-socket-front: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("guix-socket-front: {e}");
+            1
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let config = config_from_env().map_err(|e| e.to_string())?;
+    let listeners = inherited_listeners().map_err(|e| e.to_string())?;
+    let store_str = config.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
+    let store = StoreDir::new(store_str).map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        db: Arc::new(dbpool::ReaderPool::new(config.db_dir.clone(), store.clone(), DB_READERS)),
+        storedb: storedb::StoreDb::new(&config),
+        scratch: scratch::Scratch::new(&config.store_dir),
+        metrics: Arc::new(metrics::Metrics::default()),
+        limits: Limits::DEFAULT,
+        nar_limits: nar::Limits::default(),
+        daemon_uid: nix::unistd::geteuid().as_raw(),
+        store,
+        config,
+    });
+    tokio::spawn(metrics::report_loop(shared.metrics.clone(), shared.config.clone()));
+    // Drop the temp roots a previous socket-front left in store-db.
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move { while shared.storedb.sync().await.is_err() {} });
+    }
+    let ids = Arc::new(server::ConnIds::new(std::process::id()));
+    let mut tasks = Vec::new();
+    for (name, listener) in listeners {
+        if name != CLIENT_SOCKET_NAME {
+            continue;
+        }
+        tasks.push(tokio::spawn(server::accept_loop(shared.clone(), ids.clone(), listener)));
+    }
+    if tasks.is_empty() {
+        return Err("no client socket was passed (GUIX_DAEMON_RS_FDS has no `client')".into());
+    }
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("listening socket: {e}")),
+            Err(e) => return Err(format!("accept task: {e}")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The operations that read the database or need no store change: each request decoded by
+//! `guix_formats::worker` becomes a [`Reply`] or a [`Failure`] with the C++ daemon's message.
+//! Additions live in [`crate::add`], export and import in [`crate::transfer`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use guix_formats::worker::{BuildMode, PathInfo, Reply, Request};
+use guix_formats::{nar, StorePath};
+
+use crate::conn::{Conn, Stream};
+use crate::error::Failure;
+use crate::roots;
+
+/// Operations that would need a component not built yet.
+pub const BUILD_NOT_IMPLEMENTED: &str = "building is not implemented yet in guix-daemon-rs";
+pub const GC_NOT_IMPLEMENTED: &str = "garbage collection is not implemented yet in guix-daemon-rs";
+pub const REPAIR_NOT_IMPLEMENTED: &str = "repairing is not implemented yet in guix-daemon-rs";
+
+impl<S: Stream> Conn<S> {
+    pub(crate) async fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
+        use Request as Q;
+        let db = self.shared.db.clone();
+        match req {
+            Q::IsValidPath(s) => {
+                let store = self.shared.store.clone();
+                match store.parse(&s) {
+                    Ok(p) => Ok(Reply::Bool(db.run(move |r| r.is_valid(&p)).await?)),
+                    // `isStorePath` holds but no valid hash/name: simply not valid.
+                    Err(_) if store.is_in_store_syntax(&s) => Ok(Reply::Bool(false)),
+                    Err(_) => Err(Failure::Op(format!("path `{s}' is not in the store"))),
+                }
+            }
+            Q::HasSubstitutes(_) => Ok(Reply::Bool(false)),
+            Q::QueryPathHash(p) => Ok(Reply::Hash(db.run(move |r| r.query_path_info(&p)).await?.nar_hash)),
+            Q::QueryReferences(p) => Ok(Reply::Paths(db.run(move |r| r.query_references(&p)).await?)),
+            Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.query_referrers(&p)).await?)),
+            Q::QueryDeriver(p) => Ok(Reply::OptPath(db.run(move |r| r.query_deriver(&p)).await?)),
+            Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.run(move |r| r.query_valid_derivers(&p)).await?)),
+            Q::QueryDerivationOutputs(p) => {
+                Ok(Reply::Paths(db.run(move |r| r.query_derivation_outputs(&p)).await?))
+            }
+            Q::QueryDerivationOutputNames(p) => Ok(Reply::Strings(
+                db.run(move |r| r.query_derivation_output_names(&p)).await?.into_iter().collect(),
+            )),
+            Q::QueryPathFromHashPart(h) => {
+                Ok(Reply::OptPath(db.run(move |r| r.query_path_from_hash_part(&h)).await?))
+            }
+            Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.query_all_valid_paths()).await?)),
+            Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.query_failed_paths()).await?)),
+            Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.query_valid_paths(&ps)).await?)),
+            Q::QueryPathInfo(p) => {
+                let i = db.run(move |r| r.query_path_info(&p)).await?;
+                Ok(Reply::PathInfo(PathInfo {
+                    deriver: i.deriver,
+                    nar_hash: i.nar_hash,
+                    references: i.references,
+                    // `writeInt(time_t)`: truncated to 32 bits.
+                    registration_time: i.registration_time as u32,
+                    nar_size: i.nar_size.unwrap_or(0),
+                }))
+            }
+            Q::QuerySubstitutablePathInfo(_) => Ok(Reply::SubstitutablePathInfo(None)),
+            Q::QuerySubstitutablePathInfos(_) => Ok(Reply::QuerySubstitutablePathInfos(BTreeMap::new())),
+            Q::QuerySubstitutablePaths(_) => Ok(Reply::Paths(BTreeSet::new())),
+            Q::ClearFailedPaths(ss) => {
+                let store = self.shared.store.clone();
+                let paths: Vec<StorePath> = ss.iter().filter_map(|s| store.parse(s).ok()).collect();
+                if !paths.is_empty() {
+                    self.shared.storedb.clear_failed_paths(paths).await?;
+                }
+                Ok(Reply::Done)
+            }
+            Q::AddTempRoot(p) => {
+                self.shared.storedb.add_temp_roots(self.id, vec![p]).await?;
+                Ok(Reply::Done)
+            }
+            Q::AddIndirectRoot(s) => {
+                self.shared.storedb.add_indirect_root(abs_path(&s)).await?;
+                Ok(Reply::Done)
+            }
+            Q::SyncWithGC => Ok(Reply::Done),
+            Q::FindRoots => {
+                let state = self.shared.config.state_dir.clone();
+                let store = self.shared.store.clone();
+                let found = db
+                    .run(move |r| {
+                        let mut is_valid = |p: &StorePath| r.is_valid(p).map_err(|e| std::io::Error::other(e.to_string()));
+                        Ok(roots::find_roots(&state, &store, &mut is_valid))
+                    })
+                    .await?
+                    .map_err(|e| Failure::Op(e.to_string()))?;
+                Ok(Reply::Roots(found.into_iter().collect()))
+            }
+            Q::SetOptions(o) => {
+                let (trusted, remote) = (self.trusted, self.peer.is_remote());
+                self.settings.apply(&o, trusted, remote).map_err(Failure::Fatal)?;
+                Ok(Reply::Nothing)
+            }
+            Q::BuiltinBuilders => Ok(Reply::Strings(vec!["download".into(), "git-download".into()])),
+            Q::SubstituteURLs => Ok(Reply::Strings(self.settings.substitute_urls())),
+            // Deduplication is not built yet: nothing to do, as on a store without duplicates.
+            Q::OptimiseStore => Ok(Reply::Done),
+            Q::VerifyStore { check_contents, repair } => self.verify_store(check_contents, repair).await,
+            Q::EnsurePath(p) => {
+                self.shared.storedb.add_temp_roots(self.id, vec![p.clone()]).await?;
+                let shown = self.shared.store.display(&p);
+                if db.run(move |r| r.is_valid(&p)).await? {
+                    Ok(Reply::Done)
+                } else {
+                    Err(Failure::Op(format!("path `{shown}' does not exist and cannot be created")))
+                }
+            }
+            Q::BuildPaths { paths, mode } => {
+                if mode == BuildMode::Repair && !self.trusted {
+                    return Err(Failure::fatal("repairing is a privileged operation"));
+                }
+                if mode == BuildMode::Repair {
+                    return Err(Failure::op(REPAIR_NOT_IMPLEMENTED));
+                }
+                let needs_build = db
+                    .run(move |r| {
+                        for dp in &paths {
+                            if !dp.path.is_derivation() {
+                                // Substitution of a plain item: with no substituter the C++
+                                // daemon also answers 1 and leaves the path as it is.
+                                continue;
+                            }
+                            let Ok(outputs) = r.query_derivation_output_map(&dp.path) else { return Ok(true) };
+                            for (name, out) in outputs {
+                                if (dp.outputs.is_empty() || dp.outputs.contains(&name)) && !r.is_valid(&out)? {
+                                    return Ok(true);
+                                }
+                            }
+                        }
+                        Ok(false)
+                    })
+                    .await?;
+                if needs_build || mode == BuildMode::Check {
+                    return Err(Failure::op(BUILD_NOT_IMPLEMENTED));
+                }
+                Ok(Reply::Done)
+            }
+            Q::CollectGarbage(g) => {
+                if g.ignore_liveness {
+                    return Err(Failure::op("you are not allowed to ignore liveness"));
+                }
+                Err(Failure::op(GC_NOT_IMPLEMENTED))
+            }
+            Q::AddTextToStore { name, contents, references } => self.add_text(name, contents, references).await,
+            Q::ExportPath { path, sign } => self.export_path(path, sign).await,
+            Q::ImportPaths => self.import_paths().await,
+            Q::AddToStore { .. } => Err(Failure::fatal("AddToStore is handled before decoding")),
+        }
+    }
+
+    /// VerifyStore (35), without repair: every valid path must exist; with `check_contents`,
+    /// its NAR hash must match the database. Returns whether errors remain.
+    async fn verify_store(&mut self, check_contents: bool, repair: bool) -> Result<Reply, Failure> {
+        if repair && !self.trusted {
+            return Err(Failure::op("you are not privileged to repair paths"));
+        }
+        if repair {
+            return Err(Failure::op(REPAIR_NOT_IMPLEMENTED));
+        }
+        self.log("reading the store...").await?;
+        self.log("checking path existence...").await?;
+        let store = self.shared.store.clone();
+        let store_dir = self.shared.config.store_dir.clone();
+        let db = self.shared.db.clone();
+        let (messages, mut errors, valid) = db
+            .run(move |r| {
+                let mut messages = Vec::new();
+                let mut errors = false;
+                let mut valid = Vec::new();
+                for p in r.query_all_valid_paths()? {
+                    let shown = store.display(&p);
+                    if std::fs::symlink_metadata(store_dir.join(p.base_name())).is_err() {
+                        // C++ invalidates the path (or complains if referrers remain); store-db
+                        // has no invalidation request yet, so report it only.
+                        messages.push(format!("path `{shown}' disappeared, but it still has valid referrers!"));
+                        errors = true;
+                    } else {
+                        valid.push(p);
+                    }
+                }
+                Ok((messages, errors, valid))
+            })
+            .await?;
+        for m in &messages {
+            self.log(m).await?;
+        }
+        if check_contents {
+            self.log("checking hashes...").await?;
+            for p in valid {
+                let store = self.shared.store.clone();
+                let on_disk: PathBuf = self.shared.config.store_dir.join(p.base_name());
+                let shown = store.display(&p);
+                let q = p.clone();
+                let info = db.run(move |r| r.try_query_path_info(&q)).await?;
+                let Some(info) = info else { continue };
+                let current = tokio::task::spawn_blocking(move || nar::dump_path(&on_disk, &mut std::io::sink()))
+                    .await
+                    .map_err(|e| Failure::Op(e.to_string()))?;
+                match current {
+                    Ok(sum) if sum.nar_hash != info.nar_hash => {
+                        self.log(&format!(
+                            "path `{shown}' was modified! expected hash `{}', got `{}'",
+                            info.nar_hash.to_base16(),
+                            sum.nar_hash.to_base16()
+                        ))
+                        .await?;
+                        errors = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.log(&format!("error: {e}")).await?;
+                        errors = true;
+                    }
+                }
+            }
+        }
+        Ok(Reply::Bool(errors))
+    }
+}
+
+/// `absPath(s)` relative to the daemon's working directory `/`, then `canonPath`: `.` and
+/// `..` resolved lexically, duplicate slashes removed.
+pub fn abs_path(s: &str) -> String {
+    let joined = if s.starts_with('/') { PathBuf::from(s) } else { Path::new("/").join(s) };
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in joined.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut out = String::new();
+    for p in parts {
+        out.push('/');
+        out.push_str(&p.to_string_lossy());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abs_path;
+
+    #[test]
+    fn abs_path_is_canonical() {
+        assert_eq!(abs_path("/a//b/./c/../d"), "/a/b/d");
+        assert_eq!(abs_path("rel/x"), "/rel/x");
+        assert_eq!(abs_path("../.."), "/");
+        assert_eq!(abs_path(""), "/");
+    }
+}

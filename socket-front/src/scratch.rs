@@ -1,0 +1,141 @@
+//! Scratch space for items being added: `<store>/.rs-scratch/<unique>`, on the store's file
+//! system so store-db moves a finished item into place with one `rename`.
+//!
+//! socket-front writes new items only here, canonicalised (modes from the restorer, mtime 1),
+//! then hands the name to store-db (`AddItems`), which renames it into the store or removes it.
+//! A [`ScratchItem`] removes its tree when dropped unless [`ScratchItem::handed_over`] was
+//! called, so an error or a dropped connection never leaves debris behind.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use guix_ipc::store_db::{ConnId, SCRATCH_DIR_NAME};
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+pub struct Scratch {
+    dir: PathBuf,
+    counter: AtomicU64,
+}
+
+impl Scratch {
+    pub fn new(store_dir: &Path) -> Scratch {
+        Scratch { dir: store_dir.join(SCRATCH_DIR_NAME), counter: AtomicU64::new(0) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh name for connection `conn`; nothing is created yet. The directory is created
+    /// (mode 0700) if missing.
+    pub fn allocate(&self, conn: ConnId) -> io::Result<ScratchItem> {
+        if !self.dir.is_dir() {
+            match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("front-{conn:016x}-{n}");
+        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+    }
+}
+
+/// One item in the scratch directory, removed on drop unless handed over to store-db.
+#[derive(Debug)]
+pub struct ScratchItem {
+    path: PathBuf,
+    name: String,
+    armed: bool,
+}
+
+impl ScratchItem {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name inside the scratch directory (what `NewItem::scratch_name` carries).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// store-db owns the item now (it moves it or removes it).
+    pub fn handed_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ScratchItem {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = remove_tree(&self.path);
+        }
+    }
+}
+
+/// Removes a tree made read-only by the restorer (directories 0555).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if md.is_dir() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        for entry in fs::read_dir(path)? {
+            remove_tree(&entry?.path())?;
+        }
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+/// Sets the modification time of every file, directory and symlink of the tree to 1 (the
+/// epoch plus one second), as `canonicalisePathMetaData` does; modes were set by the restorer.
+pub fn canonicalise(path: &Path) -> io::Result<()> {
+    let one = TimeSpec::new(1, 0);
+    let md = fs::symlink_metadata(path)?;
+    if md.is_dir() {
+        for entry in fs::read_dir(path)? {
+            canonicalise(&entry?.path())?;
+        }
+    }
+    utimensat(None, path, &one, &one, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn allocate_canonicalise_and_clean_up() {
+        let store = tempfile::tempdir().unwrap();
+        let s = Scratch::new(store.path());
+        let item = s.allocate(7).unwrap();
+        assert!(s.dir().is_dir());
+        fs::create_dir(item.path()).unwrap();
+        fs::write(item.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("nowhere", item.path().join("l")).unwrap();
+        fs::set_permissions(item.path(), fs::Permissions::from_mode(0o555)).unwrap();
+        canonicalise(item.path()).unwrap();
+        assert_eq!(fs::symlink_metadata(item.path().join("f")).unwrap().mtime(), 1);
+        assert_eq!(fs::symlink_metadata(item.path().join("l")).unwrap().mtime(), 1);
+        assert_eq!(fs::symlink_metadata(item.path()).unwrap().mtime(), 1);
+        let p = item.path().to_owned();
+        drop(item);
+        assert!(!p.exists());
+        let other = s.allocate(7).unwrap();
+        assert_ne!(other.name(), p.file_name().unwrap().to_str().unwrap());
+        fs::write(other.path(), b"y").unwrap();
+        let p = other.path().to_owned();
+        other.handed_over();
+        assert!(p.exists());
+    }
+}

@@ -1,0 +1,210 @@
+//! ExportPath (16) and ImportPaths (27): the export record format pushed through
+//! `STDERR_WRITE` ([`TunnelSink`]) and pulled through `STDERR_READ` ([`TunnelSource`]).
+//!
+//! Both run on a blocking thread over the bridged tunnels, so a NAR goes between the store
+//! and the socket in one streaming pass. Signatures are made and checked in process with
+//! `guix_formats::signature` (the C++ daemon asks the `guix authenticate` agent) using
+//! `<conf>/signing-key.sec` and `<conf>/acl`. Imports require a valid signature from an ACL
+//! key for everyone, root included, as the Guix daemon does.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use guix_formats::export::{ExportLimits, ExportReader, ExportTrailer, NarSink};
+use guix_formats::hash::Hasher;
+use guix_formats::sexp::Sexp;
+use guix_formats::signature::{self, Acl, SecretKey};
+use guix_formats::wire::{put_bytes, put_u64};
+use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
+use guix_formats::{nar, HashAlgo, StorePath};
+use guix_ipc::store_db::NewItem;
+
+use crate::bridge::SyncBridge;
+use crate::conn::{Conn, Shared, Stream};
+use crate::error::Failure;
+use crate::scratch::canonicalise;
+
+const TROJAN: &str = "signed hash doesn't match actual contents of imported archive; archive could be corrupt, \
+                      or someone is trying to import a Trojan horse";
+
+/// Hashes everything written through it (the signed digest) and passes it on.
+struct DigestWriter<'a, W: ?Sized> {
+    inner: &'a mut W,
+    digest: Hasher,
+}
+
+impl<W: Write + ?Sized> Write for DigestWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digest.update(buf.get(..n).unwrap_or(buf));
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `checkSecrecy` then the key itself.
+fn load_secret_key(path: &Path) -> Result<SecretKey, String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        return Err(format!("file `{}' should be secret (inaccessible to everyone else)!", path.display()));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("opening file `{}': {}", path.display(), strerror(&e)))?;
+    SecretKey::parse(&text).map_err(|e| format!("reading signing key `{}': {e}", path.display()))
+}
+
+/// The ACL of `guix authenticate`: a missing file is an empty list.
+fn load_acl(path: &Path) -> Result<Acl, String> {
+    match std::fs::read(path) {
+        Ok(text) => Acl::parse(&text).map_err(|e| format!("reading `{}': {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Acl::default()),
+        Err(e) => Err(format!("opening file `{}': {}", path.display(), strerror(&e))),
+    }
+}
+
+/// The C library's wording of an I/O error, without Rust's " (os error N)".
+fn strerror(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_owned(),
+        None => e.to_string(),
+    }
+}
+
+fn write_failure(e: io::Error) -> Failure {
+    Failure::Gone(format!("writing to the client: {e}"))
+}
+
+impl<S: Stream> Conn<S> {
+    pub(crate) async fn export_path(&mut self, path: StorePath, sign: bool) -> Result<Reply, Failure> {
+        let store = self.shared.store.clone();
+        let shown = store.display(&path);
+        self.log(&format!("exporting path `{shown}'")).await?;
+        let p = path.clone();
+        let info = self.shared.db.run(move |r| r.try_query_path_info(&p)).await?;
+        let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
+        let on_disk = self.shared.config.store_dir.join(path.base_name());
+        let key_file = self.shared.config.conf_dir.join("signing-key.sec");
+        let trailer = ExportTrailer { path, references: info.references, deriver: info.deriver, signature: None };
+        let expected = info.nar_hash;
+        self.blocking(move |s, h| -> Result<(), Failure> {
+            let mut sink = TunnelSink::new(s);
+            let mut out = SyncBridge::new(&mut sink, h);
+            let mut w = DigestWriter { inner: &mut out, digest: HashAlgo::Sha256.hasher() };
+            let sum = match nar::dump_path(&on_disk, &mut w) {
+                Ok(sum) => sum,
+                Err(nar::NarError::Io { context, source }) if context == "copying NAR" => {
+                    return Err(write_failure(source))
+                }
+                Err(e) => return Err(Failure::Op(e.to_string())),
+            };
+            if sum.nar_hash != expected && expected.as_bytes().iter().any(|&b| b != 0) {
+                return Err(Failure::Op(format!(
+                    "hash of path `{shown}' has changed from `{}' to `{}'!",
+                    expected.to_base16(),
+                    sum.nar_hash.to_base16()
+                )));
+            }
+            w.write_all(&trailer.signed_fields(&store)).map_err(write_failure)?;
+            let digest = w.digest.finish();
+            let mut tail = Vec::new();
+            if sign {
+                put_u64(&mut tail, 1);
+                out.write_all(&tail).map_err(write_failure)?;
+                tail.clear();
+                let key = load_secret_key(&key_file).map_err(Failure::Op)?;
+                let mut d = [0u8; 32];
+                d.copy_from_slice(digest.as_bytes().get(..32).unwrap_or(&[0u8; 32]));
+                let sig = signature::sign(&key, key.public_key(), &d).to_advanced();
+                put_bytes(&mut tail, &sig);
+            } else {
+                put_u64(&mut tail, 0);
+            }
+            out.write_all(&tail).map_err(write_failure)?;
+            out.flush().map_err(write_failure)
+        })
+        .await??;
+        Ok(Reply::Done)
+    }
+
+    pub(crate) async fn import_paths(&mut self) -> Result<Reply, Failure> {
+        let shared = self.shared.clone();
+        let conn = self.id;
+        let imported = self
+            .blocking(move |s, h| -> Result<Vec<StorePath>, Failure> {
+                let mut source = TunnelSource::new(s);
+                let input = SyncBridge::new(&mut source, h.clone());
+                let limits = ExportLimits { nar: shared.nar_limits.clone(), ..ExportLimits::default() };
+                let mut reader = ExportReader::new(input, shared.store.clone(), limits);
+                let mut acl: Option<Acl> = None;
+                let mut imported = Vec::new();
+                loop {
+                    let item = shared.scratch.allocate(conn).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+                    let Some(rec) = reader.next_record(NarSink::Restore(item.path())).map_err(|e| Failure::Op(e.to_string()))?
+                    else {
+                        break;
+                    };
+                    let path = rec.trailer.path.clone();
+                    let shown = shared.store.display(&path);
+                    let Some(sig) = rec.trailer.signature.as_deref() else {
+                        return Err(Failure::Op(format!("imported archive of `{shown}' lacks a signature")));
+                    };
+                    if acl.is_none() {
+                        acl = Some(load_acl(&shared.config.conf_dir.join("acl")).map_err(Failure::Op)?);
+                    }
+                    let sexp = Sexp::parse(sig).map_err(|e| Failure::Op(format!("corrupt signature data: {e}")))?;
+                    let signed = signature::verify(&sexp, acl.as_ref().unwrap_or(&Acl::default()))
+                        .map_err(|e| Failure::Op(e.to_string()))?;
+                    if signed != rec.summary.signed_digest.as_bytes() {
+                        return Err(Failure::op(TROJAN));
+                    }
+                    h.block_on(register_import(&shared, conn, item, rec.summary.nar, rec.trailer))?;
+                    imported.push(path);
+                }
+                Ok(imported)
+            })
+            .await??;
+        Ok(Reply::PathList(imported))
+    }
+}
+
+/// `importPath` after the checks: temp root, then move in and register unless already valid;
+/// the deriver is kept only if it is itself valid.
+async fn register_import(
+    shared: &Arc<Shared>,
+    conn: u64,
+    item: crate::scratch::ScratchItem,
+    nar: nar::NarSummary,
+    trailer: ExportTrailer,
+) -> Result<(), Failure> {
+    let path = trailer.path.clone();
+    shared.storedb.add_temp_roots(conn, vec![path.clone()]).await?;
+    let (p, d) = (path.clone(), trailer.deriver.clone());
+    let (valid, deriver_valid) = shared
+        .db
+        .run(move |r| Ok((r.is_valid(&p)?, match &d { Some(d) => r.is_valid(d)?, None => false })))
+        .await?;
+    if valid {
+        return Ok(());
+    }
+    let dest: PathBuf = item.path().to_owned();
+    tokio::task::spawn_blocking(move || canonicalise(&dest))
+        .await
+        .map_err(|e| Failure::Op(e.to_string()))?
+        .map_err(|e| Failure::Op(format!("canonicalising imported path: {e}")))?;
+    let references: BTreeSet<StorePath> = trailer.references;
+    let new = NewItem {
+        scratch_name: item.name().to_owned(),
+        path,
+        nar_hash: nar.nar_hash,
+        nar_size: nar.nar_size,
+        references: references.into_iter().collect(),
+        deriver: if deriver_valid { trailer.deriver } else { None },
+    };
+    shared.storedb.add_items(conn, vec![new]).await?;
+    item.handed_over();
+    Ok(())
+}
