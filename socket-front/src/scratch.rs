@@ -41,7 +41,8 @@ impl Scratch {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("front-{conn:016x}-{n}");
+        // `<pid>-…`: store-db sweeps entries whose writer pid is dead (ipc::store_db::NewItem).
+        let name = format!("{}-front-{conn:016x}-{n}", std::process::id());
         Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
     }
 }
