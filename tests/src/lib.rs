@@ -16,6 +16,8 @@
 //! parallel. If the test process dies without dropping a session, the rig's supervisor notices
 //! (it watches this process's PID) and tears the session down.
 
+pub mod ours;
 pub mod rig;
 
+pub use ours::{ours_kind, start_ours, target_dir};
 pub use rig::{DaemonKind, Rig, RigError, Session, SessionOptions};

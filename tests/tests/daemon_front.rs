@@ -4,25 +4,12 @@
 //! Needs root, `scripts/rig setup`, and the workspace binaries built in the same target
 //! directory as this test (`cargo build -p guix-supervisor -p guix-store-db -p guix-socket-front`).
 
-use std::path::PathBuf;
 use std::thread;
 
-use guix_tests::{DaemonKind, Rig, Session, SessionOptions};
-
-fn target_dir() -> PathBuf {
-    // tests/target/debug/deps/daemon_front-… → target/debug
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent().and_then(|d| d.parent()).map(PathBuf::from).expect("target dir")
-}
+use guix_tests::{DaemonKind, Rig, Session};
 
 fn ours(rig: &Rig) -> Session {
-    let dir = target_dir();
-    let kind = DaemonKind::Ours {
-        binary: dir.join("guix-daemon-rs"),
-        args: vec!["--rs-libexec-dir=/opt/guix-daemon-rs".into()],
-    };
-    let opts = SessionOptions { binds: vec![(dir, PathBuf::from("/opt/guix-daemon-rs"))], ..SessionOptions::default() };
-    Session::start_with(rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"))
+    guix_tests::start_ours(rig).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `script` against both daemons in parallel; returns (C++ output, our output).

@@ -1,0 +1,32 @@
+//! Starting OUR daemon in the rig: the supervisor binary plus its component binaries, taken from
+//! the target directory of the running test (build them first: `cargo build --workspace`).
+
+use std::path::{Path, PathBuf};
+
+use crate::{DaemonKind, Rig, RigError, Session, SessionOptions};
+
+/// Where the component binaries appear inside the rig's chroot.
+pub const LIBEXEC_IN_CHROOT: &str = "/opt/guix-daemon-rs";
+
+/// The target directory holding the binaries of this build (`target/debug` or `target/release`),
+/// found from the running test executable (`target/<profile>/deps/<test>-<hash>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).map(PathBuf::from).unwrap_or_default()
+}
+
+/// The daemon kind and session options that run our `guix-daemon-rs` with `extra_args`.
+pub fn ours_kind(extra_args: &[&str]) -> (DaemonKind, SessionOptions) {
+    let dir = target_dir();
+    let mut args = vec![format!("--rs-libexec-dir={LIBEXEC_IN_CHROOT}")];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    let kind = DaemonKind::Ours { binary: dir.join("guix-daemon-rs"), args };
+    let opts = SessionOptions { binds: vec![(dir, PathBuf::from(LIBEXEC_IN_CHROOT))], ..SessionOptions::default() };
+    (kind, opts)
+}
+
+/// Starts a session running our daemon; the binaries must have been built.
+pub fn start_ours(rig: &Rig) -> Result<Session, RigError> {
+    let (kind, opts) = ours_kind(&[]);
+    Session::start_with(rig, kind, &opts)
+}
