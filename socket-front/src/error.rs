@@ -3,8 +3,10 @@
 //! The C++ daemon's rule (spec §3, §9.4): an error raised before `startWork` (while reading the
 //! request) is reported with `STDERR_ERROR` and then the connection is closed; an error raised
 //! after `startWork` is reported and the connection stays usable. Some failures (a broken
-//! stream, a bad opcode word) close the connection without any frame. [`Failure`] names the
-//! three outcomes so the connection loop never has to guess.
+//! stream, a bad opcode word, end-of-file between requests) close the connection without any
+//! frame. End-of-file *inside* a request is an ordinary error: the C++ daemon reports
+//! "unexpected end-of-file" (a client that only shut down its writing side reads it) and
+//! closes. [`Failure`] names the three outcomes so the connection loop never has to guess.
 
 use guix_formats::nar::NarError;
 use guix_formats::worker::ProtoError;
@@ -16,8 +18,8 @@ pub enum Failure {
     Op(String),
     /// Raised before `startWork`: `STDERR_ERROR msg`, then the connection is closed.
     Fatal(String),
-    /// The stream is broken (EOF, I/O error, framing the C++ daemon drops silently): close
-    /// without a frame. The text is for our log only.
+    /// The stream is broken (I/O error, EOF between requests, framing the C++ daemon drops
+    /// silently): close without a frame. The text is for our log only.
     Gone(String),
 }
 
@@ -42,15 +44,18 @@ impl From<ProtoError> for Failure {
     }
 }
 
-/// EOF and I/O errors mean the client is gone; other framing errors (high-half ints, non-zero
-/// padding) get an error frame first, as the C++ daemon sends one.
+/// I/O errors (reset, …) mean the client is gone. Other framing errors get an error frame
+/// first, as the C++ daemon sends one: high-half ints, non-zero padding, and end-of-file in the
+/// middle of a request ("unexpected end-of-file", verified with a client that shut down its
+/// writing side mid-NAR and mid-string). End-of-file *between* requests never gets here
+/// (`read_op` returns `None`; a partial opcode word is dropped silently by the caller).
 fn is_stream_failure(w: &guix_formats::wire::WireError) -> bool {
-    use guix_formats::wire::WireError;
-    matches!(w, WireError::Eof | WireError::Io(_))
+    matches!(w, guix_formats::wire::WireError::Io(_))
 }
 
-/// A NAR read from the socket failed: parse errors close the connection after the frame (they
-/// happen before `startWork` in the C++ daemon); a broken stream closes it silently.
+/// A NAR read from the socket failed: parse errors and end-of-file close the connection after
+/// the frame (they happen before `startWork` in the C++ daemon); a broken stream closes it
+/// silently.
 pub fn nar_failure(e: NarError) -> Failure {
     match &e {
         NarError::Wire(w) if is_stream_failure(w) => Failure::Gone(e.to_string()),
@@ -66,13 +71,15 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(matches!(Failure::from(ProtoError::Wire(WireError::Eof)), Failure::Gone(_)));
+        assert_eq!(Failure::from(ProtoError::Wire(WireError::Eof)), Failure::Fatal("unexpected end-of-file".into()));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(Failure::from(ProtoError::Wire(WireError::Io(reset))), Failure::Gone(_)));
         assert_eq!(Failure::from(ProtoError::InvalidOperation(2)), Failure::Fatal("invalid operation 2".into()));
         assert_eq!(
             Failure::from(ProtoError::MalformedPath { op: Opcode::QueryPathInfo, path: "/gnu/store/x".into() }),
             Failure::Op("path `/gnu/store/x' is not valid".into())
         );
         assert!(matches!(nar_failure(NarError::BadMagic), Failure::Fatal(_)));
-        assert!(matches!(nar_failure(NarError::Wire(WireError::Eof)), Failure::Gone(_)));
+        assert_eq!(nar_failure(NarError::Wire(WireError::Eof)), Failure::Fatal("unexpected end-of-file".into()));
     }
 }
