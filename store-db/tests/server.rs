@@ -65,7 +65,11 @@ impl Daemon {
             .spawn()
             .unwrap();
         let d = Daemon { child, root, _tmp: tmp };
-        wait_for(|| d.socket().exists() && d.scratch().is_dir() && d.dirs().db_dir().join("db.sqlite").exists(), "store-db");
+        // `schema` is written after `db.sqlite` is created: wait for both (readers need it).
+        wait_for(
+            || d.socket().exists() && d.scratch().is_dir() && std::fs::read(d.dirs().db_dir().join("schema")).is_ok_and(|v| !v.is_empty()),
+            "store-db",
+        );
         d
     }
     fn dirs(&self) -> StateDirs {
@@ -426,4 +430,26 @@ fn sigterm_exits_zero() {
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
     let line = status.lines().find(|l| l.starts_with("store-db")).unwrap().to_owned();
     assert!(line.contains("exit 0") || line.contains("status 0"), "{status}");
+}
+
+/// A writer that dies mid-restore leaves a half-written scratch item; when its successor
+/// connects, store-db sweeps at once (not only every ten minutes).
+#[test]
+fn a_new_connection_sweeps_dead_writers_leftovers() {
+    let d = Daemon::start();
+    let rt = rt();
+    // A pid that is certainly dead: a child that has exited and been reaped.
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let leftover = d.scratch().join(format!("{dead_pid}-front-half-written"));
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("part"), b"half").unwrap();
+    let live = d.scratch().join(format!("{}-still-writing", std::process::id()));
+    std::fs::write(&live, b"mine").unwrap();
+    // The writer's successor connects (the client connects on its first call).
+    let c = d.client();
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::SyncConnections { live: vec![] })).unwrap(), StoreDbReply::Ok);
+    wait_for(|| !leftover.exists(), "the dead writer's leftover to be swept");
+    assert!(live.exists(), "a live writer's item was swept");
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod components;
 pub mod control;
 pub mod metrics;
+pub mod scratch;
 pub mod settings;
 pub mod sockets;
 pub mod supervise;
@@ -181,7 +182,13 @@ pub fn run(argv: Vec<String>) -> i32 {
             }
             let sup = Supervisor::new(COMPONENTS, libexec, config_json, component_sockets);
             match sup.run(rx).await {
-                Ok(()) => 0,
+                Ok(()) => {
+                    // Every component has been reaped: nothing writes to the scratch space.
+                    if let Err(e) = scratch::remove_scratch_dir(&config.store_dir) {
+                        eprintln!("warning: cannot remove the scratch directory: {e}");
+                    }
+                    0
+                }
                 Err(e) => fail(e),
             }
         }),

@@ -4,7 +4,13 @@
 //! the supervisor ([`guix_ipc::component`]), [`StateDirs::init`] (directories, schema check,
 //! big lock, reserved space), the scratch directory `<store>/.rs-scratch` (0700), one
 //! [`DbWriter`] in the writer thread, a sweep of scratch leftovers (then every
-//! [`SWEEP_INTERVAL`]), then one task per connection ([`guix_ipc::serve_connection`]).
+//! [`SWEEP_INTERVAL`], and whenever a link connection is accepted), then one task per
+//! connection ([`guix_ipc::serve_connection`]).
+//!
+//! Sweeping on accept: a writer that dies (socket-front killed while a client's NAR was
+//! being restored) leaves a half-written scratch item; its restarted successor connects
+//! anew, and by then the supervisor has reaped the dead one, so the sweep removes its debris
+//! at once instead of up to [`SWEEP_INTERVAL`] later.
 //!
 //! SIGTERM/SIGINT: stop accepting connections, wait (at most [`DRAIN_TIMEOUT`]) until no
 //! request is in flight, exit 0. Exiting earlier would be safe too (SQLite transactions,
@@ -226,6 +232,8 @@ async fn serve(listener: std::os::unix::net::UnixListener, state: Arc<StoreDb>) 
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    // A new peer may be the successor of a writer that died: sweep.
+                    state.writer().send(Job::Sweep);
                     let service = service.clone();
                     let who = who.clone();
                     tokio::spawn(async move {
