@@ -39,7 +39,7 @@ impl ReaderPool {
         let joined = tokio::task::spawn_blocking(move || {
             let reader = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
                 Some(r) => r,
-                None => DbReader::open(&pool.db_dir, pool.store.clone()).map_err(|e| Failure::op(e.to_string()))?,
+                None => open_reader(&pool.db_dir, &pool.store).map_err(|e| Failure::op(e.to_string()))?,
             };
             let res = f(&reader).map_err(|e| Failure::op(e.to_string()));
             if let Ok(mut v) = pool.idle.lock() {
@@ -49,5 +49,21 @@ impl ReaderPool {
         })
         .await;
         joined.unwrap_or_else(|e| Err(Failure::op(format!("database query failed: {e}"))))
+    }
+}
+
+/// How long a first query waits for store-db to create the database on a fresh state directory
+/// (the supervisor starts both at once; the C++ daemon creates it before serving anyone).
+const FIRST_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, guix_store_db::Error> {
+    let deadline = std::time::Instant::now() + FIRST_OPEN_WAIT;
+    loop {
+        match DbReader::open(db_dir, store.clone()) {
+            Err(guix_store_db::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
