@@ -89,6 +89,24 @@ fn verify_contents_of_a_modified_item_matches_cxx() {
     assert_same("guix gc --verify=contents after a modification", &cxx, &ours);
 }
 
+/// `--verify` on a store whose items were deleted behind the daemon's back: a disappeared path
+/// nothing present refers to is removed from the database (its missing referrers first); one
+/// still referred to by a present path stays and is reported as an error.
+const DISAPPEARED: &str = r##"
+rm -rf $a $b $c
+echo "== verify"; guix gc --verify; echo "status: $?"
+echo "== again"; guix gc --verify=contents; echo "status: $?"
+echo "== after"; guix gc --references $c; guix gc --referrers $a; guix gc --references $builder; echo "status: $?"
+"##;
+
+#[test]
+fn verify_of_disappeared_items_matches_cxx() {
+    let (cxx, ours) = on_both(|rig, d| with_graph(&start(rig, d), d, DISAPPEARED));
+    assert!(cxx.contains("disappeared, removing from database..."), "{cxx}");
+    assert!(cxx.contains("disappeared, but it still has valid referrers!"), "{cxx}");
+    assert_same("guix gc --verify after deletions", &cxx, &ours);
+}
+
 /// Our daemon has no garbage collector yet: `guix gc --list-dead`, `guix gc -d` and `guix gc`
 /// must fail with a message saying so, and leave the store alone.
 #[test]
