@@ -37,6 +37,9 @@ pub enum StorePathError {
     /// The daemon's wording (`checkStoreName`) for a name starting with a dot.
     #[error("invalid name: `{0}' (can't begin with dot)")]
     IllegalName(String),
+    /// The C++ daemon accepts an empty name (`<hash>-`); we do not (yet).
+    #[error("invalid name: empty store path names are not supported")]
+    EmptyName,
     #[error("store path name `{0}' is too long")]
     NameTooLong(String),
     #[error("invalid hash part `{0}'")]
@@ -45,7 +48,10 @@ pub enum StorePathError {
 
 /// Checks a store path name the way `checkStoreName` does, plus the file name length limit.
 pub fn check_name(name: &str) -> Result<(), StorePathError> {
-    if name.is_empty() || name.starts_with('.') {
+    if name.is_empty() {
+        return Err(StorePathError::EmptyName);
+    }
+    if name.starts_with('.') {
         return Err(StorePathError::IllegalName(name.to_owned()));
     }
     if name.len() > MAX_NAME_LEN {
