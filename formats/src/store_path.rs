@@ -29,11 +29,17 @@ pub enum StorePathError {
     NotInStore(String),
     #[error("invalid hash part in store path `{0}'")]
     BadHashPart(String),
-    /// The daemon's wording (`checkStoreName`).
+    /// The daemon's wording (`checkStoreName`). The C++ daemon names the offending *byte*; for
+    /// a non-ASCII character that is a lone byte of its UTF-8 encoding, which clients decode as
+    /// U+FFFD, so `ch` is U+FFFD then and the message reads the same to the client.
     #[error("invalid character `{ch}' in name `{name}'")]
     BadNameChar { ch: char, name: String },
-    #[error("illegal name: `{0}'")]
+    /// The daemon's wording (`checkStoreName`) for a name starting with a dot.
+    #[error("invalid name: `{0}' (can't begin with dot)")]
     IllegalName(String),
+    /// The C++ daemon accepts an empty name (`<hash>-`); we do not (yet).
+    #[error("invalid name: empty store path names are not supported")]
+    EmptyName,
     #[error("store path name `{0}' is too long")]
     NameTooLong(String),
     #[error("invalid hash part `{0}'")]
@@ -42,7 +48,10 @@ pub enum StorePathError {
 
 /// Checks a store path name the way `checkStoreName` does, plus the file name length limit.
 pub fn check_name(name: &str) -> Result<(), StorePathError> {
-    if name.is_empty() || name.starts_with('.') {
+    if name.is_empty() {
+        return Err(StorePathError::EmptyName);
+    }
+    if name.starts_with('.') {
         return Err(StorePathError::IllegalName(name.to_owned()));
     }
     if name.len() > MAX_NAME_LEN {
@@ -52,6 +61,7 @@ pub fn check_name(name: &str) -> Result<(), StorePathError> {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c)))
     {
+        let ch = if ch.is_ascii() { ch } else { char::REPLACEMENT_CHARACTER };
         return Err(StorePathError::BadNameChar { ch, name: name.to_owned() });
     }
     Ok(())

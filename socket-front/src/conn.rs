@@ -86,6 +86,12 @@ pub async fn serve<S: Stream>(shared: Arc<Shared>, id: ConnId, peer: Peer, strea
     shared.metrics.connection_closed();
 }
 
+/// The C++ daemon's message levels (`Verbosity`) above `lvlError`, for [`Conn::log_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Info = 1,
+}
+
 impl<S: Stream> Conn<S> {
     pub(crate) fn stream(&mut self) -> Result<&mut S, Failure> {
         self.stream.as_mut().ok_or_else(|| Failure::Gone("stream lost by a failed transfer".into()))
@@ -98,9 +104,18 @@ impl<S: Stream> Conn<S> {
         write_stderr(s, msg, version).await.map_err(|e| Failure::Gone(e.to_string()))
     }
 
-    /// `STDERR_NEXT` with a log line.
+    /// `STDERR_NEXT` with a log line the C++ daemon prints at `lvlError`: always sent.
     pub(crate) async fn log(&mut self, line: &str) -> Result<(), Failure> {
         self.send(&StderrMsg::Next(format!("{line}\n").into_bytes())).await
+    }
+
+    /// `STDERR_NEXT` with a log line the C++ daemon prints at `level`: as `printMsg`, sent only
+    /// when the client asked for that much with SetOptions' verbosity.
+    pub(crate) async fn log_at(&mut self, level: Level, line: &str) -> Result<(), Failure> {
+        if self.settings.verbosity < level as u32 {
+            return Ok(());
+        }
+        self.log(line).await
     }
 
     /// Runs `f` on a blocking thread with the stream (bridged with [`crate::bridge`]), and

@@ -168,28 +168,20 @@ impl<S: Stream> Conn<S> {
         let store = self.shared.store.clone();
         let store_dir = self.shared.config.store_dir.clone();
         let db = self.shared.db.clone();
-        let (messages, mut errors, valid) = db
+        let check = db
             .run(move |r| {
-                let mut messages = Vec::new();
-                let mut errors = false;
-                let mut valid = Vec::new();
-                for p in r.query_all_valid_paths()? {
-                    let shown = store.display(&p);
-                    if std::fs::symlink_metadata(store_dir.join(p.base_name())).is_err() {
-                        // C++ invalidates the path (or complains if referrers remain); store-db
-                        // has no invalidation request yet, so report it only.
-                        messages.push(format!("path `{shown}' disappeared, but it still has valid referrers!"));
-                        errors = true;
-                    } else {
-                        valid.push(p);
-                    }
-                }
-                Ok((messages, errors, valid))
+                let all = r.query_all_valid_paths()?;
+                let present = |p: &StorePath| std::fs::symlink_metadata(store_dir.join(p.base_name())).is_ok();
+                check_existence(&all, present, |p| r.query_referrers(p), &store)
             })
             .await?;
-        for m in &messages {
+        for m in &check.messages {
             self.log(m).await?;
         }
+        if !check.invalidate.is_empty() {
+            self.shared.storedb.invalidate_missing(check.invalidate).await?;
+        }
+        let (mut errors, valid) = (check.errors, check.valid);
         if check_contents {
             self.log("checking hashes...").await?;
             for p in valid {
@@ -224,6 +216,79 @@ impl<S: Stream> Conn<S> {
     }
 }
 
+/// What the existence pass of VerifyStore found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Existence {
+    /// The log lines, in the C++ daemon's order.
+    messages: Vec<String>,
+    /// Some path disappeared but could not be invalidated.
+    errors: bool,
+    /// The paths present on disk, in order.
+    valid: Vec<StorePath>,
+    /// The disappeared paths to invalidate, referrers first.
+    invalidate: Vec<StorePath>,
+}
+
+/// C++ `verifyPath` over every valid path, without repair. A disappeared path is invalidated
+/// ("disappeared, removing from database...") unless a referrer other than itself is present
+/// on disk ("disappeared, but it still has valid referrers!", an error); its disappeared
+/// referrers are handled first, depth first, as the C++ recursion does (here with an explicit
+/// stack, so a long chain of missing paths cannot overflow ours).
+fn check_existence<E>(
+    all: &BTreeSet<StorePath>,
+    present: impl Fn(&StorePath) -> bool,
+    mut referrers: impl FnMut(&StorePath) -> Result<BTreeSet<StorePath>, E>,
+    store: &guix_formats::StoreDir,
+) -> Result<Existence, E> {
+    let mut out = Existence::default();
+    let mut done: BTreeSet<StorePath> = BTreeSet::new();
+    // A missing path being handled: its referrers still to visit, and whether one is present.
+    struct Frame {
+        path: StorePath,
+        pending: std::collections::btree_set::IntoIter<StorePath>,
+        referred_by_valid: bool,
+    }
+    let frame = |p: StorePath, referrers: &mut dyn FnMut(&StorePath) -> Result<BTreeSet<StorePath>, E>| {
+        let mut refs = referrers(&p)?;
+        refs.remove(&p);
+        let referred_by_valid = refs.iter().any(&present);
+        Ok::<Frame, E>(Frame { path: p, pending: refs.into_iter(), referred_by_valid })
+    };
+    for p in all {
+        if !done.insert(p.clone()) {
+            continue;
+        }
+        if present(p) {
+            out.valid.push(p.clone());
+            continue;
+        }
+        let mut stack = vec![frame(p.clone(), &mut referrers)?];
+        while let Some(top) = stack.last_mut() {
+            if let Some(r) = top.pending.next() {
+                if done.insert(r.clone()) {
+                    if present(&r) {
+                        out.valid.push(r);
+                    } else {
+                        stack.push(frame(r, &mut referrers)?);
+                    }
+                }
+                continue;
+            }
+            let Some(f) = stack.pop() else { break };
+            let shown = store.display(&f.path);
+            if f.referred_by_valid {
+                out.messages.push(format!("path `{shown}' disappeared, but it still has valid referrers!"));
+                out.errors = true;
+            } else {
+                out.messages.push(format!("path `{shown}' disappeared, removing from database..."));
+                out.invalidate.push(f.path);
+            }
+        }
+    }
+    out.valid.sort();
+    Ok(out)
+}
+
 /// `absPath(s)` relative to the daemon's working directory `/`, then `canonPath`: `.` and
 /// `..` resolved lexically, duplicate slashes removed.
 pub fn abs_path(s: &str) -> String {
@@ -251,7 +316,49 @@ pub fn abs_path(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::abs_path;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use guix_formats::{StoreDir, StorePath};
+
+    use super::{abs_path, check_existence};
+
+    #[test]
+    fn existence_follows_cxx_verify_path() {
+        let store = StoreDir::new("/gnu/store").unwrap();
+        let p = |h: char, n: &str| store.parse(&format!("/gnu/store/{}-{n}", h.to_string().repeat(32))).unwrap();
+        // a ← b ← c, c missing and b missing: c first (no referrers), then b; a present.
+        // d ← e, d missing but e present: d stays, an error. f refers to itself and is missing.
+        let (a, b, c, d, e, f) = (p('0', "a"), p('1', "b"), p('2', "c"), p('3', "d"), p('4', "e"), p('5', "f"));
+        let referrers: BTreeMap<StorePath, BTreeSet<StorePath>> = [
+            (a.clone(), [b.clone(), c.clone()].into()),
+            (b.clone(), [c.clone()].into()),
+            (d.clone(), [e.clone()].into()),
+            (f.clone(), [f.clone()].into()),
+        ]
+        .into();
+        let all: BTreeSet<StorePath> = [&a, &b, &c, &d, &e, &f].into_iter().cloned().collect();
+        let present: BTreeSet<StorePath> = [a.clone(), e.clone()].into();
+        let out = check_existence(
+            &all,
+            |x| present.contains(x),
+            |x| Ok::<_, ()>(referrers.get(x).cloned().unwrap_or_default()),
+            &store,
+        )
+        .unwrap();
+        let shown = |x: &StorePath| store.display(x);
+        assert_eq!(
+            out.messages,
+            vec![
+                format!("path `{}' disappeared, removing from database...", shown(&c)),
+                format!("path `{}' disappeared, removing from database...", shown(&b)),
+                format!("path `{}' disappeared, but it still has valid referrers!", shown(&d)),
+                format!("path `{}' disappeared, removing from database...", shown(&f)),
+            ]
+        );
+        assert!(out.errors);
+        assert_eq!(out.valid, vec![a, e]);
+        assert_eq!(out.invalidate, vec![c, b, f]);
+    }
 
     #[test]
     fn abs_path_is_canonical() {

@@ -75,6 +75,10 @@ impl StoreDb {
         self.call(StoreDbRequest::AddIndirectRoot { path }).await
     }
 
+    pub async fn invalidate_missing(&self, paths: Vec<StorePath>) -> Result<(), Failure> {
+        self.call(StoreDbRequest::InvalidateMissing { paths }).await
+    }
+
     pub async fn clear_failed_paths(&self, paths: Vec<StorePath>) -> Result<(), Failure> {
         self.call(StoreDbRequest::ClearFailedPaths { paths }).await
     }

@@ -23,7 +23,7 @@ use guix_formats::{nar, HashAlgo, StorePath};
 use guix_ipc::store_db::NewItem;
 
 use crate::bridge::SyncBridge;
-use crate::conn::{Conn, Shared, Stream};
+use crate::conn::{Conn, Level, Shared, Stream};
 use crate::error::Failure;
 use crate::scratch::canonicalise;
 
@@ -82,7 +82,7 @@ impl<S: Stream> Conn<S> {
     pub(crate) async fn export_path(&mut self, path: StorePath, sign: bool) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
         let shown = store.display(&path);
-        self.log(&format!("exporting path `{shown}'")).await?;
+        self.log_at(Level::Info, &format!("exporting path `{shown}'")).await?;
         let p = path.clone();
         let info = self.shared.db.run(move |r| r.try_query_path_info(&p)).await?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };

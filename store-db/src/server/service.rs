@@ -98,6 +98,9 @@ impl StoreDb {
             StoreDbRequest::ClearFailedPaths { paths } => {
                 self.writer.run(|reply| Job::ClearFailed { paths, reply }).await
             }
+            StoreDbRequest::InvalidateMissing { paths } => {
+                self.writer.run(|reply| Job::InvalidateMissing { paths, reply }).await
+            }
         };
         match res {
             Ok(()) => StoreDbReply::Ok,

@@ -59,6 +59,8 @@ pub enum Job {
     Add { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
     /// `clearFailedPaths`.
     ClearFailed { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
+    /// Invalidate paths whose files are gone (VerifyStore), in order.
+    InvalidateMissing { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// Remove scratch leftovers of dead writers.
     Sweep,
 }
@@ -155,6 +157,21 @@ impl Writer {
         Writer { db, layout, opts, stats, hasher, drv_checks: 0 }
     }
 
+    /// Runs in the writer thread, which also does every rename into the store, so a path
+    /// found missing here cannot be in the middle of being added.
+    fn invalidate_missing(&mut self, paths: &[StorePath]) -> JobResult {
+        for p in paths {
+            match std::fs::symlink_metadata(self.layout.store_path.join(p.base_name())) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("getting status of `{}': {e}", self.layout.store_dir.display(p))),
+            }
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            self.db.invalidate_path(p).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         let mut next = None;
         loop {
@@ -184,6 +201,9 @@ impl Writer {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     let set = paths.into_iter().collect();
                     let _ = reply.send(self.db.clear_failed_paths(&set).map_err(|e| e.to_string()));
+                }
+                Job::InvalidateMissing { paths, reply } => {
+                    let _ = reply.send(self.invalidate_missing(&paths));
                 }
                 Job::Sweep => match sweep_scratch(&self.layout.scratch) {
                     Ok(removed) => {

@@ -1,0 +1,137 @@
+//! `guix gc` queries (`--references`, `--referrers`, `--derivers`, `--requisites`, `--verify`,
+//! `--verify=contents`) and `guix size`, run by the real client against the C++ daemon and ours
+//! in parallel sessions on the same items; the transcripts (status, stdout, stderr) must be
+//! identical. Garbage collection itself is not built in our daemon yet: the last test checks
+//! that asking for it fails with a clear message instead.
+//!
+//! Needs root, `scripts/rig setup`, and the workspace built in release mode in this test's target
+//! directory (`cargo build --release --workspace`, then `cargo test --release -p guix-tests`).
+
+mod common;
+
+use common::{assert_same, on_both, put, repl, sh, start, Daemon};
+
+/// Adds a small graph and prints `name=path` lines for the shell: text items a ← b ← c (c also
+/// refers to a), a derivation `thing` (outputs out and dev, its builder as a source) and a
+/// derivation `user` taking thing:out as input.
+const SETUP: &str = r##"
+(use-modules (guix store) (guix derivations))
+(with-store store
+  (let* ((a (add-text-to-store store "a.txt" "I am A\n"))
+         (b (add-text-to-store store "b.txt" (string-append "I refer to " a "\n") (list a)))
+         (c (add-text-to-store store "c.txt" (string-append "refs " a " " b "\n") (list a b)))
+         (builder (add-text-to-store store "builder.sh" "echo hi > $out" (list a)))
+         (thing (derivation store "thing" "/bin/sh" (list builder)
+                            #:sources (list builder)
+                            #:outputs '("out" "dev")))
+         (user (derivation store "user" "/bin/sh" (list builder)
+                           #:sources (list builder)
+                           #:inputs (list (derivation-input thing '("out"))))))
+    (for-each (lambda (name value) (format #t "~a=~a~%" name value))
+              '(a b c builder thing thing_out thing_dev user user_out)
+              (list a b c builder (derivation-file-name thing)
+                    (derivation->output-path thing "out") (derivation->output-path thing "dev")
+                    (derivation-file-name user) (derivation->output-path user "out")))))
+"##;
+
+/// Runs SETUP, then the shell `body` with its variables set; returns the transcript.
+fn with_graph(s: &guix_tests::Session, d: Daemon, body: &str) -> String {
+    let vars = repl(s, d, SETUP);
+    put(s, "graph.env", vars);
+    sh(s, &format!("set -u; . /tmp/graph.env\n{body}"))
+}
+
+const QUERIES: &str = r##"
+missing=/gnu/store/00000000000000000000000000000000-missing
+q() { echo "== guix gc $*"; guix gc "$@"; echo "status: $?"; }
+for p in $a $b $c $builder $thing $user $thing_out; do q --references $p; done
+for p in $a $b $c $builder $thing $thing_out; do q --referrers $p; done
+q --references $a $b $c
+q --referrers $a $b
+q --requisites $c
+q --requisites $user
+q --requisites $a $thing
+q --derivers $thing_out
+q --derivers $thing_dev
+q --derivers $user_out
+q --derivers $a
+q --references $missing
+q --referrers $missing
+q --requisites $missing
+q --references /tmp
+q --verify
+q --verify=contents
+echo "== guix size"; guix size $c; echo "status: $?"
+echo "== guix size user"; guix size $user; echo "status: $?"
+echo "== guix size missing"; guix size $missing; echo "status: $?"
+"##;
+
+#[test]
+fn gc_queries_and_size_match_cxx() {
+    let (cxx, ours) = on_both(|rig, d| with_graph(&start(rig, d), d, QUERIES));
+    assert!(cxx.contains("== guix gc --derivers"), "{cxx}");
+    assert_same("guix gc queries / guix size", &cxx, &ours);
+}
+
+/// `--verify=contents` on a store whose item was modified behind the daemon's back: both
+/// daemons must report the same hash mismatch (and neither may "fix" anything: no repair).
+const MODIFIED: &str = r##"
+chmod u+w $b && echo tampered >> $b && chmod a-w $b
+echo "== verify=contents"; guix gc --verify=contents; echo "status: $?"
+echo "== verify"; guix gc --verify; echo "status: $?"
+echo "== still valid"; guix gc --references $c; echo "status: $?"
+"##;
+
+#[test]
+fn verify_contents_of_a_modified_item_matches_cxx() {
+    let (cxx, ours) = on_both(|rig, d| with_graph(&start(rig, d), d, MODIFIED));
+    assert!(cxx.contains("was modified!"), "{cxx}");
+    assert_same("guix gc --verify=contents after a modification", &cxx, &ours);
+}
+
+/// `--verify` on a store whose items were deleted behind the daemon's back: a disappeared path
+/// nothing present refers to is removed from the database (its missing referrers first); one
+/// still referred to by a present path stays and is reported as an error.
+const DISAPPEARED: &str = r##"
+rm -rf $a $b $c
+echo "== verify"; guix gc --verify; echo "status: $?"
+echo "== again"; guix gc --verify=contents; echo "status: $?"
+echo "== after"; guix gc --references $c; guix gc --referrers $a; guix gc --references $builder; echo "status: $?"
+"##;
+
+#[test]
+fn verify_of_disappeared_items_matches_cxx() {
+    let (cxx, ours) = on_both(|rig, d| with_graph(&start(rig, d), d, DISAPPEARED));
+    assert!(cxx.contains("disappeared, removing from database..."), "{cxx}");
+    assert!(cxx.contains("disappeared, but it still has valid referrers!"), "{cxx}");
+    assert_same("guix gc --verify after deletions", &cxx, &ours);
+}
+
+/// Our daemon has no garbage collector yet: `guix gc --list-dead`, `guix gc -d` and `guix gc`
+/// must fail with a message saying so, and leave the store alone.
+#[test]
+fn gc_itself_fails_clearly_on_ours() {
+    let rig = common::rig();
+    let s = start(&rig, Daemon::Ours);
+    let out = with_graph(
+        &s,
+        Daemon::Ours,
+        r##"
+for args in --list-dead --list-live "-d $c" ""; do
+  echo "== guix gc $args"; guix gc $args; echo "status: $?"
+done
+echo "== still valid"; guix gc --references $c; echo "status: $?"
+"##,
+    );
+    let msg = "guix gc: error: garbage collection is not implemented yet in guix-daemon-rs";
+    for args in ["--list-dead", "--list-live", "-d ", ""] {
+        let section = out
+            .split("== guix gc ")
+            .find(|s| s.starts_with(args) && (!args.is_empty() || s.starts_with('\n')))
+            .unwrap_or_else(|| panic!("no section for {args:?} in:\n{out}"));
+        assert!(section.contains(msg), "guix gc {args}: no clear error:\n{out}");
+        assert!(section.contains("status: 1"), "guix gc {args}: should fail:\n{out}");
+    }
+    let still = out.split("== still valid\n").nth(1).unwrap_or_default();
+    assert!(still.starts_with("/gnu/store/") && still.contains("status: 0\n"), "the store changed:\n{out}");
+}
