@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::LinkSpec;
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 1 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 2 };
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
