@@ -5,6 +5,11 @@
 //! adding a path that is already valid returns it unchanged, temp roots are sets, and
 //! `SyncConnections` replaces (not extends) the set of live connections.
 
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
@@ -68,4 +73,32 @@ pub enum StoreDbReply {
     Ok,
     /// The request failed; `message` is what the client is told (the C++ daemon's wording).
     Error { message: String },
+}
+
+/// `deletePath`: removes a file, symlink or directory tree, making directories writable
+/// first (store and scratch directories are 0555). A path that does not exist is not an error.
+/// Shared by every component that removes scratch or store trees.
+pub fn delete_tree(path: &Path) -> io::Result<()> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if md.is_dir() {
+        if md.mode() & 0o700 != 0o700 {
+            fs::set_permissions(path, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777))?;
+        }
+        for entry in fs::read_dir(path)? {
+            delete_tree(&entry?.path())?;
+        }
+        match fs::remove_dir(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    } else {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,23 +79,7 @@ impl Drop for ScratchItem {
     }
 }
 
-/// Removes a tree made read-only by the restorer (directories 0555).
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if md.is_dir() {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        for entry in fs::read_dir(path)? {
-            remove_tree(&entry?.path())?;
-        }
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
+pub use guix_ipc::store_db::delete_tree as remove_tree;
 
 /// Sets the modification time of every file, directory and symlink of the tree to 1 (the
 /// epoch plus one second), as `canonicalisePathMetaData` does; modes were set by the restorer.
@@ -113,7 +97,7 @@ pub fn canonicalise(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn allocate_canonicalise_and_clean_up() {

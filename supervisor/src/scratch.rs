@@ -8,39 +8,22 @@
 //! a cleanly stopped guix-daemon-rs leaves the store as guix-daemon would. store-db creates it
 //! again at its next start.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use guix_ipc::store_db::SCRATCH_DIR_NAME;
 
 /// Removes `<store_dir>/.rs-scratch` and everything in it. Call only when no component runs.
 pub fn remove_scratch_dir(store_dir: &Path) -> io::Result<()> {
-    remove_tree(&store_dir.join(SCRATCH_DIR_NAME))
+    guix_ipc::store_db::delete_tree(&store_dir.join(SCRATCH_DIR_NAME))
 }
 
-/// Removes a tree whose directories may be read-only (restored items are 0555).
-fn remove_tree(path: &Path) -> io::Result<()> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if md.is_dir() {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        for entry in fs::read_dir(path)? {
-            remove_tree(&entry?.path())?;
-        }
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn removes_read_only_leftovers_and_tolerates_absence() {

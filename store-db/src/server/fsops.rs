@@ -36,32 +36,7 @@ pub fn check_scratch_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `deletePath`: removes a file, symlink or directory tree, making directories writable
-/// first (store directories are 0555). A path that does not exist is not an error.
-pub fn delete_path(path: &Path) -> io::Result<()> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if md.is_dir() {
-        if md.mode() & 0o700 != 0o700 {
-            fs::set_permissions(path, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777))?;
-        }
-        for entry in fs::read_dir(path)? {
-            delete_path(&entry?.path())?;
-        }
-        match fs::remove_dir(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    } else {
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
+pub use guix_ipc::store_db::delete_tree as delete_path;
 
 /// Creates the scratch directory (0700) if needed and checks that it is a real directory.
 pub fn ensure_scratch_dir(dir: &Path) -> io::Result<()> {
