@@ -22,6 +22,8 @@ struct Args {
     quick: bool,
     reps: Option<usize>,
     ours: Option<PathBuf>,
+    /// Measure only this column (`cxx` or `ours`), e.g. while profiling one daemon.
+    only: Option<String>,
 }
 
 const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
@@ -30,10 +32,11 @@ const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N]
   --quick          smaller counts and shorter runs (a smoke test, not a measurement)
   --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
   --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
+  --only cxx|ours  measure only that daemon (e.g. while profiling it)
 Needs root and a rig set up with `scripts/rig setup`.";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None };
+    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None, only: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -48,6 +51,13 @@ fn parse_args() -> Result<Args, String> {
                 args.reps = Some(n.max(1));
             }
             "--ours" => args.ours = Some(PathBuf::from(it.next().ok_or("--ours needs a path")?)),
+            "--only" => {
+                let d = it.next().ok_or("--only needs cxx or ours")?;
+                if d != "cxx" && d != "ours" {
+                    return Err(format!("--only: `{d}' is neither cxx nor ours"));
+                }
+                args.only = Some(d);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}'")),
         }
@@ -221,10 +231,19 @@ fn main() -> ExitCode {
         } else {
             None
         };
-        let cxx = measure(&rig, Ok((DaemonKind::Cxx, SessionOptions::default())), scenario, &params, tree.as_ref());
-        let ours = measure(&rig, ours.clone(), scenario, &params, tree.as_ref());
+        let skipped = |n: usize| vec![Err("skipped (--only)".to_owned()); n];
+        let cxx = if args.only.as_deref() == Some("ours") {
+            skipped(figures.len())
+        } else {
+            measure(&rig, Ok((DaemonKind::Cxx, SessionOptions::default())), scenario, &params, tree.as_ref())
+        };
+        let ours = if args.only.as_deref() == Some("cxx") {
+            skipped(figures.len())
+        } else {
+            measure(&rig, ours.clone(), scenario, &params, tree.as_ref())
+        };
         for ((f, c), o) in figures.into_iter().zip(cxx.iter().cloned()).zip(ours.iter().cloned()) {
-            cxx_failed |= c.is_err();
+            cxx_failed |= c.is_err() && args.only.as_deref() != Some("ours");
             print_row(&Row { label: f.label, unit: f.unit, higher_is_better: f.higher_is_better, cxx: c, ours: o });
         }
         if scenario == Scenario::AddTree {

@@ -10,7 +10,7 @@ use guix_client::{ClientError, DaemonClient};
 use guix_formats::store_path::StorePath;
 use guix_tests::Session;
 
-use crate::procmem::daemon_tree_memory;
+use crate::procmem::{daemon_tree_cpu, daemon_tree_memory};
 use crate::tree::{hash_and_copy, sync, Tree, TreeShape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,11 @@ impl Scenario {
                         "op/s",
                     )
                 })
+                .chain(QPI_CONCURRENCY.iter().map(|c| Figure {
+                    label: format!("  daemon CPU per QueryPathInfo, {c} conn"),
+                    unit: "µs",
+                    higher_is_better: false,
+                }))
                 .collect(),
             Scenario::IdleMemory => vec![
                 Figure { label: "daemon Pss, no connection".into(), unit: "MiB", higher_is_better: false },
@@ -170,11 +175,14 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
             ],
             Scenario::AddText => vec![add_text_rate(socket, p.texts, rep).await?],
             Scenario::QueryPathInfo => {
-                let mut v = Vec::new();
+                let (mut rates, mut cpu) = (Vec::new(), Vec::new());
                 for c in QPI_CONCURRENCY {
-                    v.push(qpi_rate(socket, &paths, c, p.duration).await?);
+                    let (r, us) = qpi_rate(socket, session.state_dir(), &paths, c, p.duration).await?;
+                    rates.push(r);
+                    cpu.push(us);
                 }
-                v
+                rates.extend(cpu);
+                rates
             }
             Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?,
             Scenario::AddTree => {
@@ -235,8 +243,15 @@ async fn populate(socket: &Path, n: usize) -> Res<Vec<StorePath>> {
 }
 
 /// `concurrency` connections each issuing QueryPathInfo back to back for `duration`;
-/// operations per second over all of them.
-async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize, duration: Duration) -> Res<f64> {
+/// operations per second over all of them, and the daemon's CPU time per operation in µs
+/// (its process tree's user + system time over the run, connections already open).
+async fn qpi_rate(
+    socket: &Path,
+    state: &Path,
+    paths: &Arc<Vec<StorePath>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Res<(f64, f64)> {
     if paths.is_empty() {
         return Err("no populated paths".into());
     }
@@ -244,6 +259,7 @@ async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize
     for _ in 0..concurrency {
         clients.push(connect(socket).await?);
     }
+    let cpu_before = daemon_tree_cpu(state)?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -260,14 +276,23 @@ async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize
                 done += 1;
                 i += 1;
             }
-            Ok::<_, String>(done)
+            // The connection is returned, not closed: a C++ worker must not exit (taking its
+            // CPU time with it) before the second CPU sample.
+            Ok::<_, String>((done, c))
         }));
     }
     let mut total = 0;
+    let mut open = Vec::with_capacity(concurrency);
     for t in tasks {
-        total += t.await.map_err(err)??;
+        let (done, c) = t.await.map_err(err)??;
+        total += done;
+        open.push(c);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = daemon_tree_cpu(state)? - cpu_before;
+    drop(open);
+    let ops = total.max(1) as f64;
+    Ok((total as f64 / elapsed, cpu / ops * 1e6))
 }
 
 fn mib(kib: u64) -> f64 {
