@@ -7,30 +7,36 @@
 
 mod procmem;
 mod scenarios;
+mod tree;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use guix_tests::{DaemonKind, Rig};
+use guix_tests::{DaemonKind, Rig, Session, SessionOptions};
 
 use scenarios::{Params, Scenario};
+use tree::Tree;
 
 struct Args {
     scenarios: Vec<Scenario>,
     quick: bool,
     reps: Option<usize>,
     ours: Option<PathBuf>,
+    /// Measure only this column (`cxx` or `ours`), e.g. while profiling one daemon.
+    only: Option<String>,
 }
 
 const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
-  --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory
+  --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory,
+                   add-tree
   --quick          smaller counts and shorter runs (a smoke test, not a measurement)
   --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
   --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
+  --only cxx|ours  measure only that daemon (e.g. while profiling it)
 Needs root and a rig set up with `scripts/rig setup`.";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None };
+    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None, only: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -45,6 +51,13 @@ fn parse_args() -> Result<Args, String> {
                 args.reps = Some(n.max(1));
             }
             "--ours" => args.ours = Some(PathBuf::from(it.next().ok_or("--ours needs a path")?)),
+            "--only" => {
+                let d = it.next().ok_or("--only needs cxx or ours")?;
+                if d != "cxx" && d != "ours" {
+                    return Err(format!("--only: `{d}' is neither cxx nor ours"));
+                }
+                args.only = Some(d);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}'")),
         }
@@ -87,18 +100,28 @@ fn print_row(r: &Row) {
     println!("{:<44} {:>16}   {:<18} {}", r.label, cxx, ours, ratio);
 }
 
-/// The daemon a column measures, or why it cannot be measured.
-fn ours_kind(args: &Args) -> Result<DaemonKind, String> {
+/// Our daemon as the tests start it (`guix_tests::ours_kind_in`): the supervisor and the
+/// component programs from one directory, bound into the chroot as `--rs-libexec-dir`; or why
+/// it cannot be measured.
+fn ours_kind(args: &Args) -> Result<(DaemonKind, SessionOptions), String> {
     let binary = match &args.ours {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .map_err(|e| format!("locating this executable: {e}"))?
             .with_file_name("guix-daemon-rs"),
     };
-    let binary = binary.canonicalize().map_err(|_| {
-        format!("{} not built; run `cargo build --release -p guix-supervisor`", binary.display())
-    })?;
-    Ok(DaemonKind::Ours { binary, args: Vec::new() })
+    let build = "run `cargo build --release --workspace`";
+    let binary = binary.canonicalize().map_err(|_| format!("{} not built; {build}", binary.display()))?;
+    let dir = binary.parent().ok_or("the daemon binary has no directory")?;
+    for component in ["guix-store-db", "guix-socket-front"] {
+        if !dir.join(component).is_file() {
+            return Err(format!("{} not built; {build}", dir.join(component).display()));
+        }
+    }
+    if binary.file_name() != Some(std::ffi::OsStr::new("guix-daemon-rs")) {
+        return Err(format!("{}: the supervisor must be called guix-daemon-rs", binary.display()));
+    }
+    Ok(guix_tests::ours_kind_in(dir, &[]))
 }
 
 /// The first meaningful line of a (possibly long) error, for the table.
@@ -118,14 +141,20 @@ fn short(e: &str) -> String {
 }
 
 /// Runs `scenario` against one daemon in a fresh session; one result per figure.
-fn measure(rig: &Rig, kind: Result<DaemonKind, String>, scenario: Scenario, p: &Params) -> Vec<Result<f64, String>> {
+fn measure(
+    rig: &Rig,
+    kind: Result<(DaemonKind, SessionOptions), String>,
+    scenario: Scenario,
+    p: &Params,
+    tree: Option<&Tree>,
+) -> Vec<Result<f64, String>> {
     let n = scenario.figures(p).len();
     let fail = |e: String| vec![Err(e); n];
-    let kind = match kind {
+    let (kind, opts) = match kind {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
-    let session = match rig.start(kind) {
+    let session = match Session::start_with(rig, kind, &opts) {
         Ok(s) => s,
         Err(e) => {
             // The rig's own message is generic; the daemon's log says why.
@@ -137,7 +166,7 @@ fn measure(rig: &Rig, kind: Result<DaemonKind, String>, scenario: Scenario, p: &
         Ok(rt) => rt,
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
-    let out = rt.block_on(scenarios::run(scenario, &session, p));
+    let out = rt.block_on(scenarios::run(scenario, &session, p, tree));
     let log = session.daemon_log();
     drop(session);
     match out {
@@ -150,6 +179,16 @@ fn measure(rig: &Rig, kind: Result<DaemonKind, String>, scenario: Scenario, p: &
             fail(why)
         }
     }
+}
+
+/// For [`Scenario::AddTree`] (figures: add, floor — each measured in that daemon's session):
+/// how many times the floor each daemon took.
+fn print_floor_ratios(cxx: &[Result<f64, String>], ours: &[Result<f64, String>]) {
+    let ratio = |v: &[Result<f64, String>]| match v {
+        [Ok(add), Ok(floor)] if *floor > 0.0 => format!("{:.2}x", add / floor),
+        _ => "-".into(),
+    };
+    println!("{:<44} {:>16}   {:<18} (time / floor, lower is better)", "AddToStore tree / floor", ratio(cxx), ratio(ours));
 }
 
 fn main() -> ExitCode {
@@ -181,11 +220,34 @@ fn main() -> ExitCode {
     let mut cxx_failed = false;
     for &scenario in &args.scenarios {
         let figures = scenario.figures(&params);
-        let cxx = measure(&rig, Ok(DaemonKind::Cxx), scenario, &params);
-        let ours = measure(&rig, ours.clone(), scenario, &params);
-        for ((f, c), o) in figures.into_iter().zip(cxx).zip(ours) {
-            cxx_failed |= c.is_err();
+        let tree = if scenario == Scenario::AddTree {
+            match Tree::create(&std::env::temp_dir(), params.tree) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("guix-bench: creating the tree under {}: {e}", std::env::temp_dir().display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let skipped = |n: usize| vec![Err("skipped (--only)".to_owned()); n];
+        let cxx = if args.only.as_deref() == Some("ours") {
+            skipped(figures.len())
+        } else {
+            measure(&rig, Ok((DaemonKind::Cxx, SessionOptions::default())), scenario, &params, tree.as_ref())
+        };
+        let ours = if args.only.as_deref() == Some("cxx") {
+            skipped(figures.len())
+        } else {
+            measure(&rig, ours.clone(), scenario, &params, tree.as_ref())
+        };
+        for ((f, c), o) in figures.into_iter().zip(cxx.iter().cloned()).zip(ours.iter().cloned()) {
+            cxx_failed |= c.is_err() && args.only.as_deref() != Some("ours");
             print_row(&Row { label: f.label, unit: f.unit, higher_is_better: f.higher_is_better, cxx: c, ours: o });
+        }
+        if scenario == Scenario::AddTree {
+            print_floor_ratios(&cxx, &ours);
         }
     }
     if cxx_failed {

@@ -48,8 +48,8 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Measures the daemon tree of the session whose state directory is `state`.
-pub fn daemon_tree_memory(state: &Path) -> Result<TreeMemory, String> {
+/// The host PIDs of the daemon's process tree of the session whose state directory is `state`.
+fn daemon_tree(state: &Path) -> Result<BTreeSet<u32>, String> {
     let init = read_pid(&state.join("session.pid"))?;
     let daemon_inner = read_pid(&state.join("daemon.pid"))?;
     let ns = fs::read_link(format!("/proc/{init}/ns/pid")).map_err(|e| format!("session init {init}: {e}"))?;
@@ -76,6 +76,31 @@ pub fn daemon_tree_memory(state: &Path) -> Result<TreeMemory, String> {
             todo.extend(children.get(&p).into_iter().flatten().copied());
         }
     }
+    Ok(tree)
+}
+
+/// CPU time (user + system) used so far by the processes of the daemon's tree (threads
+/// included), in seconds. Differences between two calls while the tree's processes stay the
+/// same measure the daemon's work independently of what else the machine runs.
+pub fn daemon_tree_cpu(state: &Path) -> Result<f64, String> {
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let mut ticks = 0u64;
+    for p in daemon_tree(state)? {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Fields after the command (which may hold spaces) are space-separated; utime and
+        // stime are fields 14 and 15, i.e. the 12th and 13th after the ") ".
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(ticks as f64 / ticks_per_s)
+}
+
+/// Measures the daemon tree of the session whose state directory is `state`.
+pub fn daemon_tree_memory(state: &Path) -> Result<TreeMemory, String> {
+    let tree = daemon_tree(state)?;
     let mut pss = 0;
     let mut processes = 0;
     for p in tree {

@@ -10,7 +10,8 @@ use guix_client::{ClientError, DaemonClient};
 use guix_formats::store_path::StorePath;
 use guix_tests::Session;
 
-use crate::procmem::daemon_tree_memory;
+use crate::procmem::{daemon_tree_cpu, daemon_tree_memory};
+use crate::tree::{hash_and_copy, sync, Tree, TreeShape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -22,10 +23,13 @@ pub enum Scenario {
     QueryPathInfo,
     /// Pss of the daemon's process tree with no connection and with 256 idle ones.
     IdleMemory,
+    /// AddToStore of a big tree (1 GiB), and the floor: hashing and copying the same tree.
+    AddTree,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [Scenario::Connect, Scenario::AddText, Scenario::QueryPathInfo, Scenario::IdleMemory];
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Connect, Scenario::AddText, Scenario::QueryPathInfo, Scenario::IdleMemory, Scenario::AddTree];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +37,7 @@ impl Scenario {
             Scenario::AddText => "add-text",
             Scenario::QueryPathInfo => "query-path-info",
             Scenario::IdleMemory => "idle-memory",
+            Scenario::AddTree => "add-tree",
         }
     }
 
@@ -56,6 +61,11 @@ impl Scenario {
                         "op/s",
                     )
                 })
+                .chain(QPI_CONCURRENCY.iter().map(|c| Figure {
+                    label: format!("  daemon CPU per QueryPathInfo, {c} conn"),
+                    unit: "µs",
+                    higher_is_better: false,
+                }))
                 .collect(),
             Scenario::IdleMemory => vec![
                 Figure { label: "daemon Pss, no connection".into(), unit: "MiB", higher_is_better: false },
@@ -64,6 +74,10 @@ impl Scenario {
                     unit: "MiB",
                     higher_is_better: false,
                 },
+            ],
+            Scenario::AddTree => vec![
+                Figure { label: format!("AddToStore, {}", p.tree.describe()), unit: "s", higher_is_better: false },
+                Figure { label: FLOOR_LABEL.into(), unit: "s", higher_is_better: false },
             ],
         }
     }
@@ -78,6 +92,8 @@ pub struct Figure {
 const CONNECT_CONCURRENCY: usize = 16;
 const QPI_CONCURRENCY: [usize; 3] = [1, 16, 256];
 const IDLE_CONNECTIONS: usize = 256;
+/// The label of the floor figure of [`Scenario::AddTree`].
+pub const FLOOR_LABEL: &str = "  floor: sha256 + copy of the same tree";
 
 /// Sizes of the workloads.
 pub struct Params {
@@ -86,14 +102,29 @@ pub struct Params {
     pub texts: usize,
     pub populate: usize,
     pub duration: Duration,
+    pub tree: TreeShape,
 }
 
 impl Params {
     pub fn new(quick: bool, reps: Option<usize>) -> Params {
         if quick {
-            Params { reps: reps.unwrap_or(3), connects: 64, texts: 100, populate: 200, duration: Duration::from_millis(300) }
+            Params {
+                reps: reps.unwrap_or(3),
+                connects: 64,
+                texts: 100,
+                populate: 200,
+                duration: Duration::from_millis(300),
+                tree: TreeShape { dirs: 2, files_per_dir: 8, file_size: 4 << 20 },
+            }
         } else {
-            Params { reps: reps.unwrap_or(5), connects: 400, texts: 1000, populate: 1000, duration: Duration::from_secs(2) }
+            Params {
+                reps: reps.unwrap_or(5),
+                connects: 400,
+                texts: 1000,
+                populate: 1000,
+                duration: Duration::from_secs(2),
+                tree: TreeShape { dirs: 4, files_per_dir: 64, file_size: 4 << 20 },
+            }
         }
     }
 }
@@ -131,7 +162,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures every figure of `scenario` `p.reps` times against `session`; returns the medians.
-pub async fn run(scenario: Scenario, session: &Session, p: &Params) -> Res<Vec<f64>> {
+pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option<&Tree>) -> Res<Vec<f64>> {
     let socket = session.socket_path();
     let n = scenario.figures(p).len();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
@@ -144,13 +175,20 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params) -> Res<Vec<f
             ],
             Scenario::AddText => vec![add_text_rate(socket, p.texts, rep).await?],
             Scenario::QueryPathInfo => {
-                let mut v = Vec::new();
+                let (mut rates, mut cpu) = (Vec::new(), Vec::new());
                 for c in QPI_CONCURRENCY {
-                    v.push(qpi_rate(socket, &paths, c, p.duration).await?);
+                    let (r, us) = qpi_rate(socket, session.state_dir(), &paths, c, p.duration).await?;
+                    rates.push(r);
+                    cpu.push(us);
                 }
-                v
+                rates.extend(cpu);
+                rates
             }
             Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?,
+            Scenario::AddTree => {
+                let tree = tree.ok_or("the tree was not created")?;
+                add_tree(socket, session, tree, rep).await?
+            }
         };
         for (s, v) in samples.iter_mut().zip(one) {
             s.push(v);
@@ -205,8 +243,15 @@ async fn populate(socket: &Path, n: usize) -> Res<Vec<StorePath>> {
 }
 
 /// `concurrency` connections each issuing QueryPathInfo back to back for `duration`;
-/// operations per second over all of them.
-async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize, duration: Duration) -> Res<f64> {
+/// operations per second over all of them, and the daemon's CPU time per operation in µs
+/// (its process tree's user + system time over the run, connections already open).
+async fn qpi_rate(
+    socket: &Path,
+    state: &Path,
+    paths: &Arc<Vec<StorePath>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Res<(f64, f64)> {
     if paths.is_empty() {
         return Err("no populated paths".into());
     }
@@ -214,6 +259,7 @@ async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize
     for _ in 0..concurrency {
         clients.push(connect(socket).await?);
     }
+    let cpu_before = daemon_tree_cpu(state)?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -230,14 +276,23 @@ async fn qpi_rate(socket: &Path, paths: &Arc<Vec<StorePath>>, concurrency: usize
                 done += 1;
                 i += 1;
             }
-            Ok::<_, String>(done)
+            // The connection is returned, not closed: a C++ worker must not exit (taking its
+            // CPU time with it) before the second CPU sample.
+            Ok::<_, String>((done, c))
         }));
     }
     let mut total = 0;
+    let mut open = Vec::with_capacity(concurrency);
     for t in tasks {
-        total += t.await.map_err(err)??;
+        let (done, c) = t.await.map_err(err)??;
+        total += done;
+        open.push(c);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = daemon_tree_cpu(state)? - cpu_before;
+    drop(open);
+    let ops = total.max(1) as f64;
+    Ok((total as f64 / elapsed, cpu / ops * 1e6))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -264,4 +319,39 @@ async fn idle_memory(socket: &Path, state: &Path) -> Res<Vec<f64>> {
         }
     }
     Ok(vec![mib(before.pss_kib), mib(with.pss_kib)])
+}
+
+/// One repetition of [`Scenario::AddTree`]: the floor (hash + copy into a directory on the
+/// store's file system, removed afterwards), then AddToStore of the tree under a name unique to
+/// the repetition (so the daemon cannot find it valid already). Seconds for both.
+async fn add_tree(socket: &Path, session: &Session, tree: &Tree, rep: usize) -> Res<Vec<f64>> {
+    let store = session.store_dir_on_host();
+    let floor_dir = store
+        .parent()
+        .ok_or("the store directory has no parent")?
+        .join(format!("bench-floor-{rep}"));
+    let (src, dest) = (tree.root().to_owned(), floor_dir.clone());
+    let floor = tokio::task::spawn_blocking(move || {
+        sync();
+        let r = hash_and_copy(&src, &dest);
+        let _ = std::fs::remove_dir_all(&dest);
+        sync();
+        r
+    })
+    .await
+    .map_err(err)?
+    .map_err(|e| format!("floor copy into {}: {e}", floor_dir.display()))?
+    .0;
+    let mut c = connect(socket).await?;
+    let start = Instant::now();
+    let name = format!("bench-tree-{rep}");
+    let path = c.add_to_store(&name, tree.root(), true, guix_formats::HashAlgo::Sha256).await.map_err(err)?;
+    let add = start.elapsed().as_secs_f64();
+    // Not a timing check: the item must really be there, or the figure means nothing.
+    let shown = c.store_dir().display(&path);
+    let on_host = session.host_path(&shown).ok_or_else(|| format!("{shown} is not in the session's store"))?;
+    if !on_host.join("dir-00").is_dir() {
+        return Err(format!("{shown} was not written"));
+    }
+    Ok(vec![add, floor])
 }

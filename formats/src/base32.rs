@@ -31,9 +31,25 @@ pub const fn decoded_len(len: usize) -> usize {
     len * 5 / 8
 }
 
+/// Digit values by byte, `NOT_A_DIGIT` for bytes outside the alphabet (store paths are
+/// parsed for every row a query returns, so this is a table, not a search).
+const DIGIT_VALUES: [u8; 256] = {
+    let mut t = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
 /// Value of one digit, if it is one.
 pub fn digit_value(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match DIGIT_VALUES[usize::from(c)] {
+        NOT_A_DIGIT => None,
+        v => Some(v),
+    }
 }
 
 /// Encodes `bytes` in Nix base32.
@@ -82,6 +98,14 @@ pub fn decode(s: &str) -> Result<Vec<u8>, Base32Error> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn digit_table_matches_the_alphabet() {
+        for c in 0..=255u8 {
+            let want = ALPHABET.iter().position(|&a| a == c).map(|p| p as u8);
+            assert_eq!(digit_value(c), want, "byte {c}");
+        }
+    }
 
     #[test]
     fn known_answers() {

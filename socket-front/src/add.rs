@@ -148,11 +148,11 @@ impl<S: Stream> Conn<S> {
         let path = store.make_text_path(&name, &contents, &references).map_err(|e| Failure::Op(e.to_string()))?;
         self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
         let p = path.clone();
-        if self.shared.db.run(move |r| r.is_valid(&p)).await? {
+        if self.shared.db.query(|r| r.is_valid(&p))? {
             return Ok(Reply::Path(path));
         }
         let refs = references.clone();
-        let valid = self.shared.db.run(move |r| r.query_valid_paths(&refs)).await?;
+        let valid = self.shared.db.query(|r| r.query_valid_paths(&refs))?;
         if valid.len() != references.len() {
             // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
             return Err(Failure::op("path `%1%' is not valid"));
@@ -178,7 +178,7 @@ impl<S: Stream> Conn<S> {
     ) -> Result<Reply, Failure> {
         self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
         let p = path.clone();
-        if self.shared.db.run(move |r| r.is_valid(&p)).await? {
+        if self.shared.db.query(|r| r.is_valid(&p))? {
             return Ok(Reply::Path(path));
         }
         let dest = item.path().to_owned();

@@ -16,7 +16,7 @@ use guix_formats::worker::{
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::ConnId;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 
 use crate::dbpool::ReaderPool;
@@ -25,6 +25,10 @@ use crate::metrics::Metrics;
 use crate::scratch::Scratch;
 use crate::settings::Settings;
 use crate::storedb::StoreDb;
+
+/// Initial capacity of the buffer a reply is encoded into (most replies are a few hundred
+/// bytes; larger ones grow it).
+const REPLY_BUFFER: usize = 512;
 
 /// What every connection shares.
 pub struct Shared {
@@ -159,14 +163,23 @@ impl<S: Stream> Conn<S> {
                 Err(e) => return Err(Failure::Gone(e.to_string())),
             };
             let start = Instant::now();
-            let res = self.perform(op).await;
+            // Boxed: the operation's future is large (the biggest of all operations), and
+            // inline it would make every idle connection's task that large too.
+            let res = Box::pin(self.perform(op)).await;
             self.shared.metrics.op_done(op, res.is_ok(), start.elapsed());
             match res {
                 Ok(reply) => {
-                    self.send(&StderrMsg::Last).await?;
-                    let (version, store) = (self.version, self.shared.store.clone());
+                    // `STDERR_LAST` and the reply leave in one write, as the C++ daemon's
+                    // buffered sink sends them.
+                    let version = self.version;
+                    let mut out = Vec::with_capacity(REPLY_BUFFER);
+                    write_stderr(&mut out, &StderrMsg::Last, version).await.map_err(|e| Failure::Gone(e.to_string()))?;
+                    write_reply(&mut out, op, &reply, &self.shared.store, version)
+                        .await
+                        .map_err(|e| Failure::Gone(e.to_string()))?;
                     let s = self.stream()?;
-                    write_reply(s, op, &reply, &store, version).await.map_err(|e| Failure::Gone(e.to_string()))?;
+                    s.write_all(&out).await.map_err(|e| Failure::Gone(e.to_string()))?;
+                    s.flush().await.map_err(|e| Failure::Gone(e.to_string()))?;
                 }
                 Err(Failure::Op(msg)) => self.send(&StderrMsg::Error { msg, status: 1 }).await?,
                 Err(Failure::Fatal(msg)) => {

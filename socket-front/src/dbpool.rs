@@ -1,11 +1,23 @@
-//! A small pool of read-only database connections ([`DbReader`]), used from blocking threads.
+//! Read-only database connections ([`DbReader`]): one per runtime worker thread for point
+//! queries, and a small pool used from blocking threads for everything else.
 //!
-//! SQLite calls block, so every query runs on tokio's blocking pool with a connection taken
-//! from here. Connections are opened lazily (store-db creates the database; socket-front may
-//! start first) and at most `size` queries run at once: under WAL they never wait for the
-//! writer, so a handful of connections keeps both cores busy without piling up threads.
+//! * [`ReaderPool::query`] runs a point query (one path's validity, info, deriver, …) right on
+//!   the calling tokio worker, with that thread's own connection. Such a query is a few
+//!   microseconds of SQLite work on pages that are almost always cached; handing it to another
+//!   thread and back cost more than the query itself (two context switches and a wake-up per
+//!   operation). Under WAL a reader never waits for the writer, so the worker is not held up
+//!   by store-db.
+//! * [`ReaderPool::run`] runs anything whose cost grows with the store (all valid paths,
+//!   referrers, roots, verification) on tokio's blocking pool, with a connection taken from
+//!   here; at most `size` of those run at once, so a handful of connections keeps both cores
+//!   busy without piling up threads.
+//!
+//! Connections are opened lazily (store-db creates the database; socket-front may start
+//! first).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guix_formats::StoreDir;
@@ -15,15 +27,50 @@ use tokio::sync::Semaphore;
 use crate::error::Failure;
 
 pub struct ReaderPool {
+    /// Tells this pool's thread-local connections from another pool's (tests run several).
+    id: u64,
     db_dir: PathBuf,
     store: StoreDir,
     idle: Mutex<Vec<DbReader>>,
     permits: Semaphore,
 }
 
+static POOL_IDS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The connection of this thread for [`ReaderPool::query`], with the id of its pool.
+    static LOCAL_READER: RefCell<Option<(u64, DbReader)>> = const { RefCell::new(None) };
+}
+
 impl ReaderPool {
     pub fn new(db_dir: PathBuf, store: StoreDir, size: usize) -> ReaderPool {
-        ReaderPool { db_dir, store, idle: Mutex::new(Vec::new()), permits: Semaphore::new(size.max(1)) }
+        ReaderPool {
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+            db_dir,
+            store,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size.max(1)),
+        }
+    }
+
+    /// Runs the point query `f` on the current thread with its own connection (see the module
+    /// docs). Errors become [`Failure::Op`] as with [`ReaderPool::run`]. Only for queries whose
+    /// cost does not grow with the store.
+    pub fn query<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(&DbReader) -> Result<T, guix_store_db::Error>,
+    {
+        LOCAL_READER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let reader = match &mut *slot {
+                Some((id, reader)) if *id == self.id => reader,
+                other => {
+                    let reader = DbReader::open(&self.db_dir, self.store.clone()).map_err(|e| Failure::op(e.to_string()))?;
+                    &mut other.insert((self.id, reader)).1
+                }
+            };
+            f(reader).map_err(|e| Failure::op(e.to_string()))
+        })
     }
 
     /// Runs `f` with a connection on a blocking thread. A database error becomes an

@@ -25,32 +25,32 @@ impl<S: Stream> Conn<S> {
             Q::IsValidPath(s) => {
                 let store = self.shared.store.clone();
                 match store.parse(&s) {
-                    Ok(p) => Ok(Reply::Bool(db.run(move |r| r.is_valid(&p)).await?)),
+                    Ok(p) => Ok(Reply::Bool(db.query(|r| r.is_valid(&p))?)),
                     // `isStorePath` holds but no valid hash/name: simply not valid.
                     Err(_) if store.is_in_store_syntax(&s) => Ok(Reply::Bool(false)),
                     Err(_) => Err(Failure::Op(format!("path `{s}' is not in the store"))),
                 }
             }
             Q::HasSubstitutes(_) => Ok(Reply::Bool(false)),
-            Q::QueryPathHash(p) => Ok(Reply::Hash(db.run(move |r| r.query_path_info(&p)).await?.nar_hash)),
-            Q::QueryReferences(p) => Ok(Reply::Paths(db.run(move |r| r.query_references(&p)).await?)),
+            Q::QueryPathHash(p) => Ok(Reply::Hash(db.query(|r| r.query_path_info(&p))?.nar_hash)),
+            Q::QueryReferences(p) => Ok(Reply::Paths(db.query(|r| r.query_references(&p))?)),
             Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.query_referrers(&p)).await?)),
-            Q::QueryDeriver(p) => Ok(Reply::OptPath(db.run(move |r| r.query_deriver(&p)).await?)),
-            Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.run(move |r| r.query_valid_derivers(&p)).await?)),
+            Q::QueryDeriver(p) => Ok(Reply::OptPath(db.query(|r| r.query_deriver(&p))?)),
+            Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.query(|r| r.query_valid_derivers(&p))?)),
             Q::QueryDerivationOutputs(p) => {
-                Ok(Reply::Paths(db.run(move |r| r.query_derivation_outputs(&p)).await?))
+                Ok(Reply::Paths(db.query(|r| r.query_derivation_outputs(&p))?))
             }
             Q::QueryDerivationOutputNames(p) => Ok(Reply::Strings(
-                db.run(move |r| r.query_derivation_output_names(&p)).await?.into_iter().collect(),
+                db.query(|r| r.query_derivation_output_names(&p))?.into_iter().collect(),
             )),
             Q::QueryPathFromHashPart(h) => {
-                Ok(Reply::OptPath(db.run(move |r| r.query_path_from_hash_part(&h)).await?))
+                Ok(Reply::OptPath(db.query(|r| r.query_path_from_hash_part(&h))?))
             }
             Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.query_all_valid_paths()).await?)),
             Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.query_failed_paths()).await?)),
             Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.query_valid_paths(&ps)).await?)),
             Q::QueryPathInfo(p) => {
-                let i = db.run(move |r| r.query_path_info(&p)).await?;
+                let i = db.query(|r| r.query_path_info(&p))?;
                 Ok(Reply::PathInfo(PathInfo {
                     deriver: i.deriver,
                     nar_hash: i.nar_hash,
@@ -105,7 +105,7 @@ impl<S: Stream> Conn<S> {
             Q::EnsurePath(p) => {
                 self.shared.storedb.add_temp_roots(self.id, vec![p.clone()]).await?;
                 let shown = self.shared.store.display(&p);
-                if db.run(move |r| r.is_valid(&p)).await? {
+                if db.query(|r| r.is_valid(&p))? {
                     Ok(Reply::Done)
                 } else {
                     Err(Failure::Op(format!("path `{shown}' does not exist and cannot be created")))

@@ -41,7 +41,7 @@ pub async fn accept_loop(shared: Arc<Shared>, ids: Arc<ConnIds>, listener: Inher
                             Err(_) => Peer { uid: None, pid: None },
                         };
                         let id = ids.next();
-                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(32 * 1024, stream)));
+                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
                     }
                     Err(e) => pause_after(&e).await,
                 }
@@ -55,7 +55,7 @@ pub async fn accept_loop(shared: Arc<Shared>, ids: Arc<ConnIds>, listener: Inher
                         let _ = stream.set_nodelay(true);
                         let id = ids.next();
                         let peer = Peer { uid: None, pid: None };
-                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(32 * 1024, stream)));
+                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
                     }
                     Err(e) => pause_after(&e).await,
                 }

@@ -84,7 +84,7 @@ impl<S: Stream> Conn<S> {
         let shown = store.display(&path);
         self.log_at(Level::Info, &format!("exporting path `{shown}'")).await?;
         let p = path.clone();
-        let info = self.shared.db.run(move |r| r.try_query_path_info(&p)).await?;
+        let info = self.shared.db.query(|r| r.try_query_path_info(&p))?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
         let on_disk = self.shared.config.store_dir.join(path.base_name());
         let key_file = self.shared.config.conf_dir.join("signing-key.sec");

@@ -103,13 +103,28 @@ impl DbReader {
     }
 
     /// Runs `f` in a read transaction, retrying while SQLite is busy.
+    ///
+    /// `BEGIN`, `COMMIT` and `ROLLBACK` are cached statements: a point query is a few
+    /// microseconds, and parsing the transaction statements anew each time (as
+    /// `Connection::unchecked_transaction` does) was a visible part of it.
     fn read<T>(&self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>) -> Result<T> {
         retry(|| {
-            let tx = self.conn.unchecked_transaction().map_err(Error::sqlite("starting transaction"))?;
-            let res = f(&Ctx { conn: &tx, store_dir: &self.store_dir })?;
-            tx.commit().map_err(Error::sqlite("committing transaction"))?;
-            Ok(res)
+            if !self.conn.is_autocommit() {
+                // A previous call unwound (panicked) inside its transaction.
+                self.exec_cached("ROLLBACK", "rolling back transaction")?;
+            }
+            self.exec_cached("BEGIN", "starting transaction")?;
+            let res = f(&Ctx { conn: &self.conn, store_dir: &self.store_dir })
+                .and_then(|v| self.exec_cached("COMMIT", "committing transaction").map(|()| v));
+            if res.is_err() && !self.conn.is_autocommit() {
+                let _ = self.exec_cached("ROLLBACK", "rolling back transaction");
+            }
+            res
         })
+    }
+
+    fn exec_cached(&self, sql: &str, what: &'static str) -> Result<()> {
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop).map_err(Error::sqlite(what))
     }
 
     /// `isValidPath`.

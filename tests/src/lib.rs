@@ -20,5 +20,5 @@ pub mod ours;
 pub mod rig;
 pub mod store_check;
 
-pub use ours::{ours_kind, start_ours, target_dir};
+pub use ours::{ours_kind, ours_kind_in, start_ours, target_dir};
 pub use rig::{DaemonKind, Rig, RigError, Session, SessionOptions};

@@ -17,7 +17,13 @@ pub fn target_dir() -> PathBuf {
 
 /// The daemon kind and session options that run our `guix-daemon-rs` with `extra_args`.
 pub fn ours_kind(extra_args: &[&str]) -> (DaemonKind, SessionOptions) {
-    let dir = target_dir();
+    ours_kind_in(&target_dir(), extra_args)
+}
+
+/// Like [`ours_kind`], with the binaries (`guix-daemon-rs` and the `guix-COMPONENT` programs)
+/// taken from `dir`, which is bound into the chroot as the libexec directory.
+pub fn ours_kind_in(dir: &Path, extra_args: &[&str]) -> (DaemonKind, SessionOptions) {
+    let dir = dir.to_path_buf();
     let mut args = vec![format!("--rs-libexec-dir={LIBEXEC_IN_CHROOT}")];
     args.extend(extra_args.iter().map(|s| s.to_string()));
     let kind = DaemonKind::Ours { binary: dir.join("guix-daemon-rs"), args };
