@@ -159,10 +159,15 @@ impl<S: Stream> Conn<S> {
         }
         let item = self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
         let dest = item.path().to_owned();
-        let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
-            .await
-            .map_err(|e| Failure::Op(e.to_string()))?
-            .map_err(|e| Failure::Op(e.to_string()))?;
+        let summary = if contents.len() <= INLINE_TEXT_MAX {
+            // A few syscalls: cheaper on this thread than a hop to the blocking pool and back.
+            write_text(&dest, &contents).map_err(|e| Failure::Op(e.to_string()))?
+        } else {
+            tokio::task::spawn_blocking(move || write_text(&dest, &contents))
+                .await
+                .map_err(|e| Failure::Op(e.to_string()))?
+                .map_err(|e| Failure::Op(e.to_string()))?
+        };
         self.commit(item, path, summary, references, None).await
     }
 
@@ -201,6 +206,11 @@ impl<S: Stream> Conn<S> {
 }
 
 /// Writes a text item (mode 0444) and returns its NAR summary.
+/// Texts up to this size are written on the connection's own thread.
+const INLINE_TEXT_MAX: usize = 64 * 1024;
+
+/// Writes a text item into scratch space, already canonical (0444, mtime 1), and returns the
+/// hash and size of its NAR, computed from the contents in memory (no second read).
 fn write_text(dest: &Path, contents: &[u8]) -> Result<NarSummary, NarError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -212,5 +222,8 @@ fn write_text(dest: &Path, contents: &[u8]) -> Result<NarSummary, NarError> {
     f.write_all(contents)
         .map_err(|e| NarError::Io { context: format!("writing file `{}'", dest.display()), source: e })?;
     drop(f);
-    nar::dump_path(dest, &mut io::sink())
+    canonicalise(dest).map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
+    let mut nar = nar::HashingWriter::new(io::sink());
+    nar::write_regular(&mut nar, false, contents.len() as u64, contents)?;
+    Ok(nar.summary())
 }

@@ -60,7 +60,13 @@ impl StoreDb {
         }
     }
 
+    /// Adds temp roots. Roots this connection already holds are not sent again while store-db
+    /// is the incarnation last synced (a new one gets every root through `SyncConnections`).
     pub async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), Failure> {
+        let known = self.live.lock().ok().and_then(|l| l.get(&conn).map(|r| paths.iter().all(|p| r.contains(p))));
+        if known == Some(true) && self.client.generation() == self.synced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         self.remember_roots(conn, &paths);
         self.call(StoreDbRequest::AddTempRoots { conn, paths }).await
     }

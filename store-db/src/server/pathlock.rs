@@ -48,9 +48,14 @@ impl PathLockTable {
             let lock_path = PathBuf::from(lock_path);
             self.reserve(&lock_path).await;
             held.reserved.push(lock_path.clone());
-            let file = tokio::task::spawn_blocking(move || lock_file_blocking(&lock_path))
-                .await
-                .map_err(|e| format!("acquiring/releasing lock: {e}"))??;
+            // Uncontended (the usual case): lock on this thread. Only a lock another process
+            // holds makes us wait, and that wait happens on the blocking pool.
+            let file = match try_lock_file(&lock_path)? {
+                Some(f) => f,
+                None => tokio::task::spawn_blocking(move || lock_file_blocking(&lock_path))
+                    .await
+                    .map_err(|e| format!("acquiring/releasing lock: {e}"))??,
+            };
             held.files.push(file);
         }
         Ok(held)
@@ -114,6 +119,41 @@ impl Drop for HeldLocks {
             self.table.release(&p);
         }
     }
+}
+
+/// Opens the lock file (creating it) without blocking.
+fn open_lock_file(lock_path: &PathBuf) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(lock_path)
+        .map_err(|e| format!("opening lock file `{}': {}", lock_path.display(), strerror(&e)))
+}
+
+/// One non-blocking attempt: `Some` with the locked, non-stale file, `None` when another
+/// process holds the lock (or the file went stale under us: the blocking path retries).
+fn try_lock_file(lock_path: &PathBuf) -> Result<Option<(PathBuf, File)>, String> {
+    let file = open_lock_file(lock_path)?;
+    let lock = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as _,
+        l_whence: nix::libc::SEEK_SET as _,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&lock)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES | nix::errno::Errno::EINTR) => return Ok(None),
+        Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
+    }
+    let st = file
+        .metadata()
+        .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
+    Ok((st.len() == 0).then(|| (lock_path.clone(), file)))
 }
 
 /// `PathLocks::lockPaths` for one path, waiting: returns the open, locked, non-stale file.
