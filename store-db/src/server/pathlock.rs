@@ -138,62 +138,48 @@ fn open_lock_file(lock_path: &PathBuf) -> Result<File, String> {
 /// process holds the lock (or the file went stale under us: the blocking path retries).
 fn try_lock_file(lock_path: &PathBuf) -> Result<Option<(PathBuf, File)>, String> {
     let file = open_lock_file(lock_path)?;
-    let lock = nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as _,
-        l_whence: nix::libc::SEEK_SET as _,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&lock)) {
+    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole_file_write_lock())) {
         Ok(_) => {}
         Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES | nix::errno::Errno::EINTR) => return Ok(None),
         Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
     }
-    let st = file
-        .metadata()
-        .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
-    Ok((st.len() == 0).then(|| (lock_path.clone(), file)))
+    Ok((!is_stale(lock_path, &file)?).then(|| (lock_path.clone(), file)))
 }
 
 /// `PathLocks::lockPaths` for one path, waiting: returns the open, locked, non-stale file.
 fn lock_file_blocking(lock_path: &PathBuf) -> Result<(PathBuf, File), String> {
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open(lock_path)
-            .map_err(|e| format!("opening lock file `{}': {}", lock_path.display(), strerror(&e)))?;
-        write_lock(&file)?;
-        let st = file
-            .metadata()
-            .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
-        if st.len() == 0 {
+        let file = open_lock_file(lock_path)?;
+        loop {
+            match fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&whole_file_write_lock())) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
+            }
+        }
+        if !is_stale(lock_path, &file)? {
             return Ok((lock_path.clone(), file));
         }
         // Stale: its holder deleted it after we opened it. Retry with a fresh file.
     }
 }
 
-fn write_lock(file: &File) -> Result<(), String> {
-    let lock = nix::libc::flock {
+fn whole_file_write_lock() -> nix::libc::flock {
+    nix::libc::flock {
         l_type: nix::libc::F_WRLCK as _,
         l_whence: nix::libc::SEEK_SET as _,
         l_start: 0,
         l_len: 0,
         l_pid: 0,
-    };
-    loop {
-        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&lock)) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
-        }
     }
+}
+
+/// A lock file its holder deleted has a `d` in it (C++ `PathLocks`); an empty one is live.
+fn is_stale(lock_path: &PathBuf, file: &File) -> Result<bool, String> {
+    let st = file
+        .metadata()
+        .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
+    Ok(st.len() != 0)
 }
 
 /// `strerror` text of an I/O error, as the C++ `SysError` prints it.
