@@ -72,6 +72,8 @@ mod tests {
     impl Handler for Echo {
         type Req = (u32, u64);
         type Resp = u32;
+        // Not an `async fn`: the future must be `'static`, so it may not borrow `self`.
+        #[allow(clippy::manual_async_fn)]
         fn handle(self: &Arc<Self>, _peer: &Hello, req: (u32, u64)) -> impl Future<Output = u32> + Send + 'static {
             async move {
                 tokio::time::sleep(Duration::from_millis(req.1)).await;
