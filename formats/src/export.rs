@@ -98,10 +98,11 @@ impl Default for ExportLimits {
 /// Longest store path string we read (`PATH_MAX`).
 const MAX_PATH_LEN: u64 = 4096;
 
-/// A writer (or reader's sink) that also feeds the signed digest.
-struct DigestTee<'a, W: ?Sized> {
-    inner: &'a mut W,
-    digest: &'a mut Hasher,
+/// A writer (or reader's sink) that also feeds the signed digest: the NAR and the signed
+/// trailer fields go through it. Public for writers that assemble a record themselves.
+pub struct DigestTee<'a, W: ?Sized> {
+    pub inner: &'a mut W,
+    pub digest: &'a mut Hasher,
 }
 
 impl<W: Write + ?Sized> Write for DigestTee<'_, W> {

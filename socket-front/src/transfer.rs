@@ -13,8 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use guix_formats::export::{ExportLimits, ExportReader, ExportTrailer, NarSink};
-use guix_formats::hash::Hasher;
+use guix_formats::export::{DigestTee, ExportLimits, ExportReader, ExportTrailer, NarSink};
 use guix_formats::sexp::Sexp;
 use guix_formats::signature::{self, Acl, SecretKey};
 use guix_formats::wire::{put_bytes, put_u64};
@@ -29,23 +28,6 @@ use crate::scratch::canonicalise;
 
 const TROJAN: &str = "signed hash doesn't match actual contents of imported archive; archive could be corrupt, \
                       or someone is trying to import a Trojan horse";
-
-/// Hashes everything written through it (the signed digest) and passes it on.
-struct DigestWriter<'a, W: ?Sized> {
-    inner: &'a mut W,
-    digest: Hasher,
-}
-
-impl<W: Write + ?Sized> Write for DigestWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.digest.update(buf.get(..n).unwrap_or(buf));
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// `checkSecrecy` then the key itself.
 fn load_secret_key(path: &Path) -> Result<SecretKey, String> {
@@ -93,7 +75,8 @@ impl<S: Stream> Conn<S> {
         self.blocking(move |s, h| -> Result<(), Failure> {
             let mut sink = TunnelSink::new(s);
             let mut out = SyncBridge::new(&mut sink, h);
-            let mut w = DigestWriter { inner: &mut out, digest: HashAlgo::Sha256.hasher() };
+            let mut digest = HashAlgo::Sha256.hasher();
+            let mut w = DigestTee { inner: &mut out, digest: &mut digest };
             let sum = match nar::dump_path(&on_disk, &mut w) {
                 Ok(sum) => sum,
                 Err(nar::NarError::Io { context, source }) if context == "copying NAR" => {
@@ -109,7 +92,7 @@ impl<S: Stream> Conn<S> {
                 )));
             }
             w.write_all(&trailer.signed_fields(&store)).map_err(write_failure)?;
-            let digest = w.digest.finish();
+            let digest = digest.finish();
             let mut tail = Vec::new();
             if sign {
                 put_u64(&mut tail, 1);
