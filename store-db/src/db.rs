@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use guix_formats::hash::base16_decode;
@@ -18,6 +19,7 @@ use guix_formats::{Hash, HashAlgo, StoreDir, StorePath};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::dirs::StoreLock;
+use crate::epoch::Epoch;
 use crate::error::{Error, Result};
 use crate::info::{DerivationOutputs, Registration, ValidPathInfo};
 use crate::sql;
@@ -264,6 +266,8 @@ impl DbReader {
 /// database. Derefs to [`DbReader`] for queries.
 pub struct DbWriter {
     reader: DbReader,
+    /// Advanced after commits that change what readers may keep (see [`crate::epoch`]).
+    epoch: Option<Arc<Epoch>>,
 }
 
 impl Deref for DbWriter {
@@ -315,22 +319,43 @@ impl DbWriter {
             write_schema_file(db_dir)?;
         }
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(DbWriter { reader: DbReader { conn, store_dir } })
+        Ok(DbWriter { reader: DbReader { conn, store_dir }, epoch: None })
+    }
+
+    /// From now on, advances `epoch` after every commit that may change or remove rows readers
+    /// have read; advances it once right away, for a commit a previous writer made and died
+    /// before advancing.
+    pub fn set_epoch(&mut self, epoch: Arc<Epoch>) {
+        epoch.advance();
+        self.epoch = Some(epoch);
+    }
+
+    /// Runs `f` in an immediate write transaction (see [`DbWriter::write_then`]); the commit
+    /// advances the epoch.
+    fn write<T>(&mut self, f: impl FnMut(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        self.write_then(f, |_| true)
     }
 
     /// Runs `f` in an immediate write transaction, retrying while SQLite is busy; rolls back
-    /// when `f` fails.
-    fn write<T>(&mut self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>) -> Result<T> {
+    /// when `f` fails. After the commit, advances the epoch when `changed(&result)` says the
+    /// transaction changed or removed existing rows.
+    fn write_then<T>(&mut self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>, changed: impl FnOnce(&T) -> bool) -> Result<T> {
         let store_dir = &self.reader.store_dir;
         let conn = &mut self.reader.conn;
-        retry(|| {
+        let res = retry(|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(Error::sqlite("starting transaction"))?;
             let res = f(&Ctx { conn: &tx, store_dir })?;
             tx.commit().map_err(Error::sqlite("committing transaction"))?;
             Ok(res)
-        })
+        })?;
+        if let Some(epoch) = &self.epoch {
+            if changed(&res) {
+                epoch.advance();
+            }
+        }
+        Ok(res)
     }
 
     /// `registerValidPaths`: registers all of `paths` in ONE transaction, or none of them.
@@ -346,14 +371,16 @@ impl DbWriter {
     /// output paths before calling).
     pub fn register_valid_paths(&mut self, paths: &[Registration]) -> Result<()> {
         let now = unix_now();
-        self.write(|c| {
+        self.write_then(|c| {
             let mut batch = BTreeSet::new();
+            let mut updated = false;
             for reg in paths {
                 let info = reg.info();
                 let path = c.store_dir.display(&info.path);
                 let hash = format!("sha256:{}", info.nar_hash.to_base16());
                 let size = nar_size_column(info.nar_size);
                 if c.path_id(&info.path)?.is_some() {
+                    updated = true;
                     c.prepare(sql::UPDATE_PATH_INFO)?
                         .execute(params![size, hash, path])
                         .map_err(Error::sqlite(EXEC))?;
@@ -382,8 +409,10 @@ impl DbWriter {
                         .map_err(Error::sqlite(EXEC))?;
                 }
             }
-            c.check_acyclic(&batch)
-        })
+            c.check_acyclic(&batch)?;
+            Ok(updated)
+        }, |updated| *updated)
+        .map(drop)
     }
 
     /// `invalidatePathChecked`: removes a valid path (its references and derivation outputs go

@@ -7,6 +7,8 @@
 //!   holds the big lock.
 //! - [`db`][mod@db] — [`DbReader`] (read-only, usable from any process, never waits for the writer)
 //!   and [`DbWriter`] (the store-db process only).
+//! - [`epoch`] — [`Epoch`], the counter [`DbWriter`] advances after commits that change what
+//!   readers may keep in memory.
 //! - [`info`][mod@info] — [`ValidPathInfo`] and [`Registration`].
 //! - [`sql`][mod@sql] — the C++ daemon's SQL text, verbatim.
 //! - [`server`] — the `guix-store-db` process: the `store-db` link, the writer thread, path
@@ -14,6 +16,7 @@
 
 pub mod db;
 pub mod dirs;
+pub mod epoch;
 pub mod error;
 pub mod info;
 pub mod server;
@@ -21,5 +24,6 @@ pub mod sql;
 
 pub use db::{DbOptions, DbReader, DbWriter, SCHEMA_VERSION};
 pub use dirs::{InitOptions, StateDirs, StoreLock};
+pub use epoch::Epoch;
 pub use error::{Error, Result};
 pub use info::{DerivationOutputs, Registration, ValidPathInfo};

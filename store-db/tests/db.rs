@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{fresh, info, reader, reg, sp};
 use guix_formats::{HashAlgo, StoreDir};
-use guix_store_db::{DbOptions, DbReader, DbWriter, Error, InitOptions, Registration, StateDirs};
+use guix_store_db::{DbOptions, DbReader, DbWriter, Epoch, Error, InitOptions, Registration, StateDirs};
 
 #[test]
 fn init_creates_the_cxx_layout() {
@@ -156,6 +156,29 @@ fn re_registration_is_idempotent() {
     s.writer.register_valid_paths(&[Registration::new(changed.clone()).unwrap()]).unwrap();
     let got = s.writer.query_path_info(&a).unwrap();
     assert_eq!((got.nar_hash, got.nar_size, got.registration_time), (changed.nar_hash, Some(7), 1_700_000_000));
+}
+
+#[test]
+fn the_epoch_moves_on_changes_not_on_additions() {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = fresh(t.path());
+    let epoch = std::sync::Arc::new(Epoch::open(&t.path().join("epoch")).unwrap());
+    s.writer.set_epoch(epoch.clone());
+    // A new writer advances it once: a predecessor may have died between commit and advance.
+    assert_eq!(epoch.current(), 1);
+    let a = sp("a");
+    let b = sp("b");
+    s.writer.register_valid_paths(&[reg(&a, &[])]).unwrap();
+    s.writer.register_valid_paths(&[reg(&b, &[&a])]).unwrap();
+    assert_eq!(epoch.current(), 1, "adding new paths changes nothing a reader kept");
+    // A failed batch changes nothing either.
+    assert!(s.writer.register_valid_paths(&[reg(&sp("c"), &[&sp("missing")])]).is_err());
+    assert_eq!(epoch.current(), 1);
+    // Re-registering a valid path updates its row.
+    s.writer.register_valid_paths(&[reg(&a, &[])]).unwrap();
+    assert_eq!(epoch.current(), 2);
+    s.writer.invalidate_path(&b).unwrap();
+    assert_eq!(epoch.current(), 3);
 }
 
 #[test]

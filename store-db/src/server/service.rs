@@ -30,6 +30,7 @@ use super::fsops::{check_scratch_name, ensure_scratch_dir};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
 use super::writer::{self, Job, StoreLayout, WriterHandle, WriterOptions};
+use crate::epoch::{Epoch, EPOCH_FILE};
 use crate::{DbOptions, DbWriter, InitOptions, StateDirs};
 
 /// How often scratch leftovers of dead writers are removed (besides at startup).
@@ -173,6 +174,8 @@ pub enum StartError {
     Store(#[from] crate::Error),
     #[error("the store is read-only (cannot open the big lock)")]
     ReadOnly,
+    #[error("opening the change epoch `{}': {1}", .0.display())]
+    Epoch(PathBuf, std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -205,7 +208,10 @@ fn run() -> Result<(), StartError> {
     let store_dir: StoreDir = dirs.store_dir()?;
     let scratch = dirs.store_path().join(SCRATCH_DIR_NAME);
     ensure_scratch_dir(&scratch)?;
-    let db = DbWriter::open(dirs.db_dir(), store_dir.clone(), &lock, &DbOptions::default())?;
+    let mut db = DbWriter::open(dirs.db_dir(), store_dir.clone(), &lock, &DbOptions::default())?;
+    let epoch_path = config.runtime_dir.join(EPOCH_FILE);
+    let epoch = Epoch::open(&epoch_path).map_err(|e| StartError::Epoch(epoch_path.clone(), e))?;
+    db.set_epoch(Arc::new(epoch));
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };
     let (writer, writer_thread) = writer::spawn(db, layout.clone(), WriterOptions::default())?;
     writer.send(Job::Sweep);
