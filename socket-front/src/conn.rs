@@ -11,16 +11,19 @@ use std::time::Instant;
 
 use guix_formats::nar;
 use guix_formats::worker::{
-    read_op, server_handshake, write_reply, write_stderr, Limits, Opcode, ProtoError, Reply, StderrMsg,
+    read_op, server_handshake, write_reply, write_stderr, Limits, Opcode, PathInfo, ProtoError, Reply, Request,
+    StderrMsg,
 };
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::ConnId;
+use guix_store_db::ValidPathInfo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 
 use crate::dbpool::ReaderPool;
 use crate::error::Failure;
+use crate::infocache::CachedInfo;
 use crate::metrics::Metrics;
 use crate::scratch::Scratch;
 use crate::settings::Settings;
@@ -88,6 +91,25 @@ pub async fn serve<S: Stream>(shared: Arc<Shared>, id: ConnId, peer: Peer, strea
     }
     shared.storedb.close_connection(id).await;
     shared.metrics.connection_closed();
+}
+
+/// What an operation answers.
+enum Answer {
+    Reply(Reply),
+    /// QueryPathInfo's answer, with its encoded reply once one connection encoded it.
+    PathInfo(Arc<CachedInfo>),
+}
+
+/// The QueryPathInfo reply for `info`.
+pub(crate) fn path_info_reply(info: &ValidPathInfo) -> PathInfo {
+    PathInfo {
+        deriver: info.deriver.clone(),
+        nar_hash: info.nar_hash,
+        references: info.references.clone(),
+        // `writeInt(time_t)`: truncated to 32 bits.
+        registration_time: info.registration_time as u32,
+        nar_size: info.nar_size.unwrap_or(0),
+    }
 }
 
 /// The C++ daemon's message levels (`Verbosity`) above `lvlError`, for [`Conn::log_at`].
@@ -168,19 +190,18 @@ impl<S: Stream> Conn<S> {
             let res = Box::pin(self.perform(op)).await;
             self.shared.metrics.op_done(op, res.is_ok(), start.elapsed());
             match res {
-                Ok(reply) => {
-                    // `STDERR_LAST` and the reply leave in one write, as the C++ daemon's
-                    // buffered sink sends them.
-                    let version = self.version;
-                    let mut out = Vec::with_capacity(REPLY_BUFFER);
-                    write_stderr(&mut out, &StderrMsg::Last, version).await.map_err(|e| Failure::Gone(e.to_string()))?;
-                    write_reply(&mut out, op, &reply, &self.shared.store, version)
-                        .await
-                        .map_err(|e| Failure::Gone(e.to_string()))?;
-                    let s = self.stream()?;
-                    s.write_all(&out).await.map_err(|e| Failure::Gone(e.to_string()))?;
-                    s.flush().await.map_err(|e| Failure::Gone(e.to_string()))?;
+                Ok(Answer::Reply(reply)) => {
+                    let out = self.encode(op, &reply).await?;
+                    self.send_encoded(&out).await?;
                 }
+                Ok(Answer::PathInfo(entry)) => match entry.encoded() {
+                    Some(out) => self.send_encoded(out).await?,
+                    None => {
+                        let out = self.encode(op, &Reply::PathInfo(path_info_reply(&entry.info))).await?;
+                        self.send_encoded(&out).await?;
+                        entry.keep_encoded(out);
+                    }
+                },
                 Err(Failure::Op(msg)) => self.send(&StderrMsg::Error { msg, status: 1 }).await?,
                 Err(Failure::Fatal(msg)) => {
                     self.send(&StderrMsg::Error { msg, status: 1 }).await?;
@@ -189,6 +210,23 @@ impl<S: Stream> Conn<S> {
                 Err(gone @ Failure::Gone(_)) => return Err(gone),
             }
         }
+    }
+
+    /// `STDERR_LAST` and the reply to `op`, encoded: they leave in one write, as the C++
+    /// daemon's buffered sink sends them.
+    async fn encode(&self, op: Opcode, reply: &Reply) -> Result<Vec<u8>, Failure> {
+        let mut out = Vec::with_capacity(REPLY_BUFFER);
+        write_stderr(&mut out, &StderrMsg::Last, self.version).await.map_err(|e| Failure::Gone(e.to_string()))?;
+        write_reply(&mut out, op, reply, &self.shared.store, self.version)
+            .await
+            .map_err(|e| Failure::Gone(e.to_string()))?;
+        Ok(out)
+    }
+
+    async fn send_encoded(&mut self, out: &[u8]) -> Result<(), Failure> {
+        let s = self.stream()?;
+        s.write_all(out).await.map_err(|e| Failure::Gone(e.to_string()))?;
+        s.flush().await.map_err(|e| Failure::Gone(e.to_string()))
     }
 
     /// `createUser`: `<state>/profiles/per-user/<name>`, owned by the user, mode 0755.
@@ -217,16 +255,20 @@ impl<S: Stream> Conn<S> {
         .unwrap_or_else(|e| Err(e.to_string()))
     }
 
-    async fn perform(&mut self, op: Opcode) -> Result<Reply, Failure> {
+    async fn perform(&mut self, op: Opcode) -> Result<Answer, Failure> {
         match op {
-            Opcode::AddToStore => self.add_to_store().await,
+            Opcode::AddToStore => self.add_to_store().await.map(Answer::Reply),
             Opcode::CollectGarbage if self.peer.is_remote() => {
                 Err(Failure::fatal("Garbage collection is disabled for remote hosts."))
             }
             _ => {
                 let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
                 let req = guix_formats::worker::read_request_body(self.stream()?, op, &store, version, &limits).await?;
-                self.handle(req).await
+                match req {
+                    // The hottest query: its reply may be ready-encoded in the cache.
+                    Request::QueryPathInfo(p) => self.shared.db.path_info(&p).map(Answer::PathInfo),
+                    req => self.handle(req).await.map(Answer::Reply),
+                }
             }
         }
     }

@@ -14,17 +14,21 @@
 //!
 //! Connections are opened lazily (store-db creates the database; socket-front may start
 //! first).
+//!
+//! [`ReaderPool::path_info`] answers from this thread's [`InfoCache`] when it can, under the
+//! change epoch store-db advances (see [`crate::infocache`]).
 
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use guix_formats::StoreDir;
-use guix_store_db::DbReader;
+use guix_formats::{StoreDir, StorePath};
+use guix_store_db::{DbReader, Epoch};
 use tokio::sync::Semaphore;
 
 use crate::error::Failure;
+use crate::infocache::{CachedInfo, InfoCache};
 
 pub struct ReaderPool {
     /// Tells this pool's thread-local connections from another pool's (tests run several).
@@ -33,6 +37,8 @@ pub struct ReaderPool {
     store: StoreDir,
     idle: Mutex<Vec<DbReader>>,
     permits: Semaphore,
+    /// store-db's change epoch; without it nothing is cached.
+    epoch: Option<Epoch>,
 }
 
 static POOL_IDS: AtomicU64 = AtomicU64::new(0);
@@ -40,17 +46,62 @@ static POOL_IDS: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// The connection of this thread for [`ReaderPool::query`], with the id of its pool.
     static LOCAL_READER: RefCell<Option<(u64, DbReader)>> = const { RefCell::new(None) };
+    /// The path-info cache of this thread, with the id of its pool.
+    static LOCAL_CACHE: RefCell<(u64, InfoCache)> = RefCell::new((u64::MAX, InfoCache::default()));
 }
 
 impl ReaderPool {
-    pub fn new(db_dir: PathBuf, store: StoreDir, size: usize) -> ReaderPool {
+    /// A pool of at most `size` connections for [`ReaderPool::run`]. With `epoch`, path infos
+    /// are cached ([`ReaderPool::path_info`]).
+    pub fn new(db_dir: PathBuf, store: StoreDir, size: usize, epoch: Option<Epoch>) -> ReaderPool {
         ReaderPool {
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
             db_dir,
             store,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size.max(1)),
+            epoch,
         }
+    }
+
+    /// Runs `f` on this thread's cache, synced with the current epoch; `None` when nothing is
+    /// cached (no epoch).
+    fn with_cache<T>(&self, f: impl FnOnce(&mut InfoCache, u64) -> T) -> Option<T> {
+        let epoch = self.epoch.as_ref()?.current();
+        Some(LOCAL_CACHE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let (id, cache) = &mut *slot;
+            if *id != self.id {
+                *id = self.id;
+                *cache = InfoCache::default();
+            }
+            cache.sync(epoch);
+            f(cache, epoch)
+        }))
+    }
+
+    /// `queryPathInfo`: "path `P' is not valid" when it is not. Served from this thread's
+    /// cache when the path's info is there and still current.
+    pub fn path_info(&self, path: &StorePath) -> Result<Arc<CachedInfo>, Failure> {
+        let read_under = match self.with_cache(|cache, epoch| (cache.get(path), epoch)) {
+            Some((Some(hit), _)) => return Ok(hit),
+            Some((None, epoch)) => Some(epoch),
+            None => None,
+        };
+        let entry = Arc::new(CachedInfo::new(self.query(|r| r.query_path_info(path))?));
+        if let Some(epoch) = read_under {
+            self.with_cache(|cache, _| cache.insert(epoch, path.clone(), entry.clone()));
+        }
+        Ok(entry)
+    }
+
+    /// `isValidPath`: from the cache when the path's info is there, else one query (which does
+    /// not fill the cache: it does not read the info).
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool, Failure> {
+        if let Some(Some(_)) = self.with_cache(|cache, _| cache.get(path)) {
+            return Ok(true);
+        }
+        self.query(|r| r.is_valid(path))
     }
 
     /// Runs the point query `f` on the current thread with its own connection (see the module

@@ -15,13 +15,15 @@
 //! Modules: [`server`] (accepting), [`conn`] (one connection: handshake, request loop),
 //! [`ops`] (queries and simple operations), [`add`] (AddToStore, AddTextToStore),
 //! [`transfer`] (ExportPath, ImportPaths), [`settings`] (SetOptions), [`roots`] (FindRoots),
-//! [`metrics`] (reported to the supervisor), [`bridge`] (blocking I/O over the socket).
+//! [`metrics`] (reported to the supervisor), [`bridge`] (blocking I/O over the socket),
+//! [`infocache`] (path infos kept in memory under store-db's change epoch).
 
 pub mod add;
 pub mod bridge;
 pub mod conn;
 pub mod dbpool;
 pub mod error;
+pub mod infocache;
 pub mod metrics;
 pub mod ops;
 pub mod roots;
@@ -73,8 +75,17 @@ async fn run() -> Result<(), String> {
     let listeners = inherited_listeners().map_err(|e| e.to_string())?;
     let store_str = config.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
     let store = StoreDir::new(store_str).map_err(|e| e.to_string())?;
+    // store-db's change epoch, for the path-info cache; without it, no caching.
+    let epoch_path = config.runtime_dir.join(guix_store_db::epoch::EPOCH_FILE);
+    let epoch = match guix_store_db::Epoch::open(&epoch_path) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!("guix-socket-front: not caching path infos: opening `{}': {e}", epoch_path.display());
+            None
+        }
+    };
     let shared = Arc::new(Shared {
-        db: Arc::new(dbpool::ReaderPool::new(config.db_dir.clone(), store.clone(), DB_READERS)),
+        db: Arc::new(dbpool::ReaderPool::new(config.db_dir.clone(), store.clone(), DB_READERS, epoch)),
         storedb: storedb::StoreDb::new(&config),
         scratch: scratch::Scratch::new(&config.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
-use guix_formats::worker::{BuildMode, PathInfo, Reply, Request};
+use guix_formats::worker::{BuildMode, Reply, Request};
 use guix_formats::{nar, StorePath};
 
-use crate::conn::{Conn, Stream};
+use crate::conn::{path_info_reply, Conn, Stream};
 use crate::error::Failure;
 use crate::roots;
 
@@ -25,17 +25,17 @@ impl<S: Stream> Conn<S> {
             Q::IsValidPath(s) => {
                 let store = self.shared.store.clone();
                 match store.parse(&s) {
-                    Ok(p) => Ok(Reply::Bool(db.query(|r| r.is_valid(&p))?)),
+                    Ok(p) => Ok(Reply::Bool(db.is_valid(&p)?)),
                     // `isStorePath` holds but no valid hash/name: simply not valid.
                     Err(_) if store.is_in_store_syntax(&s) => Ok(Reply::Bool(false)),
                     Err(_) => Err(Failure::Op(format!("path `{s}' is not in the store"))),
                 }
             }
             Q::HasSubstitutes(_) => Ok(Reply::Bool(false)),
-            Q::QueryPathHash(p) => Ok(Reply::Hash(db.query(|r| r.query_path_info(&p))?.nar_hash)),
-            Q::QueryReferences(p) => Ok(Reply::Paths(db.query(|r| r.query_references(&p))?)),
+            Q::QueryPathHash(p) => Ok(Reply::Hash(db.path_info(&p)?.info.nar_hash)),
+            Q::QueryReferences(p) => Ok(Reply::Paths(db.path_info(&p)?.info.references.clone())),
             Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.query_referrers(&p)).await?)),
-            Q::QueryDeriver(p) => Ok(Reply::OptPath(db.query(|r| r.query_deriver(&p))?)),
+            Q::QueryDeriver(p) => Ok(Reply::OptPath(db.path_info(&p)?.info.deriver.clone())),
             Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.query(|r| r.query_valid_derivers(&p))?)),
             Q::QueryDerivationOutputs(p) => {
                 Ok(Reply::Paths(db.query(|r| r.query_derivation_outputs(&p))?))
@@ -49,17 +49,7 @@ impl<S: Stream> Conn<S> {
             Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.query_all_valid_paths()).await?)),
             Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.query_failed_paths()).await?)),
             Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.query_valid_paths(&ps)).await?)),
-            Q::QueryPathInfo(p) => {
-                let i = db.query(|r| r.query_path_info(&p))?;
-                Ok(Reply::PathInfo(PathInfo {
-                    deriver: i.deriver,
-                    nar_hash: i.nar_hash,
-                    references: i.references,
-                    // `writeInt(time_t)`: truncated to 32 bits.
-                    registration_time: i.registration_time as u32,
-                    nar_size: i.nar_size.unwrap_or(0),
-                }))
-            }
+            Q::QueryPathInfo(p) => Ok(Reply::PathInfo(path_info_reply(&db.path_info(&p)?.info))),
             Q::QuerySubstitutablePathInfo(_) => Ok(Reply::SubstitutablePathInfo(None)),
             Q::QuerySubstitutablePathInfos(_) => Ok(Reply::QuerySubstitutablePathInfos(BTreeMap::new())),
             Q::QuerySubstitutablePaths(_) => Ok(Reply::Paths(BTreeSet::new())),

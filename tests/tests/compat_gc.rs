@@ -91,12 +91,16 @@ fn verify_contents_of_a_modified_item_matches_cxx() {
 
 /// `--verify` on a store whose items were deleted behind the daemon's back: a disappeared path
 /// nothing present refers to is removed from the database (its missing referrers first); one
-/// still referred to by a present path stays and is reported as an error.
+/// still referred to by a present path stays and is reported as an error. The items are
+/// queried first, so our daemon has their infos cached when they go: the answers after the
+/// verification show the cache was dropped.
 const DISAPPEARED: &str = r##"
+echo "== before"; guix gc --references $c; guix size $c; echo "status: $?"
 rm -rf $a $b $c
 echo "== verify"; guix gc --verify; echo "status: $?"
 echo "== again"; guix gc --verify=contents; echo "status: $?"
 echo "== after"; guix gc --references $c; guix gc --referrers $a; guix gc --references $builder; echo "status: $?"
+echo "== size after"; guix size $c; echo "status: $?"
 "##;
 
 #[test]
