@@ -5,7 +5,9 @@
 //! While our daemon does not serve clients, its column says "not available" with the reason.
 //! See bench/README.md.
 
+mod affinity;
 mod procmem;
+mod qpi;
 mod scenarios;
 mod tree;
 
@@ -97,7 +99,7 @@ fn print_row(r: &Row) {
         }
         _ => "-".into(),
     };
-    println!("{:<44} {:>16}   {:<18} {}", r.label, cxx, ours, ratio);
+    println!("{:<52} {:>16}   {:<18} {}", r.label, cxx, ours, ratio);
 }
 
 /// Our daemon as the tests start it (`guix_tests::ours_kind_in`): the supervisor and the
@@ -170,7 +172,7 @@ fn measure(
     let log = session.daemon_log();
     drop(session);
     match out {
-        Ok(v) => v.into_iter().map(Ok).collect(),
+        Ok(v) => v,
         Err(e) => {
             let mut why = short(&e);
             if let Some(line) = log.lines().find(|l| l.contains("not implemented")) {
@@ -188,7 +190,7 @@ fn print_floor_ratios(cxx: &[Result<f64, String>], ours: &[Result<f64, String>])
         [Ok(add), Ok(floor)] if *floor > 0.0 => format!("{:.2}x", add / floor),
         _ => "-".into(),
     };
-    println!("{:<44} {:>16}   {:<18} (time / floor, lower is better)", "AddToStore tree / floor", ratio(cxx), ratio(ours));
+    println!("{:<52} {:>16}   {:<18} (time / floor, lower is better)", "AddToStore tree / floor", ratio(cxx), ratio(ours));
 }
 
 fn main() -> ExitCode {
@@ -216,7 +218,7 @@ fn main() -> ExitCode {
         params.reps,
         if args.quick { " (--quick)" } else { "" }
     );
-    println!("{:<44} {:>16}   {:<18} ratio ours/C++", "figure", "C++ guix-daemon", "ours");
+    println!("{:<52} {:>16}   {:<18} ratio ours/C++", "figure", "C++ guix-daemon", "ours");
     let mut cxx_failed = false;
     for &scenario in &args.scenarios {
         let figures = scenario.figures(&params);

@@ -79,23 +79,38 @@ fn daemon_tree(state: &Path) -> Result<BTreeSet<u32>, String> {
     Ok(tree)
 }
 
-/// CPU time (user + system) used so far by the processes of the daemon's tree (threads
-/// included), in seconds. Differences between two calls while the tree's processes stay the
-/// same measure the daemon's work independently of what else the machine runs.
+/// CPU time used so far by the live threads of the daemon's tree, in seconds: the sum of each
+/// thread's run time in nanoseconds (`/proc/P/task/T/schedstat`, first field). Differences
+/// between two calls while the tree's threads stay the same measure the daemon's work
+/// independently of what else the machine runs.
+///
+/// Not `utime + stime` from `/proc/P/stat`: those are whole clock ticks (10 ms) per process,
+/// and with one C++ worker per connection the truncation (up to a tick per process, 256
+/// processes) swamped the few milliseconds each worker uses in a run. The price: a thread that
+/// exits between two calls takes its time with it, so callers keep connections (and so the
+/// C++ workers) open until after the second call.
 pub fn daemon_tree_cpu(state: &Path) -> Result<f64, String> {
-    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    let mut ticks = 0u64;
+    let mut ns = 0u64;
     for p in daemon_tree(state)? {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // Fields after the command (which may hold spaces) are space-separated; utime and
-        // stime are fields 14 and 15, i.e. the 12th and 13th after the ") ".
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        for i in [11, 12] {
-            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(stat) = fs::read_to_string(t.path().join("schedstat")) else { continue };
+            ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         }
     }
-    Ok(ticks as f64 / ticks_per_s)
+    Ok(ns as f64 / 1e9)
+}
+
+/// The host thread IDs of every thread of every process of the daemon's tree (what CPU
+/// affinity applies to: `sched_setaffinity` on a PID changes only that one thread). Threads and
+/// processes that exit during the scan are skipped.
+pub fn daemon_tree_threads(state: &Path) -> Result<BTreeSet<u32>, String> {
+    let mut tids = BTreeSet::new();
+    for p in daemon_tree(state)? {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        tids.extend(tasks.flatten().filter_map(|t| t.file_name().to_str().and_then(|s| s.parse::<u32>().ok())));
+    }
+    Ok(tids)
 }
 
 /// Measures the daemon tree of the session whose state directory is `state`.

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use guix_client::{ClientError, DaemonClient};
 use guix_formats::store_path::StorePath;
 use guix_tests::Session;
+use nix::sched::CpuSet;
 
+use crate::affinity::{check_cpus, pin_thread, restore_thread, PinnedDaemon, CLIENT_CPU, DAEMON_CPU};
 use crate::procmem::{daemon_tree_cpu, daemon_tree_memory};
+use crate::qpi::{drive, Workload};
 use crate::tree::{hash_and_copy, sync, Tree, TreeShape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,20 +56,29 @@ impl Scenario {
                 rate(format!("connect+handshake, {} concurrent ({})", CONNECT_CONCURRENCY, p.connects), "conn/s"),
             ],
             Scenario::AddText => vec![rate(format!("AddTextToStore, 1 connection ({})", p.texts), "op/s")],
-            Scenario::QueryPathInfo => QPI_CONCURRENCY
-                .iter()
-                .map(|c| {
-                    rate(
-                        format!("QueryPathInfo, {c} conn ({} paths, {:.1}s)", p.populate, p.duration.as_secs_f64()),
-                        "op/s",
-                    )
-                })
-                .chain(QPI_CONCURRENCY.iter().map(|c| Figure {
-                    label: format!("  daemon CPU per QueryPathInfo, {c} conn"),
+            Scenario::QueryPathInfo => {
+                let label = |q: &Qpi| match q.pinned {
+                    false => format!("{} conn", q.conns),
+                    true => format!("{} conn, client cpu{CLIENT_CPU} / daemon cpu{DAEMON_CPU}", q.conns),
+                };
+                let per_op = |what: &str, q: &Qpi| Figure {
+                    label: format!("  {what} CPU per QueryPathInfo, {} conn{}", q.conns, if q.pinned { ", pinned" } else { "" }),
                     unit: "µs",
                     higher_is_better: false,
-                }))
-                .collect(),
+                };
+                QPI_RUNS
+                    .iter()
+                    .map(|q| {
+                        let mut l = format!("QueryPathInfo, {}", label(q));
+                        if !q.pinned {
+                            l += &format!(" ({} paths, {:.1}s)", p.populate, p.duration.as_secs_f64());
+                        }
+                        rate(l, "op/s")
+                    })
+                    .chain(QPI_RUNS.iter().map(|q| per_op("daemon", q)))
+                    .chain(QPI_RUNS.iter().map(|q| per_op("client", q)))
+                    .collect()
+            }
             Scenario::IdleMemory => vec![
                 Figure { label: "daemon Pss, no connection".into(), unit: "MiB", higher_is_better: false },
                 Figure {
@@ -90,7 +102,22 @@ pub struct Figure {
 }
 
 const CONNECT_CONCURRENCY: usize = 16;
-const QPI_CONCURRENCY: [usize; 3] = [1, 16, 256];
+/// One QueryPathInfo run: how many connections, and whether the load generator and the
+/// daemon are pinned to separate CPUs.
+struct Qpi {
+    conns: usize,
+    pinned: bool,
+}
+
+/// The QueryPathInfo runs, in order (the figures are rates, then daemon CPU, then client CPU,
+/// each in this order).
+const QPI_RUNS: [Qpi; 5] = [
+    Qpi { conns: 1, pinned: false },
+    Qpi { conns: 16, pinned: false },
+    Qpi { conns: 256, pinned: false },
+    Qpi { conns: 16, pinned: true },
+    Qpi { conns: 256, pinned: true },
+];
 const IDLE_CONNECTIONS: usize = 256;
 /// The label of the floor figure of [`Scenario::AddTree`].
 pub const FLOOR_LABEL: &str = "  floor: sha256 + copy of the same tree";
@@ -152,42 +179,53 @@ async fn connect(socket: &Path) -> Res<DaemonClient> {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the samples, or the first failure among them.
+fn median(v: Vec<Res<f64>>) -> Res<f64> {
+    let mut v = v.into_iter().collect::<Res<Vec<f64>>>()?;
     v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
+    Ok(match v.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    })
 }
 
 /// Measures every figure of `scenario` `p.reps` times against `session`; returns the medians.
-pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option<&Tree>) -> Res<Vec<f64>> {
+/// A failure of the whole scenario is `Err`; a figure that could not be measured (e.g. the
+/// pinned ones on a one-CPU machine) is an `Err` in its place.
+pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option<&Tree>) -> Res<Vec<Res<f64>>> {
     let socket = session.socket_path();
     let n = scenario.figures(p).len();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let paths = if scenario == Scenario::QueryPathInfo { Arc::new(populate(socket, p.populate).await?) } else { Arc::default() };
+    let mut samples: Vec<Vec<Res<f64>>> = vec![Vec::new(); n];
+    let work = if scenario == Scenario::QueryPathInfo {
+        let paths = populate(socket, p.populate).await?;
+        Some(Arc::new(Workload::learn(connect(socket).await?, &paths).await?))
+    } else {
+        None
+    };
     for rep in 0..p.reps {
-        let one = match scenario {
+        let one: Vec<Res<f64>> = match scenario {
             Scenario::Connect => vec![
-                connect_rate(socket, p.connects, 1).await?,
-                connect_rate(socket, p.connects, CONNECT_CONCURRENCY).await?,
+                Ok(connect_rate(socket, p.connects, 1).await?),
+                Ok(connect_rate(socket, p.connects, CONNECT_CONCURRENCY).await?),
             ],
-            Scenario::AddText => vec![add_text_rate(socket, p.texts, rep).await?],
+            Scenario::AddText => vec![Ok(add_text_rate(socket, p.texts, rep).await?)],
             Scenario::QueryPathInfo => {
-                let (mut rates, mut cpu) = (Vec::new(), Vec::new());
-                for c in QPI_CONCURRENCY {
-                    let (r, us) = qpi_rate(socket, session.state_dir(), &paths, c, p.duration).await?;
-                    rates.push(r);
-                    cpu.push(us);
+                let work = work.as_ref().ok_or("the workload was not learnt")?;
+                let mut runs = Vec::new();
+                for q in &QPI_RUNS {
+                    let r = qpi_rate(socket, session.state_dir(), work, q, p.duration).await;
+                    // An unpinned run failing fails the scenario; a pinned one only its own
+                    // figures (e.g. where there is no second CPU).
+                    runs.push(if q.pinned { r } else { Ok(r?) });
                 }
-                rates.extend(cpu);
-                rates
+                let field = |f: fn(&QpiSample) -> f64| runs.iter().map(move |r| r.as_ref().map(f).map_err(Clone::clone));
+                field(|s| s.rate).chain(field(|s| s.daemon_us)).chain(field(|s| s.client_us)).collect()
             }
-            Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?,
+            Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?.into_iter().map(Ok).collect(),
             Scenario::AddTree => {
                 let tree = tree.ok_or("the tree was not created")?;
-                add_tree(socket, session, tree, rep).await?
+                add_tree(socket, session, tree, rep).await?.into_iter().map(Ok).collect()
             }
         };
         for (s, v) in samples.iter_mut().zip(one) {
@@ -242,57 +280,77 @@ async fn populate(socket: &Path, n: usize) -> Res<Vec<StorePath>> {
     Ok(out)
 }
 
-/// `concurrency` connections each issuing QueryPathInfo back to back for `duration`;
-/// operations per second over all of them, and the daemon's CPU time per operation in µs
-/// (its process tree's user + system time over the run, connections already open).
-async fn qpi_rate(
-    socket: &Path,
-    state: &Path,
-    paths: &Arc<Vec<StorePath>>,
-    concurrency: usize,
-    duration: Duration,
-) -> Res<(f64, f64)> {
-    if paths.is_empty() {
-        return Err("no populated paths".into());
+/// Above this share of the run spent on the CPU, the load generator may be what limits a
+/// QueryPathInfo rate (a warning is printed).
+const CLIENT_BOUND: f64 = 0.8;
+
+/// One QueryPathInfo run's results.
+struct QpiSample {
+    /// Operations per second over all connections.
+    rate: f64,
+    /// The daemon tree's user + system time per operation, µs.
+    daemon_us: f64,
+    /// The load generator thread's CPU time per operation, µs.
+    client_us: f64,
+}
+
+/// `q.conns` connections each issuing QueryPathInfo back to back for `duration`, all driven by
+/// [`drive`] from one dedicated thread. The daemon's CPU time is its process tree's user +
+/// system time over the run, connections already open (and kept open until after the second
+/// sample: a C++ worker must not exit, taking its CPU time with it, before then).
+///
+/// Pinned: the daemon's tree is pinned to [`DAEMON_CPU`] before the connections are opened
+/// (so C++ workers inherit it) and again after, the generator thread to [`CLIENT_CPU`]; all
+/// masks are restored afterwards, also on failure.
+async fn qpi_rate(socket: &Path, state: &Path, work: &Arc<Workload>, q: &Qpi, duration: Duration) -> Res<QpiSample> {
+    let mut pinned = if q.pinned {
+        check_cpus()?;
+        Some(PinnedDaemon::pin(state, DAEMON_CPU)?)
+    } else {
+        None
+    };
+    let mut streams = Vec::with_capacity(q.conns);
+    for _ in 0..q.conns {
+        streams.push(connect(socket).await?.into_inner().into_std().map_err(err)?);
     }
-    let mut clients = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        clients.push(connect(socket).await?);
+    if let Some(p) = &mut pinned {
+        p.repin()?;
     }
     let cpu_before = daemon_tree_cpu(state)?;
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for (k, mut c) in clients.into_iter().enumerate() {
-        let paths = paths.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0u64;
-            let mut i = k * 7919;
-            while Instant::now() < deadline {
-                let p = &paths[i % paths.len()];
-                if c.query_path_info(p).await.map_err(err)?.is_none() {
-                    return Err(format!("{p} is not valid"));
-                }
-                done += 1;
-                i += 1;
+    let (work, pin) = (work.clone(), q.pinned);
+    let generator = std::thread::Builder::new()
+        .name("qpi-generator".into())
+        .spawn(move || {
+            let mask: Option<CpuSet> = if pin { Some(pin_thread(CLIENT_CPU)?) } else { None };
+            let r = drive(&streams, &work, duration);
+            if let Some(m) = &mask {
+                restore_thread(m)?;
             }
-            // The connection is returned, not closed: a C++ worker must not exit (taking its
-            // CPU time with it) before the second CPU sample.
-            Ok::<_, String>((done, c))
-        }));
-    }
-    let mut total = 0;
-    let mut open = Vec::with_capacity(concurrency);
-    for t in tasks {
-        let (done, c) = t.await.map_err(err)??;
-        total += done;
-        open.push(c);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+            r.map(|d| (d, streams))
+        })
+        .map_err(|e| format!("starting the load generator thread: {e}"))?;
+    let (driven, streams) = tokio::task::spawn_blocking(move || generator.join())
+        .await
+        .map_err(err)?
+        .map_err(|_| "the load generator thread panicked".to_owned())??;
     let cpu = daemon_tree_cpu(state)? - cpu_before;
-    drop(open);
-    let ops = total.max(1) as f64;
-    Ok((total as f64 / elapsed, cpu / ops * 1e6))
+    drop(streams);
+    drop(pinned);
+    let ops = driven.ops.max(1) as f64;
+    let busy = driven.client_cpu.as_secs_f64() / driven.elapsed.as_secs_f64();
+    if busy > CLIENT_BOUND {
+        eprintln!(
+            "guix-bench: QueryPathInfo, {} conn{}: the load generator was busy {:.0}% of the run; the rate may be client-bound",
+            q.conns,
+            if q.pinned { ", pinned" } else { "" },
+            busy * 100.0
+        );
+    }
+    Ok(QpiSample {
+        rate: driven.ops as f64 / driven.elapsed.as_secs_f64(),
+        daemon_us: cpu / ops * 1e6,
+        client_us: driven.client_cpu.as_secs_f64() / ops * 1e6,
+    })
 }
 
 fn mib(kib: u64) -> f64 {

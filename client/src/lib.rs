@@ -245,7 +245,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DaemonClient<S> {
         self.broken
     }
 
-    /// Gives the stream back (for tests that want to look at the raw bytes next).
+    /// Gives the stream back, for callers that speak the protocol raw from here on (tests,
+    /// the benchmark's load generator). Between operations nothing is left in the buffers, so
+    /// no byte is lost.
     pub fn into_inner(self) -> S {
         self.stream.into_inner()
     }
