@@ -112,6 +112,9 @@ impl<S: Stream> Conn<S> {
                 let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
                 let mut tee = HashSink(nar_algo.map(Hasher::new));
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
+                // Canonical (mtime 1) while still on this blocking thread.
+                canonicalise(&dest)
+                    .map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
                 Ok(Received {
                     summary,
                     root: visitor.root,
@@ -146,9 +149,7 @@ impl<S: Stream> Conn<S> {
     ) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
         let path = store.make_text_path(&name, &contents, &references).map_err(|e| Failure::Op(e.to_string()))?;
-        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
-        let p = path.clone();
-        if self.shared.db.query(|r| r.is_valid(&p))? {
+        if self.rooted_and_valid(&path).await? {
             return Ok(Reply::Path(path));
         }
         let refs = references.clone();
@@ -168,11 +169,23 @@ impl<S: Stream> Conn<S> {
                 .map_err(|e| Failure::Op(e.to_string()))?
                 .map_err(|e| Failure::Op(e.to_string()))?
         };
-        self.commit(item, path, summary, references, None).await
+        self.register(item, path, summary, references, None).await
     }
 
-    /// Registers a finished scratch item through store-db (unless the path became valid in
-    /// the meantime) and answers with its path.
+    /// C++ `addTempRoot` then `isValidPath`, with one store-db round trip at most: a path
+    /// found invalid gets its temp root from the `AddItems` that follows (store-db adds the
+    /// roots of what it registers, or finds valid, in the same step); a path found valid is
+    /// rooted, then checked again, so it cannot have gone in between.
+    async fn rooted_and_valid(&mut self, path: &StorePath) -> Result<bool, Failure> {
+        if !self.shared.db.is_valid(path)? {
+            return Ok(false);
+        }
+        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
+        self.shared.db.is_valid(path)
+    }
+
+    /// Registers a finished, canonical scratch item through store-db unless its path is valid
+    /// already, and answers with its path.
     pub(crate) async fn commit(
         &mut self,
         item: ScratchItem,
@@ -181,16 +194,22 @@ impl<S: Stream> Conn<S> {
         references: BTreeSet<StorePath>,
         deriver: Option<StorePath>,
     ) -> Result<Reply, Failure> {
-        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
-        let p = path.clone();
-        if self.shared.db.query(|r| r.is_valid(&p))? {
+        if self.rooted_and_valid(&path).await? {
             return Ok(Reply::Path(path));
         }
-        let dest = item.path().to_owned();
-        tokio::task::spawn_blocking(move || canonicalise(&dest))
-            .await
-            .map_err(|e| Failure::Op(e.to_string()))?
-            .map_err(|e| Failure::Op(format!("canonicalising `{}': {e}", item.path().display())))?;
+        self.register(item, path, summary, references, deriver).await
+    }
+
+    /// Hands a finished, canonical scratch item to store-db (`AddItems`: moved into place and
+    /// registered, or dropped when the path became valid meanwhile; rooted either way).
+    async fn register(
+        &mut self,
+        item: ScratchItem,
+        path: StorePath,
+        summary: NarSummary,
+        references: BTreeSet<StorePath>,
+        deriver: Option<StorePath>,
+    ) -> Result<Reply, Failure> {
         let new = NewItem {
             scratch_name: item.name().to_owned(),
             path: path.clone(),
