@@ -63,7 +63,7 @@ pub enum StoreDbRequest {
     ClearFailedPaths { paths: Vec<StorePath> },
     /// VerifyStore's clean-up of paths whose files disappeared (`verifyPath`): each path, in
     /// order (referrers before what they refer to), is removed from the database if nothing is
-    /// at its store name any more (checked again, in the writer thread) and no other valid path
+    /// at its store name any more (checked again, by the writer) and no other valid path
     /// refers to it; a path whose files are back is left alone.
     InvalidateMissing { paths: Vec<StorePath> },
 }

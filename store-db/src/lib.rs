@@ -11,7 +11,7 @@
 //!   readers may keep in memory.
 //! - [`info`][mod@info] — [`ValidPathInfo`] and [`Registration`].
 //! - [`sql`][mod@sql] — the C++ daemon's SQL text, verbatim.
-//! - [`server`] — the `guix-store-db` process: the `store-db` link, the writer thread, path
+//! - [`server`] — the `guix-store-db` process: the `store-db` link, the writer, path
 //!   locks, temp and indirect roots, the scratch directory.
 
 pub mod db;

@@ -1,4 +1,4 @@
-//! Group commit in the writer thread, in process: correctness under concurrency, and a bench
+//! Group commit in the writer, in process: correctness under concurrency, and a bench
 //! (`cargo test --release -p guix-store-db --test group_commit -- --ignored --nocapture`)
 //! comparing one transaction per request with grouped transactions.
 
@@ -31,7 +31,7 @@ fn setup(max_group: usize) -> Setup {
     let w = DbWriter::open(dirs.db_dir(), store.clone(), &lock, &DbOptions::default()).unwrap();
     std::mem::forget(lock); // held for the test's lifetime
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir: store.clone(), scratch };
-    let (handle, _thread) = writer::spawn(w, layout.clone(), WriterOptions { max_group }).unwrap();
+    let handle = writer::new(w, layout.clone(), WriterOptions { max_group });
     let db = Arc::new(StoreDb::new(layout, dirs.state_dir().to_owned(), handle));
     Setup { _tmp: tmp, dirs, store, db }
 }

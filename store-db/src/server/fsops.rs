@@ -7,7 +7,7 @@
 //!
 //! Naming convention (what the sweep relies on): a writer names its entries
 //! `<writer-pid>-<anything>`. store-db removes leftovers ([`sweep_scratch`]) at startup and
-//! every few minutes, in its writer thread (so never while it is renaming one): an entry whose
+//! every few minutes, holding the writer (so never while it is renaming one): an entry whose
 //! writer pid is no longer alive is removed; an entry whose name does not start with a pid is
 //! removed once its status-change time is older than [`UNNAMED_MAX_AGE`]. A writer that is
 //! alive keeps its entries however long it takes, and a store-db restart never removes the

@@ -3,7 +3,7 @@
 //!
 //! - [`service`] — startup ([`service::main`]), the [`guix_ipc::Handler`] ([`service::StoreDb`]),
 //!   SIGTERM.
-//! - [`writer`] — the writer thread: file moves into the store, `.drv` checks, registration,
+//! - [`writer`] — the writer: file moves into the store, `.drv` checks, registration,
 //!   group commit, crash safety.
 //! - [`pathlock`] — the C++ daemon's per-path `.lock` files.
 //! - [`roots`] — temp roots (in memory) and indirect roots.

@@ -3,7 +3,7 @@
 //! Startup ([`main`]): the configuration and the inherited listening socket `store-db` from
 //! the supervisor ([`guix_ipc::component`]), [`StateDirs::init`] (directories, schema check,
 //! big lock, reserved space), the scratch directory `<store>/.rs-scratch` (0700), one
-//! [`DbWriter`] in the writer thread, a sweep of scratch leftovers (then every
+//! [`DbWriter`] in the writer, a sweep of scratch leftovers (then every
 //! [`SWEEP_INTERVAL`], and whenever a link connection is accepted), then one task per
 //! connection ([`guix_ipc::serve_connection`]).
 //!
@@ -213,16 +213,14 @@ fn run() -> Result<(), StartError> {
     let epoch = Epoch::open(&epoch_path).map_err(|e| StartError::Epoch(epoch_path.clone(), e))?;
     db.set_epoch(Arc::new(epoch));
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };
-    let (writer, writer_thread) = writer::spawn(db, layout.clone(), WriterOptions::default())?;
+    let writer = writer::new(db, layout.clone(), WriterOptions::default());
     writer.send(Job::Sweep);
     let state = Arc::new(StoreDb::new(layout, config.state_dir.clone(), writer));
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(listener, state.clone()))?;
-    // Stop the writer: its queue is empty (nothing in flight), so this returns at once.
     drop(rt);
     drop(state);
-    let _ = writer_thread.join();
     drop(lock);
     Ok(())
 }
@@ -242,7 +240,7 @@ async fn serve(listener: std::os::unix::net::UnixListener, state: Arc<StoreDb>) 
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     // A new peer may be the successor of a writer that died: sweep.
-                    state.writer().send(Job::Sweep);
+                    state.writer().send_in_background(Job::Sweep);
                     let service = service.clone();
                     let who = who.clone();
                     tokio::spawn(async move {
@@ -256,7 +254,7 @@ async fn serve(listener: std::os::unix::net::UnixListener, state: Arc<StoreDb>) 
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = sweep.tick() => state.writer().send(Job::Sweep),
+            _ = sweep.tick() => state.writer().send_in_background(Job::Sweep),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -1,14 +1,25 @@
-//! The writer thread: the one place where items are moved into the store and the database is
+//! The writer: the one place where items are moved into the store and the database is
 //! written.
 //!
-//! rusqlite is synchronous and SQLite has one writer at a time anyway, so every change goes
-//! through one OS thread that owns the [`DbWriter`]. Requests are queued to it as [`Job`]s.
+//! rusqlite is synchronous and SQLite has one writer at a time anyway, so every change is made
+//! by whoever holds the one [`Writer`] (which owns the [`DbWriter`]). Requests are queued as
+//! [`Job`]s; the caller that queued one then tries to take the writer and, if it is free, runs
+//! every queued job itself (flat combining), right on its tokio worker thread. A caller that
+//! finds the writer busy just waits for its reply: the holder runs its job before letting go
+//! (and looks at the queue again after letting go, so no job is left behind). So a request
+//! costs no thread hand-off. Blocking a worker is deliberate: store-db's runtime carries
+//! nothing but link traffic, its other worker goes on receiving (and queueing) requests
+//! meanwhile, and the jobs are short (renames, small `.drv` reads, one transaction); sweeps,
+//! which may delete whole trees, run on the blocking pool ([`WriterHandle::send_in_background`]).
+//! Measured against a writer thread (tests/group_commit.rs, 2 cores): AddTextToStore through
+//! the whole daemon 4.2k → 5.3k op/s on one connection; 32 callers × 100 items 1.2–1.3 s →
+//! 0.85–1.0 s. `block_in_place` instead cost more than it saved (1.2–1.5 s).
 //!
-//! **Group commit**: when several `AddItems` jobs are waiting, the thread prepares each (file
+//! **Group commit**: when several `AddItems` jobs are waiting, the writer prepares each (file
 //! moves, `.drv` checks) and registers all of them in ONE transaction — with WAL and
 //! `synchronous = normal` a commit costs little, but a transaction per small item still
 //! dominates the cost of adding many small items concurrently (see the `group_commit` bench
-//! in `tests/server.rs`). Atomicity stays per request: when the group's transaction fails,
+//! in `tests/group_commit.rs`). Atomicity stays per request: when the group's transaction fails,
 //! each job is retried in a transaction of its own, so one bad request never fails another.
 //!
 //! # Adding items (one job)
@@ -38,8 +49,8 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, TryLockError};
 
 use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
 use guix_formats::{StoreDir, StorePath};
@@ -53,7 +64,7 @@ use crate::{DbWriter, DerivationOutputs, Registration, ValidPathInfo};
 /// The result of a job: `Err` holds the client-facing message.
 pub type JobResult = Result<(), String>;
 
-/// A request to the writer thread.
+/// A request to the writer.
 pub enum Job {
     /// Move items into the store and register them (the caller holds their path locks).
     Add { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
@@ -65,7 +76,7 @@ pub enum Job {
     Sweep,
 }
 
-/// Settings of the writer thread.
+/// Settings of the writer.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// The most `AddItems` jobs registered in one transaction (1 disables group commit).
@@ -85,11 +96,15 @@ pub struct WriterStats {
     pub transactions: AtomicU64,
 }
 
-/// The sending side of the writer's queue. Dropping every handle stops the thread once the
-/// queue is empty.
+/// The writer's queue and the writer itself (see the module docs). Clones share both.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Job>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Mutex<VecDeque<Job>>,
+    writer: Mutex<Writer>,
     stats: Arc<WriterStats>,
 }
 
@@ -97,18 +112,54 @@ impl WriterHandle {
     /// Runs a job that replies, and waits for the reply.
     pub async fn run(&self, make: impl FnOnce(oneshot::Sender<JobResult>) -> Job) -> JobResult {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| "store-db is shutting down".to_owned())?;
-        rx.await.map_err(|_| "store-db writer thread stopped".to_owned())?
+        self.push(make(tx));
+        self.combine();
+        rx.await.map_err(|_| "store-db writer stopped".to_owned())?
     }
 
-    /// Queues a job that does not reply.
+    /// Queues a job that does not reply, and runs the queue now unless the writer is busy
+    /// (its holder will). Blocks the calling thread while it runs: for long jobs from async
+    /// code, use [`WriterHandle::send_in_background`].
     pub fn send(&self, job: Job) {
-        let _ = self.tx.send(job);
+        self.push(job);
+        self.combine();
+    }
+
+    /// [`WriterHandle::send`] on tokio's blocking pool.
+    pub fn send_in_background(&self, job: Job) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.send(job));
     }
 
     pub fn stats(&self) -> &Arc<WriterStats> {
-        &self.stats
+        &self.inner.stats
     }
+
+    fn push(&self, job: Job) {
+        lock(&self.inner.queue).push_back(job);
+    }
+
+    /// Runs queued jobs while the writer is free and jobs are queued.
+    fn combine(&self) {
+        loop {
+            let mut writer = match self.inner.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // Its holder runs our job before it lets go, or sees it after.
+                Err(TryLockError::WouldBlock) => return,
+            };
+            writer.drain(&self.inner.queue);
+            drop(writer);
+            if lock(&self.inner.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Locks `m`, also after a panic of a previous holder (the queue stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the writer works.
@@ -121,13 +172,11 @@ pub struct StoreLayout {
     pub scratch: PathBuf,
 }
 
-/// Starts the writer thread.
-pub fn spawn(db: DbWriter, layout: StoreLayout, opts: WriterOptions) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = mpsc::channel();
+/// Sets up the writer (no thread: see the module docs).
+pub fn new(db: DbWriter, layout: StoreLayout, opts: WriterOptions) -> WriterHandle {
     let stats = Arc::new(WriterStats::default());
-    let mut w = Writer::new(db, layout, opts, stats.clone());
-    let thread = std::thread::Builder::new().name("store-db-writer".into()).spawn(move || w.run(rx))?;
-    Ok((WriterHandle { tx, stats }, thread))
+    let writer = Writer::new(db, layout, opts, stats.clone());
+    WriterHandle { inner: Arc::new(Inner { queue: Mutex::new(VecDeque::new()), writer: Mutex::new(writer), stats }) }
 }
 
 type Loader = Box<dyn FnMut(&StorePath) -> Result<Derivation, String> + Send>;
@@ -157,8 +206,8 @@ impl Writer {
         Writer { db, layout, opts, stats, hasher, drv_checks: 0 }
     }
 
-    /// Runs in the writer thread, which also does every rename into the store, so a path
-    /// found missing here cannot be in the middle of being added.
+    /// Runs with the writer, which also does every rename into the store, so a path found
+    /// missing here cannot be in the middle of being added.
     fn invalidate_missing(&mut self, paths: &[StorePath]) -> JobResult {
         for p in paths {
             match std::fs::symlink_metadata(self.layout.store_path.join(p.base_name())) {
@@ -172,27 +221,24 @@ impl Writer {
         Ok(())
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        let mut next = None;
+    /// Runs queued jobs until the queue is empty, `AddItems` jobs in groups.
+    fn drain(&mut self, queue: &Mutex<VecDeque<Job>>) {
         loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-            };
+            let Some(job) = lock(queue).pop_front() else { return };
             match job {
                 Job::Add { items, reply } => {
                     let mut group = vec![(items, reply)];
-                    while group.len() < self.opts.max_group.max(1) {
-                        match rx.try_recv() {
-                            Ok(Job::Add { items, reply }) => group.push((items, reply)),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
+                    {
+                        let mut q = lock(queue);
+                        while group.len() < self.opts.max_group.max(1) {
+                            match q.pop_front() {
+                                Some(Job::Add { items, reply }) => group.push((items, reply)),
+                                Some(other) => {
+                                    q.push_front(other);
+                                    break;
+                                }
+                                None => break,
                             }
-                            Err(_) => break,
                         }
                     }
                     self.add_group(group);
