@@ -79,26 +79,40 @@ fn daemon_tree(state: &Path) -> Result<BTreeSet<u32>, String> {
     Ok(tree)
 }
 
-/// CPU time used so far by the live threads of the daemon's tree, in seconds: the sum of each
-/// thread's run time in nanoseconds (`/proc/P/task/T/schedstat`, first field). Differences
-/// between two calls while the tree's threads stay the same measure the daemon's work
-/// independently of what else the machine runs.
+/// CPU time used so far by each live thread of the daemon's tree, in nanoseconds (first field
+/// of `/proc/P/task/T/schedstat`), keyed by host thread id: see [`CpuSnapshot::used_since`].
 ///
 /// Not `utime + stime` from `/proc/P/stat`: those are whole clock ticks (10 ms) per process,
 /// and with one C++ worker per connection the truncation (up to a tick per process, 256
-/// processes) swamped the few milliseconds each worker uses in a run. The price: a thread that
-/// exits between two calls takes its time with it, so callers keep connections (and so the
-/// C++ workers) open until after the second call.
-pub fn daemon_tree_cpu(state: &Path) -> Result<f64, String> {
-    let mut ns = 0u64;
-    for p in daemon_tree(state)? {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else { continue };
-        for t in tasks.flatten() {
-            let Ok(stat) = fs::read_to_string(t.path().join("schedstat")) else { continue };
-            ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+/// processes) swamped the few milliseconds each worker uses in a run.
+pub struct CpuSnapshot(BTreeMap<u32, u64>);
+
+impl CpuSnapshot {
+    pub fn take(state: &Path) -> Result<CpuSnapshot, String> {
+        let mut threads = BTreeMap::new();
+        for p in daemon_tree(state)? {
+            let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else { continue };
+            for t in tasks.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+                let Ok(stat) = fs::read_to_string(t.path().join("schedstat")) else { continue };
+                if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                    threads.insert(tid, ns);
+                }
+            }
         }
+        Ok(CpuSnapshot(threads))
     }
-    Ok(ns as f64 / 1e9)
+
+    /// Seconds of CPU the tree used since `before`: per thread alive now, its time minus its
+    /// time then (all of it for a thread born since). A thread that exited in between counts
+    /// nothing (its time is gone with it), instead of taking its whole past away from the sum,
+    /// as a plain total would: a C++ worker of an earlier connection exiting during the run
+    /// made the figure too low. Callers keep their connections (and so the C++ workers) open
+    /// until after the second snapshot.
+    pub fn used_since(&self, before: &CpuSnapshot) -> f64 {
+        let ns: u64 = self.0.iter().map(|(tid, now)| now.saturating_sub(before.0.get(tid).copied().unwrap_or(0))).sum();
+        ns as f64 / 1e9
+    }
 }
 
 /// The host thread IDs of every thread of every process of the daemon's tree (what CPU

@@ -12,7 +12,7 @@ use guix_tests::Session;
 use nix::sched::CpuSet;
 
 use crate::affinity::{check_cpus, pin_thread, restore_thread, PinnedDaemon, CLIENT_CPU, DAEMON_CPU};
-use crate::procmem::{daemon_tree_cpu, daemon_tree_memory};
+use crate::procmem::{daemon_tree_memory, CpuSnapshot};
 use crate::qpi::{drive, Workload};
 use crate::tree::{hash_and_copy, sync, Tree, TreeShape};
 
@@ -316,7 +316,7 @@ async fn qpi_rate(socket: &Path, state: &Path, work: &Arc<Workload>, q: &Qpi, du
     if let Some(p) = &mut pinned {
         p.repin()?;
     }
-    let cpu_before = daemon_tree_cpu(state)?;
+    let cpu_before = CpuSnapshot::take(state)?;
     let (work, pin) = (work.clone(), q.pinned);
     let generator = std::thread::Builder::new()
         .name("qpi-generator".into())
@@ -333,7 +333,7 @@ async fn qpi_rate(socket: &Path, state: &Path, work: &Arc<Workload>, q: &Qpi, du
         .await
         .map_err(err)?
         .map_err(|_| "the load generator thread panicked".to_owned())??;
-    let cpu = daemon_tree_cpu(state)? - cpu_before;
+    let cpu = CpuSnapshot::take(state)?.used_since(&cpu_before);
     drop(streams);
     drop(pinned);
     let ops = driven.ops.max(1) as f64;
