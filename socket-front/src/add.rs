@@ -138,7 +138,10 @@ impl<S: Stream> Conn<S> {
         }
         .ok_or_else(|| Failure::op("regular file expected"))?;
         let path = store.make_fixed_output_path(recursive, &hash, &name).map_err(|e| Failure::Op(e.to_string()))?;
-        self.commit(item, path, received.summary, BTreeSet::new(), None).await
+        if self.rooted_and_valid(&path).await? {
+            return Ok(Reply::Path(path));
+        }
+        self.register(item, path, received.summary, BTreeSet::new(), None).await
     }
 
     pub(crate) async fn add_text(
@@ -182,22 +185,6 @@ impl<S: Stream> Conn<S> {
         }
         self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
         self.shared.db.is_valid(path)
-    }
-
-    /// Registers a finished, canonical scratch item through store-db unless its path is valid
-    /// already, and answers with its path.
-    pub(crate) async fn commit(
-        &mut self,
-        item: ScratchItem,
-        path: StorePath,
-        summary: NarSummary,
-        references: BTreeSet<StorePath>,
-        deriver: Option<StorePath>,
-    ) -> Result<Reply, Failure> {
-        if self.rooted_and_valid(&path).await? {
-            return Ok(Reply::Path(path));
-        }
-        self.register(item, path, summary, references, deriver).await
     }
 
     /// Hands a finished, canonical scratch item to store-db (`AddItems`: moved into place and
