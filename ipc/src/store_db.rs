@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::LinkSpec;
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 2 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 3 };
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
@@ -26,16 +26,11 @@ pub type ConnId = u64;
 /// store-db moves things out of it.
 pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 
-/// A finished item waiting in the scratch directory, and what to register for it.
+/// A finished item, and what to register for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewItem {
-    /// File name of the item inside the scratch directory (one path component). The tree is
-    /// complete and canonicalised (modes 0444/0555, mtime 1, owned by the daemon).
-    ///
-    /// Writers name their entries `<writer-pid>-<anything>`: store-db removes the entries of
-    /// writers that are no longer alive (at its startup and periodically), and entries named
-    /// otherwise once they are an hour old.
-    pub scratch_name: String,
+    /// Where its contents are.
+    pub source: ItemSource,
     /// Its final name in the store.
     pub path: StorePath,
     /// SHA-256 of its NAR serialisation, computed while it was written.
@@ -43,6 +38,36 @@ pub struct NewItem {
     pub nar_size: u64,
     pub references: Vec<StorePath>,
     pub deriver: Option<StorePath>,
+}
+
+/// The contents of a [`NewItem`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemSource {
+    /// File name of the item inside the scratch directory (one path component). The tree is
+    /// complete and canonicalised (modes 0444/0555, mtime 1, owned by the daemon).
+    ///
+    /// Writers name their entries `<writer-pid>-<anything>`: store-db removes the entries of
+    /// writers that are no longer alive (at its startup and periodically), and entries named
+    /// otherwise once they are an hour old.
+    Scratch(String),
+    /// A regular file's contents, at most [`MAX_INLINE_TEXT`] bytes (AddTextToStore):
+    /// store-db writes the file at its final name itself (mode 0444, mtime 1), as the C++
+    /// daemon does, instead of renaming a scratch copy. One file created in the store
+    /// directory instead of one in the scratch directory plus a rename.
+    Text(Vec<u8>),
+}
+
+/// The largest [`ItemSource::Text`].
+pub const MAX_INLINE_TEXT: usize = 64 * 1024;
+
+impl NewItem {
+    /// The scratch entry holding the item, if it is in one.
+    pub fn scratch_name(&self) -> Option<&str> {
+        match &self.source {
+            ItemSource::Scratch(name) => Some(name),
+            ItemSource::Text(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +98,20 @@ pub enum StoreDbReply {
     Ok,
     /// The request failed; `message` is what the client is told (the C++ daemon's wording).
     Error { message: String },
+}
+
+/// Creates `dest` (which must not exist) holding `contents`, canonical as a store file: mode
+/// 0444, mtime 1. Shared by the writers of text items (in scratch space or, in store-db, at
+/// their final name).
+pub fn write_canonical_text(dest: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(dest)?;
+    f.write_all(contents)?;
+    drop(f);
+    let one = nix::sys::time::TimeSpec::new(1, 0);
+    nix::sys::stat::utimensat(None, dest, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .map_err(io::Error::from)
 }
 
 /// `deletePath`: removes a file, symlink or directory tree, making directories writable

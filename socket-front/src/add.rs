@@ -17,12 +17,12 @@ use guix_formats::hash::Hasher;
 use guix_formats::nar::{self, Event, NarError, NarSummary, Restorer, Visitor};
 use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
-use guix_ipc::store_db::NewItem;
+use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem, MAX_INLINE_TEXT};
 
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Stream};
 use crate::error::{nar_failure, Failure};
-use crate::scratch::{canonicalise, ScratchItem};
+use crate::scratch::canonicalise;
 
 /// The kind of a NAR's root node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +141,10 @@ impl<S: Stream> Conn<S> {
         if self.rooted_and_valid(&path).await? {
             return Ok(Reply::Path(path));
         }
-        self.register(item, path, received.summary, BTreeSet::new(), None).await
+        let source = ItemSource::Scratch(item.name().to_owned());
+        let reply = self.register(source, path, received.summary, BTreeSet::new()).await?;
+        item.handed_over();
+        Ok(reply)
     }
 
     pub(crate) async fn add_text(
@@ -161,18 +164,20 @@ impl<S: Stream> Conn<S> {
             // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
             return Err(Failure::op("path `%1%' is not valid"));
         }
+        if contents.len() <= MAX_INLINE_TEXT {
+            // store-db writes it at its final name: no scratch file, no rename.
+            let summary = nar::summary_of_regular(&contents, false);
+            return self.register(ItemSource::Text(contents), path, summary, references).await;
+        }
         let item = self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
         let dest = item.path().to_owned();
-        let summary = if contents.len() <= INLINE_TEXT_MAX {
-            // A few syscalls: cheaper on this thread than a hop to the blocking pool and back.
-            write_text(&dest, &contents).map_err(|e| Failure::Op(e.to_string()))?
-        } else {
-            tokio::task::spawn_blocking(move || write_text(&dest, &contents))
-                .await
-                .map_err(|e| Failure::Op(e.to_string()))?
-                .map_err(|e| Failure::Op(e.to_string()))?
-        };
-        self.register(item, path, summary, references, None).await
+        let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
+            .await
+            .map_err(|e| Failure::Op(e.to_string()))?
+            .map_err(|e| Failure::Op(e.to_string()))?;
+        let reply = self.register(ItemSource::Scratch(item.name().to_owned()), path, summary, references).await?;
+        item.handed_over();
+        Ok(reply)
     }
 
     /// C++ `addTempRoot` then `isValidPath`, with one store-db round trip at most: a path
@@ -187,49 +192,33 @@ impl<S: Stream> Conn<S> {
         self.shared.db.is_valid(path)
     }
 
-    /// Hands a finished, canonical scratch item to store-db (`AddItems`: moved into place and
-    /// registered, or dropped when the path became valid meanwhile; rooted either way).
+    /// Hands a finished, canonical item to store-db (`AddItems`: put in place and registered,
+    /// or dropped when the path became valid meanwhile; rooted either way). A scratch item
+    /// is store-db's once this succeeds.
     async fn register(
         &mut self,
-        item: ScratchItem,
+        source: ItemSource,
         path: StorePath,
         summary: NarSummary,
         references: BTreeSet<StorePath>,
-        deriver: Option<StorePath>,
     ) -> Result<Reply, Failure> {
         let new = NewItem {
-            scratch_name: item.name().to_owned(),
+            source,
             path: path.clone(),
             nar_hash: summary.nar_hash,
             nar_size: summary.nar_size,
             references: references.into_iter().collect(),
-            deriver,
+            deriver: None,
         };
         self.shared.storedb.add_items(self.id, vec![new]).await?;
-        item.handed_over();
         Ok(Reply::Path(path))
     }
 }
 
-/// Writes a text item (mode 0444) and returns its NAR summary.
-/// Texts up to this size are written on the connection's own thread.
-const INLINE_TEXT_MAX: usize = 64 * 1024;
-
 /// Writes a text item into scratch space, already canonical (0444, mtime 1), and returns the
 /// hash and size of its NAR, computed from the contents in memory (no second read).
 fn write_text(dest: &Path, contents: &[u8]) -> Result<NarSummary, NarError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(dest)
-        .map_err(|e| NarError::Io { context: format!("creating file `{}'", dest.display()), source: e })?;
-    f.write_all(contents)
+    write_canonical_text(dest, contents)
         .map_err(|e| NarError::Io { context: format!("writing file `{}'", dest.display()), source: e })?;
-    drop(f);
-    canonicalise(dest).map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
-    let mut nar = nar::HashingWriter::new(io::sink());
-    nar::write_regular(&mut nar, false, contents.len() as u64, contents)?;
-    Ok(nar.summary())
+    Ok(nar::summary_of_regular(contents, false))
 }

@@ -19,7 +19,7 @@ use guix_formats::signature::{self, Acl, SecretKey};
 use guix_formats::wire::{put_bytes, put_u64};
 use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
 use guix_formats::{nar, HashAlgo, StorePath};
-use guix_ipc::store_db::NewItem;
+use guix_ipc::store_db::{ItemSource, NewItem};
 
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Level, Shared, Stream};
@@ -180,7 +180,7 @@ async fn register_import(
         .map_err(|e| Failure::Op(format!("canonicalising imported path: {e}")))?;
     let references: BTreeSet<StorePath> = trailer.references;
     let new = NewItem {
-        scratch_name: item.name().to_owned(),
+        source: ItemSource::Scratch(item.name().to_owned()),
         path,
         nar_hash: nar.nar_hash,
         nar_size: nar.nar_size,

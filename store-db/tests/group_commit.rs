@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use guix_formats::nar::{self, Limits};
 use guix_formats::StoreDir;
-use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME};
+use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME};
 use guix_store_db::server::fsops::ensure_scratch_dir;
 use guix_store_db::server::service::StoreDb;
 use guix_store_db::server::writer::{self, StoreLayout, WriterOptions};
@@ -42,7 +42,7 @@ fn item(s: &Setup, task: usize, n: usize) -> NewItem {
     let name = format!("{}-{task}-{n}", std::process::id());
     let bytes = nar::nar_of_regular(contents.as_bytes(), false);
     let summary = nar::restore(&bytes[..], &s.dirs.store_path().join(SCRATCH_DIR_NAME).join(&name), &Limits::default()).unwrap();
-    NewItem { scratch_name: name, path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references: vec![], deriver: None }
+    NewItem { source: ItemSource::Scratch(name), path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references: vec![], deriver: None }
 }
 
 /// `tasks` concurrent callers each adding `per_task` single-item requests; returns the time

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, OutputName};
 use guix_formats::nar::{self, Limits, Node};
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
 use guix_ipc::Client;
 use guix_store_db::{DbReader, StateDirs};
 
@@ -137,7 +137,7 @@ fn scratch_item(scratch: &Path, path: StorePath, node: &Node, references: Vec<St
     let bytes = node.to_nar().unwrap();
     let summary = nar::restore(&bytes[..], &dest, &Limits::default()).unwrap();
     canonicalise(&dest);
-    NewItem { scratch_name: name, path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references, deriver: None }
+    NewItem { source: ItemSource::Scratch(name), path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references, deriver: None }
 }
 
 fn canonicalise(p: &Path) {
@@ -244,7 +244,7 @@ fn adds_text_tree_and_derivation() {
     assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items })).unwrap(), StoreDbReply::Ok);
     // Adding a valid path with a fresh scratch copy removes the copy.
     let again = text_item(&d, "a.txt", "aaa", vec![]);
-    let again_scratch = d.scratch().join(&again.scratch_name);
+    let again_scratch = d.scratch().join(again.scratch_name().unwrap());
     assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 2, items: vec![again] })).unwrap(), StoreDbReply::Ok);
     assert!(!again_scratch.exists());
 
@@ -281,7 +281,7 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     let good = text_item(&d, "g", "g", vec![]);
     for bad in ["../../outside", "a/b", ".", "..", ""] {
         let mut item = good.clone();
-        item.scratch_name = bad.to_owned();
+        item.source = ItemSource::Scratch(bad.to_owned());
         let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![item] })).unwrap());
         assert!(msg.contains("invalid scratch item name"), "{msg}");
     }
@@ -290,10 +290,11 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
 
     // A missing scratch item.
     let mut missing = text_item(&d, "m", "m", vec![]);
-    std::fs::remove_file(d.scratch().join(&missing.scratch_name)).unwrap();
-    missing.scratch_name = format!("{}-nothing", std::process::id());
+    std::fs::remove_file(d.scratch().join(missing.scratch_name().unwrap())).unwrap();
+    let nothing = format!("{}-nothing", std::process::id());
+    missing.source = ItemSource::Scratch(nothing.clone());
     let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![missing.clone()] })).unwrap());
-    assert_eq!(msg, format!("scratch item `{}' does not exist", missing.scratch_name));
+    assert_eq!(msg, format!("scratch item `{nothing}' does not exist"));
 
     // A .drv with a wrong output path: the C++ message, nothing of the batch registered, the
     // items it moved into the store removed, its scratch copies too.
@@ -334,6 +335,60 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     std::fs::create_dir_all(stale_dest.join("junk")).unwrap();
     assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![good.clone()] })).unwrap(), StoreDbReply::Ok);
     assert_eq!(std::fs::read(&stale_dest).unwrap(), b"g");
+    integrity_ok(&d);
+}
+
+/// An inline text item (`ItemSource::Text`, what AddTextToStore sends): `contents` announced
+/// with its true NAR hash and size.
+fn inline_text(d: &Daemon, name: &str, contents: &[u8]) -> NewItem {
+    let path = d.store_dir().make_text_path(name, contents, []).unwrap();
+    let summary = nar::summary_of_regular(contents, false);
+    NewItem {
+        source: ItemSource::Text(contents.to_vec()),
+        path,
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        references: vec![],
+        deriver: None,
+    }
+}
+
+#[test]
+fn writes_inline_texts_at_their_final_name() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let rt = rt();
+    let c = d.client();
+    let r = d.reader();
+    let add = |items: Vec<NewItem>| rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items })).unwrap();
+
+    // Written canonical (0444, mtime 1), registered, lock file gone, nothing in scratch.
+    let a = inline_text(&d, "a.txt", b"inline\n");
+    let dest = d.dirs().store_path().join(a.path.base_name());
+    std::fs::create_dir_all(dest.join("stale")).unwrap(); // an invalid leftover goes first
+    assert_eq!(add(vec![a.clone()]), StoreDbReply::Ok);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"inline\n");
+    let md = std::fs::symlink_metadata(&dest).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.mtime()), (0o444, 1));
+    assert_eq!(r.query_path_info(&a.path).unwrap().nar_hash, a.nar_hash);
+    assert!(!PathBuf::from(format!("{}.lock", dest.display())).exists());
+    assert_eq!(std::fs::read_dir(d.scratch()).unwrap().count(), 0);
+    // Again: already valid, left alone.
+    assert_eq!(add(vec![a.clone()]), StoreDbReply::Ok);
+
+    // A text that does not match its announced hash: refused, nothing placed.
+    let mut lying = inline_text(&d, "b.txt", b"honest");
+    lying.source = ItemSource::Text(b"forged".to_vec());
+    let msg = error_of(add(vec![lying.clone()]));
+    assert!(msg.contains("does not match its announced NAR hash"), "{msg}");
+    assert!(!d.dirs().store_path().join(lying.path.base_name()).exists());
+    assert!(!r.is_valid(&lying.path).unwrap());
+
+    // Over the size limit: refused before anything is done.
+    let big = inline_text(&d, "big", &vec![b'x'; guix_ipc::store_db::MAX_INLINE_TEXT + 1]);
+    let msg = error_of(add(vec![big.clone()]));
+    assert!(msg.contains("exceeds the limit"), "{msg}");
+    assert!(!d.dirs().store_path().join(big.path.base_name()).exists());
     integrity_ok(&d);
 }
 

@@ -184,6 +184,14 @@ pub fn nar_of_regular(contents: &[u8], executable: bool) -> Vec<u8> {
     buf
 }
 
+/// The NAR hash and size of a single regular file held in memory, without building the NAR.
+pub fn summary_of_regular(contents: &[u8], executable: bool) -> NarSummary {
+    let mut nar = HashingWriter::new(io::sink());
+    // Writing to a sink cannot fail.
+    let _ = write_regular(&mut nar, executable, contents.len() as u64, contents);
+    nar.summary()
+}
+
 /// A file system object held in memory, for building NARs in tests and for small items.
 /// Directory entries live in a `BTreeMap`, so they are always in NAR (byte-wise) order.
 #[derive(Debug, Clone, PartialEq, Eq)]

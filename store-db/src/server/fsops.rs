@@ -20,6 +20,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
+
 /// Age after which a scratch entry not named `<pid>-…` is removed.
 pub const UNNAMED_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -37,6 +39,27 @@ pub fn check_scratch_name(name: &str) -> Result<(), String> {
 }
 
 pub use guix_ipc::store_db::delete_tree as delete_path;
+
+/// Removes the scratch copies of `items` (after a refusal or a failure), skipping names that
+/// are not one plain component.
+pub fn remove_scratch_copies(scratch: &Path, items: &[NewItem]) {
+    for name in items.iter().filter_map(NewItem::scratch_name) {
+        if check_scratch_name(name).is_ok() {
+            let _ = delete_path(&scratch.join(name));
+        }
+    }
+}
+
+/// Why an item is refused before anything is done: a bad scratch name, a text too large.
+pub fn check_item(item: &NewItem) -> Result<(), String> {
+    match &item.source {
+        ItemSource::Scratch(name) => check_scratch_name(name),
+        ItemSource::Text(t) if t.len() > MAX_INLINE_TEXT => {
+            Err(format!("inline text of {} bytes exceeds the limit of {MAX_INLINE_TEXT}", t.len()))
+        }
+        ItemSource::Text(_) => Ok(()),
+    }
+}
 
 /// Creates the scratch directory (0700) if needed and checks that it is a real directory.
 pub fn ensure_scratch_dir(dir: &Path) -> io::Result<()> {

@@ -26,7 +26,7 @@ use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListene
 use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
 use guix_ipc::{Handler, Hello};
 
-use super::fsops::{check_scratch_name, ensure_scratch_dir};
+use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
 use super::writer::{self, Job, StoreLayout, WriterHandle, WriterOptions};
@@ -110,15 +110,8 @@ impl StoreDb {
     }
 
     async fn add_items(&self, conn: u64, items: Vec<NewItem>) -> Result<(), String> {
-        let clean_scratch = |items: &[NewItem]| {
-            for i in items {
-                if check_scratch_name(&i.scratch_name).is_ok() {
-                    let _ = super::fsops::delete_path(&self.layout.scratch.join(&i.scratch_name));
-                }
-            }
-        };
-        if let Some(bad) = items.iter().find_map(|i| check_scratch_name(&i.scratch_name).err()) {
-            clean_scratch(&items);
+        if let Some(bad) = items.iter().find_map(|i| check_item(i).err()) {
+            remove_scratch_copies(&self.layout.scratch, &items);
             return Err(bad);
         }
         // As `addToStore`: the path is a temp root of the connection before it is valid.
@@ -127,7 +120,7 @@ impl StoreDb {
         let mut locks = match self.locks.lock(finals).await {
             Ok(l) => l,
             Err(e) => {
-                clean_scratch(&items);
+                remove_scratch_copies(&self.layout.scratch, &items);
                 return Err(e);
             }
         };

@@ -54,10 +54,10 @@ use std::sync::{Arc, Mutex, TryLockError};
 
 use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::NewItem;
+use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem};
 use tokio::sync::oneshot;
 
-use super::fsops::{check_scratch_name, delete_path, sweep_scratch};
+use super::fsops::{check_item, delete_path, remove_scratch_copies, sweep_scratch};
 use super::pathlock::strerror;
 use crate::{DbWriter, DerivationOutputs, Registration, ValidPathInfo};
 
@@ -308,11 +308,7 @@ impl Writer {
         let res = self.prepare_inner(items, &mut placed);
         if res.is_err() {
             undo(&placed);
-            for item in items {
-                if check_scratch_name(&item.scratch_name).is_ok() {
-                    let _ = delete_path(&self.layout.scratch.join(&item.scratch_name));
-                }
-            }
+            remove_scratch_copies(&self.layout.scratch, items);
         }
         res.map(|regs| Prepared { regs, placed })
     }
@@ -321,14 +317,24 @@ impl Writer {
         let mut seen = HashSet::new();
         let mut todo = Vec::new();
         for item in items {
-            check_scratch_name(&item.scratch_name)?;
-            let scratch = self.layout.scratch.join(&item.scratch_name);
+            check_item(item)?;
             let already = !seen.insert(item.path.clone()) || self.db.is_valid(&item.path).map_err(|e| e.to_string())?;
+            let dest = self.layout.store_path.join(item.path.base_name());
+            let name = match &item.source {
+                ItemSource::Scratch(name) => name,
+                ItemSource::Text(_) if already => continue,
+                ItemSource::Text(contents) => {
+                    self.place_text(item, contents, &dest)?;
+                    placed.push(dest.clone());
+                    todo.push((item, dest));
+                    continue;
+                }
+            };
+            let scratch = self.layout.scratch.join(name);
             if already {
                 delete_path(&scratch).map_err(|e| format!("deleting `{}': {}", scratch.display(), strerror(&e)))?;
                 continue;
             }
-            let dest = self.layout.store_path.join(item.path.base_name());
             match std::fs::symlink_metadata(&scratch) {
                 Ok(_) => {
                     delete_path(&dest).map_err(|e| format!("deleting `{}': {}", dest.display(), strerror(&e)))?;
@@ -341,7 +347,7 @@ impl Writer {
                     placed.push(dest.clone());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(format!("scratch item `{}' does not exist", item.scratch_name));
+                    return Err(format!("scratch item `{name}' does not exist"));
                 }
                 Err(e) => return Err(format!("getting status of `{}': {}", scratch.display(), strerror(&e))),
             }
@@ -366,6 +372,17 @@ impl Writer {
             regs.push(reg.map_err(|e| e.to_string())?);
         }
         Ok(regs)
+    }
+
+    /// Writes an inline text at its final name `dest` (whatever invalid thing was there goes
+    /// first), canonical: mode 0444, mtime 1. Its NAR hash and size must be the ones announced.
+    fn place_text(&self, item: &NewItem, contents: &[u8], dest: &Path) -> Result<(), String> {
+        let summary = guix_formats::nar::summary_of_regular(contents, false);
+        if summary.nar_hash != item.nar_hash || summary.nar_size != item.nar_size {
+            return Err(format!("inline text for `{}' does not match its announced NAR hash", dest.display()));
+        }
+        delete_path(dest).map_err(|e| format!("deleting `{}': {}", dest.display(), strerror(&e)))?;
+        write_canonical_text(dest, contents).map_err(|e| format!("writing file `{}': {}", dest.display(), strerror(&e)))
     }
 
     /// Reads, parses and checks a `.drv` that is at its final name; returns its outputs.
