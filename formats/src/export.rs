@@ -10,6 +10,12 @@
 //! [`read_record`] compute it in the same pass as everything else. Signatures themselves are
 //! opaque bytes here; parsing and verifying them is the `signature` module's business.
 //!
+//! Writing follows the C++ daemon's order step by step, because clients can see it:
+//! [`RecordWriter`] sends the NAR, lets the caller refuse the record before any of the trailer
+//! (the daemon's "hash of path … has changed" check), and writes the signature flag before it
+//! asks the [`Signer`] (a missing key fails after the flag went out). The daemon's checks, keys
+//! and database stay with the caller.
+//!
 //! The reader never trusts the sender for anything it can compute: it returns the
 //! [`NarSummary`] of the bytes it actually consumed and restored.
 //!
@@ -73,12 +79,12 @@ pub enum ExportError {
     Wire(#[from] WireError),
     #[error("{0}")]
     StorePath(#[from] StorePathError),
-    #[error("{context}: {source}")]
-    Io { context: &'static str, source: io::Error },
-}
-
-fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> ExportError {
-    move |source| ExportError::Io { context, source }
+    /// The destination of a record being written failed (e.g. the client went away).
+    #[error("writing export stream: {0}")]
+    Write(#[source] io::Error),
+    /// The [`Signer`] failed; its message as is.
+    #[error("{0}")]
+    Signer(String),
 }
 
 /// Bounds on what a record read from an untrusted source may contain.
@@ -98,21 +104,32 @@ impl Default for ExportLimits {
 /// Longest store path string we read (`PATH_MAX`).
 const MAX_PATH_LEN: u64 = 4096;
 
-/// A writer (or reader's sink) that also feeds the signed digest: the NAR and the signed
-/// trailer fields go through it. Public for writers that assemble a record themselves.
-pub struct DigestTee<'a, W: ?Sized> {
-    pub inner: &'a mut W,
-    pub digest: &'a mut Hasher,
+/// A writer that also feeds the signed digest and counts what went through: the NAR and the
+/// signed trailer fields of a record being written or read go through it.
+struct DigestTee<'a, W: ?Sized> {
+    inner: &'a mut W,
+    digest: &'a mut Hasher,
+    written: u64,
+    /// Set when `inner` failed, so a NAR error can be told apart from a dead destination.
+    inner_failed: bool,
+}
+
+impl<'a, W: ?Sized> DigestTee<'a, W> {
+    fn new(inner: &'a mut W, digest: &'a mut Hasher) -> Self {
+        DigestTee { inner, digest, written: 0, inner_failed: false }
+    }
 }
 
 impl<W: Write + ?Sized> Write for DigestTee<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.digest.update(buf.get(..n).unwrap_or(buf));
+        let n = self.inner.write(buf).inspect_err(|_| self.inner_failed = true)?;
+        let done = buf.get(..n).unwrap_or(buf);
+        self.digest.update(done);
+        self.written += done.len() as u64;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().inspect_err(|_| self.inner_failed = true)
     }
 }
 
@@ -146,15 +163,85 @@ pub struct RecordSummary {
     pub signed_digest: Hash,
 }
 
-/// Produces the signature for a signed digest (e.g. by asking `guix authenticate`).
-pub type Signer<'a> = dyn FnMut(&Hash) -> Result<Option<Vec<u8>>, ExportError> + 'a;
+/// Produces the signature text for a signed digest (e.g. by asking `guix authenticate`). Its
+/// error message is reported as is ([`ExportError::Signer`]).
+pub type Signer<'a> = dyn FnMut(&Hash) -> Result<Vec<u8>, String> + 'a;
 
 /// How the signature of a written record is obtained.
 pub enum Signature<'a> {
-    /// Use the trailer's `signature` as is.
+    /// Use the trailer's `signature` as is: flag 0 if it has none, else flag 1 and the text.
     FromTrailer,
-    /// Ask this signer, given the signed digest (ignores the trailer's `signature`).
+    /// Write flag 1, then ask this signer for the text (ignores the trailer's `signature`).
+    /// The flag goes out first, so a failing signer leaves it written, as in the C++ daemon.
     Sign(&'a mut Signer<'a>),
+}
+
+/// One record being written, in the order of the C++ daemon's `LocalStore::exportPath`: the
+/// NAR ([`RecordWriter::write_nar`]), then the trailer ([`RecordWriter::finish`]).
+///
+/// Between the two the caller can look at [`RecordWriter::nar`] (the daemon compares it with
+/// the database's narHash) and drop the writer to refuse the record: then the NAR has gone out
+/// and nothing of the trailer has.
+pub struct RecordWriter<'w, W: ?Sized> {
+    w: &'w mut W,
+    digest: Hasher,
+    nar: NarSummary,
+}
+
+impl<'w, W: Write + ?Sized> RecordWriter<'w, W> {
+    /// Streams the record's NAR to `w`, feeding the signed digest on the way. A failure of `w`
+    /// itself is [`ExportError::Write`]; one of the source is [`ExportError::Nar`].
+    pub fn write_nar(w: &'w mut W, nar: NarSource<'_>) -> Result<Self, ExportError> {
+        let mut digest = HashAlgo::Sha256.hasher();
+        let mut tee = DigestTee::new(&mut *w, &mut digest);
+        let res = match nar {
+            NarSource::Path(p) => nar::dump_path_to(p, &mut tee),
+            NarSource::Nar(r) => nar::validate_copy(r, &mut tee, &Limits::default()).map(drop),
+        };
+        match res {
+            Ok(()) => {}
+            Err(NarError::Io { source, .. }) if tee.inner_failed => return Err(ExportError::Write(source)),
+            Err(e) if tee.inner_failed => return Err(ExportError::Write(io::Error::other(e.to_string()))),
+            Err(e) => return Err(e.into()),
+        }
+        let nar_size = tee.written;
+        let nar = NarSummary { nar_hash: digest.clone().finish(), nar_size };
+        Ok(RecordWriter { w, digest, nar })
+    }
+
+    /// Hash and size of the NAR written.
+    pub fn nar(&self) -> NarSummary {
+        self.nar
+    }
+
+    /// Writes the trailer: the signed fields of `trailer`, then the signature flag and, if
+    /// any, the signature that `signature` says. Returns what the record's bytes hash to.
+    pub fn finish(
+        mut self,
+        store_dir: &StoreDir,
+        trailer: &ExportTrailer,
+        signature: Signature<'_>,
+    ) -> Result<RecordSummary, ExportError> {
+        let mut tee = DigestTee::new(&mut *self.w, &mut self.digest);
+        tee.write_all(&trailer.signed_fields(store_dir)).map_err(ExportError::Write)?;
+        let signed_digest = self.digest.finish();
+        let mut b = Vec::new();
+        match signature {
+            Signature::FromTrailer => match &trailer.signature {
+                None => put_u64(&mut b, 0),
+                Some(s) => {
+                    put_u64(&mut b, 1);
+                    put_bytes(&mut b, s);
+                }
+            },
+            Signature::Sign(sign) => {
+                self.w.write_all(&1u64.to_le_bytes()).map_err(ExportError::Write)?;
+                put_bytes(&mut b, &sign(&signed_digest).map_err(ExportError::Signer)?);
+            }
+        }
+        self.w.write_all(&b).map_err(ExportError::Write)?;
+        Ok(RecordSummary { nar: self.nar, signed_digest })
+    }
 }
 
 /// Writes one record (no container separator): what ExportPath sends.
@@ -165,28 +252,7 @@ pub fn write_record<W: Write + ?Sized>(
     trailer: &ExportTrailer,
     signature: Signature<'_>,
 ) -> Result<RecordSummary, ExportError> {
-    let mut digest = HashAlgo::Sha256.hasher();
-    let mut tee = DigestTee { inner: w, digest: &mut digest };
-    let nar = match nar {
-        NarSource::Path(p) => nar::dump_path(p, &mut tee)?,
-        NarSource::Nar(r) => nar::validate_copy(r, &mut tee, &Limits::default())?,
-    };
-    tee.write_all(&trailer.signed_fields(store_dir)).map_err(io_err("writing export trailer"))?;
-    let signed_digest = digest.finish();
-    let sig = match signature {
-        Signature::FromTrailer => trailer.signature.clone(),
-        Signature::Sign(f) => f(&signed_digest)?,
-    };
-    let mut b = Vec::new();
-    match &sig {
-        None => put_u64(&mut b, 0),
-        Some(s) => {
-            put_u64(&mut b, 1);
-            put_bytes(&mut b, s);
-        }
-    }
-    w.write_all(&b).map_err(io_err("writing export trailer"))?;
-    Ok(RecordSummary { nar, signed_digest })
+    RecordWriter::write_nar(w, nar)?.finish(store_dir, trailer, signature)
 }
 
 /// Writes the multi-record container: `(u64 1, record)* u64 0`.
@@ -207,14 +273,14 @@ impl<W: Write> ExportWriter<W> {
         trailer: &ExportTrailer,
         signature: Signature<'_>,
     ) -> Result<RecordSummary, ExportError> {
-        wire::write_u64(&mut self.w, 1).map_err(io_err("writing export"))?;
+        self.w.write_all(&1u64.to_le_bytes()).map_err(ExportError::Write)?;
         write_record(&mut self.w, &self.store_dir, nar, trailer, signature)
     }
 
     /// Writes the end marker and returns the writer.
     pub fn finish(mut self) -> Result<W, ExportError> {
-        wire::write_u64(&mut self.w, 0).map_err(io_err("writing export"))?;
-        self.w.flush().map_err(io_err("writing export"))?;
+        self.w.write_all(&0u64.to_le_bytes()).map_err(ExportError::Write)?;
+        self.w.flush().map_err(ExportError::Write)?;
         Ok(self.w)
     }
 }
@@ -257,15 +323,15 @@ pub fn read_record<R: Read + ?Sized>(
     let mut discard = io::sink();
     let nar = match sink {
         NarSink::Restore(dest) => {
-            let mut tee = DigestTee { inner: &mut discard, digest: &mut digest };
+            let mut tee = DigestTee::new(&mut discard, &mut digest);
             nar::read_with(&mut *r, &limits.nar, &mut Restorer::new(dest), &mut tee)?
         }
         NarSink::Discard => {
-            let mut tee = DigestTee { inner: &mut discard, digest: &mut digest };
+            let mut tee = DigestTee::new(&mut discard, &mut digest);
             nar::read_with(&mut *r, &limits.nar, &mut (), &mut tee)?
         }
         NarSink::Copy(w) => {
-            let mut tee = DigestTee { inner: w, digest: &mut digest };
+            let mut tee = DigestTee::new(w, &mut digest);
             nar::read_with(&mut *r, &limits.nar, &mut (), &mut tee)?
         }
     };
@@ -404,7 +470,7 @@ mod tests {
         let mut seen = None;
         let mut sign = |h: &Hash| {
             seen = Some(*h);
-            Ok(Some(b"sig".to_vec()))
+            Ok(b"sig".to_vec())
         };
         let mut out = Vec::new();
         let s = write_record(&mut out, &StoreDir::default(), NarSource::Nar(&mut &nar[..]), &trailer(None),
@@ -413,6 +479,78 @@ mod tests {
         let (s2, t) = read_record(&mut &out[..], &StoreDir::default(), &ExportLimits::default(), NarSink::Discard).unwrap();
         assert_eq!(s, s2);
         assert_eq!(t.signature.as_deref(), Some(&b"sig"[..]));
+    }
+
+    /// The signer runs after the flag word went out (C++ `exportPath` writes `1`, then reads
+    /// the key), and a failing signer leaves exactly that flag behind.
+    #[test]
+    fn flag_goes_out_before_the_signer_runs() {
+        let nar = nar_of_regular(b"x", false);
+        let t = trailer(None);
+        // The signer cannot see the destination while the writer borrows it; a shared log can.
+        let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut dest = SharedLog(log.clone());
+        let rec = RecordWriter::write_nar(&mut dest, NarSource::Nar(&mut &nar[..])).unwrap();
+        let seen = log.clone();
+        let mut sign = move |_: &Hash| -> Result<Vec<u8>, String> {
+            let b = seen.borrow();
+            assert_eq!(b.get(b.len() - 8..), Some(&1u64.to_le_bytes()[..]), "flag written before signing");
+            Err("file `/etc/guix/signing-key.sec' should be secret (inaccessible to everyone else)!".into())
+        };
+        let e = rec.finish(&StoreDir::default(), &t, Signature::Sign(&mut sign)).unwrap_err();
+        assert!(matches!(&e, ExportError::Signer(m) if m.contains("should be secret")), "{e}");
+        let mut want = nar.clone();
+        want.extend_from_slice(&t.signed_fields(&StoreDir::default()));
+        want.extend_from_slice(&1u64.to_le_bytes());
+        assert_eq!(*log.borrow(), want, "NAR, signed fields, flag 1, nothing else");
+    }
+
+    struct SharedLog(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+    impl Write for SharedLog {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A refused record (the daemon's hash check between NAR and trailer) is the NAR alone.
+    #[test]
+    fn dropping_after_the_nar_writes_no_trailer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"contents").unwrap();
+        let mut out = Vec::new();
+        // Looked at and then abandoned, as when the hash differs from the database's.
+        let nar = RecordWriter::write_nar(&mut out, NarSource::Path(&f)).unwrap().nar();
+        assert_eq!(out, nar_of_regular(b"contents", false));
+        assert_eq!(nar.nar_hash, HashAlgo::Sha256.digest(&out));
+        assert_eq!(nar.nar_size, out.len() as u64);
+    }
+
+    /// A dead destination is `Write`, an unreadable source is `Nar`: the daemon closes the
+    /// connection for the one and reports the other.
+    #[test]
+    fn destination_and_source_failures_differ() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, vec![7u8; 100_000]).unwrap();
+        let e = RecordWriter::write_nar(&mut Broken, NarSource::Path(&f)).err().unwrap();
+        assert!(matches!(&e, ExportError::Write(io) if io.kind() == io::ErrorKind::BrokenPipe), "{e}");
+        let e = RecordWriter::write_nar(&mut Vec::new(), NarSource::Path(&tmp.path().join("gone"))).err().unwrap();
+        assert!(matches!(e, ExportError::Nar(NarError::Io { .. })), "{e}");
     }
 
     #[test]

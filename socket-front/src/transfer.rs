@@ -13,12 +13,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use guix_formats::export::{DigestTee, ExportLimits, ExportReader, ExportTrailer, NarSink};
+use guix_formats::export::{
+    ExportError, ExportLimits, ExportReader, ExportTrailer, NarSink, NarSource, RecordWriter, Signature,
+};
 use guix_formats::sexp::Sexp;
 use guix_formats::signature::{self, Acl, SecretKey};
-use guix_formats::wire::{put_bytes, put_u64};
 use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
-use guix_formats::{nar, HashAlgo, StorePath};
+use guix_formats::{nar, Hash, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
 
 use crate::bridge::SyncBridge;
@@ -60,6 +61,14 @@ fn write_failure(e: io::Error) -> Failure {
     Failure::Gone(format!("writing to the client: {e}"))
 }
 
+/// The client going away closes the connection; anything else is reported to it.
+fn export_failure(e: ExportError) -> Failure {
+    match e {
+        ExportError::Write(e) => write_failure(e),
+        e => Failure::Op(e.to_string()),
+    }
+}
+
 impl<S: Stream> Conn<S> {
     pub(crate) async fn export_path(&mut self, path: StorePath, sign: bool) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
@@ -75,38 +84,24 @@ impl<S: Stream> Conn<S> {
         self.blocking(move |s, h| -> Result<(), Failure> {
             let mut sink = TunnelSink::new(s);
             let mut out = SyncBridge::new(&mut sink, h);
-            let mut digest = HashAlgo::Sha256.hasher();
-            let mut w = DigestTee { inner: &mut out, digest: &mut digest };
-            let sum = match nar::dump_path(&on_disk, &mut w) {
-                Ok(sum) => sum,
-                Err(nar::NarError::Io { context, source }) if context == "copying NAR" => {
-                    return Err(write_failure(source))
-                }
-                Err(e) => return Err(Failure::Op(e.to_string())),
-            };
-            if sum.nar_hash != expected && expected.as_bytes().iter().any(|&b| b != 0) {
+            let rec = RecordWriter::write_nar(&mut out, NarSource::Path(&on_disk)).map_err(export_failure)?;
+            // `exportPath` refuses a path whose contents changed, after the NAR went out and
+            // before the trailer; an all-zero stored hash means "unknown".
+            let actual = rec.nar().nar_hash;
+            if actual != expected && expected.as_bytes().iter().any(|&b| b != 0) {
                 return Err(Failure::Op(format!(
                     "hash of path `{shown}' has changed from `{}' to `{}'!",
                     expected.to_base16(),
-                    sum.nar_hash.to_base16()
+                    actual.to_base16()
                 )));
             }
-            w.write_all(&trailer.signed_fields(&store)).map_err(write_failure)?;
-            let digest = digest.finish();
-            let mut tail = Vec::new();
-            if sign {
-                put_u64(&mut tail, 1);
-                out.write_all(&tail).map_err(write_failure)?;
-                tail.clear();
-                let key = load_secret_key(&key_file).map_err(Failure::Op)?;
-                let mut d = [0u8; 32];
-                d.copy_from_slice(digest.as_bytes().get(..32).unwrap_or(&[0u8; 32]));
-                let sig = signature::sign(&key, key.public_key(), &d).to_advanced();
-                put_bytes(&mut tail, &sig);
-            } else {
-                put_u64(&mut tail, 0);
-            }
-            out.write_all(&tail).map_err(write_failure)?;
+            let mut sign_with_key = |digest: &Hash| -> Result<Vec<u8>, String> {
+                let key = load_secret_key(&key_file)?;
+                let d: [u8; 32] = digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
+                Ok(signature::sign(&key, key.public_key(), &d).to_advanced())
+            };
+            let signature = if sign { Signature::Sign(&mut sign_with_key) } else { Signature::FromTrailer };
+            rec.finish(&store, &trailer, signature).map_err(export_failure)?;
             out.flush().map_err(write_failure)
         })
         .await??;
