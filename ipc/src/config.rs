@@ -8,7 +8,7 @@
 //!
 //! Every setting is already validated and typed here: a component never parses an option string.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,10 +48,24 @@ pub enum ClientSockets {
     SocketActivated(usize),
 }
 
-/// Every setting of the daemon. See the module documentation.
+/// `NIX_STORE_DIR`'s default: the configure-time `storedir`.
+pub const DEFAULT_STORE_DIR: &str = "/gnu/store";
+/// `GUIX_STATE_DIRECTORY`'s default: the configure-time `localstatedir` plus `/guix`.
+pub const DEFAULT_STATE_DIR: &str = "/var/guix";
+/// `GUIX_LOG_DIRECTORY`'s default.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/guix";
+/// `GUIX_CONFIGURATION_DIRECTORY`'s default.
+pub const DEFAULT_CONF_DIR: &str = "/etc/guix";
+/// The configure-time `bindir` (that of Debian's package), used when `NIX_BIN_DIR` is unset.
+pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
+/// The configure-time `GUIX_SUBSTITUTE_URLS`.
+pub const DEFAULT_SUBSTITUTE_URLS: &str = "https://bordeaux.guix.gnu.org https://ci.guix.gnu.org";
+
+/// The locations the daemon takes from the environment (`settings.processEnvironment()`, §1.3
+/// of the daemon spec). The supervisor reads them; [`Paths::default`] is what an empty
+/// environment gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonConfig {
-    // --- Locations (environment, §1.3 of the daemon spec) ---
+pub struct Paths {
     /// `NIX_STORE_DIR`, then `NIX_STORE`; default `/gnu/store`.
     pub store_dir: PathBuf,
     /// `GUIX_STATE_DIRECTORY`; default `/var/guix`.
@@ -64,6 +78,57 @@ pub struct DaemonConfig {
     pub conf_dir: PathBuf,
     /// `GUIX`; default `$NIX_BIN_DIR/guix`. The program run for helpers (`guix substitute`, …).
     pub guix_program: PathBuf,
+}
+
+impl Paths {
+    /// `$state/daemon-socket/socket`.
+    pub fn default_socket(&self) -> PathBuf {
+        self.state_dir.join("daemon-socket").join("socket")
+    }
+    /// `$state/daemon-socket/rs-control`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("daemon-socket").join("rs-control")
+    }
+    /// `$state/daemon-rs`: the internal link sockets.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.state_dir.join("daemon-rs")
+    }
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        let state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+        Paths {
+            store_dir: DEFAULT_STORE_DIR.into(),
+            db_dir: state_dir.join("db"),
+            state_dir,
+            log_dir: DEFAULT_LOG_DIR.into(),
+            conf_dir: DEFAULT_CONF_DIR.into(),
+            guix_program: Path::new(DEFAULT_BIN_DIR).join("guix"),
+        }
+    }
+}
+
+/// The system type this program was built for, in Guix's spelling (the default of `--system`).
+pub fn default_system() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86" => "i686",
+        "arm" => "armhf",
+        "powerpc64" if cfg!(target_endian = "little") => "powerpc64le",
+        a => a,
+    };
+    format!("{arch}-{}", std::env::consts::OS)
+}
+
+/// Every setting of the daemon. See the module documentation.
+///
+/// [`DaemonConfig::default`] is what the C++ `guix-daemon` of Guix 1.5.0 runs with when given
+/// no option and an empty environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonConfig {
+    /// The locations from the environment (flattened: the JSON has their fields at top level).
+    #[serde(flatten)]
+    pub paths: Paths,
     /// The client sockets.
     pub client_sockets: ClientSockets,
     /// The last absolute `--listen` path, else the default socket (`settings.nixDaemonSocketFile`).
@@ -123,30 +188,19 @@ pub struct DaemonConfig {
     pub system: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_round_trip() {
-        let c = DaemonConfig {
-            store_dir: "/gnu/store".into(),
-            state_dir: "/var/guix".into(),
-            db_dir: "/var/guix/db".into(),
-            log_dir: "/var/log/guix".into(),
-            conf_dir: "/etc/guix".into(),
-            guix_program: "/usr/bin/guix".into(),
-            client_sockets: ClientSockets::Opened(vec![
-                ListenAddr::Unix("/var/guix/daemon-socket/socket".into()),
-                ListenAddr::Tcp { host: "localhost".into(), port: "44146".into() },
-            ]),
-            daemon_socket_file: "/var/guix/daemon-socket/socket".into(),
-            runtime_dir: "/var/guix/daemon-rs".into(),
-            control_socket: "/var/guix/daemon-socket/rs-control".into(),
+impl Default for DaemonConfig {
+    fn default() -> DaemonConfig {
+        let paths = Paths::default();
+        DaemonConfig {
+            client_sockets: ClientSockets::Opened(vec![ListenAddr::Unix(paths.default_socket())]),
+            daemon_socket_file: paths.default_socket(),
+            runtime_dir: paths.runtime_dir(),
+            control_socket: paths.control_socket(),
+            paths,
             debug: false,
-            build_users_group: Some("guixbuild".into()),
+            build_users_group: None,
             cache_failures: false,
-            extra_chroot_dirs: vec!["/a".into(), "/b=/c".into()],
+            extra_chroot_dirs: vec![],
             build_cores: 0,
             max_build_jobs: 1,
             max_silent_time: 3600,
@@ -163,10 +217,32 @@ mod tests {
             keep_log: true,
             use_build_hook: true,
             use_substitutes: true,
+            substitute_urls: DEFAULT_SUBSTITUTE_URLS.split_ascii_whitespace().map(str::to_owned).collect(),
+            system: default_system(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let c = DaemonConfig {
+            client_sockets: ClientSockets::Opened(vec![
+                ListenAddr::Unix("/var/guix/daemon-socket/socket".into()),
+                ListenAddr::Tcp { host: "localhost".into(), port: "44146".into() },
+            ]),
+            build_users_group: Some("guixbuild".into()),
+            extra_chroot_dirs: vec!["/a".into(), "/b=/c".into()],
             substitute_urls: vec!["https://bordeaux.guix.gnu.org".into()],
             system: "x86_64-linux".into(),
+            ..DaemonConfig::default()
         };
         let json = serde_json::to_string(&c).unwrap();
+        // The paths are flattened: the JSON keeps one object with the C++ setting names.
+        assert!(json.contains(r#""store_dir":"/gnu/store""#), "{json}");
         let back: DaemonConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
     }

@@ -232,7 +232,7 @@ impl<S: Stream> Conn<S> {
     /// `createUser`: `<state>/profiles/per-user/<name>`, owned by the user, mode 0755.
     async fn create_user(&mut self) -> Result<(), String> {
         let Some(uid) = self.peer.uid else { return Ok(()) };
-        let per_user: PathBuf = self.shared.config.state_dir.join("profiles/per-user");
+        let per_user: PathBuf = self.shared.config.paths.state_dir.join("profiles/per-user");
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
             let Some(user) = user else {

@@ -73,7 +73,7 @@ pub fn main_entry() -> i32 {
 async fn run() -> Result<(), String> {
     let config = config_from_env().map_err(|e| e.to_string())?;
     let listeners = inherited_listeners().map_err(|e| e.to_string())?;
-    let store_str = config.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
+    let store_str = config.paths.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
     let store = StoreDir::new(store_str).map_err(|e| e.to_string())?;
     // store-db's change epoch, for the path-info cache; without it, no caching.
     let epoch_path = config.runtime_dir.join(guix_store_db::epoch::EPOCH_FILE);
@@ -85,9 +85,9 @@ async fn run() -> Result<(), String> {
         }
     };
     let shared = Arc::new(Shared {
-        db: Arc::new(dbpool::ReaderPool::new(config.db_dir.clone(), store.clone(), DB_READERS, epoch)),
+        db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
         storedb: storedb::StoreDb::new(&config),
-        scratch: scratch::Scratch::new(&config.store_dir),
+        scratch: scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,
         nar_limits: nar::Limits::default(),

@@ -71,7 +71,7 @@ impl<S: Stream> Conn<S> {
             }
             Q::SyncWithGC => Ok(Reply::Done),
             Q::FindRoots => {
-                let state = self.shared.config.state_dir.clone();
+                let state = self.shared.config.paths.state_dir.clone();
                 let store = self.shared.store.clone();
                 let found = db
                     .run(move |r| {
@@ -156,7 +156,7 @@ impl<S: Stream> Conn<S> {
         self.log("reading the store...").await?;
         self.log("checking path existence...").await?;
         let store = self.shared.store.clone();
-        let store_dir = self.shared.config.store_dir.clone();
+        let store_dir = self.shared.config.paths.store_dir.clone();
         let db = self.shared.db.clone();
         let check = db
             .run(move |r| {
@@ -176,7 +176,7 @@ impl<S: Stream> Conn<S> {
             self.log("checking hashes...").await?;
             for p in valid {
                 let store = self.shared.store.clone();
-                let on_disk: PathBuf = self.shared.config.store_dir.join(p.base_name());
+                let on_disk: PathBuf = self.shared.config.paths.store_dir.join(p.base_name());
                 let shown = store.display(&p);
                 let q = p.clone();
                 let info = db.run(move |r| r.try_query_path_info(&q)).await?;

@@ -174,43 +174,10 @@ fn is_int(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guix_ipc::config::{ClientSockets, LogCompression};
 
+    /// Only the substitute settings matter to [`Settings`]; the rest are the C++ defaults.
     pub(crate) fn config(use_substitutes: bool) -> DaemonConfig {
-        DaemonConfig {
-            store_dir: "/gnu/store".into(),
-            state_dir: "/var/guix".into(),
-            db_dir: "/var/guix/db".into(),
-            log_dir: "/var/log/guix".into(),
-            conf_dir: "/etc/guix".into(),
-            guix_program: "/usr/bin/guix".into(),
-            client_sockets: ClientSockets::Opened(vec![]),
-            daemon_socket_file: "/var/guix/daemon-socket/socket".into(),
-            runtime_dir: "/var/guix/daemon-rs".into(),
-            control_socket: "/var/guix/daemon-socket/rs-control".into(),
-            debug: false,
-            build_users_group: None,
-            cache_failures: false,
-            extra_chroot_dirs: vec![],
-            build_cores: 0,
-            max_build_jobs: 1,
-            max_silent_time: 0,
-            build_timeout: 0,
-            build_repeat: 0,
-            use_chroot: true,
-            auto_optimise_store: true,
-            discover: false,
-            gc_keep_derivations: true,
-            gc_keep_outputs: false,
-            impersonate_linux_26: false,
-            use_host_loopback: true,
-            log_compression: LogCompression::Gzip,
-            keep_log: true,
-            use_build_hook: true,
-            use_substitutes,
-            substitute_urls: vec!["https://bordeaux.guix.gnu.org".into(), "https://ci.guix.gnu.org".into()],
-            system: "x86_64-linux".into(),
-        }
+        DaemonConfig { use_substitutes, ..DaemonConfig::default() }
     }
 
     fn opts(overrides: &[(&str, &str)]) -> SetOptions {

@@ -77,8 +77,8 @@ impl<S: Stream> Conn<S> {
         let p = path.clone();
         let info = self.shared.db.query(|r| r.try_query_path_info(&p))?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
-        let on_disk = self.shared.config.store_dir.join(path.base_name());
-        let key_file = self.shared.config.conf_dir.join("signing-key.sec");
+        let on_disk = self.shared.config.paths.store_dir.join(path.base_name());
+        let key_file = self.shared.config.paths.conf_dir.join("signing-key.sec");
         let trailer = ExportTrailer { path, references: info.references, deriver: info.deriver, signature: None };
         let expected = info.nar_hash;
         self.blocking(move |s, h| -> Result<(), Failure> {
@@ -131,7 +131,7 @@ impl<S: Stream> Conn<S> {
                         return Err(Failure::Op(format!("imported archive of `{shown}' lacks a signature")));
                     };
                     if acl.is_none() {
-                        acl = Some(load_acl(&shared.config.conf_dir.join("acl")).map_err(Failure::Op)?);
+                        acl = Some(load_acl(&shared.config.paths.conf_dir.join("acl")).map_err(Failure::Op)?);
                     }
                     let sexp = Sexp::parse(sig).map_err(|e| Failure::Op(format!("corrupt signature data: {e}")))?;
                     let signed = signature::verify(&sexp, acl.as_ref().unwrap_or(&Acl::default()))

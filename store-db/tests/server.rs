@@ -3,12 +3,11 @@
 //! `guix_ipc::Client`. Also the writer's group commit, in process.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, OutputName};
 use guix_formats::nar::{self, Limits, Node};
@@ -16,55 +15,32 @@ use guix_formats::{StoreDir, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
 use guix_ipc::Client;
 use guix_store_db::{DbReader, StateDirs};
+use guix_tests::supervised::{self, Program, Supervised};
 
 type StoreDbClient = Client<StoreDbRequest, StoreDbReply>;
 
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_guix-store-db")).parent().unwrap().to_owned()
-}
-
 /// The supervisor binary, built on demand (it belongs to another crate of the workspace).
 fn supervisor_bin() -> PathBuf {
-    let path = target_dir().join("guix-daemon-rs");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "guix-supervisor", "--bin", "guix-daemon-rs"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
+    supervised::built_on_demand(guix_tests::target_dir().join("guix-daemon-rs"), &["-p", "guix-supervisor", "--bin", "guix-daemon-rs"])
 }
 
+fn wait_for(cond: impl FnMut() -> bool, what: &str) {
+    supervised::wait_for(cond, what, Duration::from_secs(20));
+}
+
+/// The supervisor running our store-db; its state in the layout of [`StateDirs::under`].
 struct Daemon {
-    child: Child,
-    root: PathBuf,
-    _tmp: tempfile::TempDir,
+    sup: Supervised,
 }
 
 impl Daemon {
     fn start() -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_owned();
-        let libexec = root.join("libexec");
-        std::fs::create_dir(&libexec).unwrap();
-        symlink(env!("CARGO_BIN_EXE_guix-store-db"), libexec.join("guix-store-db")).unwrap();
-        // socket-front is not under test: a stand-in that says "not implemented yet".
-        std::fs::write(libexec.join("guix-socket-front"), "#!/bin/sh\nexec sleep 1000\n").unwrap();
-        std::fs::set_permissions(libexec.join("guix-socket-front"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let dirs = StateDirs::under(&root);
-        let child = Command::new(supervisor_bin())
-            .arg(format!("--rs-libexec-dir={}", libexec.display()))
-            .env("NIX_STORE_DIR", dirs.store_path())
-            .env("GUIX_STATE_DIRECTORY", dirs.state_dir())
-            .env("GUIX_DATABASE_DIRECTORY", dirs.db_dir())
-            .env("GUIX_LOG_DIRECTORY", dirs.log_dir())
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDS")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, root, _tmp: tmp };
+        let components = [
+            ("store-db", Program::Link(Path::new(env!("CARGO_BIN_EXE_guix-store-db")))),
+            // socket-front is not under test: a stand-in that says "not implemented yet".
+            ("socket-front", Program::Script("#!/bin/sh\nexec sleep 1000\n")),
+        ];
+        let d = Daemon { sup: Supervised::start(&supervisor_bin(), &components, &[]) };
         // `schema` is written after `db.sqlite` is created: wait for both (readers need it).
         wait_for(
             || d.socket().exists() && d.scratch().is_dir() && std::fs::read(d.dirs().db_dir().join("schema")).is_ok_and(|v| !v.is_empty()),
@@ -73,7 +49,7 @@ impl Daemon {
         d
     }
     fn dirs(&self) -> StateDirs {
-        StateDirs::under(&self.root)
+        StateDirs::under(self.sup.root())
     }
     fn store_dir(&self) -> StoreDir {
         self.dirs().store_dir().unwrap()
@@ -91,39 +67,7 @@ impl Daemon {
         DbReader::open(self.dirs().db_dir(), self.store_dir()).unwrap()
     }
     fn store_db_pid(&self) -> Option<i32> {
-        let out = Command::new(supervisor_bin())
-            .args(["ctl", "status"])
-            .env("GUIX_STATE_DIRECTORY", self.dirs().state_dir())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some("store-db"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        supervised::pid_in_status(&self.sup.ctl(&["status"]).1, "store-db")
     }
 }
 
@@ -276,7 +220,7 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     let r = d.reader();
 
     // Hostile scratch names: refused before anything is touched.
-    let outside = d.root.join("outside");
+    let outside = d.sup.root().join("outside");
     std::fs::write(&outside, b"x").unwrap();
     let good = text_item(&d, "g", "g", vec![]);
     for bad in ["../../outside", "a/b", ".", "..", ""] {
@@ -477,12 +421,7 @@ fn sigterm_exits_zero() {
     let pid = d.store_db_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
-    let out = Command::new(supervisor_bin())
-        .args(["ctl", "status"])
-        .env("GUIX_STATE_DIRECTORY", d.dirs().state_dir())
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (_, status, _) = d.sup.ctl(&["status"]);
     let line = status.lines().find(|l| l.starts_with("store-db")).unwrap().to_owned();
     assert!(line.contains("exit 0") || line.contains("status 0"), "{status}");
 }

@@ -22,7 +22,6 @@ use nix::sys::stat::{umask, Mode};
 use tokio::sync::mpsc;
 
 use crate::components::COMPONENTS;
-use crate::settings::Paths;
 use crate::sockets::Listening;
 use crate::supervise::{ComponentSockets, Supervisor};
 
@@ -47,7 +46,7 @@ pub fn run(argv: Vec<String>) -> i32 {
     let args = argv.get(1..).unwrap_or_default();
 
     if args.first().map(String::as_str) == Some("ctl") {
-        let paths = match Paths::from_env(env_var) {
+        let paths = match settings::paths_from_env(env_var) {
             Ok(p) => p,
             Err(e) => return fail(e),
         };
@@ -66,7 +65,7 @@ pub fn run(argv: Vec<String>) -> i32 {
             return exit.code;
         }
     };
-    let paths = match Paths::from_env(env_var) {
+    let paths = match settings::paths_from_env(env_var) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -184,7 +183,7 @@ pub fn run(argv: Vec<String>) -> i32 {
             match sup.run(rx).await {
                 Ok(()) => {
                     // Every component has been reaped: nothing writes to the scratch space.
-                    if let Err(e) = scratch::remove_scratch_dir(&config.store_dir) {
+                    if let Err(e) = scratch::remove_scratch_dir(&config.paths.store_dir) {
                         eprintln!("warning: cannot remove the scratch directory: {e}");
                     }
                     0

@@ -7,17 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-use guix_ipc::config::{ClientSockets, DaemonConfig, ListenAddr};
+use guix_ipc::config::{
+    default_system, ClientSockets, DaemonConfig, ListenAddr, Paths, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_LOG_DIR,
+    DEFAULT_STATE_DIR, DEFAULT_STORE_DIR, DEFAULT_SUBSTITUTE_URLS,
+};
 use thiserror::Error;
 
 use crate::cli::Options;
 
 /// Default port of `--listen HOST` (`DEFAULT_GUIX_PORT`).
 pub const DEFAULT_PORT: &str = "44146";
-/// The configure-time `GUIX_SUBSTITUTE_URLS`.
-pub const DEFAULT_SUBSTITUTE_URLS: &str = "https://bordeaux.guix.gnu.org https://ci.guix.gnu.org";
-/// The configure-time `bindir` (that of Debian's package), used when `NIX_BIN_DIR` is unset.
-pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SettingError {
@@ -30,47 +29,22 @@ pub enum SettingError {
     NotAbsolute(String),
 }
 
-/// The locations from the environment (`settings.processEnvironment()`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    pub store_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub db_dir: PathBuf,
-    pub log_dir: PathBuf,
-    pub conf_dir: PathBuf,
-    pub guix_program: PathBuf,
-}
-
-impl Paths {
-    /// Reads the environment through `get` (a function so tests need not touch the process
-    /// environment).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Paths, SettingError> {
-        let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| "/gnu/store".to_owned());
-        let state = get("GUIX_STATE_DIRECTORY").unwrap_or_else(|| "/var/guix".to_owned());
-        let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| Path::new(&state).join("db"));
-        let bin_dir = get("NIX_BIN_DIR").unwrap_or_else(|| DEFAULT_BIN_DIR.to_owned());
-        Ok(Paths {
-            store_dir: canon_path(&store)?,
-            state_dir: PathBuf::from(state),
-            db_dir,
-            log_dir: get("GUIX_LOG_DIRECTORY").unwrap_or_else(|| "/var/log/guix".to_owned()).into(),
-            conf_dir: get("GUIX_CONFIGURATION_DIRECTORY").unwrap_or_else(|| "/etc/guix".to_owned()).into(),
-            guix_program: get("GUIX").map(PathBuf::from).unwrap_or_else(|| Path::new(&bin_dir).join("guix")),
-        })
-    }
-
-    /// `$state/daemon-socket/socket`.
-    pub fn default_socket(&self) -> PathBuf {
-        self.state_dir.join("daemon-socket").join("socket")
-    }
-    /// `$state/daemon-socket/rs-control`.
-    pub fn control_socket(&self) -> PathBuf {
-        self.state_dir.join("daemon-socket").join("rs-control")
-    }
-    /// `$state/daemon-rs`: the internal link sockets.
-    pub fn runtime_dir(&self) -> PathBuf {
-        self.state_dir.join("daemon-rs")
-    }
+/// The locations from the environment (`settings.processEnvironment()`), read through `get` (a
+/// function so tests need not touch the process environment). An empty environment gives
+/// [`Paths::default`].
+pub fn paths_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Paths, SettingError> {
+    let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
+    let state = get("GUIX_STATE_DIRECTORY").unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned());
+    let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| Path::new(&state).join("db"));
+    let bin_dir = get("NIX_BIN_DIR").unwrap_or_else(|| DEFAULT_BIN_DIR.to_owned());
+    Ok(Paths {
+        store_dir: canon_path(&store)?,
+        state_dir: PathBuf::from(state),
+        db_dir,
+        log_dir: get("GUIX_LOG_DIRECTORY").unwrap_or_else(|| DEFAULT_LOG_DIR.to_owned()).into(),
+        conf_dir: get("GUIX_CONFIGURATION_DIRECTORY").unwrap_or_else(|| DEFAULT_CONF_DIR.to_owned()).into(),
+        guix_program: get("GUIX").map(PathBuf::from).unwrap_or_else(|| Path::new(&bin_dir).join("guix")),
+    })
 }
 
 /// `canonPath` of libutil without symlink resolution: removes `.`, `..` and repeated slashes.
@@ -125,17 +99,6 @@ pub fn check_supported(opts: &Options, addrs: &[ListenAddr]) -> Result<(), Setti
         ));
     }
     Ok(())
-}
-
-/// The system type this program was built for, in Guix's spelling.
-pub fn default_system() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86" => "i686",
-        "arm" => "armhf",
-        "powerpc64" if cfg!(target_endian = "little") => "powerpc64le",
-        a => a,
-    };
-    format!("{arch}-{}", std::env::consts::OS)
 }
 
 /// `string2Int` (an `istream >>` of the type): optional leading blanks, a sign, digits, and
@@ -198,12 +161,7 @@ pub fn build_config(opts: &Options, paths: &Paths, client_sockets: ClientSockets
         ClientSockets::SocketActivated(_) => paths.default_socket(),
     };
     Ok(DaemonConfig {
-        store_dir: paths.store_dir.clone(),
-        state_dir: paths.state_dir.clone(),
-        db_dir: paths.db_dir.clone(),
-        log_dir: paths.log_dir.clone(),
-        conf_dir: paths.conf_dir.clone(),
-        guix_program: paths.guix_program.clone(),
+        paths: paths.clone(),
         client_sockets,
         daemon_socket_file,
         runtime_dir: paths.runtime_dir(),
@@ -246,7 +204,7 @@ mod tests {
 
     fn paths(vars: &[(&str, &str)]) -> Paths {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Paths::from_env(|k| m.get(k).cloned()).unwrap()
+        paths_from_env(|k| m.get(k).cloned()).unwrap()
     }
 
     fn config(opts: &Options) -> Result<DaemonConfig, SettingError> {
@@ -258,6 +216,7 @@ mod tests {
     #[test]
     fn environment() {
         let p = paths(&[]);
+        assert_eq!(p, Paths::default());
         assert_eq!(p.store_dir, PathBuf::from("/gnu/store"));
         assert_eq!(p.db_dir, PathBuf::from("/var/guix/db"));
         assert_eq!(p.default_socket(), PathBuf::from("/var/guix/daemon-socket/socket"));
@@ -276,7 +235,12 @@ mod tests {
         let p = paths(&[("NIX_STORE_DIR", "/a//b/./c/../store/"), ("NIX_STORE", "/ignored"), ("GUIX_DATABASE_DIRECTORY", "/d"), ("GUIX", "/g")]);
         assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
         assert_eq!((p.db_dir.as_path(), p.guix_program.as_path()), (Path::new("/d"), Path::new("/g")));
-        assert!(Paths::from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
+        assert!(paths_from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
+    }
+
+    #[test]
+    fn no_option_and_no_environment_is_the_default_config() {
+        assert_eq!(config(&Options::default()), Ok(DaemonConfig::default()));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! its sockets like a real component and answers each connection with `NAME PID`.
 
 use std::io::Read;
-use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use guix_tests::supervised::{self, Program, Supervised};
 
 fn daemon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_guix-daemon-rs"))
@@ -17,80 +19,42 @@ fn daemon_bin() -> PathBuf {
 
 /// The example binary; built on demand when `cargo test` was filtered to this test.
 fn fake_component() -> PathBuf {
-    let path = daemon_bin().parent().unwrap().join("examples").join("fake_component");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "guix-supervisor", "--example", "fake_component"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
+    supervised::built_on_demand(
+        daemon_bin().parent().unwrap().join("examples").join("fake_component"),
+        &["-p", "guix-supervisor", "--example", "fake_component"],
+    )
 }
 
+fn wait_for(cond: impl FnMut() -> bool, what: &str) {
+    supervised::wait_for(cond, what, Duration::from_secs(15));
+}
+
+/// The daemon with `fake_component` as both components.
 struct Daemon {
-    child: Child,
-    state: PathBuf,
-    _tmp: tempfile::TempDir,
+    sup: Supervised,
 }
 
 impl Daemon {
     fn start() -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
-        let libexec = tmp.path().join("libexec");
-        std::fs::create_dir(&libexec).unwrap();
         let fake = fake_component();
-        for c in ["store-db", "socket-front"] {
-            symlink(&fake, libexec.join(format!("guix-{c}"))).unwrap();
-        }
-        let state = tmp.path().join("state");
-        let child = Command::new(daemon_bin())
-            .arg(format!("--rs-libexec-dir={}", libexec.display()))
-            .arg("--build-users-group=nobody")
-            .env("GUIX_STATE_DIRECTORY", &state)
-            .env("NIX_STORE_DIR", tmp.path().join("store"))
-            .env("GUIX_LOG_DIRECTORY", tmp.path().join("log"))
-            .env("GUIX_DATABASE_DIRECTORY", tmp.path().join("db"))
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, state, _tmp: tmp };
+        let components = [("store-db", Program::Link(&fake)), ("socket-front", Program::Link(&fake))];
+        let d = Daemon { sup: Supervised::start(&daemon_bin(), &components, &["--build-users-group=nobody"]) };
         wait_for(|| d.control().exists() && d.socket().exists(), "daemon sockets");
         d
     }
+    fn state(&self) -> &Path {
+        self.sup.state_dir()
+    }
     fn socket(&self) -> PathBuf {
-        self.state.join("daemon-socket/socket")
+        self.state().join("daemon-socket/socket")
     }
     fn control(&self) -> PathBuf {
-        self.state.join("daemon-socket/rs-control")
-    }
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(daemon_bin()).arg("ctl").args(args).env("GUIX_STATE_DIRECTORY", &self.state).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        self.state().join("daemon-socket/rs-control")
     }
     fn pid_of(&self, component: &str) -> Option<u32> {
-        let (code, out, _) = self.ctl(&["status"]);
+        let (code, out, _) = self.sup.ctl(&["status"]);
         assert_eq!(code, 0);
-        out.lines()
-            .find(|l| l.split_whitespace().next() == Some(component))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        supervised::pid_in_status(&out, component)
     }
 }
 
@@ -116,11 +80,11 @@ fn supervises_restarts_and_stops_components() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o666);
     assert_eq!(std::fs::metadata(d.control()).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(d.state.join("daemon-rs")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(d.state().join("daemon-rs")).unwrap().permissions().mode() & 0o777, 0o700);
 
     // ctl status lists both components with pids.
     wait_for(|| d.pid_of("store-db").is_some() && d.pid_of("socket-front").is_some(), "both components");
-    let (code, out, _) = d.ctl(&["status"]);
+    let (code, out, _) = d.sup.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("COMPONENT"), "{out}");
     let front = d.pid_of("socket-front").unwrap();
@@ -141,28 +105,28 @@ fn supervises_restarts_and_stops_components() {
     let new_front = d.pid_of("socket-front").unwrap();
     assert_ne!(new_front, front);
     assert_eq!(answer.trim(), format!("socket-front {new_front}"));
-    let (_, out, _) = d.ctl(&["status"]);
+    let (_, out, _) = d.sup.ctl(&["status"]);
     let line = out.lines().find(|l| l.starts_with("socket-front")).unwrap().to_owned();
     assert_eq!(line.split_whitespace().nth(3), Some("1"), "restart count in {line}");
     assert!(line.contains("signal 9"), "{line}");
 
     // ctl restart: a new pid at once.
-    let (code, out, err) = d.ctl(&["restart", "store-db"]);
+    let (code, out, err) = d.sup.ctl(&["restart", "store-db"]);
     assert_eq!(code, 0, "{err}");
     let new_store = d.pid_of("store-db").unwrap();
     assert_ne!(new_store, store);
     assert!(out.contains(&format!("restarted store-db (pid {new_store})")), "{out}");
     assert!(!alive(store));
-    let (code, _, err) = d.ctl(&["restart", "no-such"]);
+    let (code, _, err) = d.sup.ctl(&["restart", "no-such"]);
     assert_eq!(code, 1);
     assert!(err.contains("no component named `no-such'"), "{err}");
 
     // SIGTERM: every component is stopped, the sockets are removed, exit status 0.
     let mut d = d;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.sup.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
+        if let Some(s) = d.sup.child.try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(15), "daemon did not exit");

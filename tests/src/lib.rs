@@ -15,10 +15,14 @@
 //! Sessions are independent (own state directory, own namespaces), so tests using them run in
 //! parallel. If the test process dies without dropping a session, the rig's supervisor notices
 //! (it watches this process's PID) and tears the session down.
+//!
+//! [`supervised`] is the other way to run our daemon: on the host, in a temporary directory, for
+//! the tests of the supervisor and of the components (no rig needed).
 
 pub mod ours;
 pub mod rig;
 pub mod store_check;
+pub mod supervised;
 
 pub use ours::{ours_kind, ours_kind_in, start_ours, target_dir};
 pub use rig::{DaemonKind, Rig, RigError, Session, SessionOptions};

@@ -193,7 +193,7 @@ fn run() -> Result<(), StartError> {
             _ => None,
         })
         .ok_or(StartError::NoListener)?;
-    let dirs = StateDirs::new(config.store_dir.clone(), config.state_dir.clone(), config.db_dir.clone(), config.log_dir.clone());
+    let dirs = StateDirs::new(config.paths.store_dir.clone(), config.paths.state_dir.clone(), config.paths.db_dir.clone(), config.paths.log_dir.clone());
     let lock = dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
     if lock.read_only() {
         return Err(StartError::ReadOnly);
@@ -208,7 +208,7 @@ fn run() -> Result<(), StartError> {
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };
     let writer = writer::new(db, layout.clone(), WriterOptions::default());
     writer.send(Job::Sweep);
-    let state = Arc::new(StoreDb::new(layout, config.state_dir.clone(), writer));
+    let state = Arc::new(StoreDb::new(layout, config.paths.state_dir.clone(), writer));
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(listener, state.clone()))?;
