@@ -98,7 +98,11 @@ fn supervises_restarts_and_stops_components() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(front as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     // kill(2) returns before the process is gone; a connection it accepted in that window would
     // die with it. Connect once it is gone (the replacement starts only after a 100 ms backoff).
-    wait_for(|| !alive(front), "the killed socket-front to be gone");
+    // Gone means reaped, not merely a zombie: the thread-group leader turns zombie while its
+    // other threads (the one blocked in accept) may still be dying, and a connection that
+    // thread takes on its way out is closed unanswered. The supervisor reaps only once the
+    // whole group has exited.
+    wait_for(|| !Path::new(&format!("/proc/{front}")).exists(), "the killed socket-front to be reaped");
     let answer = ask(&d.socket());
     // The supervisor records the new pid after spawning; the status may lag the answer a little.
     wait_for(|| d.pid_of("socket-front").is_some_and(|p| p != front), "the new socket-front pid");
