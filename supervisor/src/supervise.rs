@@ -372,9 +372,22 @@ fn spawn(spec: &ComponentSpec, binary: &std::path::Path, sockets: &ComponentSock
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null());
-    // SAFETY: the closure only calls dup2, which is async-signal-safe, and allocates nothing.
+    let supervisor = nix::unistd::getpid();
+    // SAFETY: the closure only calls prctl, getppid and dup2, which are async-signal-safe, and
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // A component must not outlive the supervisor (killed with SIGKILL, by the OOM
+            // killer, …): it gets SIGTERM and stops cleanly. Otherwise the next supervisor would
+            // start a second store-db beside the orphan. The signal comes when the thread that
+            // forked dies: this runs on a tokio worker, which lives as long as the supervisor.
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died before the prctl: no signal will come.
+            if nix::libc::getppid() != supervisor.as_raw() {
+                return Err(std::io::Error::other("the supervisor is gone"));
+            }
             for &(from, to) in &moves {
                 // dup2 leaves the new descriptor without FD_CLOEXEC.
                 if nix::libc::dup2(from, to) < 0 {

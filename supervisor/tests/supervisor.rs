@@ -141,6 +141,18 @@ fn supervises_restarts_and_stops_components() {
     assert!(!d.socket().exists() && !d.control().exists());
 }
 
+/// A supervisor killed with SIGKILL (no chance to stop its components) takes them with it:
+/// each gets SIGTERM (`PR_SET_PDEATHSIG`), so no orphan store-db runs beside the next one.
+#[test]
+fn components_do_not_outlive_a_killed_supervisor() {
+    let mut d = Daemon::start();
+    wait_for(|| d.pid_of("store-db").is_some() && d.pid_of("socket-front").is_some(), "both components");
+    let (front, store) = (d.pid_of("socket-front").unwrap(), d.pid_of("store-db").unwrap());
+    d.sup.child.kill().unwrap();
+    d.sup.child.wait().unwrap();
+    wait_for(|| !alive(front) && !alive(store), "the components to stop after the supervisor died");
+}
+
 #[test]
 fn ctl_without_daemon_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
