@@ -4,16 +4,19 @@
 //! rusqlite is synchronous and SQLite has one writer at a time anyway, so every change is made
 //! by whoever holds the one [`Writer`] (which owns the [`DbWriter`]). Requests are queued as
 //! [`Job`]s; the caller that queued one then tries to take the writer and, if it is free, runs
-//! every queued job itself (flat combining), right on its tokio worker thread. A caller that
-//! finds the writer busy just waits for its reply: the holder runs its job before letting go
-//! (and looks at the queue again after letting go, so no job is left behind). So a request
-//! costs no thread hand-off. Blocking a worker is deliberate: store-db's runtime carries
+//! the jobs queued at that moment itself (flat combining), right on its tokio worker thread.
+//! A caller that finds the writer busy just waits for its reply: the holder runs its job, or
+//! sees it queued after letting go and leaves it, with whatever else came meanwhile, to a
+//! thread of the blocking pool (so no caller works for others without end while its own
+//! client waits, and no job is left behind). So an uncontended request costs no thread
+//! hand-off. Blocking a worker is deliberate: store-db's runtime carries
 //! nothing but link traffic, its other worker goes on receiving (and queueing) requests
 //! meanwhile, and the jobs are short (renames, small `.drv` reads, one transaction); sweeps,
 //! which may delete whole trees, run on the blocking pool ([`WriterHandle::send_in_background`]).
 //! Measured against a writer thread (tests/group_commit.rs, 2 cores): AddTextToStore through
 //! the whole daemon 4.2k → 5.3k op/s on one connection; 32 callers × 100 items 1.2–1.3 s →
-//! 0.85–1.0 s. `block_in_place` instead cost more than it saved (1.2–1.5 s).
+//! 1.0–1.2 s (460–610 transactions). `block_in_place` instead cost more than it saved
+//! (1.2–1.5 s).
 //!
 //! **Group commit**: when several `AddItems` jobs are waiting, the writer prepares each (file
 //! moves, `.drv` checks) and registers all of them in ONE transaction — with WAL and
@@ -139,21 +142,40 @@ impl WriterHandle {
         lock(&self.inner.queue).push_back(job);
     }
 
-    /// Runs queued jobs while the writer is free and jobs are queued.
+    /// If the writer is free: runs what is queued now (one round: jobs queued meanwhile wait),
+    /// then, if more came, leaves them to [`WriterHandle::combine_all`] on the blocking pool,
+    /// so a caller never works for others without end while its own client waits. Outside a
+    /// tokio runtime, runs them all itself.
     fn combine(&self) {
-        loop {
-            let mut writer = match self.inner.writer.try_lock() {
-                Ok(w) => w,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                // Its holder runs our job before it lets go, or sees it after.
-                Err(TryLockError::WouldBlock) => return,
-            };
-            writer.drain(&self.inner.queue);
-            drop(writer);
-            if lock(&self.inner.queue).is_empty() {
-                return;
-            }
+        if !self.combine_once() {
+            return;
         }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let this = self.clone();
+                rt.spawn_blocking(move || this.combine_all());
+            }
+            Err(_) => self.combine_all(),
+        }
+    }
+
+    /// Runs rounds while the writer is free and jobs are queued.
+    fn combine_all(&self) {
+        while self.combine_once() {}
+    }
+
+    /// One round, if the writer is free; whether jobs are queued after it. `false` when the
+    /// writer is busy: its holder runs what is queued before it lets go, or sees it after.
+    fn combine_once(&self) -> bool {
+        let mut writer = match self.inner.writer.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        let jobs = std::mem::take(&mut *lock(&self.inner.queue));
+        writer.run_jobs(jobs);
+        drop(writer);
+        !lock(&self.inner.queue).is_empty()
     }
 }
 
@@ -221,24 +243,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs queued jobs until the queue is empty, `AddItems` jobs in groups.
-    fn drain(&mut self, queue: &Mutex<VecDeque<Job>>) {
-        loop {
-            let Some(job) = lock(queue).pop_front() else { return };
+    /// Runs `jobs` in order, `AddItems` jobs in groups.
+    fn run_jobs(&mut self, mut jobs: VecDeque<Job>) {
+        while let Some(job) = jobs.pop_front() {
             match job {
                 Job::Add { items, reply } => {
                     let mut group = vec![(items, reply)];
-                    {
-                        let mut q = lock(queue);
-                        while group.len() < self.opts.max_group.max(1) {
-                            match q.pop_front() {
-                                Some(Job::Add { items, reply }) => group.push((items, reply)),
-                                Some(other) => {
-                                    q.push_front(other);
-                                    break;
-                                }
-                                None => break,
+                    while group.len() < self.opts.max_group.max(1) {
+                        match jobs.pop_front() {
+                            Some(Job::Add { items, reply }) => group.push((items, reply)),
+                            Some(other) => {
+                                jobs.push_front(other);
+                                break;
                             }
+                            None => break,
                         }
                     }
                     self.add_group(group);
