@@ -109,8 +109,20 @@ pub fn write_canonical_text(dest: &Path, contents: &[u8]) -> io::Result<()> {
     let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(dest)?;
     f.write_all(contents)?;
     drop(f);
+    canonicalise(dest)
+}
+
+/// Sets the modification time of every file, directory and symlink of the tree to 1 (the
+/// epoch plus one second), as `canonicalisePathMetaData` does; modes are the writer's. Shared
+/// by every component that writes items.
+pub fn canonicalise(path: &Path) -> io::Result<()> {
     let one = nix::sys::time::TimeSpec::new(1, 0);
-    nix::sys::stat::utimensat(None, dest, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            canonicalise(&entry?.path())?;
+        }
+    }
+    nix::sys::stat::utimensat(None, path, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
         .map_err(io::Error::from)
 }
 

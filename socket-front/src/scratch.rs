@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use guix_ipc::store_db::{ConnId, SCRATCH_DIR_NAME};
-use nix::sys::stat::{utimensat, UtimensatFlags};
-use nix::sys::time::TimeSpec;
 
 pub struct Scratch {
     dir: PathBuf,
@@ -79,20 +77,7 @@ impl Drop for ScratchItem {
     }
 }
 
-pub use guix_ipc::store_db::delete_tree as remove_tree;
-
-/// Sets the modification time of every file, directory and symlink of the tree to 1 (the
-/// epoch plus one second), as `canonicalisePathMetaData` does; modes were set by the restorer.
-pub fn canonicalise(path: &Path) -> io::Result<()> {
-    let one = TimeSpec::new(1, 0);
-    let md = fs::symlink_metadata(path)?;
-    if md.is_dir() {
-        for entry in fs::read_dir(path)? {
-            canonicalise(&entry?.path())?;
-        }
-    }
-    utimensat(None, path, &one, &one, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
-}
+pub use guix_ipc::store_db::{canonicalise, delete_tree as remove_tree};
 
 #[cfg(test)]
 mod tests {

@@ -80,19 +80,8 @@ fn scratch_item(scratch: &Path, path: StorePath, node: &Node, references: Vec<St
     let dest = scratch.join(&name);
     let bytes = node.to_nar().unwrap();
     let summary = nar::restore(&bytes[..], &dest, &Limits::default()).unwrap();
-    canonicalise(&dest);
+    guix_ipc::store_db::canonicalise(&dest).unwrap();
     NewItem { source: ItemSource::Scratch(name), path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references, deriver: None }
-}
-
-fn canonicalise(p: &Path) {
-    let md = std::fs::symlink_metadata(p).unwrap();
-    if md.is_dir() {
-        for e in std::fs::read_dir(p).unwrap() {
-            canonicalise(&e.unwrap().path());
-        }
-    }
-    let one = nix::sys::time::TimeSpec::new(1, 0);
-    nix::sys::stat::utimensat(None, p, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
 }
 
 fn text(contents: &str) -> Node {
