@@ -93,8 +93,9 @@ impl DbReader {
         }
         check_schema_version(version)?;
         let path = db_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(DbReader { conn, store_dir })
@@ -228,7 +229,10 @@ impl DbReader {
     }
 
     /// `queryValidPaths`: the valid members of `paths`, from one snapshot.
-    pub fn query_valid_paths<'a>(&self, paths: impl IntoIterator<Item = &'a StorePath> + Clone) -> Result<BTreeSet<StorePath>> {
+    pub fn query_valid_paths<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath> + Clone,
+    ) -> Result<BTreeSet<StorePath>> {
         self.read(|c| {
             let mut res = BTreeSet::new();
             for p in paths.clone() {
@@ -295,7 +299,8 @@ impl DbWriter {
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let conn = Connection::open_with_flags(&path, flags).map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
+        let conn = Connection::open_with_flags(&path, flags)
+            .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.execute_batch("pragma foreign_keys = 1;").map_err(Error::sqlite("enabling foreign keys"))?;
         let sync = if opts.fsync_metadata { "normal" } else { "off" };
@@ -339,7 +344,11 @@ impl DbWriter {
     /// Runs `f` in an immediate write transaction, retrying while SQLite is busy; rolls back
     /// when `f` fails. After the commit, advances the epoch when `changed(&result)` says the
     /// transaction changed or removed existing rows.
-    fn write_then<T>(&mut self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>, changed: impl FnOnce(&T) -> bool) -> Result<T> {
+    fn write_then<T>(
+        &mut self,
+        mut f: impl FnMut(&Ctx<'_>) -> Result<T>,
+        changed: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         let store_dir = &self.reader.store_dir;
         let conn = &mut self.reader.conn;
         let res = retry(|| {
@@ -371,47 +380,50 @@ impl DbWriter {
     /// output paths before calling).
     pub fn register_valid_paths(&mut self, paths: &[Registration]) -> Result<()> {
         let now = unix_now();
-        self.write_then(|c| {
-            let mut batch = BTreeSet::new();
-            let mut updated = false;
-            for reg in paths {
-                let info = reg.info();
-                let path = c.store_dir.display(&info.path);
-                let hash = format!("sha256:{}", info.nar_hash.to_base16());
-                let size = nar_size_column(info.nar_size);
-                if c.path_id(&info.path)?.is_some() {
-                    updated = true;
-                    c.prepare(sql::UPDATE_PATH_INFO)?
-                        .execute(params![size, hash, path])
-                        .map_err(Error::sqlite(EXEC))?;
-                } else {
-                    let time = if info.registration_time == 0 { now } else { info.registration_time };
-                    let deriver = info.deriver.as_ref().map(|d| c.store_dir.display(d));
-                    c.prepare(sql::REGISTER_VALID_PATH)?
-                        .execute(params![path, hash, time, deriver, size])
-                        .map_err(Error::sqlite(EXEC))?;
-                    let id = c.conn.last_insert_rowid();
-                    for (name, out) in reg.derivation_outputs().into_iter().flatten() {
-                        c.prepare(sql::ADD_DERIVATION_OUTPUT)?
-                            .execute(params![id, name, c.store_dir.display(out)])
+        self.write_then(
+            |c| {
+                let mut batch = BTreeSet::new();
+                let mut updated = false;
+                for reg in paths {
+                    let info = reg.info();
+                    let path = c.store_dir.display(&info.path);
+                    let hash = format!("sha256:{}", info.nar_hash.to_base16());
+                    let size = nar_size_column(info.nar_size);
+                    if c.path_id(&info.path)?.is_some() {
+                        updated = true;
+                        c.prepare(sql::UPDATE_PATH_INFO)?
+                            .execute(params![size, hash, path])
+                            .map_err(Error::sqlite(EXEC))?;
+                    } else {
+                        let time = if info.registration_time == 0 { now } else { info.registration_time };
+                        let deriver = info.deriver.as_ref().map(|d| c.store_dir.display(d));
+                        c.prepare(sql::REGISTER_VALID_PATH)?
+                            .execute(params![path, hash, time, deriver, size])
+                            .map_err(Error::sqlite(EXEC))?;
+                        let id = c.conn.last_insert_rowid();
+                        for (name, out) in reg.derivation_outputs().into_iter().flatten() {
+                            c.prepare(sql::ADD_DERIVATION_OUTPUT)?
+                                .execute(params![id, name, c.store_dir.display(out)])
+                                .map_err(Error::sqlite(EXEC))?;
+                        }
+                    }
+                    batch.insert(info.path.clone());
+                }
+                for reg in paths {
+                    let info = reg.info();
+                    let referrer = c.valid_path_id(&info.path)?;
+                    for r in &info.references {
+                        let reference = c.valid_path_id(r)?;
+                        c.prepare(sql::ADD_REFERENCE)?
+                            .execute(params![referrer, reference])
                             .map_err(Error::sqlite(EXEC))?;
                     }
                 }
-                batch.insert(info.path.clone());
-            }
-            for reg in paths {
-                let info = reg.info();
-                let referrer = c.valid_path_id(&info.path)?;
-                for r in &info.references {
-                    let reference = c.valid_path_id(r)?;
-                    c.prepare(sql::ADD_REFERENCE)?
-                        .execute(params![referrer, reference])
-                        .map_err(Error::sqlite(EXEC))?;
-                }
-            }
-            c.check_acyclic(&batch)?;
-            Ok(updated)
-        }, |updated| *updated)
+                c.check_acyclic(&batch)?;
+                Ok(updated)
+            },
+            |updated| *updated,
+        )
         .map(drop)
     }
 
@@ -430,9 +442,7 @@ impl DbWriter {
                     referrers: show_paths(c.store_dir, &referrers),
                 });
             }
-            c.prepare(sql::INVALIDATE_PATH)?
-                .execute([c.store_dir.display(path)])
-                .map_err(Error::sqlite(EXEC))?;
+            c.prepare(sql::INVALIDATE_PATH)?.execute([c.store_dir.display(path)]).map_err(Error::sqlite(EXEC))?;
             Ok(())
         })
     }
@@ -525,9 +535,8 @@ impl Ctx<'_> {
 
     fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
         let mut stmt = self.prepare(sql::QUERY_REFERRERS)?;
-        let rows = stmt
-            .query_map([self.store_dir.display(path)], |r| r.get::<_, String>(0))
-            .map_err(Error::sqlite(QUERY))?;
+        let rows =
+            stmt.query_map([self.store_dir.display(path)], |r| r.get::<_, String>(0)).map_err(Error::sqlite(QUERY))?;
         rows.map(|r| self.parse_path(r.map_err(Error::sqlite(QUERY))?)).collect()
     }
 
@@ -596,9 +605,8 @@ impl Ctx<'_> {
 
 /// `parseHashField`: `algo:base16`.
 fn parse_hash_field(path: &str, s: &str) -> Result<Hash> {
-    let (algo, digest) = s
-        .split_once(':')
-        .ok_or_else(|| Error::CorruptHash { hash: s.to_owned(), path: path.to_owned() })?;
+    let (algo, digest) =
+        s.split_once(':').ok_or_else(|| Error::CorruptHash { hash: s.to_owned(), path: path.to_owned() })?;
     let algo = HashAlgo::from_name(algo)
         .ok_or_else(|| Error::UnknownHashType { algo: algo.to_owned(), path: path.to_owned() })?;
     // `parseHash` accepts base16 only.
@@ -618,10 +626,7 @@ fn show_paths(store_dir: &StoreDir, paths: &BTreeSet<StorePath>) -> String {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// `retrySQLite`: runs `f` again while it fails with "busy", after a random sleep ≤ 0.1 s.
@@ -641,4 +646,3 @@ fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
         }
     }
 }
-

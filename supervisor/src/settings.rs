@@ -135,7 +135,12 @@ fn parse_magnitude(s: &str) -> Option<(bool, u64)> {
     Some((neg, n))
 }
 
-fn int_setting<T>(raw: &Option<String>, key: &'static str, default: T, parse: fn(&str) -> Option<T>) -> Result<T, SettingError> {
+fn int_setting<T>(
+    raw: &Option<String>,
+    key: &'static str,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, SettingError> {
     match raw {
         None => Ok(default),
         Some(s) => parse(s).ok_or(SettingError::Integer(key)),
@@ -144,7 +149,11 @@ fn int_setting<T>(raw: &Option<String>, key: &'static str, default: T, parse: fn
 
 /// Builds the configuration (`settings.update()`): integer settings are checked in the order of
 /// the C++ daemon, so the first error reported is the same.
-pub fn build_config(opts: &Options, paths: &Paths, client_sockets: ClientSockets) -> Result<DaemonConfig, SettingError> {
+pub fn build_config(
+    opts: &Options,
+    paths: &Paths,
+    client_sockets: ClientSockets,
+) -> Result<DaemonConfig, SettingError> {
     let max_build_jobs = int_setting(&opts.max_jobs, "build-max-jobs", 1, parse_u32)?;
     let build_cores = int_setting(&opts.cores, "build-cores", 0, parse_u32)?;
     let max_silent_time = int_setting(&opts.max_silent_time, "build-max-silent-time", 3600, parse_i64)?;
@@ -229,10 +238,18 @@ mod tests {
             ("NIX_BIN_DIR", "/bin"),
         ]);
         assert_eq!(p.store_dir, PathBuf::from("/other"));
-        assert_eq!((p.db_dir.as_path(), p.log_dir.as_path(), p.conf_dir.as_path()), (Path::new("/s/db"), Path::new("/l"), Path::new("/c")));
+        assert_eq!(
+            (p.db_dir.as_path(), p.log_dir.as_path(), p.conf_dir.as_path()),
+            (Path::new("/s/db"), Path::new("/l"), Path::new("/c"))
+        );
         assert_eq!(p.guix_program, PathBuf::from("/bin/guix"));
         assert_eq!(p.control_socket(), PathBuf::from("/s/daemon-socket/rs-control"));
-        let p = paths(&[("NIX_STORE_DIR", "/a//b/./c/../store/"), ("NIX_STORE", "/ignored"), ("GUIX_DATABASE_DIRECTORY", "/d"), ("GUIX", "/g")]);
+        let p = paths(&[
+            ("NIX_STORE_DIR", "/a//b/./c/../store/"),
+            ("NIX_STORE", "/ignored"),
+            ("GUIX_DATABASE_DIRECTORY", "/d"),
+            ("GUIX", "/g"),
+        ]);
         assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
         assert_eq!((p.db_dir.as_path(), p.guix_program.as_path()), (Path::new("/d"), Path::new("/g")));
         assert!(paths_from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
@@ -247,7 +264,12 @@ mod tests {
     fn integer_settings() {
         let c = config(&Options::default()).unwrap();
         assert_eq!((c.max_build_jobs, c.build_cores, c.max_silent_time, c.build_timeout), (1, 0, 3600, 86400));
-        let o = Options { cores: Some("-1".into()), max_jobs: Some(" +5".into()), timeout: Some("-3".into()), ..Options::default() };
+        let o = Options {
+            cores: Some("-1".into()),
+            max_jobs: Some(" +5".into()),
+            timeout: Some("-3".into()),
+            ..Options::default()
+        };
         let c = config(&o).unwrap();
         assert_eq!((c.build_cores, c.max_build_jobs, c.build_timeout), (u32::MAX, 5, -3));
         for (o, key) in [

@@ -27,11 +27,8 @@ pub const UNNAMED_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Why a scratch name is refused (the text the client sees).
 pub fn check_scratch_name(name: &str) -> Result<(), String> {
-    let bad = name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.len() > 255
-        || name.bytes().any(|b| b == b'/' || b == 0);
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.len() > 255 || name.bytes().any(|b| b == b'/' || b == 0);
     if bad {
         return Err(format!("invalid scratch item name `{name}'"));
     }

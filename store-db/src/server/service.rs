@@ -144,7 +144,11 @@ impl Drop for Inflight {
 impl Handler for Service {
     type Req = StoreDbRequest;
     type Resp = StoreDbReply;
-    fn handle(self: &Arc<Self>, _peer: &Hello, req: StoreDbRequest) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
+    fn handle(
+        self: &Arc<Self>,
+        _peer: &Hello,
+        req: StoreDbRequest,
+    ) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
         let db = self.0.clone();
         db.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = Inflight(db.clone());
@@ -193,8 +197,14 @@ fn run() -> Result<(), StartError> {
             _ => None,
         })
         .ok_or(StartError::NoListener)?;
-    let dirs = StateDirs::new(config.paths.store_dir.clone(), config.paths.state_dir.clone(), config.paths.db_dir.clone(), config.paths.log_dir.clone());
-    let lock = dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
+    let dirs = StateDirs::new(
+        config.paths.store_dir.clone(),
+        config.paths.state_dir.clone(),
+        config.paths.db_dir.clone(),
+        config.paths.log_dir.clone(),
+    );
+    let lock =
+        dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
     if lock.read_only() {
         return Err(StartError::ReadOnly);
     }
