@@ -37,9 +37,6 @@ pub enum StorePathError {
     /// The daemon's wording (`checkStoreName`) for a name starting with a dot.
     #[error("invalid name: `{0}' (can't begin with dot)")]
     IllegalName(String),
-    /// The C++ daemon accepts an empty name (`<hash>-`); we do not (yet).
-    #[error("invalid name: empty store path names are not supported")]
-    EmptyName,
     #[error("store path name `{0}' is too long")]
     NameTooLong(String),
     #[error("invalid hash part `{0}'")]
@@ -47,10 +44,9 @@ pub enum StorePathError {
 }
 
 /// Checks a store path name the way `checkStoreName` does, plus the file name length limit.
+/// The empty name is valid, as in the C++ daemon: `add-text-to-store` with the name "" makes
+/// `/gnu/store/<hash>-`, and a store the C++ daemon wrote may hold such paths.
 pub fn check_name(name: &str) -> Result<(), StorePathError> {
-    if name.is_empty() {
-        return Err(StorePathError::EmptyName);
-    }
     if name.starts_with('.') {
         return Err(StorePathError::IllegalName(name.to_owned()));
     }
@@ -125,7 +121,7 @@ pub struct StorePath {
 impl StorePath {
     /// Parses `<hash>-<name>` (no directory).
     pub fn from_base_name(base: &str) -> Result<StorePath, StorePathError> {
-        if base.len() < HASH_PART_LEN + 2 || base.as_bytes()[HASH_PART_LEN] != b'-' {
+        if base.len() < HASH_PART_LEN + 1 || base.as_bytes()[HASH_PART_LEN] != b'-' {
             return Err(StorePathError::BadHashPart(base.to_owned()));
         }
         let (h, rest) = base.split_at(HASH_PART_LEN);
@@ -329,7 +325,7 @@ mod tests {
             "/gnu/store/x",
             "/gnu/storex/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-hi",
             "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-hi/../../etc",
-            "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-",
+            "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb",
             "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xaye-hi",
             "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-.hidden",
             "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-a b",
@@ -340,6 +336,16 @@ mod tests {
         }
         let long = format!("/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-{}", "a".repeat(MAX_NAME_LEN + 1));
         assert!(store().parse(&long).is_err());
+    }
+
+    #[test]
+    fn empty_name_is_valid_as_in_cxx() {
+        // `add-text-to-store` with the name "" makes such a path in the C++ daemon.
+        let p = store().parse("/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-").unwrap();
+        assert_eq!(p.name(), "");
+        assert_eq!(store().display(&p), "/gnu/store/hmq8hhmddhzpq4p6ra4qsm034pi4xayb-");
+        let t = store().make_text_path("", b"x", std::iter::empty()).unwrap();
+        assert_eq!(t.name(), "");
     }
 
     #[test]

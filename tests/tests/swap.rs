@@ -29,7 +29,8 @@ fn kind(which: Which) -> DaemonKind {
 }
 
 /// Adds, under tag `TAG`: a text, a text referring to it and to `PREV` (paths added under an
-/// earlier daemon), a directory tree (file, executable, symlink, subdirectory), and a
+/// earlier daemon), a directory tree (file, executable, symlink, subdirectory), a text with
+/// the empty name, and a
 /// two-output derivation whose inputs are the builder text and the tree. Prints the paths.
 const ADD: &str = r##"
 (use-modules (guix store) (guix derivations))
@@ -52,12 +53,14 @@ const ADD: &str = r##"
                                (string-append "refers to " a "\n")
                                (cons a prev)))
          (d (add-to-store store (string-append "swap-tree-" tag) #t "sha256" dir))
+         ;; The empty name, which the C++ daemon accepts: `/gnu/store/<hash>-'.
+         (no-name (add-text-to-store store "" (string-append "no name " tag "\n")))
          (builder (add-text-to-store store (string-append "swap-builder-" tag ".sh") "echo hi > $out\n"))
          (drv (derivation store (string-append "swap-thing-" tag) "/bin/sh" (list builder)
                           #:sources (list builder d)
                           #:outputs '("out" "dev"))))
     (for-each (lambda (p) (display p) (newline))
-              (list a b d builder (derivation-file-name drv)))))
+              (list a b d no-name builder (derivation-file-name drv)))))
 "##;
 
 /// For each of `PATHS`, everything the daemon says about it plus its contents as read in the
@@ -91,7 +94,8 @@ const DESCRIBE: &str = r#"
                     (if (string-suffix? ".drv" p)
                         (sorted (query-derivation-outputs store p))
                         '())
-                    (hash-part->path store (store-path-hash-part p))
+                    ;; Not `store-path-hash-part': the client's regexp wants a name.
+                    (hash-part->path store (substring (basename p) 0 32))
                     (contents p)))
        (newline)))
    '(PATHS)))
@@ -105,7 +109,7 @@ fn add(s: &Session, tag: &str, prev: &[String]) -> Vec<String> {
     let script = ADD.replace("TAG", tag).replace("PREV", &scheme_list(prev));
     let out = s.repl_ok(&script).unwrap_or_else(|e| panic!("adding {tag}: {e}"));
     let paths: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert_eq!(paths.len(), 5, "{out}");
+    assert_eq!(paths.len(), 6, "{out}");
     paths
 }
 
