@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use guix_formats::hash::Hasher;
-use guix_formats::nar::{self, Event, NarError, NarSummary, Restorer, Visitor};
+use guix_formats::nar::{self, Event, NarError, NarSummary, RegularNarHasher, Restorer, Visitor};
 use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
 use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem, MAX_INLINE_TEXT};
@@ -33,20 +33,30 @@ enum RootKind {
 }
 
 /// Restores the NAR, noting the root's kind and hashing a root regular file's contents.
+///
+/// A flat add (`contents` set) keeps only the contents of a root regular file, as the C++
+/// daemon does (`RetrieveRegularNARSink`, then `writeFile`): the item is a non-executable
+/// file whatever the client's NAR said, and `flat_nar` hashes that file's NAR, which is what
+/// is registered.
 struct AddVisitor {
     restorer: Restorer,
     root: Option<RootKind>,
     contents: Option<Hasher>,
+    flat_nar: Option<RegularNarHasher>,
 }
 
 impl Visitor for AddVisitor {
-    fn event(&mut self, event: Event<'_>) -> Result<(), NarError> {
+    fn event(&mut self, mut event: Event<'_>) -> Result<(), NarError> {
         if self.root.is_none() {
             self.root = Some(match event {
                 Event::Regular { .. } => RootKind::Regular,
                 Event::Symlink { .. } => RootKind::Symlink,
                 _ => RootKind::Directory,
             });
+            if let (Some(_), Event::Regular { executable, size }) = (&self.contents, &mut event) {
+                *executable = false;
+                self.flat_nar = Some(RegularNarHasher::new(false, *size));
+            }
         }
         self.restorer.event(event)
     }
@@ -54,6 +64,9 @@ impl Visitor for AddVisitor {
     fn contents(&mut self, chunk: &[u8]) -> Result<(), NarError> {
         if self.root == Some(RootKind::Regular) {
             if let Some(h) = self.contents.as_mut() {
+                h.update(chunk);
+            }
+            if let Some(h) = self.flat_nar.as_mut() {
                 h.update(chunk);
             }
         }
@@ -108,14 +121,23 @@ impl<S: Stream> Conn<S> {
             .blocking(move |s, h| -> Result<Received, NarError> {
                 let mut input = SyncBridge::new(s, h);
                 let flat_algo = if recursive { None } else { algo };
-                let mut visitor =
-                    AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
+                let mut visitor = AddVisitor {
+                    restorer: Restorer::new(&dest),
+                    root: None,
+                    contents: flat_algo.map(Hasher::new),
+                    flat_nar: None,
+                };
                 let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
                 let mut tee = HashSink(nar_algo.map(Hasher::new));
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
                 // Canonical (mtime 1) while still on this blocking thread.
                 canonicalise(&dest)
                     .map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
+                // A flat item is registered with the NAR of what was stored.
+                let summary = match visitor.flat_nar {
+                    Some(flat) => flat.finish()?,
+                    None => summary,
+                };
                 Ok(Received {
                     summary,
                     root: visitor.root,
@@ -129,7 +151,9 @@ impl<S: Stream> Conn<S> {
         if !recursive && received.root != Some(RootKind::Regular) {
             return Err(Failure::op("regular file expected"));
         }
-        let Some(algo) = algo else { return Err(Failure::op("unknown hash type")) };
+        let Some(algo) = algo else {
+            return Err(Failure::op("unknown hash type"));
+        };
         let hash = if !recursive {
             received.contents_hash
         } else if algo == HashAlgo::Sha256 {

@@ -46,6 +46,8 @@ const ADD_TO_STORE: &str = r##"
 (spit (string-append dir "/tree/empty") "")
 (spit (string-append dir "/tree/run.sh") "#!/bin/sh\necho hi\n")
 (chmod (string-append dir "/tree/run.sh") #o755)
+(spit (string-append dir "/flat-exec.sh") "#!/bin/sh\necho flat\n")
+(chmod (string-append dir "/flat-exec.sh") #o755)
 (symlink "a.txt" (string-append dir "/tree/link-to-a"))
 (symlink "/nowhere" (string-append dir "/tree/dangling"))
 (with-store store
@@ -62,9 +64,13 @@ const ADD_TO_STORE: &str = r##"
           ;; Adding the same thing again gives the same path.
           (show "  again" (equal? p (add-to-store store name recursive? algo
                                                   (string-append dir "/" source))))))
-      '(#f #t #t)
-      '("flat.txt" "flat.txt" "tree")))
+      '(#f #t #t #f #t)
+      '("flat.txt" "flat.txt" "tree" "flat-exec.sh" "flat-exec.sh")))
    '("md5" "sha1" "sha256" "sha512")))
+;; A flat add keeps only the contents: the C++ daemon stores a non-executable file.
+(with-store store
+  (let ((p (add-to-store store "exec-flat" #f "sha256" (string-append dir "/flat-exec.sh"))))
+    (show "flat exec perms" (stat:perms (stat p)))))
 ;; Error cases, each on its own connection.
 (try "flat add of a directory" store (add-to-store store "d" #f "sha256" (string-append dir "/tree")))
 (try "invalid name" store (add-to-store store "bad name/x" #t "sha256" (string-append dir "/flat.txt")))
@@ -86,9 +92,11 @@ const ADD_TEXT: &str = r##"
          (c (add-text-to-store store "c.txt" (string-append "refs " a " " b "\n") (list b a)))
          (self-ish (add-text-to-store store "mentions-but-no-ref" a '()))
          (empty (add-text-to-store store "empty" ""))
+         ;; The C++ daemon accepts the empty name: `/gnu/store/<hash>-'.
+         (no-name (add-text-to-store store "" "I have no name\n"))
          (big (add-text-to-store store "big" (make-string 300000 #\x)))
          (missing "/gnu/store/00000000000000000000000000000000-missing"))
-    (for-each (lambda (p) (show "path" p) (show-info store p)) (list a b c self-ish empty big))
+    (for-each (lambda (p) (show "path" p) (show-info store p)) (list a b c self-ish empty no-name big))
     (show "same again" (equal? a (add-text-to-store store "a.txt" "I am A\n")))
     (for-each (lambda (p) (show (string-append "valid-path? " p) (valid-path? store p)))
               (list a b c missing "/gnu/store/x" "/gnu/store/00000000000000000000000000000000"))

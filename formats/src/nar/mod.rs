@@ -42,7 +42,9 @@ use crate::wire::WireError;
 pub use parser::{Event, Parser, Step};
 pub use read::{read_with, restore, validate, validate_copy, Restorer, Visitor};
 pub use stream::{copy_validated, copy_validated_flat, FlatFile};
-pub use write::{dump_path, dump_path_to, nar_of_regular, summary_of_regular, write_regular, HashingWriter, Node};
+pub use write::{
+    dump_path, dump_path_to, nar_of_regular, summary_of_regular, write_regular, HashingWriter, Node, RegularNarHasher,
+};
 
 /// The first token of every NAR.
 pub const NAR_MAGIC: &[u8] = b"nix-archive-1";

@@ -79,6 +79,29 @@ fn regular_layouts_agree() {
 }
 
 #[test]
+fn regular_nar_hasher_in_chunks() {
+    for exec in [false, true] {
+        for contents in [&b""[..], b"1234567", b"12345678", b"123456789"] {
+            let nar = nar_of_regular(contents, exec);
+            let mut h = RegularNarHasher::new(exec, contents.len() as u64);
+            for chunk in contents.chunks(3) {
+                h.update(chunk);
+            }
+            let s = h.finish().unwrap();
+            assert_eq!((s.nar_hash, s.nar_size), (HashAlgo::Sha256.digest(&nar), nar.len() as u64));
+            assert_eq!(summary_of_regular(contents, exec), s);
+        }
+    }
+    // Fewer or more bytes than announced is an error, not a wrong hash.
+    let mut short = RegularNarHasher::new(false, 4);
+    short.update(b"abc");
+    assert!(matches!(short.finish(), Err(NarError::FileChanged { .. })));
+    let mut long = RegularNarHasher::new(false, 2);
+    long.update(b"abc");
+    assert!(long.finish().is_err());
+}
+
+#[test]
 fn node_round_trip() {
     let nar = sample().to_nar().unwrap();
     let (node, summary) = Node::from_nar(&nar[..], &Limits::default()).unwrap();

@@ -161,14 +161,56 @@ pub fn write_regular<W: Write + ?Sized, R: Read>(
     size: u64,
     mut contents: R,
 ) -> Result<(), NarError> {
+    regular_header(w, executable)?;
+    write_contents(w, &mut contents, size)?;
+    tokens(w, &[b")"])
+}
+
+/// A single regular file's NAR up to its contents' size word.
+fn regular_header<W: Write + ?Sized>(w: &mut W, executable: bool) -> Result<(), NarError> {
     write_bytes(w, NAR_MAGIC).map_err(write_err)?;
     tokens(w, &[b"(", b"type", b"regular"])?;
     if executable {
         tokens(w, &[b"executable", b""])?;
     }
-    tokens(w, &[b"contents"])?;
-    write_contents(w, &mut contents, size)?;
-    tokens(w, &[b")"])
+    tokens(w, &[b"contents"])
+}
+
+/// The NAR hash and size of a single regular file whose contents arrive in chunks, without
+/// building the NAR: what a flat AddToStore registers (the C++ daemon keeps only the contents
+/// of the client's file, so the item is a non-executable file whatever the client sent).
+pub struct RegularNarHasher {
+    nar: HashingWriter<io::Sink>,
+    size: u64,
+    seen: u64,
+}
+
+impl RegularNarHasher {
+    pub fn new(executable: bool, size: u64) -> RegularNarHasher {
+        let mut nar = HashingWriter::new(io::sink());
+        // Writing to a sink cannot fail.
+        let _ = regular_header(&mut nar, executable).and_then(|()| write_u64(&mut nar, size).map_err(write_err));
+        RegularNarHasher { nar, size, seen: 0 }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        let _ = self.nar.write_all(chunk);
+        self.seen += chunk.len() as u64;
+    }
+
+    /// The summary, once exactly the announced size has been fed (else `FileChanged`).
+    pub fn finish(self) -> Result<NarSummary, NarError> {
+        if self.seen != self.size {
+            return Err(NarError::FileChanged { path: Default::default() });
+        }
+        Ok(self.close())
+    }
+
+    fn close(mut self) -> NarSummary {
+        let _ = self.nar.write_all(&[0u8; 8][..padding(self.size)]);
+        let _ = tokens(&mut self.nar, &[b")"]);
+        self.nar.summary()
+    }
 }
 
 /// The NAR of a single regular file held in memory.
@@ -181,10 +223,9 @@ pub fn nar_of_regular(contents: &[u8], executable: bool) -> Vec<u8> {
 
 /// The NAR hash and size of a single regular file held in memory, without building the NAR.
 pub fn summary_of_regular(contents: &[u8], executable: bool) -> NarSummary {
-    let mut nar = HashingWriter::new(io::sink());
-    // Writing to a sink cannot fail.
-    let _ = write_regular(&mut nar, executable, contents.len() as u64, contents);
-    nar.summary()
+    let mut nar = RegularNarHasher::new(executable, contents.len() as u64);
+    nar.update(contents);
+    nar.close()
 }
 
 /// A file system object held in memory, for building NARs in tests and for small items.
