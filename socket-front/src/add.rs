@@ -19,6 +19,7 @@ use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
 use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem, MAX_INLINE_TEXT};
 
+use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Stream};
 use crate::error::{nar_failure, Failure};
@@ -87,7 +88,7 @@ struct Received {
     nar_hash_algo: Option<Hash>,
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn add_to_store(&mut self) -> Result<Reply, Failure> {
         let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
         let req = read_request_body(self.stream()?, Opcode::AddToStore, &store, version, &limits).await?;
@@ -108,7 +109,8 @@ impl<S: Stream> Conn<S> {
             .blocking(move |s, h| -> Result<Received, NarError> {
                 let mut input = SyncBridge::new(s, h);
                 let flat_algo = if recursive { None } else { algo };
-                let mut visitor = AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
+                let mut visitor =
+                    AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
                 let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
                 let mut tee = HashSink(nar_algo.map(Hasher::new));
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
@@ -159,7 +161,7 @@ impl<S: Stream> Conn<S> {
             return Ok(Reply::Path(path));
         }
         let refs = references.clone();
-        let valid = self.shared.db.query(|r| r.query_valid_paths(&refs))?;
+        let valid = self.shared.backend.query(|r| r.valid_paths(&refs))?;
         if valid.len() != references.len() {
             // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
             return Err(Failure::op("path `%1%' is not valid"));
@@ -169,7 +171,8 @@ impl<S: Stream> Conn<S> {
             let summary = nar::summary_of_regular(&contents, false);
             return self.register(ItemSource::Text(contents), path, summary, references).await;
         }
-        let item = self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+        let item =
+            self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
         let dest = item.path().to_owned();
         let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
             .await
@@ -185,11 +188,11 @@ impl<S: Stream> Conn<S> {
     /// roots of what it registers, or finds valid, in the same step); a path found valid is
     /// rooted, then checked again, so it cannot have gone in between.
     async fn rooted_and_valid(&mut self, path: &StorePath) -> Result<bool, Failure> {
-        if !self.shared.db.is_valid(path)? {
+        if !self.shared.backend.is_valid(path)? {
             return Ok(false);
         }
-        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
-        self.shared.db.is_valid(path)
+        self.shared.backend.add_temp_roots(self.id, vec![path.clone()]).await?;
+        self.shared.backend.is_valid(path)
     }
 
     /// Hands a finished, canonical item to store-db (`AddItems`: put in place and registered,
@@ -210,7 +213,7 @@ impl<S: Stream> Conn<S> {
             references: references.into_iter().collect(),
             deriver: None,
         };
-        self.shared.storedb.add_items(self.id, vec![new]).await?;
+        self.shared.backend.add_items(self.id, vec![new]).await?;
         Ok(Reply::Path(path))
     }
 }

@@ -22,6 +22,7 @@ use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
 use guix_formats::{nar, Hash, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
 
+use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Level, Shared, Stream};
 use crate::error::Failure;
@@ -32,7 +33,8 @@ const TROJAN: &str = "signed hash doesn't match actual contents of imported arch
 
 /// `checkSecrecy` then the key itself.
 fn load_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
+    let md =
+        std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
     if md.permissions().mode() & 0o077 != 0 {
         return Err(format!("file `{}' should be secret (inaccessible to everyone else)!", path.display()));
     }
@@ -69,13 +71,13 @@ fn export_failure(e: ExportError) -> Failure {
     }
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn export_path(&mut self, path: StorePath, sign: bool) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
         let shown = store.display(&path);
         self.log_at(Level::Info, &format!("exporting path `{shown}'")).await?;
         let p = path.clone();
-        let info = self.shared.db.query(|r| r.try_query_path_info(&p))?;
+        let info = self.shared.backend.query(|r| r.try_path_info(&p))?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
         let on_disk = self.shared.config.paths.store_dir.join(path.base_name());
         let key_file = self.shared.config.paths.conf_dir.join("signing-key.sec");
@@ -97,7 +99,8 @@ impl<S: Stream> Conn<S> {
             }
             let mut sign_with_key = |digest: &Hash| -> Result<Vec<u8>, String> {
                 let key = load_secret_key(&key_file)?;
-                let d: [u8; 32] = digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
+                let d: [u8; 32] =
+                    digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
                 Ok(signature::sign(&key, key.public_key(), &d).to_advanced())
             };
             let signature = if sign { Signature::Sign(&mut sign_with_key) } else { Signature::FromTrailer };
@@ -120,8 +123,12 @@ impl<S: Stream> Conn<S> {
                 let mut acl: Option<Acl> = None;
                 let mut imported = Vec::new();
                 loop {
-                    let item = shared.scratch.allocate(conn).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
-                    let Some(rec) = reader.next_record(NarSink::Restore(item.path())).map_err(|e| Failure::Op(e.to_string()))?
+                    let item = shared
+                        .scratch
+                        .allocate(conn)
+                        .map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+                    let Some(rec) =
+                        reader.next_record(NarSink::Restore(item.path())).map_err(|e| Failure::Op(e.to_string()))?
                     else {
                         break;
                     };
@@ -151,19 +158,27 @@ impl<S: Stream> Conn<S> {
 
 /// `importPath` after the checks: temp root, then move in and register unless already valid;
 /// the deriver is kept only if it is itself valid.
-async fn register_import(
-    shared: &Arc<Shared>,
+async fn register_import<B: StoreBackend>(
+    shared: &Arc<Shared<B>>,
     conn: u64,
     item: crate::scratch::ScratchItem,
     nar: nar::NarSummary,
     trailer: ExportTrailer,
 ) -> Result<(), Failure> {
     let path = trailer.path.clone();
-    shared.storedb.add_temp_roots(conn, vec![path.clone()]).await?;
+    shared.backend.add_temp_roots(conn, vec![path.clone()]).await?;
     let (p, d) = (path.clone(), trailer.deriver.clone());
     let (valid, deriver_valid) = shared
-        .db
-        .run(move |r| Ok((r.is_valid(&p)?, match &d { Some(d) => r.is_valid(d)?, None => false })))
+        .backend
+        .run(move |r| {
+            Ok((
+                r.is_valid(&p)?,
+                match &d {
+                    Some(d) => r.is_valid(d)?,
+                    None => false,
+                },
+            ))
+        })
         .await?;
     if valid {
         return Ok(());
@@ -182,7 +197,7 @@ async fn register_import(
         references: references.into_iter().collect(),
         deriver: if deriver_valid { trailer.deriver } else { None },
     };
-    shared.storedb.add_items(conn, vec![new]).await?;
+    shared.backend.add_items(conn, vec![new]).await?;
     item.handed_over();
     Ok(())
 }

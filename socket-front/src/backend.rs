@@ -1,0 +1,178 @@
+//! What socket-front needs from the rest of the daemon, as two traits: [`StoreReads`] (the
+//! database queries of one read transaction) and [`StoreBackend`] (where those reads run, the
+//! path-info cache, and every write: new items, temp roots, connections, indirect roots, the
+//! failed-path cache, invalidation of vanished paths).
+//!
+//! Why a seam here: the connection logic ([`crate::conn`], [`crate::ops`], [`crate::add`],
+//! [`crate::transfer`]) is the protocol — decoding, the STDERR stream, the C++ daemon's order
+//! of checks and its messages. With its two dependencies behind these traits it runs against
+//! the in-memory backend in unit tests, without root, a store-db process or SQLite, driven by
+//! scripted byte streams; and a different daemon (an unprivileged or in-process one) can plug
+//! in its own store.
+//!
+//! [`DaemonBackend`] is the production implementation: reads on socket-front's read-only WAL
+//! connections ([`ReaderPool`]), writes over the store-db link ([`StoreDb`], which keeps the
+//! authoritative copy of every connection's temp roots and re-sends them when store-db comes
+//! back). Files stay outside the traits: new items are written into scratch space
+//! ([`crate::scratch`]) and exported ones read from the store directory, both named by the
+//! configuration.
+//!
+//! The connection code is generic over the backend (static dispatch): QueryPathInfo served
+//! from the cache is the same call into [`ReaderPool::path_info`] as before. Only the closures
+//! given to [`StoreBackend::query`] and [`StoreBackend::run`] see the reads as `&dyn
+//! StoreReads`, one indirect call per query.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use guix_formats::StorePath;
+use guix_ipc::store_db::{ConnId, NewItem};
+use guix_store_db::{DbReader, ValidPathInfo};
+
+use crate::dbpool::ReaderPool;
+use crate::error::Failure;
+use crate::infocache::CachedInfo;
+use crate::storedb::StoreDb;
+
+/// The queries of one read transaction, with the C++ daemon's messages as [`Failure::Op`].
+pub trait StoreReads {
+    fn is_valid(&self, path: &StorePath) -> Result<bool, Failure>;
+    /// The info of `path`, `None` when it is not valid.
+    fn try_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Failure>;
+    fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Failure>;
+    fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Failure>;
+    /// Output name → output path of a valid derivation ("path `%1%' is not valid" otherwise).
+    fn derivation_output_map(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>, Failure>;
+    fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeSet<StorePath>, Failure> {
+        Ok(self.derivation_output_map(drv)?.into_values().collect())
+    }
+    fn derivation_output_names(&self, drv: &StorePath) -> Result<BTreeSet<String>, Failure> {
+        Ok(self.derivation_output_map(drv)?.into_keys().collect())
+    }
+    /// "invalid hash part" unless `hash_part` is 32 characters long.
+    fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, Failure>;
+    fn all_valid_paths(&self) -> Result<BTreeSet<StorePath>, Failure>;
+    /// Those of `paths` that are valid.
+    fn valid_paths(&self, paths: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>, Failure>;
+    fn failed_paths(&self) -> Result<BTreeSet<StorePath>, Failure>;
+}
+
+/// The store as socket-front sees it (see the module docs). Writes fail with the message the
+/// client is to see.
+pub trait StoreBackend: Send + Sync + 'static {
+    /// `queryPathInfo` ("path `P' is not valid" when it is not), from a cache when possible.
+    /// The hottest call: QueryPathInfo's reply is kept encoded in the entry.
+    fn path_info(&self, path: &StorePath) -> Result<Arc<CachedInfo>, Failure>;
+    /// `isValidPath`, from the same cache when possible.
+    fn is_valid(&self, path: &StorePath) -> Result<bool, Failure>;
+    /// Runs a point query (cost independent of the store's size) right here.
+    fn query<T>(&self, f: impl FnOnce(&dyn StoreReads) -> Result<T, Failure>) -> Result<T, Failure>;
+    /// Runs a read whose cost grows with the store, off the runtime thread.
+    fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, Failure>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn StoreReads) -> Result<T, Failure> + Send + 'static;
+
+    /// A new client connection (no temp roots yet).
+    fn open_connection(&self, conn: ConnId);
+    /// The connection ended: its temp roots go.
+    fn close_connection(&self, conn: ConnId) -> impl Future<Output = ()> + Send;
+    fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// Moves finished scratch items (or inline texts) into the store and registers them, each
+    /// also a temp root of `conn`; an item already valid is dropped.
+    fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// `gcroots/auto/<hash>` → `path` (already absolute and canonical).
+    fn add_indirect_root(&self, path: String) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// VerifyStore's clean-up: invalidates those of `paths` that vanished (in order).
+    fn invalidate_missing(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send;
+    fn clear_failed_paths(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// A database error as the client sees it.
+pub fn db_failure(e: guix_store_db::Error) -> Failure {
+    Failure::Op(e.to_string())
+}
+
+impl StoreReads for DbReader {
+    fn is_valid(&self, path: &StorePath) -> Result<bool, Failure> {
+        DbReader::is_valid(self, path).map_err(db_failure)
+    }
+    fn try_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, Failure> {
+        self.try_query_path_info(path).map_err(db_failure)
+    }
+    fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_referrers(path).map_err(db_failure)
+    }
+    fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_valid_derivers(path).map_err(db_failure)
+    }
+    fn derivation_output_map(&self, drv: &StorePath) -> Result<BTreeMap<String, StorePath>, Failure> {
+        self.query_derivation_output_map(drv).map_err(db_failure)
+    }
+    fn derivation_outputs(&self, drv: &StorePath) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_derivation_outputs(drv).map_err(db_failure)
+    }
+    fn derivation_output_names(&self, drv: &StorePath) -> Result<BTreeSet<String>, Failure> {
+        self.query_derivation_output_names(drv).map_err(db_failure)
+    }
+    fn path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, Failure> {
+        self.query_path_from_hash_part(hash_part).map_err(db_failure)
+    }
+    fn all_valid_paths(&self) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_all_valid_paths().map_err(db_failure)
+    }
+    fn valid_paths(&self, paths: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_valid_paths(paths).map_err(db_failure)
+    }
+    fn failed_paths(&self) -> Result<BTreeSet<StorePath>, Failure> {
+        self.query_failed_paths().map_err(db_failure)
+    }
+}
+
+/// The daemon's store: SQLite read directly, writes through store-db.
+pub struct DaemonBackend {
+    pub db: Arc<ReaderPool>,
+    pub storedb: StoreDb,
+}
+
+impl StoreBackend for DaemonBackend {
+    fn path_info(&self, path: &StorePath) -> Result<Arc<CachedInfo>, Failure> {
+        self.db.path_info(path)
+    }
+    fn is_valid(&self, path: &StorePath) -> Result<bool, Failure> {
+        self.db.is_valid(path)
+    }
+    fn query<T>(&self, f: impl FnOnce(&dyn StoreReads) -> Result<T, Failure>) -> Result<T, Failure> {
+        self.db.query(|r| f(r))
+    }
+    fn run<T, F>(&self, f: F) -> impl Future<Output = Result<T, Failure>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn StoreReads) -> Result<T, Failure> + Send + 'static,
+    {
+        self.db.run(move |r| f(r))
+    }
+
+    fn open_connection(&self, conn: ConnId) {
+        self.storedb.open_connection(conn)
+    }
+    fn close_connection(&self, conn: ConnId) -> impl Future<Output = ()> + Send {
+        self.storedb.close_connection(conn)
+    }
+    fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.storedb.add_temp_roots(conn, paths)
+    }
+    fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.storedb.add_items(conn, items)
+    }
+    fn add_indirect_root(&self, path: String) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.storedb.add_indirect_root(path)
+    }
+    fn invalidate_missing(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.storedb.invalidate_missing(paths)
+    }
+    fn clear_failed_paths(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
+        self.storedb.clear_failed_paths(paths)
+    }
+}
