@@ -35,6 +35,9 @@ use crate::error::Failure;
 use crate::infocache::CachedInfo;
 use crate::storedb::StoreDb;
 
+#[cfg(test)]
+pub mod memory;
+
 /// The queries of one read transaction, with the C++ daemon's messages as [`Failure::Op`].
 pub trait StoreReads {
     fn is_valid(&self, path: &StorePath) -> Result<bool, Failure>;

@@ -32,6 +32,8 @@ pub mod metrics;
 pub mod ops;
 pub mod roots;
 pub mod scratch;
+#[cfg(test)]
+mod scripted;
 pub mod server;
 pub mod settings;
 pub mod storedb;
