@@ -179,3 +179,153 @@ impl StoreBackend for DaemonBackend {
         self.storedb.clear_failed_paths(paths)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use guix_formats::StoreDir;
+    use guix_ipc::store_db::{StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+    use guix_ipc::{serve_connection, Client, Handler, Hello};
+    use tokio::net::UnixListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// A stand-in for store-db on a real link socket: it records the requests and answers Ok.
+    /// A stand-in because the test is about what socket-front sends when store-db comes back
+    /// (store-db's handling of `SyncConnections` is tested in store-db), and because it must
+    /// break the link connections at a chosen moment.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<StoreDbRequest>>,
+    }
+
+    impl Handler for Recorder {
+        type Req = StoreDbRequest;
+        type Resp = StoreDbReply;
+        #[allow(clippy::manual_async_fn)]
+        fn handle(
+            self: &Arc<Self>,
+            _peer: &Hello,
+            req: StoreDbRequest,
+        ) -> impl Future<Output = StoreDbReply> + Send + 'static {
+            let me = self.clone();
+            async move {
+                me.seen.lock().unwrap().push(req);
+                StoreDbReply::Ok
+            }
+        }
+    }
+
+    struct StandIn {
+        recorder: Arc<Recorder>,
+        conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+        accept: JoinHandle<()>,
+    }
+
+    impl StandIn {
+        fn start(socket: &Path) -> StandIn {
+            let listener = UnixListener::bind(socket).unwrap();
+            let recorder = Arc::new(Recorder::default());
+            let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+            let (r, c) = (recorder.clone(), conns.clone());
+            let accept = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let r = r.clone();
+                    let task = tokio::spawn(async move {
+                        let _ = serve_connection(stream, STORE_DB_LINK, "store-db", r).await;
+                    });
+                    c.lock().unwrap().push(task);
+                }
+            });
+            StandIn { recorder, conns, accept }
+        }
+
+        /// What arrived since the last call.
+        fn take(&self) -> Vec<StoreDbRequest> {
+            std::mem::take(&mut *self.recorder.seen.lock().unwrap())
+        }
+
+        /// Closes every link connection, as a store-db that died would (the listening socket,
+        /// the supervisor's, stays).
+        async fn break_connections(&self) {
+            let tasks = std::mem::take(&mut *self.conns.lock().unwrap());
+            for t in tasks {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            self.accept.abort();
+        }
+    }
+
+    fn path(name: &str) -> StorePath {
+        StoreDir::default().make_text_path(name, name.as_bytes(), []).unwrap()
+    }
+
+    /// store-db keeps temp roots in memory only: after it comes back, the next call is followed
+    /// by every live connection's roots (`SyncConnections`), and a closed connection's are not.
+    #[tokio::test]
+    async fn every_live_connections_roots_are_resent_when_store_db_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("store-db.sock");
+        let peer = StandIn::start(&socket);
+        let client = Client::new(&socket, STORE_DB_LINK, "socket-front", Duration::from_secs(10));
+        let backend = DaemonBackend {
+            // Never opened: this test makes no reads.
+            db: Arc::new(ReaderPool::new(dir.path().join("db"), StoreDir::default(), 1, None)),
+            storedb: StoreDb::with_client(client),
+        };
+        let (a, b, c) = (path("a"), path("b"), path("c"));
+        let run = async {
+            backend.open_connection(1);
+            backend.open_connection(2);
+            backend.add_temp_roots(1, vec![a.clone()]).await.unwrap();
+            backend.add_temp_roots(2, vec![b.clone()]).await.unwrap();
+            // The first contact is a new store-db too.
+            assert_eq!(
+                peer.take(),
+                vec![
+                    StoreDbRequest::AddTempRoots { conn: 1, paths: vec![a.clone()] },
+                    StoreDbRequest::SyncConnections { live: vec![(1, vec![a.clone()]), (2, vec![])] },
+                    StoreDbRequest::AddTempRoots { conn: 2, paths: vec![b.clone()] },
+                ]
+            );
+            // A root already held, same store-db: not sent again.
+            backend.add_temp_roots(1, vec![a.clone()]).await.unwrap();
+            assert_eq!(peer.take(), vec![]);
+
+            peer.break_connections().await;
+            backend.add_indirect_root("/home/u/result".into()).await.unwrap();
+            assert_eq!(
+                peer.take(),
+                vec![
+                    StoreDbRequest::AddIndirectRoot { path: "/home/u/result".into() },
+                    StoreDbRequest::SyncConnections { live: vec![(1, vec![a.clone()]), (2, vec![b.clone()])] },
+                ]
+            );
+
+            backend.close_connection(2).await;
+            peer.break_connections().await;
+            backend.add_items(1, vec![]).await.unwrap();
+            backend.add_temp_roots(1, vec![c.clone()]).await.unwrap();
+            assert_eq!(
+                peer.take(),
+                vec![
+                    StoreDbRequest::ConnectionClosed { conn: 2 },
+                    StoreDbRequest::AddItems { conn: 1, items: vec![] },
+                    StoreDbRequest::SyncConnections { live: vec![(1, vec![a.clone()])] },
+                    StoreDbRequest::AddTempRoots { conn: 1, paths: vec![c.clone()] },
+                ]
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("a link call hung");
+    }
+}
