@@ -495,3 +495,51 @@ async fn import_requires_a_good_signature_from_an_acl_key() {
     assert!(added_items(&rig.backend().writes()).is_empty());
     assert!(!rig.backend().is_valid(&info.path).unwrap());
 }
+
+/// C++ `addTempRoot` then `isValidPath`: an item already valid is only rooted, not added again.
+#[tokio::test]
+async fn adding_a_valid_text_only_roots_it() {
+    let rig = Rig::new();
+    let info = rig.valid_text("again", b"again");
+    let store = rig.store();
+    let add =
+        Request::AddTextToStore { name: "again".into(), contents: b"again".to_vec(), references: BTreeSet::new() };
+    let input = cat([hello(V), request(store, &add).await]);
+    let want = cat([server_hello(), reply(store, Opcode::AddTextToStore, &Reply::Path(info.path.clone())).await]);
+    assert_eq!(rig.exchange(&input).await, want);
+    assert_eq!(
+        rig.backend().writes(),
+        vec![
+            StoreDbRequest::AddTempRoots { conn: CONN, paths: vec![info.path] },
+            StoreDbRequest::ConnectionClosed { conn: CONN },
+        ]
+    );
+}
+
+/// VerifyStore: a valid path whose files vanished is reported and invalidated; one still there
+/// is left alone.
+#[tokio::test]
+async fn verify_store_invalidates_a_vanished_path() {
+    let rig = Rig::new();
+    let kept = rig.valid_text("kept", b"kept");
+    let gone = rig.valid_text("gone", b"gone");
+    std::fs::remove_file(rig.on_disk(&gone.path)).unwrap();
+    let store = rig.store();
+    let verify = Request::VerifyStore { check_contents: false, repair: false };
+    let input = cat([hello(V), request(store, &verify).await]);
+    let log = |line: &str| {
+        let msg = StderrMsg::Next(format!("{line}\n").into_bytes());
+        async move { frame(&msg).await }
+    };
+    let want = cat([
+        server_hello(),
+        log("reading the store...").await,
+        log("checking path existence...").await,
+        log(&format!("path `{}' disappeared, removing from database...", store.display(&gone.path))).await,
+        reply(store, Opcode::VerifyStore, &Reply::Bool(false)).await,
+    ]);
+    assert_eq!(rig.exchange(&input).await, want);
+    assert!(rig.backend().writes().contains(&StoreDbRequest::InvalidateMissing { paths: vec![gone.path.clone()] }));
+    assert!(!rig.backend().is_valid(&gone.path).unwrap());
+    assert!(rig.backend().is_valid(&kept.path).unwrap());
+}
