@@ -19,6 +19,7 @@ use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
 use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem, MAX_INLINE_TEXT};
 
+use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Stream};
 use crate::error::{nar_failure, Failure};
@@ -100,7 +101,7 @@ struct Received {
     nar_hash_algo: Option<Hash>,
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn add_to_store(&mut self) -> Result<Reply, Failure> {
         let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
         let req = read_request_body(self.stream()?, Opcode::AddToStore, &store, version, &limits).await?;
@@ -184,7 +185,7 @@ impl<S: Stream> Conn<S> {
             return Ok(Reply::Path(path));
         }
         let refs = references.clone();
-        let valid = self.shared.db.query(|r| r.query_valid_paths(&refs))?;
+        let valid = self.shared.backend.query(|r| r.valid_paths(&refs))?;
         if valid.len() != references.len() {
             // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
             return Err(Failure::op("path `%1%' is not valid"));
@@ -211,11 +212,11 @@ impl<S: Stream> Conn<S> {
     /// roots of what it registers, or finds valid, in the same step); a path found valid is
     /// rooted, then checked again, so it cannot have gone in between.
     async fn rooted_and_valid(&mut self, path: &StorePath) -> Result<bool, Failure> {
-        if !self.shared.db.is_valid(path)? {
+        if !self.shared.backend.is_valid(path)? {
             return Ok(false);
         }
-        self.shared.storedb.add_temp_roots(self.id, vec![path.clone()]).await?;
-        self.shared.db.is_valid(path)
+        self.shared.backend.add_temp_roots(self.id, vec![path.clone()]).await?;
+        self.shared.backend.is_valid(path)
     }
 
     /// Hands a finished, canonical item to store-db (`AddItems`: put in place and registered,
@@ -236,7 +237,7 @@ impl<S: Stream> Conn<S> {
             references: references.into_iter().collect(),
             deriver: None,
         };
-        self.shared.storedb.add_items(self.id, vec![new]).await?;
+        self.shared.backend.add_items(self.id, vec![new]).await?;
         Ok(Reply::Path(path))
     }
 }

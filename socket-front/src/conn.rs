@@ -21,24 +21,22 @@ use guix_store_db::ValidPathInfo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 
-use crate::dbpool::ReaderPool;
+use crate::backend::{DaemonBackend, StoreBackend};
 use crate::error::Failure;
 use crate::infocache::CachedInfo;
 use crate::metrics::Metrics;
 use crate::scratch::Scratch;
 use crate::settings::Settings;
-use crate::storedb::StoreDb;
 
 /// Initial capacity of the buffer a reply is encoded into (most replies are a few hundred
 /// bytes; larger ones grow it).
 const REPLY_BUFFER: usize = 512;
 
-/// What every connection shares.
-pub struct Shared {
+/// What every connection shares. `B` is the store behind the protocol ([`crate::backend`]).
+pub struct Shared<B = DaemonBackend> {
     pub config: DaemonConfig,
     pub store: StoreDir,
-    pub db: Arc<ReaderPool>,
-    pub storedb: StoreDb,
+    pub backend: B,
     pub scratch: Scratch,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -65,8 +63,8 @@ impl Peer {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-pub struct Conn<S> {
-    pub(crate) shared: Arc<Shared>,
+pub struct Conn<S, B = DaemonBackend> {
+    pub(crate) shared: Arc<Shared<B>>,
     pub(crate) id: ConnId,
     pub(crate) peer: Peer,
     pub(crate) trusted: bool,
@@ -78,9 +76,9 @@ pub struct Conn<S> {
 
 /// Serves one connection to its end. Never panics on input; every outcome is logged by the
 /// caller's metrics.
-pub async fn serve<S: Stream>(shared: Arc<Shared>, id: ConnId, peer: Peer, stream: S) {
+pub async fn serve<S: Stream, B: StoreBackend>(shared: Arc<Shared<B>>, id: ConnId, peer: Peer, stream: S) {
     shared.metrics.connection_opened();
-    shared.storedb.open_connection(id);
+    shared.backend.open_connection(id);
     let trusted = peer.uid.is_some_and(|u| u == 0 || u == shared.daemon_uid);
     let settings = Settings::new(&shared.config);
     let mut conn = Conn { shared: shared.clone(), id, peer, trusted, version: 0, settings, stream: Some(stream) };
@@ -89,7 +87,7 @@ pub async fn serve<S: Stream>(shared: Arc<Shared>, id: ConnId, peer: Peer, strea
             eprintln!("guix-socket-front: connection {id:x} ended: {why}");
         }
     }
-    shared.storedb.close_connection(id).await;
+    shared.backend.close_connection(id).await;
     shared.metrics.connection_closed();
 }
 
@@ -118,7 +116,7 @@ pub(crate) enum Level {
     Info = 1,
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) fn stream(&mut self) -> Result<&mut S, Failure> {
         self.stream.as_mut().ok_or_else(|| Failure::Gone("stream lost by a failed transfer".into()))
     }
@@ -266,7 +264,7 @@ impl<S: Stream> Conn<S> {
                 let req = guix_formats::worker::read_request_body(self.stream()?, op, &store, version, &limits).await?;
                 match req {
                     // The hottest query: its reply may be ready-encoded in the cache.
-                    Request::QueryPathInfo(p) => self.shared.db.path_info(&p).map(Answer::PathInfo),
+                    Request::QueryPathInfo(p) => self.shared.backend.path_info(&p).map(Answer::PathInfo),
                     req => self.handle(req).await.map(Answer::Reply),
                 }
             }

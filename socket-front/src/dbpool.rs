@@ -27,6 +27,7 @@ use guix_formats::{StoreDir, StorePath};
 use guix_store_db::{DbReader, Epoch};
 use tokio::sync::Semaphore;
 
+use crate::backend::db_failure;
 use crate::error::Failure;
 use crate::infocache::{CachedInfo, InfoCache};
 
@@ -88,7 +89,7 @@ impl ReaderPool {
             Some((None, epoch)) => Some(epoch),
             None => None,
         };
-        let entry = Arc::new(CachedInfo::new(self.query(|r| r.query_path_info(path))?));
+        let entry = Arc::new(CachedInfo::new(self.query(|r| r.query_path_info(path).map_err(db_failure))?));
         if let Some(epoch) = read_under {
             self.with_cache(|cache, _| cache.insert(epoch, path.clone(), entry.clone()));
         }
@@ -101,15 +102,14 @@ impl ReaderPool {
         if let Some(Some(_)) = self.with_cache(|cache, _| cache.get(path)) {
             return Ok(true);
         }
-        self.query(|r| r.is_valid(path))
+        self.query(|r| r.is_valid(path).map_err(db_failure))
     }
 
     /// Runs the point query `f` on the current thread with its own connection (see the module
-    /// docs). Errors become [`Failure::Op`] as with [`ReaderPool::run`]. Only for queries whose
-    /// cost does not grow with the store.
+    /// docs). Only for queries whose cost does not grow with the store.
     pub fn query<T, F>(&self, f: F) -> Result<T, Failure>
     where
-        F: FnOnce(&DbReader) -> Result<T, guix_store_db::Error>,
+        F: FnOnce(&DbReader) -> Result<T, Failure>,
     {
         LOCAL_READER.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -121,17 +121,17 @@ impl ReaderPool {
                     &mut other.insert((self.id, reader)).1
                 }
             };
-            f(reader).map_err(|e| Failure::op(e.to_string()))
+            f(reader)
         })
     }
 
-    /// Runs `f` with a connection on a blocking thread. A database error becomes an
-    /// [`Failure::Op`] with the error's text (the C++ daemon's wording, e.g. "path `P' is not
-    /// valid"); callers that need to tell errors apart return them inside `T`.
+    /// Runs `f` with a connection on a blocking thread. Failing to open a connection is a
+    /// [`Failure::Op`] with the error's text; callers that need to tell errors apart return
+    /// them inside `T`.
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
-        F: FnOnce(&DbReader) -> Result<T, guix_store_db::Error> + Send + 'static,
+        F: FnOnce(&DbReader) -> Result<T, Failure> + Send + 'static,
     {
         let _permit = self.permits.acquire().await.map_err(|_| Failure::op("database pool closed"))?;
         let pool = self.clone();
@@ -140,7 +140,7 @@ impl ReaderPool {
                 Some(r) => r,
                 None => open_reader(&pool.db_dir, &pool.store).map_err(|e| Failure::op(e.to_string()))?,
             };
-            let res = f(&reader).map_err(|e| Failure::op(e.to_string()));
+            let res = f(&reader);
             if let Ok(mut v) = pool.idle.lock() {
                 v.push(reader);
             }

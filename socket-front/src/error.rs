@@ -33,6 +33,15 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    /// The message (what the client is told, or for `Gone` our log's reason).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Op(m) | Failure::Fatal(m) | Failure::Gone(m) => f.write_str(m),
+        }
+    }
+}
+
 impl From<ProtoError> for Failure {
     /// A request decoding error: always before `startWork`.
     fn from(e: ProtoError) -> Failure {

@@ -12,6 +12,9 @@
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
 //!
+//! The connection logic reaches the store only through [`backend::StoreBackend`], so it runs
+//! against an in-memory store in unit tests; [`backend::DaemonBackend`] is the real one.
+//!
 //! Modules: [`server`] (accepting), [`conn`] (one connection: handshake, request loop),
 //! [`ops`] (queries and simple operations), [`add`] (AddToStore, AddTextToStore),
 //! [`transfer`] (ExportPath, ImportPaths), [`settings`] (SetOptions), [`roots`] (FindRoots),
@@ -19,6 +22,7 @@
 //! [`infocache`] (path infos kept in memory under store-db's change epoch).
 
 pub mod add;
+pub mod backend;
 pub mod bridge;
 pub mod conn;
 pub mod dbpool;
@@ -28,6 +32,8 @@ pub mod metrics;
 pub mod ops;
 pub mod roots;
 pub mod scratch;
+#[cfg(test)]
+mod scripted;
 pub mod server;
 pub mod settings;
 pub mod storedb;
@@ -85,8 +91,10 @@ async fn run() -> Result<(), String> {
         }
     };
     let shared = Arc::new(Shared {
-        db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
-        storedb: storedb::StoreDb::new(&config),
+        backend: backend::DaemonBackend {
+            db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
+            storedb: storedb::StoreDb::new(&config),
+        },
         scratch: scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,
@@ -99,7 +107,7 @@ async fn run() -> Result<(), String> {
     // Drop the temp roots a previous socket-front left in store-db.
     {
         let shared = shared.clone();
-        tokio::spawn(async move { while shared.storedb.sync().await.is_err() {} });
+        tokio::spawn(async move { while shared.backend.storedb.sync().await.is_err() {} });
     }
     let ids = Arc::new(server::ConnIds::new(std::process::id()));
     let mut tasks = Vec::new();

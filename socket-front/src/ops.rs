@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use guix_formats::worker::{BuildMode, Reply, Request};
 use guix_formats::{nar, StorePath};
 
+use crate::backend::StoreBackend;
 use crate::conn::{path_info_reply, Conn, Stream};
 use crate::error::Failure;
 use crate::roots;
@@ -17,10 +18,11 @@ pub const BUILD_NOT_IMPLEMENTED: &str = "building is not implemented yet in guix
 pub const GC_NOT_IMPLEMENTED: &str = "garbage collection is not implemented yet in guix-daemon-rs";
 pub const REPAIR_NOT_IMPLEMENTED: &str = "repairing is not implemented yet in guix-daemon-rs";
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
         use Request as Q;
-        let db = self.shared.db.clone();
+        let shared = self.shared.clone();
+        let db = &shared.backend;
         match req {
             Q::IsValidPath(s) => {
                 let store = self.shared.store.clone();
@@ -34,17 +36,17 @@ impl<S: Stream> Conn<S> {
             Q::HasSubstitutes(_) => Ok(Reply::Bool(false)),
             Q::QueryPathHash(p) => Ok(Reply::Hash(db.path_info(&p)?.info.nar_hash)),
             Q::QueryReferences(p) => Ok(Reply::Paths(db.path_info(&p)?.info.references.clone())),
-            Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.query_referrers(&p)).await?)),
+            Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.referrers(&p)).await?)),
             Q::QueryDeriver(p) => Ok(Reply::OptPath(db.path_info(&p)?.info.deriver.clone())),
-            Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.query(|r| r.query_valid_derivers(&p))?)),
-            Q::QueryDerivationOutputs(p) => Ok(Reply::Paths(db.query(|r| r.query_derivation_outputs(&p))?)),
+            Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.query(|r| r.valid_derivers(&p))?)),
+            Q::QueryDerivationOutputs(p) => Ok(Reply::Paths(db.query(|r| r.derivation_outputs(&p))?)),
             Q::QueryDerivationOutputNames(p) => {
-                Ok(Reply::Strings(db.query(|r| r.query_derivation_output_names(&p))?.into_iter().collect()))
+                Ok(Reply::Strings(db.query(|r| r.derivation_output_names(&p))?.into_iter().collect()))
             }
-            Q::QueryPathFromHashPart(h) => Ok(Reply::OptPath(db.query(|r| r.query_path_from_hash_part(&h))?)),
-            Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.query_all_valid_paths()).await?)),
-            Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.query_failed_paths()).await?)),
-            Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.query_valid_paths(&ps)).await?)),
+            Q::QueryPathFromHashPart(h) => Ok(Reply::OptPath(db.query(|r| r.path_from_hash_part(&h))?)),
+            Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.all_valid_paths()).await?)),
+            Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.failed_paths()).await?)),
+            Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.valid_paths(&ps)).await?)),
             Q::QueryPathInfo(p) => Ok(Reply::PathInfo(path_info_reply(&db.path_info(&p)?.info))),
             Q::QuerySubstitutablePathInfo(_) => Ok(Reply::SubstitutablePathInfo(None)),
             Q::QuerySubstitutablePathInfos(_) => Ok(Reply::QuerySubstitutablePathInfos(BTreeMap::new())),
@@ -53,16 +55,16 @@ impl<S: Stream> Conn<S> {
                 let store = self.shared.store.clone();
                 let paths: Vec<StorePath> = ss.iter().filter_map(|s| store.parse(s).ok()).collect();
                 if !paths.is_empty() {
-                    self.shared.storedb.clear_failed_paths(paths).await?;
+                    db.clear_failed_paths(paths).await?;
                 }
                 Ok(Reply::Done)
             }
             Q::AddTempRoot(p) => {
-                self.shared.storedb.add_temp_roots(self.id, vec![p]).await?;
+                db.add_temp_roots(self.id, vec![p]).await?;
                 Ok(Reply::Done)
             }
             Q::AddIndirectRoot(s) => {
-                self.shared.storedb.add_indirect_root(abs_path(&s)).await?;
+                db.add_indirect_root(abs_path(&s)).await?;
                 Ok(Reply::Done)
             }
             Q::SyncWithGC => Ok(Reply::Done),
@@ -90,7 +92,7 @@ impl<S: Stream> Conn<S> {
             Q::OptimiseStore => Ok(Reply::Done),
             Q::VerifyStore { check_contents, repair } => self.verify_store(check_contents, repair).await,
             Q::EnsurePath(p) => {
-                self.shared.storedb.add_temp_roots(self.id, vec![p.clone()]).await?;
+                db.add_temp_roots(self.id, vec![p.clone()]).await?;
                 let shown = self.shared.store.display(&p);
                 if db.query(|r| r.is_valid(&p))? {
                     Ok(Reply::Done)
@@ -113,7 +115,7 @@ impl<S: Stream> Conn<S> {
                                 // daemon also answers 1 and leaves the path as it is.
                                 continue;
                             }
-                            let Ok(outputs) = r.query_derivation_output_map(&dp.path) else { return Ok(true) };
+                            let Ok(outputs) = r.derivation_output_map(&dp.path) else { return Ok(true) };
                             for (name, out) in outputs {
                                 if (dp.outputs.is_empty() || dp.outputs.contains(&name)) && !r.is_valid(&out)? {
                                     return Ok(true);
@@ -154,19 +156,20 @@ impl<S: Stream> Conn<S> {
         self.log("checking path existence...").await?;
         let store = self.shared.store.clone();
         let store_dir = self.shared.config.paths.store_dir.clone();
-        let db = self.shared.db.clone();
+        let shared = self.shared.clone();
+        let db = &shared.backend;
         let check = db
             .run(move |r| {
-                let all = r.query_all_valid_paths()?;
+                let all = r.all_valid_paths()?;
                 let present = |p: &StorePath| std::fs::symlink_metadata(store_dir.join(p.base_name())).is_ok();
-                check_existence(&all, present, |p| r.query_referrers(p), &store)
+                check_existence(&all, present, |p| r.referrers(p), &store)
             })
             .await?;
         for m in &check.messages {
             self.log(m).await?;
         }
         if !check.invalidate.is_empty() {
-            self.shared.storedb.invalidate_missing(check.invalidate).await?;
+            db.invalidate_missing(check.invalidate).await?;
         }
         let (mut errors, valid) = (check.errors, check.valid);
         if check_contents {
@@ -176,7 +179,7 @@ impl<S: Stream> Conn<S> {
                 let on_disk: PathBuf = self.shared.config.paths.store_dir.join(p.base_name());
                 let shown = store.display(&p);
                 let q = p.clone();
-                let info = db.run(move |r| r.try_query_path_info(&q)).await?;
+                let info = db.run(move |r| r.try_path_info(&q)).await?;
                 let Some(info) = info else { continue };
                 let current = tokio::task::spawn_blocking(move || nar::dump_path(&on_disk, &mut std::io::sink()))
                     .await

@@ -8,6 +8,7 @@ use guix_ipc::store_db::ConnId;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::backend::StoreBackend;
 use crate::conn::{serve, Peer, Shared};
 
 /// Connection numbers: our pid in the high 32 bits, a counter in the low ones, so numbers of a
@@ -29,7 +30,11 @@ impl ConnIds {
 
 /// Accepts on `listener` forever. Accept errors (EMFILE, …) are logged and retried after a
 /// short pause; they never end the loop.
-pub async fn accept_loop(shared: Arc<Shared>, ids: Arc<ConnIds>, listener: InheritedListener) -> std::io::Result<()> {
+pub async fn accept_loop<B: StoreBackend>(
+    shared: Arc<Shared<B>>,
+    ids: Arc<ConnIds>,
+    listener: InheritedListener,
+) -> std::io::Result<()> {
     match listener {
         InheritedListener::Unix(l) => {
             let l = UnixListener::from_std(l)?;

@@ -22,6 +22,7 @@ use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
 use guix_formats::{nar, Hash, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
 
+use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Level, Shared, Stream};
 use crate::error::Failure;
@@ -70,13 +71,13 @@ fn export_failure(e: ExportError) -> Failure {
     }
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn export_path(&mut self, path: StorePath, sign: bool) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
         let shown = store.display(&path);
         self.log_at(Level::Info, &format!("exporting path `{shown}'")).await?;
         let p = path.clone();
-        let info = self.shared.db.query(|r| r.try_query_path_info(&p))?;
+        let info = self.shared.backend.query(|r| r.try_path_info(&p))?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
         let on_disk = self.shared.config.paths.store_dir.join(path.base_name());
         let key_file = self.shared.config.paths.conf_dir.join("signing-key.sec");
@@ -157,18 +158,18 @@ impl<S: Stream> Conn<S> {
 
 /// `importPath` after the checks: temp root, then move in and register unless already valid;
 /// the deriver is kept only if it is itself valid.
-async fn register_import(
-    shared: &Arc<Shared>,
+async fn register_import<B: StoreBackend>(
+    shared: &Arc<Shared<B>>,
     conn: u64,
     item: crate::scratch::ScratchItem,
     nar: nar::NarSummary,
     trailer: ExportTrailer,
 ) -> Result<(), Failure> {
     let path = trailer.path.clone();
-    shared.storedb.add_temp_roots(conn, vec![path.clone()]).await?;
+    shared.backend.add_temp_roots(conn, vec![path.clone()]).await?;
     let (p, d) = (path.clone(), trailer.deriver.clone());
     let (valid, deriver_valid) = shared
-        .db
+        .backend
         .run(move |r| {
             Ok((
                 r.is_valid(&p)?,
@@ -196,7 +197,7 @@ async fn register_import(
         references: references.into_iter().collect(),
         deriver: if deriver_valid { trailer.deriver } else { None },
     };
-    shared.storedb.add_items(conn, vec![new]).await?;
+    shared.backend.add_items(conn, vec![new]).await?;
     item.handed_over();
     Ok(())
 }
