@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guix_formats::{StoreDir, StorePath};
-use guix_store_db::{DbReader, Epoch};
+use guix_store::{DbReader, Epoch};
 use tokio::sync::Semaphore;
 
 use crate::error::Failure;
@@ -109,7 +109,7 @@ impl ReaderPool {
     /// cost does not grow with the store.
     pub fn query<T, F>(&self, f: F) -> Result<T, Failure>
     where
-        F: FnOnce(&DbReader) -> Result<T, guix_store_db::Error>,
+        F: FnOnce(&DbReader) -> Result<T, guix_store::Error>,
     {
         LOCAL_READER.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -130,7 +130,7 @@ impl ReaderPool {
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
-        F: FnOnce(&DbReader) -> Result<T, guix_store_db::Error> + Send + 'static,
+        F: FnOnce(&DbReader) -> Result<T, guix_store::Error> + Send + 'static,
     {
         let _permit = self.permits.acquire().await.map_err(|_| Failure::op("database pool closed"))?;
         let pool = self.clone();
@@ -154,11 +154,11 @@ impl ReaderPool {
 /// (the supervisor starts both at once; the C++ daemon creates it before serving anyone).
 const FIRST_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, guix_store_db::Error> {
+fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, guix_store::Error> {
     let deadline = std::time::Instant::now() + FIRST_OPEN_WAIT;
     loop {
         match DbReader::open(db_dir, store.clone()) {
-            Err(guix_store_db::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
+            Err(guix_store::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,

@@ -1,4 +1,4 @@
-//! The error type of the store database library.
+//! The error type of the store library (and of store-db, which re-exports it).
 //!
 //! Where the C++ daemon has a message for the same condition, `Display` gives exactly that
 //! message, because clients see it verbatim (`store-protocol-error` in Guile).
@@ -126,11 +126,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    pub fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| Error::Sqlite { context, source }
     }
 
-    pub(crate) fn sys(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    pub fn sys(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Sys { context, source }
     }
