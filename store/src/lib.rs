@@ -12,8 +12,9 @@
 //! - [`dirs`][mod@dirs] — [`StateDirs`] (store, state, database, log directories) and
 //!   [`StateDirs::init`], which creates what the C++ daemon creates at store open and holds
 //!   the big lock.
+//! - [`files`] — store file policy: canonical metadata, text files, deleting trees.
 //! - [`scratch`] — the scratch directory where writers put new items before store-db moves
-//!   them into the store.
+//!   them into the store, and how its entries are named (`<writer-pid>-…`).
 //! - [`roots`] — GC root discovery (`findRoots`).
 //! - [`error`] — [`Error`], with the C++ daemon's messages.
 
@@ -21,6 +22,7 @@ pub mod db;
 pub mod dirs;
 pub mod epoch;
 pub mod error;
+pub mod files;
 pub mod info;
 pub mod roots;
 pub mod scratch;

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
-use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_ipc::{Handler, Hello};
 
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
