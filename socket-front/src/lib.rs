@@ -78,7 +78,8 @@ async fn run() -> Result<(), String> {
     let store_str = config.paths.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
     let store = StoreDir::new(store_str).map_err(|e| e.to_string())?;
     // store-db's change epoch, for the path-info cache; without it, no caching.
-    let epoch_path = config.runtime_dir.join(guix_store::epoch::EPOCH_FILE);
+    let dirs = guix_store::StateDirs::from_config(&config);
+    let epoch_path = dirs.epoch_path();
     let epoch = match guix_store::Epoch::open(&epoch_path) {
         Ok(e) => Some(e),
         Err(e) => {

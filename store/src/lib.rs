@@ -31,5 +31,5 @@ pub mod sql;
 pub use db::{DbReader, SCHEMA_VERSION};
 pub use dirs::{InitOptions, StateDirs, StoreLock};
 pub use epoch::Epoch;
-pub use error::{Error, Result};
+pub use error::{strerror, Error, Result};
 pub use info::{DerivationOutputs, Registration, ValidPathInfo};

@@ -22,6 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use guix_store::strerror;
 use nix::fcntl::{fcntl, FcntlArg};
 use tokio::sync::Notify;
 
@@ -180,14 +181,6 @@ fn is_stale(lock_path: &std::path::Path, file: &File) -> Result<bool, String> {
         .metadata()
         .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
     Ok(st.len() != 0)
-}
-
-/// `strerror` text of an I/O error, as the C++ `SysError` prints it.
-pub(crate) fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
 use guix_store::files::write_canonical_text;
-use super::pathlock::strerror;
+use guix_store::strerror;
 use tokio::sync::oneshot;
 
 use super::fsops::{check_item, delete_path, remove_scratch_copies, sweep_scratch};
