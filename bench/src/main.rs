@@ -190,7 +190,12 @@ fn print_floor_ratios(cxx: &[Result<f64, String>], ours: &[Result<f64, String>])
         [Ok(add), Ok(floor)] if *floor > 0.0 => format!("{:.2}x", add / floor),
         _ => "-".into(),
     };
-    println!("{:<52} {:>16}   {:<18} (time / floor, lower is better)", "AddToStore tree / floor", ratio(cxx), ratio(ours));
+    println!(
+        "{:<52} {:>16}   {:<18} (time / floor, lower is better)",
+        "AddToStore tree / floor",
+        ratio(cxx),
+        ratio(ours)
+    );
 }
 
 fn main() -> ExitCode {

@@ -62,7 +62,11 @@ impl Scenario {
                     true => format!("{} conn, client cpu{CLIENT_CPU} / daemon cpu{DAEMON_CPU}", q.conns),
                 };
                 let per_op = |what: &str, q: &Qpi| Figure {
-                    label: format!("  {what} CPU per QueryPathInfo, {} conn{}", q.conns, if q.pinned { ", pinned" } else { "" }),
+                    label: format!(
+                        "  {what} CPU per QueryPathInfo, {} conn{}",
+                        q.conns,
+                        if q.pinned { ", pinned" } else { "" }
+                    ),
                     unit: "µs",
                     higher_is_better: false,
                 };
@@ -219,7 +223,8 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                     // figures (e.g. where there is no second CPU).
                     runs.push(if q.pinned { r } else { Ok(r?) });
                 }
-                let field = |f: fn(&QpiSample) -> f64| runs.iter().map(move |r| r.as_ref().map(f).map_err(Clone::clone));
+                let field =
+                    |f: fn(&QpiSample) -> f64| runs.iter().map(move |r| r.as_ref().map(f).map_err(Clone::clone));
                 field(|s| s.rate).chain(field(|s| s.daemon_us)).chain(field(|s| s.client_us)).collect()
             }
             Scenario::IdleMemory => idle_memory(socket, session.state_dir()).await?.into_iter().map(Ok).collect(),
@@ -384,10 +389,7 @@ async fn idle_memory(socket: &Path, state: &Path) -> Res<Vec<f64>> {
 /// the repetition (so the daemon cannot find it valid already). Seconds for both.
 async fn add_tree(socket: &Path, session: &Session, tree: &Tree, rep: usize) -> Res<Vec<f64>> {
     let store = session.store_dir_on_host();
-    let floor_dir = store
-        .parent()
-        .ok_or("the store directory has no parent")?
-        .join(format!("bench-floor-{rep}"));
+    let floor_dir = store.parent().ok_or("the store directory has no parent")?.join(format!("bench-floor-{rep}"));
     let (src, dest) = (tree.root().to_owned(), floor_dir.clone());
     let floor = tokio::task::spawn_blocking(move || {
         sync();

@@ -40,7 +40,6 @@ use guix_formats::worker::{
 pub use guix_formats::worker::request::GcAction;
 pub use guix_formats::worker::{BuildMode, DerivedPath, PathInfo, SetOptions, SubstitutablePathInfo};
 
-
 /// The socket the Guile client uses when `GUIX_DAEMON_SOCKET` is not set.
 pub const DEFAULT_SOCKET: &str = "/var/guix/daemon-socket/socket";
 
@@ -186,9 +185,8 @@ impl DaemonClient<UnixStream> {
     /// Connects to the daemon socket at `path` and performs the handshake.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let stream =
+            UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
         DaemonClient::handshake(stream).await
     }
 
@@ -426,19 +424,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DaemonClient<S> {
     /// `add-to-store` does (fixed = 1). `recursive`: the NAR of `source` is hashed (a directory
     /// tree, or a file keeping its executable bit); otherwise `source` must be a regular file
     /// and its contents are hashed with `algo`. The NAR is streamed from disk to the socket.
-    pub async fn add_to_store(&mut self, name: &str, source: &Path, recursive: bool, algo: HashAlgo) -> Result<StorePath> {
+    pub async fn add_to_store(
+        &mut self,
+        name: &str,
+        source: &Path,
+        recursive: bool,
+        algo: HashAlgo,
+    ) -> Result<StorePath> {
         self.check_usable()?;
         let r = self.add_to_store_inner(name, source, recursive, algo).await;
         self.poison(r)
     }
 
-    async fn add_to_store_inner(&mut self, name: &str, source: &Path, recursive: bool, algo: HashAlgo) -> Result<StorePath> {
-        let req = Request::AddToStore {
-            name: name.to_owned(),
-            fixed: true,
-            recursive,
-            hash_algo: algo.name().to_owned(),
-        };
+    async fn add_to_store_inner(
+        &mut self,
+        name: &str,
+        source: &Path,
+        recursive: bool,
+        algo: HashAlgo,
+    ) -> Result<StorePath> {
+        let req =
+            Request::AddToStore { name: name.to_owned(), fixed: true, recursive, hash_algo: algo.name().to_owned() };
         write_request(&mut self.stream, &req, &self.store, self.version).await?;
 
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);

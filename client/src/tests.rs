@@ -53,9 +53,7 @@ async fn path_info_logs_and_invalid_mapping() {
         assert_eq!(next(&mut b).await, Request::QueryPathInfo(p2));
         write_stderr(&mut b, &StderrMsg::Next(b"log line\n".to_vec()), 0x164).await.unwrap();
         write_stderr(&mut b, &StderrMsg::Last, 0x164).await.unwrap();
-        write_reply(&mut b, Opcode::QueryPathInfo, &Reply::PathInfo(info2), &StoreDir::default(), 0x164)
-            .await
-            .unwrap();
+        write_reply(&mut b, Opcode::QueryPathInfo, &Reply::PathInfo(info2), &StoreDir::default(), 0x164).await.unwrap();
         assert_eq!(next(&mut b).await, Request::QueryPathInfo(q2.clone()));
         let msg = format!("path `{}' is not valid", StoreDir::default().display(&q2));
         write_stderr(&mut b, &StderrMsg::Error { msg, status: 1 }, 0x164).await.unwrap();

@@ -111,8 +111,7 @@ mod tests {
     fn known_answers() {
         // SHA-256 of "" printed by `guix hash` style nix-base32.
         let sha256_empty =
-            crate::hash::base16_decode("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-                .unwrap();
+            crate::hash::base16_decode("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
         assert_eq!(encode(&sha256_empty), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
         assert_eq!(encode(&[]), "");
         assert_eq!(encode(&[0x1f]), "0z");

@@ -223,7 +223,11 @@ impl Derivation {
 
     /// The ATerm text with each input derivation replaced by the given string (the lowercase
     /// base16 modulo hash), re-sorted: what `hashDerivationModulo` hashes.
-    fn write_aterm(&self, store: &StoreDir, masked_inputs: Option<&BTreeMap<String, &BTreeSet<OutputName>>>) -> Vec<u8> {
+    fn write_aterm(
+        &self,
+        store: &StoreDir,
+        masked_inputs: Option<&BTreeMap<String, &BTreeSet<OutputName>>>,
+    ) -> Vec<u8> {
         let mut s = Vec::with_capacity(1024);
         s.extend_from_slice(b"Derive([");
         for (i, (name, out)) in self.outputs.iter().enumerate() {
@@ -254,11 +258,9 @@ impl Derivation {
         };
         match masked_inputs {
             Some(m) => m.iter().enumerate().for_each(|(i, (k, o))| write_input(&mut s, i, k, o)),
-            None => self
-                .input_drvs
-                .iter()
-                .enumerate()
-                .for_each(|(i, (p, o))| write_input(&mut s, i, &store.display(p), o)),
+            None => {
+                self.input_drvs.iter().enumerate().for_each(|(i, (p, o))| write_input(&mut s, i, &store.display(p), o))
+            }
         }
         s.extend_from_slice(b"],");
         let srcs: Vec<String> = self.input_srcs.iter().map(|p| store.display(p)).collect();
@@ -535,9 +537,7 @@ impl DerivedPath {
             Some((p, o)) => (p, Some(o)),
             None => (s, None),
         };
-        let path = store
-            .parse(p)
-            .map_err(|source| DerivationError::InvalidStorePath { path: p.to_owned(), source })?;
+        let path = store.parse(p).map_err(|source| DerivationError::InvalidStorePath { path: p.to_owned(), source })?;
         let outputs = outs
             .into_iter()
             .flat_map(|o| o.split(','))
@@ -670,7 +670,8 @@ impl Parser<'_> {
 
     fn path(&mut self) -> Result<StorePath, DerivationError> {
         let b = self.string()?;
-        let s = String::from_utf8(b).map_err(|e| DerivationError::BadPath(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
+        let s = String::from_utf8(b)
+            .map_err(|e| DerivationError::BadPath(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
         if !s.starts_with('/') {
             return Err(DerivationError::BadPath(s));
         }
@@ -679,7 +680,8 @@ impl Parser<'_> {
 
     fn output_name(&mut self) -> Result<OutputName, DerivationError> {
         let b = self.string()?;
-        let s = String::from_utf8(b).map_err(|e| DerivationError::BadOutputName(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
+        let s = String::from_utf8(b)
+            .map_err(|e| DerivationError::BadOutputName(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
         OutputName::new(&s)
     }
 
@@ -699,7 +701,9 @@ impl Parser<'_> {
             self.expect(",")?;
             let hash = self.ascii("hash")?;
             self.expect(")")?;
-            insert_sorted(&mut outputs, id, DerivationOutput { path: Some(path), hash_algo, hash }, "output", |k| k.to_string())?;
+            insert_sorted(&mut outputs, id, DerivationOutput { path: Some(path), hash_algo, hash }, "output", |k| {
+                k.to_string()
+            })?;
         }
 
         self.expect(",[")?;

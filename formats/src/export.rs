@@ -473,10 +473,17 @@ mod tests {
             Ok(b"sig".to_vec())
         };
         let mut out = Vec::new();
-        let s = write_record(&mut out, &StoreDir::default(), NarSource::Nar(&mut &nar[..]), &trailer(None),
-                             Signature::Sign(&mut sign)).unwrap();
+        let s = write_record(
+            &mut out,
+            &StoreDir::default(),
+            NarSource::Nar(&mut &nar[..]),
+            &trailer(None),
+            Signature::Sign(&mut sign),
+        )
+        .unwrap();
         assert_eq!(seen, Some(s.signed_digest));
-        let (s2, t) = read_record(&mut &out[..], &StoreDir::default(), &ExportLimits::default(), NarSink::Discard).unwrap();
+        let (s2, t) =
+            read_record(&mut &out[..], &StoreDir::default(), &ExportLimits::default(), NarSink::Discard).unwrap();
         assert_eq!(s, s2);
         assert_eq!(t.signature.as_deref(), Some(&b"sig"[..]));
     }

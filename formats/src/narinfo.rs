@@ -105,8 +105,19 @@ pub struct NarInfo {
     text: String,
 }
 
-const FIELDS: &[&str] =
-    &["StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize", "References", "Deriver", "System", "Signature"];
+const FIELDS: &[&str] = &[
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "Signature",
+];
 
 /// Latin-1 bytes as a string of the same characters.
 fn latin1_to_string(bytes: &[u8]) -> String {
@@ -126,7 +137,8 @@ fn parse_signature_field(value: &str) -> Result<NarInfoSignature, NarInfoError> 
     let utf8 = base64_decode(sig.as_bytes()).ok_or_else(bad)?;
     let text = String::from_utf8(utf8).map_err(|_| bad())?;
     // Guix hands the characters to libgcrypt as ISO-8859-1 bytes.
-    let latin1: Vec<u8> = text.chars().map(|c| u8::try_from(u32::from(c)).map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let latin1: Vec<u8> =
+        text.chars().map(|c| u8::try_from(u32::from(c)).map_err(|_| bad())).collect::<Result<_, _>>()?;
     Ok(NarInfoSignature { host: (*host).to_owned(), sexp: Sexp::parse(&latin1)? })
 }
 
@@ -179,10 +191,14 @@ impl NarInfo {
                     if store.is_some() {
                         return Err(dup());
                     }
-                    let (dir, base) = value
-                        .rsplit_once('/')
-                        .filter(|(dir, _)| dir.starts_with('/'))
-                        .ok_or_else(|| NarInfoError::BadStorePath(n, value.to_owned(), StorePathError::NotInStore(value.to_owned())))?;
+                    let (dir, base) =
+                        value.rsplit_once('/').filter(|(dir, _)| dir.starts_with('/')).ok_or_else(|| {
+                            NarInfoError::BadStorePath(
+                                n,
+                                value.to_owned(),
+                                StorePathError::NotInStore(value.to_owned()),
+                            )
+                        })?;
                     store = Some((dir.to_owned(), parse_base(n, base)?));
                 }
                 "NarHash" => {
@@ -218,7 +234,9 @@ impl NarInfo {
                         return Err(dup());
                     }
                 }
-                "URL" => urls.push(NarUrl { url: value.to_owned(), compression: None, file_size: None, file_hash: None }),
+                "URL" => {
+                    urls.push(NarUrl { url: value.to_owned(), compression: None, file_size: None, file_hash: None })
+                }
                 _ => {
                     let current = urls.last_mut().ok_or_else(|| NarInfoError::OrphanNarField(n, field.to_owned()))?;
                     let was_set = match field {
@@ -336,10 +354,7 @@ impl NarInfo {
     pub fn signed_hash(&self) -> Option<[u8; 32]> {
         let above = self.text.get(..self.text.find("Signature:")?)?;
         let fields: Vec<&str> = above.lines().filter_map(|l| l.split_once(':').map(|(f, _)| f)).collect();
-        ["StorePath", "NarHash", "References"]
-            .iter()
-            .all(|m| fields.contains(m))
-            .then(|| sha256(above.as_bytes()))
+        ["StorePath", "NarHash", "References"].iter().all(|m| fields.contains(m)).then(|| sha256(above.as_bytes()))
     }
 
     /// Checks the signature against `acl` as `valid-narinfo?` does, in Guix's order:

@@ -425,10 +425,7 @@ impl Parser<'_> {
                     return Err(SexpError::BadLength(at));
                 }
                 let data_start = at + 1;
-                let data = self
-                    .input
-                    .get(data_start..data_start + len)
-                    .ok_or(SexpError::StringTooLong(at))?;
+                let data = self.input.get(data_start..data_start + len).ok_or(SexpError::StringTooLong(at))?;
                 self.pos = data_start + len;
                 Ok(data.to_vec())
             }
@@ -612,7 +609,11 @@ pub(crate) fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk.first().copied().unwrap_or(0), chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -91,10 +91,7 @@ fn ecc_params<'a>(key: &'a Sexp, kind: &'static str) -> Result<(&'a Sexp, [u8; 3
     match params.find_token("curve").and_then(|c| c.nth_atom(1)) {
         Some(b"Ed25519") | Some(b"1.3.6.1.4.1.11591.15.1") | Some(b"1.3.101.112") => {}
         other => {
-            return Err(KeyError::Unsupported(format!(
-                "curve {}",
-                String::from_utf8_lossy(other.unwrap_or_default())
-            )))
+            return Err(KeyError::Unsupported(format!("curve {}", String::from_utf8_lossy(other.unwrap_or_default()))))
         }
     }
     if let Some(flags) = params.find_token("flags") {
@@ -140,10 +137,7 @@ impl PublicKey {
             "public-key",
             vec![Sexp::tagged(
                 "ecc",
-                vec![
-                    Sexp::tagged("curve", vec![Sexp::atom("Ed25519")]),
-                    Sexp::tagged("q", vec![Sexp::atom(self.q)]),
-                ],
+                vec![Sexp::tagged("curve", vec![Sexp::atom("Ed25519")]), Sexp::tagged("q", vec![Sexp::atom(self.q)])],
             )],
         )
     }
@@ -380,7 +374,10 @@ pub fn sign(secret: &SecretKey, public: &PublicKey, digest: &[u8; 32]) -> Sexp {
         "sig-val",
         vec![Sexp::tagged(
             "ecdsa",
-            vec![Sexp::tagged("r", vec![Sexp::Atom(mpi_bytes(&r))]), Sexp::tagged("s", vec![Sexp::Atom(mpi_bytes(&s))])],
+            vec![
+                Sexp::tagged("r", vec![Sexp::Atom(mpi_bytes(&r))]),
+                Sexp::tagged("s", vec![Sexp::Atom(mpi_bytes(&s))]),
+            ],
         )],
     );
     Sexp::tagged("signature", vec![hash_data(digest), sig_val, public.to_sexp()])
@@ -444,9 +441,9 @@ pub fn verify(signature: &Sexp, acl: &Acl) -> Result<Vec<u8>, VerifyError> {
     if !acl.is_authorized_sexp(subject) {
         return Err(VerifyError::Unauthorized(subject.to_advanced()));
     }
-    let valid = signature.find_token("sig-val").is_some_and(|sig_val| {
-        PublicKey::from_sexp(subject).is_ok_and(|public| ecdsa_verify(sig_val, data, &public))
-    });
+    let valid = signature
+        .find_token("sig-val")
+        .is_some_and(|sig_val| PublicKey::from_sexp(subject).is_ok_and(|public| ecdsa_verify(sig_val, data, &public)));
     match (valid, signed_hash(data)) {
         (true, Some(hash)) => Ok(hash.to_vec()),
         _ => Err(VerifyError::Invalid(signature.to_advanced())),
@@ -543,7 +540,8 @@ mod tests {
     #[test]
     fn order_constant() {
         let n = group_order();
-        let expect = (BigUint::from(1u32) << 252u32) + "27742317777372353535851937790883648493".parse::<BigUint>().unwrap();
+        let expect =
+            (BigUint::from(1u32) << 252u32) + "27742317777372353535851937790883648493".parse::<BigUint>().unwrap();
         assert_eq!(n, expect);
         assert_eq!(n.bits(), QBITS);
     }
@@ -580,7 +578,10 @@ mod tests {
         assert!(matches!(verify(&sig, &Acl::default()), Err(VerifyError::Unauthorized(_))));
         let other = crate::hash::sha256(b"world");
         let text = String::from_utf8(sig.to_advanced()).unwrap();
-        let forged = text.replace(&crate::hash::base16_encode(&digest).to_uppercase(), &crate::hash::base16_encode(&other).to_uppercase());
+        let forged = text.replace(
+            &crate::hash::base16_encode(&digest).to_uppercase(),
+            &crate::hash::base16_encode(&other).to_uppercase(),
+        );
         assert!(matches!(verify(&Sexp::parse(forged.as_bytes()).unwrap(), &acl), Err(VerifyError::Invalid(_))));
         assert!(matches!(verify(&Sexp::parse(b"(signature)").unwrap(), &acl), Err(VerifyError::Corrupt(_))));
     }

@@ -57,10 +57,7 @@ pub fn check_name(name: &str) -> Result<(), StorePathError> {
     if name.len() > MAX_NAME_LEN {
         return Err(StorePathError::NameTooLong(name.to_owned()));
     }
-    if let Some(ch) = name
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c)))
-    {
+    if let Some(ch) = name.chars().find(|&c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
         let ch = if ch.is_ascii() { ch } else { char::REPLACEMENT_CHARACTER };
         return Err(StorePathError::BadNameChar { ch, name: name.to_owned() });
     }
@@ -267,25 +264,30 @@ impl StoreDir {
 
     /// `makeFixedOutputPath`: recursive SHA-256 gives a `source` path, anything else an
     /// `output:out` path over `fixed:out:[r:]algo:hex:`.
-    pub fn make_fixed_output_path(&self, recursive: bool, hash: &Hash, name: &str) -> Result<StorePath, StorePathError> {
+    pub fn make_fixed_output_path(
+        &self,
+        recursive: bool,
+        hash: &Hash,
+        name: &str,
+    ) -> Result<StorePath, StorePathError> {
         if recursive && hash.algo() == HashAlgo::Sha256 {
             let mut inner = [0u8; 32];
             inner.copy_from_slice(hash.as_bytes());
             self.make_store_path("source", &inner, name)
         } else {
-            let s = format!(
-                "fixed:out:{}{}:{}:",
-                if recursive { "r:" } else { "" },
-                hash.algo(),
-                hash.to_base16()
-            );
+            let s = format!("fixed:out:{}{}:{}:", if recursive { "r:" } else { "" }, hash.algo(), hash.to_base16());
             self.make_store_path("output:out", &sha256(s.as_bytes()), name)
         }
     }
 
     /// The path of output `output` of a derivation named `drv_name` (without `.drv`) whose
     /// modulo hash is `drv_hash`.
-    pub fn make_output_path(&self, output: &str, drv_hash: &[u8; 32], drv_name: &str) -> Result<StorePath, StorePathError> {
+    pub fn make_output_path(
+        &self,
+        output: &str,
+        drv_hash: &[u8; 32],
+        drv_name: &str,
+    ) -> Result<StorePath, StorePathError> {
         let name = if output == "out" { drv_name.to_owned() } else { format!("{drv_name}-{output}") };
         self.make_store_path(&format!("output:{output}"), drv_hash, &name)
     }
@@ -348,7 +350,11 @@ mod tests {
         let mut v = [c.clone(), b.clone(), a.clone()];
         v.sort();
         let mut s: Vec<String> = v.iter().map(|p| store().display(p)).collect();
-        let sorted = { let mut t = s.clone(); t.sort(); t };
+        let sorted = {
+            let mut t = s.clone();
+            t.sort();
+            t
+        };
         assert_eq!(s, sorted);
         s.dedup();
         assert_eq!(s.len(), 3);

@@ -57,10 +57,7 @@ fn vectors(store: &StoreDir) -> Vec<Vector> {
 }
 
 /// A loader over the vector set, the way the daemon would read input `.drv` files.
-fn loader<'a>(
-    store: &'a StoreDir,
-    all: &'a [Vector],
-) -> impl FnMut(&StorePath) -> Result<Derivation, String> + 'a {
+fn loader<'a>(store: &'a StoreDir, all: &'a [Vector]) -> impl FnMut(&StorePath) -> Result<Derivation, String> + 'a {
     move |p: &StorePath| {
         let v = all.iter().find(|v| &v.path == p).ok_or_else(|| format!("no vector for {p}"))?;
         Derivation::parse(store, &v.bytes).map_err(|e| e.to_string())
@@ -131,7 +128,8 @@ fn tampered_output_is_refused_with_the_daemon_message() {
     let other = store.parse(&store.display(&v.path).replace("-multi.drv", "-pvbad.drv")).unwrap();
     let mut hasher = ModuloHasher::new(loader(&store, &all));
     let err = drv.check_outputs(&store, &other, &mut hasher).unwrap_err();
-    let expected = store.make_output_path("dev", &drv.blanked().hash_modulo(&store, &mut hasher).unwrap(), "pvbad").unwrap();
+    let expected =
+        store.make_output_path("dev", &drv.blanked().hash_modulo(&store, &mut hasher).unwrap(), "pvbad").unwrap();
     assert!(matches!(err, CheckOutputsError::IncorrectOutput { .. }));
     assert_eq!(
         err.to_string(),
@@ -172,7 +170,10 @@ fn properties_of_the_vectors() {
     assert_eq!(dl.builtin_name(), Some(&b"download"[..]));
     assert!(!get("simple").is_builtin());
     // The real client writes U+00E9 as the Latin-1 byte 0xE9: strings are bytes.
-    assert_eq!(get("escapes").env_var("latin1"), Some("h\u{e9}llo w\u{f6}rld \u{ff}\u{b1}".chars().map(|c| c as u8).collect::<Vec<_>>().as_slice()));
+    assert_eq!(
+        get("escapes").env_var("latin1"),
+        Some("h\u{e9}llo w\u{f6}rld \u{ff}\u{b1}".chars().map(|c| c as u8).collect::<Vec<_>>().as_slice())
+    );
     assert_eq!(get("escapes").env_var("mixed"), Some(&b"\"\\\n\r\t\""[..]));
     let c3 = get("chain-3");
     let multi = all.iter().find(|v| v.name == "multi").unwrap();

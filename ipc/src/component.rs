@@ -112,9 +112,7 @@ pub fn inherited_listeners() -> Result<Vec<(String, InheritedListener)>, Compone
         // SAFETY: the supervisor passed `fd` to us for this purpose, it is open (fstat succeeded),
         // and TAKEN guarantees this is the only place that takes ownership of it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let family = getsockname::<SockaddrStorage>(owned.as_raw_fd())
-            .map_err(|e| not_socket(e.to_string()))?
-            .family();
+        let family = getsockname::<SockaddrStorage>(owned.as_raw_fd()).map_err(|e| not_socket(e.to_string()))?.family();
         let listener = match family {
             Some(AddressFamily::Unix) => InheritedListener::Unix(owned.into()),
             Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => InheritedListener::Tcp(owned.into()),
@@ -148,7 +146,12 @@ pub fn link_socket_path(config: &DaemonConfig, link: &str) -> PathBuf {
 
 /// A client of another component's link. It connects lazily and retries for `retry_for` while
 /// the serving component is away (see [`Client`]).
-pub fn connect_link<Req, Resp>(config: &DaemonConfig, spec: LinkSpec, who: &str, retry_for: Duration) -> Client<Req, Resp>
+pub fn connect_link<Req, Resp>(
+    config: &DaemonConfig,
+    spec: LinkSpec,
+    who: &str,
+    retry_for: Duration,
+) -> Client<Req, Resp>
 where
     Req: Serialize + Clone + Send + 'static,
     Resp: DeserializeOwned + Send + 'static,

@@ -99,7 +99,8 @@ impl Paths {
     pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<Paths, NotAbsolute> {
         let or = |k: &str, default: &str| get(k).unwrap_or_else(|| default.into());
         // In the C++ order, so the first error is the same.
-        let store_dir = canon_path(get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.into()))?;
+        let store_dir =
+            canon_path(get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.into()))?;
         let log_dir = canon_path(or("GUIX_LOG_DIRECTORY", DEFAULT_LOG_DIR))?;
         let state_dir = canon_path(or("GUIX_STATE_DIRECTORY", DEFAULT_STATE_DIR))?;
         let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| state_dir.join("db"));
@@ -277,7 +278,13 @@ mod tests {
         assert_eq!(p.control_socket(), PathBuf::from("/st/b/daemon-socket/rs-control"));
         assert_eq!((p.log_dir.as_path(), p.conf_dir.as_path()), (Path::new("/l/x"), Path::new("/c")));
         assert_eq!(p.guix_program, PathBuf::from("/sbin/guix"));
-        let p = paths(&[("NIX_STORE_DIR", "/a//b/./c/../store/"), ("NIX_STORE", "/ignored"), ("GUIX_DATABASE_DIRECTORY", "/d/./x"), ("GUIX", "/g/")]).unwrap();
+        let p = paths(&[
+            ("NIX_STORE_DIR", "/a//b/./c/../store/"),
+            ("NIX_STORE", "/ignored"),
+            ("GUIX_DATABASE_DIRECTORY", "/d/./x"),
+            ("GUIX", "/g/"),
+        ])
+        .unwrap();
         assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
         // Not canonicalised, as in C++.
         assert_eq!(p.db_dir, PathBuf::from("/d/./x"));

@@ -33,7 +33,10 @@ pub enum ControlRequest {
 pub enum ControlReply {
     Status(SupervisorStatus),
     /// The component was restarted; its new pid.
-    Restarted { component: String, pid: u32 },
+    Restarted {
+        component: String,
+        pid: u32,
+    },
     Ok,
     Error(String),
 }

@@ -75,10 +75,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, FrameEr
 
 /// Writes one frame holding `value`. The value is encoded before the returned future is
 /// created, so the future does not borrow it (and stays `Send` for any `T`).
-pub fn write_frame<'a, W, T>(
-    w: &'a mut W,
-    value: &T,
-) -> impl std::future::Future<Output = Result<(), FrameError>> + 'a
+pub fn write_frame<'a, W, T>(w: &'a mut W, value: &T) -> impl std::future::Future<Output = Result<(), FrameError>> + 'a
 where
     W: AsyncWrite + Unpin + ?Sized,
     T: Serialize + ?Sized,

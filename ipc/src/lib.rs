@@ -10,11 +10,11 @@
 //! This crate knows nothing of what the messages mean: each link defines its own request and
 //! reply enums (see ARCHITECTURE.md) and plugs them in as type parameters.
 
+mod client;
 pub mod component;
 pub mod config;
 pub mod control;
 mod frame;
-mod client;
 mod server;
 pub mod store_db;
 

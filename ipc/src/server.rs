@@ -99,7 +99,10 @@ mod tests {
         let path = dir.path().join("s");
         let _srv = serve(path.clone()).await;
         let client = Arc::new(Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(2)));
-        let slow = { let c = client.clone(); tokio::spawn(async move { c.call((1, 200)).await }) };
+        let slow = {
+            let c = client.clone();
+            tokio::spawn(async move { c.call((1, 200)).await })
+        };
         let fast = client.call((2, 0)).await.unwrap();
         assert_eq!(fast, 4);
         assert_eq!(slow.await.unwrap().unwrap(), 2);
@@ -113,7 +116,10 @@ mod tests {
         let client = Arc::new(Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(5)));
         assert_eq!(client.call((3, 0)).await.unwrap(), 6);
         // Kill the server while a request is in flight, then bring it back.
-        let inflight = { let c = client.clone(); tokio::spawn(async move { c.call((5, 300)).await }) };
+        let inflight = {
+            let c = client.clone();
+            tokio::spawn(async move { c.call((5, 300)).await })
+        };
         tokio::time::sleep(Duration::from_millis(50)).await;
         srv.abort();
         let _ = srv.await;

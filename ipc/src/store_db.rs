@@ -63,27 +63,45 @@ pub enum StoreDbRequest {
     /// Moves the items into the store and registers them in one transaction (a `.drv` is parsed
     /// and checked, and its outputs recorded). Items already valid are left as they are and
     /// their scratch copies removed. Also adds every path to the connection's temp roots.
-    AddItems { conn: ConnId, items: Vec<NewItem> },
+    AddItems {
+        conn: ConnId,
+        items: Vec<NewItem>,
+    },
     /// Adds temp roots for a connection.
-    AddTempRoots { conn: ConnId, paths: Vec<StorePath> },
+    AddTempRoots {
+        conn: ConnId,
+        paths: Vec<StorePath>,
+    },
     /// The connection ended: its temp roots go away.
-    ConnectionClosed { conn: ConnId },
+    ConnectionClosed {
+        conn: ConnId,
+    },
     /// The complete set of live connections of the caller, sent after (re)connecting with the
     /// temp roots of each; store-db drops every other connection's roots.
-    SyncConnections { live: Vec<(ConnId, Vec<StorePath>)> },
+    SyncConnections {
+        live: Vec<(ConnId, Vec<StorePath>)>,
+    },
     /// Creates the GC root symlink `gcroots/auto/<hash>` → `path` (AddIndirectRoot).
-    AddIndirectRoot { path: String },
-    ClearFailedPaths { paths: Vec<StorePath> },
+    AddIndirectRoot {
+        path: String,
+    },
+    ClearFailedPaths {
+        paths: Vec<StorePath>,
+    },
     /// VerifyStore's clean-up of paths whose files disappeared (`verifyPath`): each path, in
     /// order (referrers before what they refer to), is removed from the database if nothing is
     /// at its store name any more (checked again, by the writer) and no other valid path
     /// refers to it; a path whose files are back is left alone.
-    InvalidateMissing { paths: Vec<StorePath> },
+    InvalidateMissing {
+        paths: Vec<StorePath>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreDbReply {
     Ok,
     /// The request failed; `message` is what the client is told (the C++ daemon's wording).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }

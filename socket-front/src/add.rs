@@ -109,7 +109,8 @@ impl<S: Stream> Conn<S> {
             .blocking(move |s, h| -> Result<Received, NarError> {
                 let mut input = SyncBridge::new(s, h);
                 let flat_algo = if recursive { None } else { algo };
-                let mut visitor = AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
+                let mut visitor =
+                    AddVisitor { restorer: Restorer::new(&dest), root: None, contents: flat_algo.map(Hasher::new) };
                 let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
                 let mut tee = HashSink(nar_algo.map(Hasher::new));
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
@@ -170,7 +171,8 @@ impl<S: Stream> Conn<S> {
             let summary = nar::summary_of_regular(&contents, false);
             return self.register(ItemSource::Text(contents), path, summary, references).await;
         }
-        let item = self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+        let item =
+            self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
         let dest = item.path().to_owned();
         let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
             .await

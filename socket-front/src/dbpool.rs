@@ -116,7 +116,8 @@ impl ReaderPool {
             let reader = match &mut *slot {
                 Some((id, reader)) if *id == self.id => reader,
                 other => {
-                    let reader = DbReader::open(&self.db_dir, self.store.clone()).map_err(|e| Failure::op(e.to_string()))?;
+                    let reader =
+                        DbReader::open(&self.db_dir, self.store.clone()).map_err(|e| Failure::op(e.to_string()))?;
                     &mut other.insert((self.id, reader)).1
                 }
             };

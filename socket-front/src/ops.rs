@@ -37,15 +37,11 @@ impl<S: Stream> Conn<S> {
             Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.query_referrers(&p)).await?)),
             Q::QueryDeriver(p) => Ok(Reply::OptPath(db.path_info(&p)?.info.deriver.clone())),
             Q::QueryValidDerivers(p) => Ok(Reply::Paths(db.query(|r| r.query_valid_derivers(&p))?)),
-            Q::QueryDerivationOutputs(p) => {
-                Ok(Reply::Paths(db.query(|r| r.query_derivation_outputs(&p))?))
+            Q::QueryDerivationOutputs(p) => Ok(Reply::Paths(db.query(|r| r.query_derivation_outputs(&p))?)),
+            Q::QueryDerivationOutputNames(p) => {
+                Ok(Reply::Strings(db.query(|r| r.query_derivation_output_names(&p))?.into_iter().collect()))
             }
-            Q::QueryDerivationOutputNames(p) => Ok(Reply::Strings(
-                db.query(|r| r.query_derivation_output_names(&p))?.into_iter().collect(),
-            )),
-            Q::QueryPathFromHashPart(h) => {
-                Ok(Reply::OptPath(db.query(|r| r.query_path_from_hash_part(&h))?))
-            }
+            Q::QueryPathFromHashPart(h) => Ok(Reply::OptPath(db.query(|r| r.query_path_from_hash_part(&h))?)),
             Q::QueryAllValidPaths => Ok(Reply::Paths(db.run(|r| r.query_all_valid_paths()).await?)),
             Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.query_failed_paths()).await?)),
             Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.query_valid_paths(&ps)).await?)),
@@ -75,7 +71,8 @@ impl<S: Stream> Conn<S> {
                 let store = self.shared.store.clone();
                 let found = db
                     .run(move |r| {
-                        let mut is_valid = |p: &StorePath| r.is_valid(p).map_err(|e| std::io::Error::other(e.to_string()));
+                        let mut is_valid =
+                            |p: &StorePath| r.is_valid(p).map_err(|e| std::io::Error::other(e.to_string()));
                         Ok(roots::find_roots(&state, &store, &mut is_valid))
                     })
                     .await?

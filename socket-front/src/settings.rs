@@ -135,9 +135,7 @@ impl Settings {
         for key in BOOL_KEYS {
             if let Some(v) = self.map.get(*key) {
                 if v != "true" && v != "false" {
-                    return Err(format!(
-                        "configuration option `{key}' should be either `true' or `false', not `{v}'"
-                    ));
+                    return Err(format!("configuration option `{key}' should be either `true' or `false', not `{v}'"));
                 }
             }
         }
@@ -209,8 +207,7 @@ mod tests {
     #[test]
     fn untrusted_keys_are_prefixed() {
         let mut s = Settings::new(&config(true));
-        s.apply(&opts(&[("substitute-urls", "http://x"), ("build-cores", "4"), ("foo", "bar")]), false, false)
-            .unwrap();
+        s.apply(&opts(&[("substitute-urls", "http://x"), ("build-cores", "4"), ("foo", "bar")]), false, false).unwrap();
         assert_eq!(s.get("untrusted-substitute-urls"), Some("http://x"));
         assert_eq!(s.get("untrusted-foo"), Some("bar"));
         assert_eq!(s.get("build-cores"), Some("4"));

@@ -33,7 +33,8 @@ const TROJAN: &str = "signed hash doesn't match actual contents of imported arch
 
 /// `checkSecrecy` then the key itself.
 fn load_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
+    let md =
+        std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
     if md.permissions().mode() & 0o077 != 0 {
         return Err(format!("file `{}' should be secret (inaccessible to everyone else)!", path.display()));
     }
@@ -90,7 +91,8 @@ impl<S: Stream> Conn<S> {
             }
             let mut sign_with_key = |digest: &Hash| -> Result<Vec<u8>, String> {
                 let key = load_secret_key(&key_file)?;
-                let d: [u8; 32] = digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
+                let d: [u8; 32] =
+                    digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
                 Ok(signature::sign(&key, key.public_key(), &d).to_advanced())
             };
             let signature = if sign { Signature::Sign(&mut sign_with_key) } else { Signature::FromTrailer };
@@ -113,8 +115,12 @@ impl<S: Stream> Conn<S> {
                 let mut acl: Option<Acl> = None;
                 let mut imported = Vec::new();
                 loop {
-                    let item = shared.scratch.allocate(conn).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
-                    let Some(rec) = reader.next_record(NarSink::Restore(item.path())).map_err(|e| Failure::Op(e.to_string()))?
+                    let item = shared
+                        .scratch
+                        .allocate(conn)
+                        .map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
+                    let Some(rec) =
+                        reader.next_record(NarSink::Restore(item.path())).map_err(|e| Failure::Op(e.to_string()))?
                     else {
                         break;
                     };
@@ -156,7 +162,15 @@ async fn register_import(
     let (p, d) = (path.clone(), trailer.deriver.clone());
     let (valid, deriver_valid) = shared
         .db
-        .run(move |r| Ok((r.is_valid(&p)?, match &d { Some(d) => r.is_valid(d)?, None => false })))
+        .run(move |r| {
+            Ok((
+                r.is_valid(&p)?,
+                match &d {
+                    Some(d) => r.is_valid(d)?,
+                    None => false,
+                },
+            ))
+        })
         .await?;
     if valid {
         return Ok(());

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use guix_formats::{StoreDir, StorePath};
-use guix_store::db::{check_schema_version, read_schema_version, retry, Ctx, BUSY_TIMEOUT, DB_FILE, EXEC, SCHEMA_FILE, SCHEMA_VERSION};
+use guix_store::db::{
+    check_schema_version, read_schema_version, retry, Ctx, BUSY_TIMEOUT, DB_FILE, EXEC, SCHEMA_FILE, SCHEMA_VERSION,
+};
 use guix_store::{sql, DbReader, Epoch, Error, Registration, Result, StoreLock};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
@@ -70,7 +72,8 @@ impl DbWriter {
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let conn = Connection::open_with_flags(&path, flags).map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
+        let conn = Connection::open_with_flags(&path, flags)
+            .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.execute_batch("pragma foreign_keys = 1;").map_err(Error::sqlite("enabling foreign keys"))?;
         let sync = if opts.fsync_metadata { "normal" } else { "off" };
@@ -114,7 +117,11 @@ impl DbWriter {
     /// Runs `f` in an immediate write transaction, retrying while SQLite is busy; rolls back
     /// when `f` fails. After the commit, advances the epoch when `changed(&result)` says the
     /// transaction changed or removed existing rows.
-    fn write_then<T>(&mut self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>, changed: impl FnOnce(&T) -> bool) -> Result<T> {
+    fn write_then<T>(
+        &mut self,
+        mut f: impl FnMut(&Ctx<'_>) -> Result<T>,
+        changed: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         let (conn, store_dir) = self.reader.parts_mut();
         let res = retry(|| {
             let tx = conn
@@ -145,47 +152,50 @@ impl DbWriter {
     /// output paths before calling).
     pub fn register_valid_paths(&mut self, paths: &[Registration]) -> Result<()> {
         let now = unix_now();
-        self.write_then(|c| {
-            let mut batch = BTreeSet::new();
-            let mut updated = false;
-            for reg in paths {
-                let info = reg.info();
-                let path = c.store_dir.display(&info.path);
-                let hash = format!("sha256:{}", info.nar_hash.to_base16());
-                let size = nar_size_column(info.nar_size);
-                if c.path_id(&info.path)?.is_some() {
-                    updated = true;
-                    c.prepare(sql::UPDATE_PATH_INFO)?
-                        .execute(params![size, hash, path])
-                        .map_err(Error::sqlite(EXEC))?;
-                } else {
-                    let time = if info.registration_time == 0 { now } else { info.registration_time };
-                    let deriver = info.deriver.as_ref().map(|d| c.store_dir.display(d));
-                    c.prepare(sql::REGISTER_VALID_PATH)?
-                        .execute(params![path, hash, time, deriver, size])
-                        .map_err(Error::sqlite(EXEC))?;
-                    let id = c.conn.last_insert_rowid();
-                    for (name, out) in reg.derivation_outputs().into_iter().flatten() {
-                        c.prepare(sql::ADD_DERIVATION_OUTPUT)?
-                            .execute(params![id, name, c.store_dir.display(out)])
+        self.write_then(
+            |c| {
+                let mut batch = BTreeSet::new();
+                let mut updated = false;
+                for reg in paths {
+                    let info = reg.info();
+                    let path = c.store_dir.display(&info.path);
+                    let hash = format!("sha256:{}", info.nar_hash.to_base16());
+                    let size = nar_size_column(info.nar_size);
+                    if c.path_id(&info.path)?.is_some() {
+                        updated = true;
+                        c.prepare(sql::UPDATE_PATH_INFO)?
+                            .execute(params![size, hash, path])
+                            .map_err(Error::sqlite(EXEC))?;
+                    } else {
+                        let time = if info.registration_time == 0 { now } else { info.registration_time };
+                        let deriver = info.deriver.as_ref().map(|d| c.store_dir.display(d));
+                        c.prepare(sql::REGISTER_VALID_PATH)?
+                            .execute(params![path, hash, time, deriver, size])
+                            .map_err(Error::sqlite(EXEC))?;
+                        let id = c.conn.last_insert_rowid();
+                        for (name, out) in reg.derivation_outputs().into_iter().flatten() {
+                            c.prepare(sql::ADD_DERIVATION_OUTPUT)?
+                                .execute(params![id, name, c.store_dir.display(out)])
+                                .map_err(Error::sqlite(EXEC))?;
+                        }
+                    }
+                    batch.insert(info.path.clone());
+                }
+                for reg in paths {
+                    let info = reg.info();
+                    let referrer = c.valid_path_id(&info.path)?;
+                    for r in &info.references {
+                        let reference = c.valid_path_id(r)?;
+                        c.prepare(sql::ADD_REFERENCE)?
+                            .execute(params![referrer, reference])
                             .map_err(Error::sqlite(EXEC))?;
                     }
                 }
-                batch.insert(info.path.clone());
-            }
-            for reg in paths {
-                let info = reg.info();
-                let referrer = c.valid_path_id(&info.path)?;
-                for r in &info.references {
-                    let reference = c.valid_path_id(r)?;
-                    c.prepare(sql::ADD_REFERENCE)?
-                        .execute(params![referrer, reference])
-                        .map_err(Error::sqlite(EXEC))?;
-                }
-            }
-            c.check_acyclic(&batch)?;
-            Ok(updated)
-        }, |updated| *updated)
+                c.check_acyclic(&batch)?;
+                Ok(updated)
+            },
+            |updated| *updated,
+        )
         .map(drop)
     }
 
@@ -204,9 +214,7 @@ impl DbWriter {
                     referrers: show_paths(c.store_dir, &referrers),
                 });
             }
-            c.prepare(sql::INVALIDATE_PATH)?
-                .execute([c.store_dir.display(path)])
-                .map_err(Error::sqlite(EXEC))?;
+            c.prepare(sql::INVALIDATE_PATH)?.execute([c.store_dir.display(path)]).map_err(Error::sqlite(EXEC))?;
             Ok(())
         })
     }
@@ -270,9 +278,5 @@ fn show_paths(store_dir: &StoreDir, paths: &BTreeSet<StorePath>) -> String {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
-

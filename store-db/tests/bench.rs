@@ -22,7 +22,11 @@ fn registration_rates() {
                 .enumerate()
                 .map(|(i, p)| {
                     let j = k * batch + i;
-                    if j == 0 { reg(p, &[]) } else { reg(p, &[&paths[j - 1]]) }
+                    if j == 0 {
+                        reg(p, &[])
+                    } else {
+                        reg(p, &[&paths[j - 1]])
+                    }
                 })
                 .collect();
             s.writer.register_valid_paths(&regs).unwrap();

@@ -70,7 +70,8 @@ fn schema_text_is_the_cxx_one() {
         .unwrap();
     // Captured from a database created by the C++ guix-daemon 1.5.0.
     assert_eq!(ours, include_str!("data/cxx-sqlite-master.txt"));
-    let pragma = |p: &str| conn.query_row(&format!("pragma {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0)).unwrap();
+    let pragma =
+        |p: &str| conn.query_row(&format!("pragma {p}"), [], |r| r.get::<_, rusqlite::types::Value>(0)).unwrap();
     assert_eq!(pragma("journal_mode"), rusqlite::types::Value::Text("wal".into()));
     assert_eq!(pragma("page_size"), rusqlite::types::Value::Integer(4096));
     assert_eq!(pragma("auto_vacuum"), rusqlite::types::Value::Integer(0));
@@ -253,10 +254,7 @@ fn invalidate_and_failed_paths() {
         ])
         .unwrap();
     let e = s.writer.invalidate_path(&a).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        format!("cannot delete path `/gnu/store/{a}' because it is in use by `/gnu/store/{b}'")
-    );
+    assert_eq!(e.to_string(), format!("cannot delete path `/gnu/store/{a}' because it is in use by `/gnu/store/{b}'"));
     s.writer.invalidate_path(&b).unwrap();
     s.writer.invalidate_path(&a).unwrap(); // only a self-reference left
     s.writer.invalidate_path(&a).unwrap(); // not valid: nothing to do
@@ -313,10 +311,7 @@ fn reader_opens_after_the_writer_closed() {
     drop(s);
     let r = reader(t.path());
     assert!(r.query_all_valid_paths().unwrap().is_empty());
-    assert!(matches!(
-        DbReader::open(&t.path().join("nothing"), StoreDir::default()),
-        Err(Error::NoDatabase(_))
-    ));
+    assert!(matches!(DbReader::open(&t.path().join("nothing"), StoreDir::default()), Err(Error::NoDatabase(_))));
 }
 
 #[test]

@@ -42,8 +42,16 @@ fn item(s: &Setup, task: usize, n: usize) -> NewItem {
     let path = s.store.make_text_path(&format!("t{task}-{n}"), contents.as_bytes(), &[]).unwrap();
     let name = format!("{}-{task}-{n}", std::process::id());
     let bytes = nar::nar_of_regular(contents.as_bytes(), false);
-    let summary = nar::restore(&bytes[..], &s.dirs.store_path().join(SCRATCH_DIR_NAME).join(&name), &Limits::default()).unwrap();
-    NewItem { source: ItemSource::Scratch(name), path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references: vec![], deriver: None }
+    let summary =
+        nar::restore(&bytes[..], &s.dirs.store_path().join(SCRATCH_DIR_NAME).join(&name), &Limits::default()).unwrap();
+    NewItem {
+        source: ItemSource::Scratch(name),
+        path,
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        references: vec![],
+        deriver: None,
+    }
 }
 
 /// `tasks` concurrent callers each adding `per_task` single-item requests; returns the time

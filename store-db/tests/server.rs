@@ -13,8 +13,8 @@ use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, Outpu
 use guix_formats::nar::{self, Limits, Node};
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
-use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_ipc::Client;
+use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store_db::{DbReader, StateDirs};
 use guix_tests::supervised::{self, Program, Supervised};
 
@@ -22,7 +22,10 @@ type StoreDbClient = Client<StoreDbRequest, StoreDbReply>;
 
 /// The supervisor binary, built on demand (it belongs to another crate of the workspace).
 fn supervisor_bin() -> PathBuf {
-    supervised::built_on_demand(guix_tests::target_dir().join("guix-daemon-rs"), &["-p", "guix-supervisor", "--bin", "guix-daemon-rs"])
+    supervised::built_on_demand(
+        guix_tests::target_dir().join("guix-daemon-rs"),
+        &["-p", "guix-supervisor", "--bin", "guix-daemon-rs"],
+    )
 }
 
 fn wait_for(cond: impl FnMut() -> bool, what: &str) {
@@ -44,7 +47,11 @@ impl Daemon {
         let d = Daemon { sup: Supervised::start(&supervisor_bin(), &components, &[]) };
         // `schema` is written after `db.sqlite` is created: wait for both (readers need it).
         wait_for(
-            || d.socket().exists() && d.scratch().is_dir() && std::fs::read(d.dirs().db_dir().join("schema")).is_ok_and(|v| !v.is_empty()),
+            || {
+                d.socket().exists()
+                    && d.scratch().is_dir()
+                    && std::fs::read(d.dirs().db_dir().join("schema")).is_ok_and(|v| !v.is_empty())
+            },
             "store-db",
         );
         d
@@ -82,7 +89,14 @@ fn scratch_item(scratch: &Path, path: StorePath, node: &Node, references: Vec<St
     let bytes = node.to_nar().unwrap();
     let summary = nar::restore(&bytes[..], &dest, &Limits::default()).unwrap();
     guix_store::files::canonicalise(&dest).unwrap();
-    NewItem { source: ItemSource::Scratch(name), path, nar_hash: summary.nar_hash, nar_size: summary.nar_size, references, deriver: None }
+    NewItem {
+        source: ItemSource::Scratch(name),
+        path,
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        references,
+        deriver: None,
+    }
 }
 
 fn text(contents: &str) -> Node {
@@ -156,7 +170,10 @@ fn adds_text_tree_and_derivation() {
     let (drv, drv_path) = derivation(&store, "thing", &a.path);
     let dv = drv_item(&d, &drv, &drv_path);
     let items = vec![a.clone(), t.clone(), dv.clone()];
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: items.clone() })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: items.clone() })).unwrap(),
+        StoreDbReply::Ok
+    );
 
     let r = d.reader();
     for i in &items {
@@ -179,14 +196,23 @@ fn adds_text_tree_and_derivation() {
     // Adding a valid path with a fresh scratch copy removes the copy.
     let again = text_item(&d, "a.txt", "aaa", vec![]);
     let again_scratch = d.scratch().join(again.scratch_name().unwrap());
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 2, items: vec![again] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 2, items: vec![again] })).unwrap(),
+        StoreDbReply::Ok
+    );
     assert!(!again_scratch.exists());
 
     // Roots and failed paths.
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddIndirectRoot { path: "/home/x/result".into() })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::AddIndirectRoot { path: "/home/x/result".into() })).unwrap(),
+        StoreDbReply::Ok
+    );
     let auto = d.dirs().gcroots_dir().join("auto");
     assert_eq!(std::fs::read_dir(&auto).unwrap().count(), 1);
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::ClearFailedPaths { paths: vec![drv_path] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::ClearFailedPaths { paths: vec![drv_path] })).unwrap(),
+        StoreDbReply::Ok
+    );
     integrity_ok(&d);
 }
 
@@ -227,7 +253,8 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     std::fs::remove_file(d.scratch().join(missing.scratch_name().unwrap())).unwrap();
     let nothing = format!("{}-nothing", std::process::id());
     missing.source = ItemSource::Scratch(nothing.clone());
-    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![missing.clone()] })).unwrap());
+    let msg =
+        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![missing.clone()] })).unwrap());
     assert_eq!(msg, format!("scratch item `{nothing}' does not exist"));
 
     // A .drv with a wrong output path: the C++ message, nothing of the batch registered, the
@@ -240,7 +267,8 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     drv.env.insert(b"out".to_vec(), store.display(&wrong).into_bytes());
     let drv_path = drv.drv_path(&store, "bad").unwrap();
     let dv = drv_item(&d, &drv, &drv_path);
-    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), dv] })).unwrap());
+    let msg =
+        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), dv] })).unwrap());
     assert_eq!(
         msg,
         format!(
@@ -258,16 +286,25 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     // A reference that is neither valid nor in the batch: the C++ message (no path in it).
     let ghost = store.make_text_path("ghost", b"boo", &BTreeSet::new()).unwrap();
     let dangling = text_item(&d, "dangling", "d", vec![ghost]);
-    let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![dangling.clone()] })).unwrap());
+    let msg =
+        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![dangling.clone()] })).unwrap());
     assert_eq!(msg, "path `%1%' is not valid");
     assert!(!d.dirs().store_path().join(dangling.path.base_name()).exists());
     // The lock file of a failed addition stays (empty), as in C++.
-    assert_eq!(std::fs::metadata(format!("{}/{}.lock", d.dirs().store_path().display(), dangling.path.base_name())).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(format!("{}/{}.lock", d.dirs().store_path().display(), dangling.path.base_name()))
+            .unwrap()
+            .len(),
+        0
+    );
 
     // A stale invalid item at the final name is replaced.
     let stale_dest = d.dirs().store_path().join(good.path.base_name());
     std::fs::create_dir_all(stale_dest.join("junk")).unwrap();
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![good.clone()] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![good.clone()] })).unwrap(),
+        StoreDbReply::Ok
+    );
     assert_eq!(std::fs::read(&stale_dest).unwrap(), b"g");
     integrity_ok(&d);
 }

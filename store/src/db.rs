@@ -73,8 +73,9 @@ impl DbReader {
         }
         check_schema_version(version)?;
         let path = db_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(DbReader { conn, store_dir })
@@ -218,7 +219,10 @@ impl DbReader {
     }
 
     /// `queryValidPaths`: the valid members of `paths`, from one snapshot.
-    pub fn query_valid_paths<'a>(&self, paths: impl IntoIterator<Item = &'a StorePath> + Clone) -> Result<BTreeSet<StorePath>> {
+    pub fn query_valid_paths<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath> + Clone,
+    ) -> Result<BTreeSet<StorePath>> {
         self.read(|c| {
             let mut res = BTreeSet::new();
             for p in paths.clone() {
@@ -294,9 +298,8 @@ impl Ctx<'_> {
 
     pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
         let mut stmt = self.prepare(sql::QUERY_REFERRERS)?;
-        let rows = stmt
-            .query_map([self.store_dir.display(path)], |r| r.get::<_, String>(0))
-            .map_err(Error::sqlite(QUERY))?;
+        let rows =
+            stmt.query_map([self.store_dir.display(path)], |r| r.get::<_, String>(0)).map_err(Error::sqlite(QUERY))?;
         rows.map(|r| self.parse_path(r.map_err(Error::sqlite(QUERY))?)).collect()
     }
 
@@ -365,9 +368,8 @@ impl Ctx<'_> {
 
 /// `parseHashField`: `algo:base16`.
 fn parse_hash_field(path: &str, s: &str) -> Result<Hash> {
-    let (algo, digest) = s
-        .split_once(':')
-        .ok_or_else(|| Error::CorruptHash { hash: s.to_owned(), path: path.to_owned() })?;
+    let (algo, digest) =
+        s.split_once(':').ok_or_else(|| Error::CorruptHash { hash: s.to_owned(), path: path.to_owned() })?;
     let algo = HashAlgo::from_name(algo)
         .ok_or_else(|| Error::UnknownHashType { algo: algo.to_owned(), path: path.to_owned() })?;
     // `parseHash` accepts base16 only.

@@ -164,13 +164,14 @@ impl StateDirs {
         }
 
         let lock_path = self.big_lock_path();
-        let big_lock = match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lock_path) {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {
-                return Ok(StoreLock { big_lock: None });
-            }
-            Err(e) => return Err(Error::sys(format!("opening lock file `{}'", lock_path.display()))(e)),
-        };
+        let big_lock =
+            match OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lock_path) {
+                Ok(f) => OwnedFd::from(f),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {
+                    return Ok(StoreLock { big_lock: None });
+                }
+                Err(e) => return Err(Error::sys(format!("opening lock file `{}'", lock_path.display()))(e)),
+            };
         if !read_lock(&big_lock, false)? {
             eprintln!("waiting for the big store lock...");
             read_lock(&big_lock, true)?;
@@ -237,7 +238,8 @@ fn check_store_not_symlink(store: &Path) -> Result<()> {
     }
     let mut p = Some(store);
     while let Some(path) = p.filter(|p| *p != Path::new("/")) {
-        let md = std::fs::symlink_metadata(path).map_err(Error::sys(format!("getting status of `{}'", path.display())))?;
+        let md =
+            std::fs::symlink_metadata(path).map_err(Error::sys(format!("getting status of `{}'", path.display())))?;
         if md.file_type().is_symlink() {
             return Err(Error::StoreIsSymlink(path.display().to_string()));
         }
@@ -249,11 +251,9 @@ fn check_store_not_symlink(store: &Path) -> Result<()> {
 fn set_multi_user_permissions(store: &Path, per_user: &Path, group: &str) -> Result<()> {
     std::fs::set_permissions(per_user, std::fs::Permissions::from_mode(0o755))
         .map_err(Error::sys(format!("could not set permissions on '{}' to 755", per_user.display())))?;
-    let gr = nix::unistd::Group::from_name(group)
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::NoSuchGroup(group.to_owned()))?;
-    let md = std::fs::metadata(store).map_err(Error::sys(format!("getting attributes of path '{}'", store.display())))?;
+    let gr = nix::unistd::Group::from_name(group).ok().flatten().ok_or_else(|| Error::NoSuchGroup(group.to_owned()))?;
+    let md =
+        std::fs::metadata(store).map_err(Error::sys(format!("getting attributes of path '{}'", store.display())))?;
     const PERM: u32 = 0o1775;
     if md.uid() != 0 || md.gid() != gr.gid.as_raw() || md.mode() & 0o7777 != PERM {
         nix::unistd::chown(store, Some(nix::unistd::Uid::from_raw(0)), Some(gr.gid))

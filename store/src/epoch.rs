@@ -57,8 +57,9 @@ impl Epoch {
         let len = NonZeroUsize::new(MAP_LEN).ok_or_else(|| std::io::Error::other("empty mapping"))?;
         // SAFETY: a fresh shared mapping of a file we opened read-write and sized to at least
         // `MAP_LEN`; nothing else aliases it in this process.
-        let ptr = unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &file, 0) }
-            .map_err(std::io::Error::from)?;
+        let ptr =
+            unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &file, 0) }
+                .map_err(std::io::Error::from)?;
         Ok(Epoch { map: ptr.cast(), path: path.to_owned() })
     }
 

@@ -79,10 +79,7 @@ impl Registration {
 
 fn check_hash(info: &ValidPathInfo) -> Result<()> {
     if info.nar_hash.algo() != HashAlgo::Sha256 {
-        return Err(Error::BadRegistration {
-            path: info.path.to_string(),
-            reason: "the NAR hash must be SHA-256",
-        });
+        return Err(Error::BadRegistration { path: info.path.to_string(), reason: "the NAR hash must be SHA-256" });
     }
     if info.nar_size.is_some_and(|n| i64::try_from(n).is_err()) {
         return Err(Error::BadRegistration { path: info.path.to_string(), reason: "NAR size too large" });

@@ -92,11 +92,8 @@ pub use crate::files::{canonicalise, delete_tree as remove_tree};
 
 /// Why a scratch name is refused (the text the client sees).
 pub fn check_scratch_name(name: &str) -> Result<(), String> {
-    let bad = name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.len() > 255
-        || name.bytes().any(|b| b == b'/' || b == 0);
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.len() > 255 || name.bytes().any(|b| b == b'/' || b == 0);
     if bad {
         return Err(format!("invalid scratch item name `{name}'"));
     }

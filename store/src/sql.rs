@@ -9,8 +9,7 @@ pub const REGISTER_VALID_PATH: &str =
     "insert into ValidPaths (path, hash, registrationTime, deriver, narSize) values (?, ?, ?, ?, ?);";
 pub const UPDATE_PATH_INFO: &str = "update ValidPaths set narSize = ?, hash = ? where path = ?;";
 pub const ADD_REFERENCE: &str = "insert or replace into Refs (referrer, reference) values (?, ?);";
-pub const QUERY_PATH_INFO: &str =
-    "select id, hash, registrationTime, deriver, narSize from ValidPaths where path = ?;";
+pub const QUERY_PATH_INFO: &str = "select id, hash, registrationTime, deriver, narSize from ValidPaths where path = ?;";
 pub const QUERY_REFERENCES: &str = "select path from Refs join ValidPaths on reference = id where referrer = ?;";
 pub const QUERY_REFERRERS: &str = "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?);";
 pub const INVALIDATE_PATH: &str = "delete from ValidPaths where path = ?;";

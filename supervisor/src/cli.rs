@@ -278,13 +278,17 @@ fn lookup_long(program: &str, name: &str) -> Result<&'static Opt, Exit> {
     if let Some(o) = OPTIONS.iter().find(|o| o.long == name) {
         return Ok(o);
     }
-    let matches: Vec<&Opt> = if name.is_empty() { Vec::new() } else { OPTIONS.iter().filter(|o| o.long.starts_with(name)).collect() };
+    let matches: Vec<&Opt> =
+        if name.is_empty() { Vec::new() } else { OPTIONS.iter().filter(|o| o.long.starts_with(name)).collect() };
     match matches.as_slice() {
         [] => Err(Exit::usage_error(program, format!("unrecognized option '--{name}'"))),
         [first, rest @ ..] if rest.iter().all(|o| o.key == first.key && o.arg == first.arg) => Ok(first),
         all => {
             let list: Vec<String> = all.iter().map(|o| format!("'--{}'", o.long)).collect();
-            Err(Exit::usage_error(program, format!("option '--{name}' is ambiguous; possibilities: {}", list.join(" "))))
+            Err(Exit::usage_error(
+                program,
+                format!("option '--{name}' is ambiguous; possibilities: {}", list.join(" ")),
+            ))
         }
     }
 }
@@ -361,9 +365,10 @@ fn apply(opts: &mut Options, key: Key, value: Option<String>) -> Result<(), Exit
         Key::Debug => opts.debug = true,
         Key::RsLibexecDir => opts.rs_libexec_dir = Some(PathBuf::from(v)),
         Key::RsMetricsListen => {
-            opts.rs_metrics_listen = Some(
-                v.parse().map_err(|_| Exit::error(format!("{v}: invalid address for --rs-metrics-listen (expected IP:PORT)")))?,
-            )
+            opts.rs_metrics_listen =
+                Some(v.parse().map_err(|_| {
+                    Exit::error(format!("{v}: invalid address for --rs-metrics-listen (expected IP:PORT)"))
+                })?)
         }
         Key::Help => return Err(Exit::print(help_text())),
         Key::Usage => return Err(Exit::print(usage_text())),
@@ -484,12 +489,37 @@ mod tests {
     #[test]
     fn every_option() {
         let o = ok(&[
-            "--system=i686-linux", "-c", "4", "-M3", "--timeout", "10", "--max-silent-time=20", "--disable-chroot",
-            "--chroot-directory=/a", "--chroot-directory", "/b=/c", "--build-users-group=guixbuild", "--no-substitutes",
-            "--substitute-urls=https://a https://b", "--no-offload", "--cache-failures", "--rounds=3", "--lose-logs",
-            "--log-compression=bzip2", "--discover=no", "--disable-deduplication", "--impersonate-linux-2.6",
-            "--isolate-host-loopback", "--gc-keep-outputs", "--gc-keep-derivations=NO", "--listen=/x/s", "--listen",
-            "/y/s", "--debug", "--rs-libexec-dir=/lib", "--rs-metrics-listen=127.0.0.1:9100",
+            "--system=i686-linux",
+            "-c",
+            "4",
+            "-M3",
+            "--timeout",
+            "10",
+            "--max-silent-time=20",
+            "--disable-chroot",
+            "--chroot-directory=/a",
+            "--chroot-directory",
+            "/b=/c",
+            "--build-users-group=guixbuild",
+            "--no-substitutes",
+            "--substitute-urls=https://a https://b",
+            "--no-offload",
+            "--cache-failures",
+            "--rounds=3",
+            "--lose-logs",
+            "--log-compression=bzip2",
+            "--discover=no",
+            "--disable-deduplication",
+            "--impersonate-linux-2.6",
+            "--isolate-host-loopback",
+            "--gc-keep-outputs",
+            "--gc-keep-derivations=NO",
+            "--listen=/x/s",
+            "--listen",
+            "/y/s",
+            "--debug",
+            "--rs-libexec-dir=/lib",
+            "--rs-metrics-listen=127.0.0.1:9100",
         ]);
         assert_eq!(o.system.as_deref(), Some("i686-linux"));
         assert_eq!(o.cores.as_deref(), Some("4"));
@@ -598,7 +628,10 @@ mod tests {
             assert!(e.stdout.starts_with("Usage: guix-daemon-rs [OPTION...]\n"));
         }
         let help = help_text();
-        for o in OPTIONS.iter().filter(|o| !matches!(o.long, "no-build-hook" | "disable-log-compression" | "disable-store-optimization")) {
+        for o in OPTIONS
+            .iter()
+            .filter(|o| !matches!(o.long, "no-build-hook" | "disable-log-compression" | "disable-store-optimization"))
+        {
             assert!(help.contains(&format!("--{}", o.long)), "help lacks --{}", o.long);
         }
         assert!(err(&["--usage"]).stdout.starts_with("Usage: guix-daemon-rs [-?V]"));

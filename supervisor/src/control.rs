@@ -21,7 +21,11 @@ struct Forward(mpsc::Sender<Command>);
 impl Handler for Forward {
     type Req = ControlRequest;
     type Resp = ControlReply;
-    fn handle(self: &Arc<Self>, _peer: &Hello, req: ControlRequest) -> impl Future<Output = ControlReply> + Send + 'static {
+    fn handle(
+        self: &Arc<Self>,
+        _peer: &Hello,
+        req: ControlRequest,
+    ) -> impl Future<Output = ControlReply> + Send + 'static {
         let tx = self.0.clone();
         async move {
             let (reply_tx, reply_rx) = oneshot::channel();
@@ -64,7 +68,10 @@ fn secs(s: u64) -> String {
 /// The human-readable table of `ctl status`.
 pub fn format_status(st: &SupervisorStatus) -> String {
     let mut out = format!("supervisor: pid {}, up {}\n", st.pid, secs(st.uptime_secs));
-    out.push_str(&format!("{:<14} {:>8} {:>9} {:>8} {:>11}  {}\n", "COMPONENT", "PID", "UPTIME", "RESTARTS", "CONNECTIONS", "LAST EXIT"));
+    out.push_str(&format!(
+        "{:<14} {:>8} {:>9} {:>8} {:>11}  {}\n",
+        "COMPONENT", "PID", "UPTIME", "RESTARTS", "CONNECTIONS", "LAST EXIT"
+    ));
     for c in &st.components {
         let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let up = match (c.uptime_secs, c.restart_in_secs) {

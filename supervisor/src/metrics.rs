@@ -61,7 +61,8 @@ pub fn render(uptime: Duration, comps: &[ComponentSample<'_>]) -> String {
     let _ = writeln!(out, "# HELP guix_daemon_rs_component_restarts_total Times the component was started again.");
     let _ = writeln!(out, "# TYPE guix_daemon_rs_component_restarts_total counter");
     for c in comps {
-        let _ = writeln!(out, "guix_daemon_rs_component_restarts_total{{component=\"{}\"}} {}", escape(c.name), c.restarts);
+        let _ =
+            writeln!(out, "guix_daemon_rs_component_restarts_total{{component=\"{}\"}} {}", escape(c.name), c.restarts);
     }
     // Reported series, grouped by name so HELP/TYPE appear once.
     let mut by_name: BTreeMap<&str, Vec<(&str, &Metric)>> = BTreeMap::new();
@@ -140,9 +141,27 @@ mod tests {
     #[test]
     fn renders_supervisor_and_reported_series() {
         let reported = vec![
-            Metric { name: "guix_daemon_rs_connections".into(), help: "Open connections.".into(), kind: MetricKind::Gauge, labels: vec![], value: 3.0 },
-            Metric { name: "bad name".into(), help: String::new(), kind: MetricKind::Gauge, labels: vec![], value: 1.0 },
-            Metric { name: "x".into(), help: String::new(), kind: MetricKind::Counter, labels: vec![("component".into(), "spoof".into())], value: 1.0 },
+            Metric {
+                name: "guix_daemon_rs_connections".into(),
+                help: "Open connections.".into(),
+                kind: MetricKind::Gauge,
+                labels: vec![],
+                value: 3.0,
+            },
+            Metric {
+                name: "bad name".into(),
+                help: String::new(),
+                kind: MetricKind::Gauge,
+                labels: vec![],
+                value: 1.0,
+            },
+            Metric {
+                name: "x".into(),
+                help: String::new(),
+                kind: MetricKind::Counter,
+                labels: vec![("component".into(), "spoof".into())],
+                value: 1.0,
+            },
         ];
         let comps = [
             ComponentSample { name: "store-db", up: true, restarts: 2, reported: &[] },

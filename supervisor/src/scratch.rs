@@ -18,7 +18,6 @@ pub fn remove_scratch_dir(store_dir: &Path) -> io::Result<()> {
     guix_store::files::delete_tree(&store_dir.join(SCRATCH_DIR_NAME))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

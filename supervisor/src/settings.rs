@@ -25,7 +25,6 @@ pub enum SettingError {
     NotAbsolute(#[from] NotAbsolute),
 }
 
-
 /// Interprets the `--listen` arguments (empty: the default socket).
 pub fn listen_addrs(opts: &Options, paths: &Paths) -> Result<Vec<ListenAddr>, SettingError> {
     if opts.listen.is_empty() {
@@ -96,7 +95,12 @@ fn parse_magnitude(s: &str) -> Option<(bool, u64)> {
     Some((neg, n))
 }
 
-fn int_setting<T>(raw: &Option<String>, key: &'static str, default: T, parse: fn(&str) -> Option<T>) -> Result<T, SettingError> {
+fn int_setting<T>(
+    raw: &Option<String>,
+    key: &'static str,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, SettingError> {
     match raw {
         None => Ok(default),
         Some(s) => parse(s).ok_or(SettingError::Integer(key)),
@@ -105,7 +109,11 @@ fn int_setting<T>(raw: &Option<String>, key: &'static str, default: T, parse: fn
 
 /// Builds the configuration (`settings.update()`): integer settings are checked in the order of
 /// the C++ daemon, so the first error reported is the same.
-pub fn build_config(opts: &Options, paths: &Paths, client_sockets: ClientSockets) -> Result<DaemonConfig, SettingError> {
+pub fn build_config(
+    opts: &Options,
+    paths: &Paths,
+    client_sockets: ClientSockets,
+) -> Result<DaemonConfig, SettingError> {
     let max_build_jobs = int_setting(&opts.max_jobs, "build-max-jobs", 1, parse_u32)?;
     let build_cores = int_setting(&opts.cores, "build-cores", 0, parse_u32)?;
     let max_silent_time = int_setting(&opts.max_silent_time, "build-max-silent-time", 3600, parse_i64)?;
@@ -184,7 +192,12 @@ mod tests {
     fn integer_settings() {
         let c = config(&Options::default()).unwrap();
         assert_eq!((c.max_build_jobs, c.build_cores, c.max_silent_time, c.build_timeout), (1, 0, 3600, 86400));
-        let o = Options { cores: Some("-1".into()), max_jobs: Some(" +5".into()), timeout: Some("-3".into()), ..Options::default() };
+        let o = Options {
+            cores: Some("-1".into()),
+            max_jobs: Some(" +5".into()),
+            timeout: Some("-3".into()),
+            ..Options::default()
+        };
         let c = config(&o).unwrap();
         assert_eq!((c.build_cores, c.max_build_jobs, c.build_timeout), (u32::MAX, 5, -3));
         for (o, key) in [

@@ -152,7 +152,11 @@ impl Supervisor {
                 let delay = c.backoff;
                 c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
                 c.last_exit = Some(format!("could not start: {e}"));
-                eprintln!("error: cannot start component {} ({}): {e}; retrying in {delay:?}", c.spec.name, binary.display());
+                eprintln!(
+                    "error: cannot start component {} ({}): {e}; retrying in {delay:?}",
+                    c.spec.name,
+                    binary.display()
+                );
                 c.next_start = Some(Instant::now() + delay);
             }
         }
@@ -191,8 +195,12 @@ impl Supervisor {
                 if !shutting_down {
                     self.start(i);
                     let answer = match self.comps.get(i).and_then(|c| c.pid.map(|p| (c.spec.name, p))) {
-                        Some((name, pid)) => ControlReply::Restarted { component: name.to_owned(), pid: pid.as_raw() as u32 },
-                        None => ControlReply::Error("the component could not be started again; see the daemon's log".to_owned()),
+                        Some((name, pid)) => {
+                            ControlReply::Restarted { component: name.to_owned(), pid: pid.as_raw() as u32 }
+                        }
+                        None => ControlReply::Error(
+                            "the component could not be started again; see the daemon's log".to_owned(),
+                        ),
                     };
                     let _ = reply.send(answer);
                 }
@@ -206,11 +214,17 @@ impl Supervisor {
             c.backoff = BACKOFF_INITIAL;
         }
         let delay = if code == Some(EXIT_NOT_IMPLEMENTED) {
-            eprintln!("component {} (pid {pid}) is not implemented yet ({how}); retrying in {BACKOFF_MAX:?}", c.spec.name);
+            eprintln!(
+                "component {} (pid {pid}) is not implemented yet ({how}); retrying in {BACKOFF_MAX:?}",
+                c.spec.name
+            );
             BACKOFF_MAX
         } else {
             let d = c.backoff;
-            eprintln!("error: component {} (pid {pid}) died ({how}) after {uptime:.1?}; restarting in {d:?}", c.spec.name);
+            eprintln!(
+                "error: component {} (pid {pid}) died ({how}) after {uptime:.1?}; restarting in {d:?}",
+                c.spec.name
+            );
             d
         };
         c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
@@ -275,7 +289,8 @@ impl Supervisor {
                 };
                 let Some(c) = self.comps.get_mut(i) else { return };
                 if c.stop.is_some() {
-                    let _ = reply.send(ControlReply::Error(format!("component `{component}' is already being stopped")));
+                    let _ =
+                        reply.send(ControlReply::Error(format!("component `{component}' is already being stopped")));
                 } else if c.pid.is_some() {
                     eprintln!("restarting component {component} on request");
                     Self::stop(c, Some(reply));
@@ -284,7 +299,9 @@ impl Supervisor {
                     self.start(i);
                     let answer = match self.comps.get(i).and_then(|c| c.pid) {
                         Some(pid) => ControlReply::Restarted { component, pid: pid.as_raw() as u32 },
-                        None => ControlReply::Error("the component could not be started; see the daemon's log".to_owned()),
+                        None => {
+                            ControlReply::Error("the component could not be started; see the daemon's log".to_owned())
+                        }
                     };
                     let _ = reply.send(answer);
                 }
@@ -343,7 +360,12 @@ impl Supervisor {
 }
 
 /// Spawns one component with its sockets at fds 3, 4, … and the hand-over environment.
-fn spawn(spec: &ComponentSpec, binary: &std::path::Path, sockets: &ComponentSockets, config_json: &str) -> std::io::Result<Pid> {
+fn spawn(
+    spec: &ComponentSpec,
+    binary: &std::path::Path,
+    sockets: &ComponentSockets,
+    config_json: &str,
+) -> std::io::Result<Pid> {
     let mut named: Vec<(&str, RawFd)> = Vec::new();
     for role in spec.sockets {
         match role {

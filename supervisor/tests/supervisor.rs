@@ -127,7 +127,8 @@ fn supervises_restarts_and_stops_components() {
 
     // SIGTERM: every component is stopped, the sockets are removed, exit status 0.
     let mut d = d;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.sup.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.sup.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = d.sup.child.try_wait().unwrap() {
@@ -156,7 +157,8 @@ fn components_do_not_outlive_a_killed_supervisor() {
 #[test]
 fn ctl_without_daemon_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(daemon_bin()).args(["ctl", "status"]).env("GUIX_STATE_DIRECTORY", tmp.path()).output().unwrap();
+    let out =
+        Command::new(daemon_bin()).args(["ctl", "status"]).env("GUIX_STATE_DIRECTORY", tmp.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
 }

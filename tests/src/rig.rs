@@ -33,12 +33,10 @@ pub enum RigError {
         source: io::Error,
     },
     #[error("`{command}` failed ({status}):\n{stderr}")]
-    Command {
-        command: String,
-        status: ExitStatus,
-        stderr: String,
-    },
-    #[error("{0}: the rig passes daemon arguments through the shell split on whitespace, so they must not contain any")]
+    Command { command: String, status: ExitStatus, stderr: String },
+    #[error(
+        "{0}: the rig passes daemon arguments through the shell split on whitespace, so they must not contain any"
+    )]
     Whitespace(String),
     #[error("the daemon binary {0} must be an absolute path")]
     RelativeBinary(PathBuf),
@@ -110,11 +108,7 @@ impl SessionOptions {
             out.extend(["--daemon-flags".into(), flags?.join(" ")]);
         }
         if !self.extra_daemon_flags.is_empty() {
-            let flags: Result<Vec<_>, _> = self
-                .extra_daemon_flags
-                .iter()
-                .map(|f| no_whitespace(f))
-                .collect();
+            let flags: Result<Vec<_>, _> = self.extra_daemon_flags.iter().map(|f| no_whitespace(f)).collect();
             out.extend(["--extra-daemon-flags".into(), flags?.join(" ")]);
         }
         if self.no_chroot {
@@ -143,10 +137,7 @@ impl Rig {
 
     /// Like [`Rig::discover`], with an explicit rootfs instead of the default.
     pub fn discover_with_rootfs(rootfs: Option<&Path>) -> Result<Rig, RigError> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("scripts")
-            .join("rig");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scripts").join("rig");
         let script = script.canonicalize().unwrap_or(script);
         if !script.is_file() {
             return Err(RigError::ScriptMissing(script));
@@ -154,19 +145,12 @@ impl Rig {
         if !is_root() {
             return Err(RigError::NotRoot);
         }
-        let mut rig = Rig {
-            script,
-            rootfs: PathBuf::new(),
-            rootfs_override: rootfs.map(Path::to_path_buf),
-        };
+        let mut rig = Rig { script, rootfs: PathBuf::new(), rootfs_override: rootfs.map(Path::to_path_buf) };
         let out = rig
             .command(["check"])
             .stdin(Stdio::null())
             .output()
-            .map_err(RigError::io(format!(
-                "running {} check",
-                rig.script.display()
-            )))?;
+            .map_err(RigError::io(format!("running {} check", rig.script.display())))?;
         if !out.status.success() {
             return Err(RigError::NotSetUp {
                 script: rig.script,
@@ -212,9 +196,7 @@ fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
         .unwrap_or(false)
 }
@@ -230,25 +212,15 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("state", &self.state)
-            .field("socket", &self.socket)
-            .finish()
+        f.debug_struct("Session").field("state", &self.state).field("socket", &self.socket).finish()
     }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_suffix() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn command_line(cmd: &Command) -> String {
@@ -263,10 +235,7 @@ fn command_line(cmd: &Command) -> String {
 /// Runs `cmd`; an unsuccessful exit becomes [`RigError::Command`].
 fn run_checked(mut cmd: Command) -> Result<Output, RigError> {
     let line = command_line(&cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(RigError::io(format!("running {line}")))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(RigError::io(format!("running {line}")))?;
     if out.status.success() {
         Ok(out)
     } else {
@@ -286,11 +255,7 @@ impl Session {
 
     /// Starts a session of `rig`: a fresh state directory under the temp dir, the namespaces,
     /// and the daemon; returns once the daemon's socket exists.
-    pub fn start_with(
-        rig: &Rig,
-        kind: DaemonKind,
-        options: &SessionOptions,
-    ) -> Result<Session, RigError> {
+    pub fn start_with(rig: &Rig, kind: DaemonKind, options: &SessionOptions) -> Result<Session, RigError> {
         let state = std::env::temp_dir().join(format!("guix-rig-session.{}", unique_suffix()));
         fs::create_dir(&state).map_err(RigError::io(format!("creating {}", state.display())))?;
         let mut cmd = rig.command(["session", "start", "-q", "--state"]);
@@ -306,12 +271,7 @@ impl Session {
             cmd.arg("--bind").arg(b);
         }
         // From here on a failure must still clean up the state directory.
-        let mut session = Session {
-            rig: rig.clone(),
-            state,
-            socket: PathBuf::new(),
-            stopped: false,
-        };
+        let mut session = Session { rig: rig.clone(), state, socket: PathBuf::new(), stopped: false };
         let out = run_checked(cmd)?;
         session.socket = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         Ok(session)
@@ -411,8 +371,7 @@ impl Session {
             .env("GUIX_RIG_ROOTFS", self.rig.rootfs())
             .env("GUIX_REF_ROOTFS", self.rig.rootfs());
         let line = command_line(cmd);
-        cmd.output()
-            .map_err(RigError::io(format!("running {line}")))
+        cmd.output().map_err(RigError::io(format!("running {line}")))
     }
 
     /// Stops the session's daemon and starts `kind` on the same store and `/var/guix`.
@@ -422,17 +381,9 @@ impl Session {
 
     /// [`Session::restart_daemon`] with other daemon flags (`binds` must be empty: bind mounts
     /// are made when the session starts).
-    pub fn restart_daemon_with(
-        &mut self,
-        kind: DaemonKind,
-        options: &SessionOptions,
-    ) -> Result<(), RigError> {
-        let mut cmd = self
-            .rig
-            .command(["session", "restart-daemon", "-q", "--state"]);
-        cmd.arg(&self.state)
-            .args(kind.rig_args()?)
-            .args(options.daemon_args()?);
+    pub fn restart_daemon_with(&mut self, kind: DaemonKind, options: &SessionOptions) -> Result<(), RigError> {
+        let mut cmd = self.rig.command(["session", "restart-daemon", "-q", "--state"]);
+        cmd.arg(&self.state).args(kind.rig_args()?).args(options.daemon_args()?);
         run_checked(cmd).map(drop)
     }
 
@@ -455,10 +406,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner() {
-            eprintln!(
-                "guix-tests: stopping the rig session {}: {e}",
-                self.state.display()
-            );
+            eprintln!("guix-tests: stopping the rig session {}: {e}", self.state.display());
         }
     }
 }
@@ -469,24 +417,12 @@ mod tests {
 
     #[test]
     fn daemon_args_reject_whitespace() {
-        let kind = DaemonKind::Ours {
-            binary: "/bin/x".into(),
-            args: vec!["a b".into()],
-        };
+        let kind = DaemonKind::Ours { binary: "/bin/x".into(), args: vec!["a b".into()] };
         assert!(matches!(kind.rig_args(), Err(RigError::Whitespace(_))));
-        let rel = DaemonKind::Ours {
-            binary: "x".into(),
-            args: vec![],
-        };
+        let rel = DaemonKind::Ours { binary: "x".into(), args: vec![] };
         assert!(matches!(rel.rig_args(), Err(RigError::RelativeBinary(_))));
-        let ok = DaemonKind::Ours {
-            binary: "/bin/x".into(),
-            args: vec!["--a".into(), "b".into()],
-        };
-        assert_eq!(
-            ok.rig_args().ok(),
-            Some(vec!["--daemon-cmd".into(), "/bin/x --a b".into()])
-        );
+        let ok = DaemonKind::Ours { binary: "/bin/x".into(), args: vec!["--a".into(), "b".into()] };
+        assert_eq!(ok.rig_args().ok(), Some(vec!["--daemon-cmd".into(), "/bin/x --a b".into()]));
     }
 
     #[test]

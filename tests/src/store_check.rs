@@ -30,9 +30,7 @@ fn open(db: &Path) -> Result<Connection, String> {
 /// `PRAGMA integrity_check` on the database file `db` (opened read-only).
 pub fn integrity_check(db: &Path) -> Result<(), String> {
     let conn = open(db)?;
-    let mut stmt = conn
-        .prepare("pragma integrity_check")
-        .map_err(|e| format!("integrity_check: {e}"))?;
+    let mut stmt = conn.prepare("pragma integrity_check").map_err(|e| format!("integrity_check: {e}"))?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .and_then(|rows| rows.collect())

@@ -96,8 +96,13 @@ impl Supervised {
     /// Runs `guix-daemon-rs ctl ARGS` against this daemon: exit code (-1 for a signal), stdout,
     /// stderr.
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(&self.bin).arg("ctl").args(args).env("GUIX_STATE_DIRECTORY", &self.state).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let out =
+            Command::new(&self.bin).arg("ctl").args(args).env("GUIX_STATE_DIRECTORY", &self.state).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 }
 

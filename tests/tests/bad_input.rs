@@ -126,7 +126,8 @@ fn dir_nar(entries: Vec<Vec<u8>>) -> Vec<u8> {
 
 /// A NAR of one regular file whose contents announce `size` bytes and carry `have` of them.
 fn truncated_file_nar(size: u64, have: usize) -> Vec<u8> {
-    let mut b = nar(&[Tok::S(b"nix-archive-1"), Tok::S(b"("), Tok::S(b"type"), Tok::S(b"regular"), Tok::S(b"contents")]);
+    let mut b =
+        nar(&[Tok::S(b"nix-archive-1"), Tok::S(b"("), Tok::S(b"type"), Tok::S(b"regular"), Tok::S(b"contents")]);
     put_u64(&mut b, size);
     b.extend(std::iter::repeat_n(b'x', have));
     b
@@ -182,7 +183,8 @@ fn connect_untrusted(socket: &Path) -> io::Result<UnixStream> {
     let dir = std::fs::File::open(socket.parent().unwrap_or(Path::new("/")))?;
     let name = socket.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let addr = UnixAddr::new(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()).as_str()).map_err(io::Error::from)?;
-    let fd: OwnedFd = sk::socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).map_err(io::Error::from)?;
+    let fd: OwnedFd =
+        sk::socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).map_err(io::Error::from)?;
     let raw = fd.as_raw_fd();
     // SAFETY: the child only makes system calls (setgroups/setgid/setuid/connect/_exit).
     match unsafe { fork() }.map_err(io::Error::from)? {
@@ -232,7 +234,10 @@ fn read_str(r: &mut impl Read, raw: &mut Vec<u8>) -> io::Result<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
     Last,
-    Error { msg: Vec<u8>, status: u64 },
+    Error {
+        msg: Vec<u8>,
+        status: u64,
+    },
     /// EOF (or a reset) before any terminator.
     Eof,
 }
@@ -277,10 +282,7 @@ fn read_frames(st: &mut UnixStream, raw: &mut Vec<u8>, feed: &mut &[u8]) -> io::
 }
 
 fn is_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-    )
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
 /// The handshake; returns the daemon's bytes (magic, version, frames up to STDERR_LAST).
@@ -436,8 +438,22 @@ fn cases() -> Vec<Case> {
     v.push(case("handshake: version with high half", Handshake, b, None, true, same));
     let mut b = handshake_bytes();
     b.truncate(28);
-    v.push(case("handshake: reserve-space word with high half", Handshake, [&b[..24], &[0, 0, 0, 0, 1, 0, 0, 0][..]].concat(), None, true, same));
-    v.push(case("handshake: half the magic, then shutdown", Handshake, MAGIC1.to_le_bytes()[..4].to_vec(), None, true, same));
+    v.push(case(
+        "handshake: reserve-space word with high half",
+        Handshake,
+        [&b[..24], &[0, 0, 0, 0, 1, 0, 0, 0][..]].concat(),
+        None,
+        true,
+        same,
+    ));
+    v.push(case(
+        "handshake: half the magic, then shutdown",
+        Handshake,
+        MAGIC1.to_le_bytes()[..4].to_vec(),
+        None,
+        true,
+        same,
+    ));
     v.push(case("handshake: magic only, then shutdown", Handshake, MAGIC1.to_le_bytes().to_vec(), None, true, same));
     let mut b = Vec::new();
     put_u64(&mut b, MAGIC1);
@@ -461,23 +477,59 @@ fn cases() -> Vec<Case> {
         put_u64(&mut b, len);
         let msg = format!("text contents of {len} bytes exceeds the limit of {} bytes", limits.max_text_len);
         let why = "C++ allocates the announced length (readString) and waits for the bytes";
-        v.push(case(format!("AddTextToStore contents of {what}"), Request, b, Some(&msg), true, Cxx::Differs { mode: Truncated, why }));
+        v.push(case(
+            format!("AddTextToStore contents of {what}"),
+            Request,
+            b,
+            Some(&msg),
+            true,
+            Cxx::Differs { mode: Truncated, why },
+        ));
         let mut b = op(26);
         put_u64(&mut b, len);
         let msg = format!("store path of {len} bytes exceeds the limit of {} bytes", limits.max_path_len);
-        v.push(case(format!("QueryPathInfo path of {what}"), Request, b, Some(&msg), true, Cxx::Differs { mode: Truncated, why }));
+        v.push(case(
+            format!("QueryPathInfo path of {what}"),
+            Request,
+            b,
+            Some(&msg),
+            true,
+            Cxx::Differs { mode: Truncated, why },
+        ));
     }
     let mut b = op(8);
     s(&mut b, b"big");
     put_u64(&mut b, 1 << 32);
-    v.push(case("AddTextToStore contents length with high half", Request, b, Some("implementation cannot deal with > 32-bit integers"), true, same));
+    v.push(case(
+        "AddTextToStore contents length with high half",
+        Request,
+        b,
+        Some("implementation cannot deal with > 32-bit integers"),
+        true,
+        same,
+    ));
     let mut b = op(31);
     put_u64(&mut b, 1 << 31);
-    let msg = format!("store path list with {} elements exceeds the limit of {} elements", 1u64 << 31, limits.max_list_len);
-    v.push(case("QueryValidPaths count 2^31", Request, b, Some(&msg), true, Cxx::Differs { mode: Truncated, why: "C++ reads elements until the stream ends" }));
+    let msg =
+        format!("store path list with {} elements exceeds the limit of {} elements", 1u64 << 31, limits.max_list_len);
+    v.push(case(
+        "QueryValidPaths count 2^31",
+        Request,
+        b,
+        Some(&msg),
+        true,
+        Cxx::Differs { mode: Truncated, why: "C++ reads elements until the stream ends" },
+    ));
     let mut b = op(31);
     put_u64(&mut b, (1 << 32) | 1);
-    v.push(case("QueryValidPaths count with high half", Request, b, Some("implementation cannot deal with > 32-bit integers"), true, same));
+    v.push(case(
+        "QueryValidPaths count with high half",
+        Request,
+        b,
+        Some("implementation cannot deal with > 32-bit integers"),
+        true,
+        same,
+    ));
 
     // Non-zero padding.
     let mut b = op(1);
@@ -500,7 +552,14 @@ fn cases() -> Vec<Case> {
         let msg = format!("path `{p}' is not valid");
         v.push(case(format!("QueryPathInfo `{p}'"), Request, op_str(26, p.as_bytes()), Some(&msg), false, same));
     }
-    v.push(case("IsValidPath `/tmp/x'", Request, op_str(1, b"/tmp/x"), Some("path `/tmp/x' is not in the store"), false, same));
+    v.push(case(
+        "IsValidPath `/tmp/x'",
+        Request,
+        op_str(1, b"/tmp/x"),
+        Some("path `/tmp/x' is not in the store"),
+        false,
+        same,
+    ));
     v.push(case("IsValidPath `../'", Request, op_str(1, b"../"), Some("path `../' is not in the store"), false, same));
     let mut b = op(31);
     strs(&mut b, &[PROBE_PATH.as_bytes(), b"/tmp/x"]);
@@ -509,12 +568,26 @@ fn cases() -> Vec<Case> {
     s(&mut b, b"t");
     s(&mut b, b"text");
     strs(&mut b, &[b"/tmp/x"]);
-    v.push(case("AddTextToStore reference `/tmp/x'", Request, b, Some("path `/tmp/x' is not in the store"), true, same));
+    v.push(case(
+        "AddTextToStore reference `/tmp/x'",
+        Request,
+        b,
+        Some("path `/tmp/x' is not in the store"),
+        true,
+        same,
+    ));
     let mut b = op(8);
     s(&mut b, b"bad/name");
     s(&mut b, b"text");
     strs(&mut b, &[]);
-    v.push(case("AddTextToStore name `bad/name'", Request, b, Some("invalid character `/' in name `bad/name'"), false, same));
+    v.push(case(
+        "AddTextToStore name `bad/name'",
+        Request,
+        b,
+        Some("invalid character `/' in name `bad/name'"),
+        false,
+        same,
+    ));
     let mut b = op(8);
     s(&mut b, b"t");
     s(&mut b, b"text");
@@ -565,7 +638,10 @@ fn cases() -> Vec<Case> {
         add_to_store(&dir_nar(vec![entry(b"b", file_node(b"x")), entry(b"a", file_node(b"y"))])),
         Some(sorted),
         true,
-        Cxx::Differs { mode: Request, why: "C++ stores unsorted NARs as sent, so the item later fails --verify=contents" },
+        Cxx::Differs {
+            mode: Request,
+            why: "C++ stores unsorted NARs as sent, so the item later fails --verify=contents",
+        },
     ));
     v.push(case(
         "NAR: duplicate entries",
@@ -573,9 +649,19 @@ fn cases() -> Vec<Case> {
         add_to_store(&dir_nar(vec![entry(b"a", file_node(b"x")), entry(b"a", file_node(b"y"))])),
         Some(sorted),
         true,
-        Cxx::Differs { mode: Request, why: "C++ fails at restore time (`File exists', naming its temp dir) and keeps the connection" },
+        Cxx::Differs {
+            mode: Request,
+            why: "C++ fails at restore time (`File exists', naming its temp dir) and keeps the connection",
+        },
     ));
-    let symlink = nar(&[Tok::S(b"("), Tok::S(b"type"), Tok::S(b"symlink"), Tok::S(b"target"), Tok::S(b"/gnu/store"), Tok::S(b")")]);
+    let symlink = nar(&[
+        Tok::S(b"("),
+        Tok::S(b"type"),
+        Tok::S(b"symlink"),
+        Tok::S(b"target"),
+        Tok::S(b"/gnu/store"),
+        Tok::S(b")"),
+    ]);
     let under = nar(&[Tok::S(b"("), Tok::S(b"type"), Tok::S(b"directory")])
         .into_iter()
         .chain(entry(b"planted-by-bad-input", file_node(b"owned\n")))
@@ -602,9 +688,30 @@ fn cases() -> Vec<Case> {
         Cxx::Differs { mode: Truncated, why: "C++ allocates the announced length and waits for the bytes" },
     ));
     let eof = Some("unexpected end-of-file");
-    v.push(case("NAR: contents of 2^62 bytes, then shutdown", Truncated, add_to_store(&truncated_file_nar(1 << 62, 16)), eof, true, same));
-    v.push(case("NAR: truncated mid-file, then shutdown", Truncated, add_to_store(&truncated_file_nar(100, 50)), eof, true, same));
-    v.push(case("NAR: truncated after the magic, then shutdown", Truncated, add_to_store(&magic(Vec::new())), eof, true, same));
+    v.push(case(
+        "NAR: contents of 2^62 bytes, then shutdown",
+        Truncated,
+        add_to_store(&truncated_file_nar(1 << 62, 16)),
+        eof,
+        true,
+        same,
+    ));
+    v.push(case(
+        "NAR: truncated mid-file, then shutdown",
+        Truncated,
+        add_to_store(&truncated_file_nar(100, 50)),
+        eof,
+        true,
+        same,
+    ));
+    v.push(case(
+        "NAR: truncated after the magic, then shutdown",
+        Truncated,
+        add_to_store(&magic(Vec::new())),
+        eof,
+        true,
+        same,
+    ));
 
     // Requests cut short: the same error as inside a NAR.
     let mut b = op(26);
@@ -658,7 +765,14 @@ fn cases() -> Vec<Case> {
     let mut b = op(35);
     put_u64(&mut b, 0);
     put_u64(&mut b, 1);
-    v.push(case("untrusted VerifyStore repair", Untrusted, b, Some("you are not privileged to repair paths"), false, same));
+    v.push(case(
+        "untrusted VerifyStore repair",
+        Untrusted,
+        b,
+        Some("you are not privileged to repair paths"),
+        false,
+        same,
+    ));
     v
 }
 
@@ -745,7 +859,9 @@ fn component_pids(session: &Session) -> Vec<String> {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f.as_slice() {
                 ["supervisor:", "pid", pid, ..] => Some(format!("supervisor {pid}")),
-                [name, pid, _up, restarts, ..] if *name != "COMPONENT" => Some(format!("{name} pid {pid} restarts {restarts}")),
+                [name, pid, _up, restarts, ..] if *name != "COMPONENT" => {
+                    Some(format!("{name} pid {pid} restarts {restarts}"))
+                }
                 _ => None,
             }
         })
@@ -813,13 +929,7 @@ fn bad_input_against_ours_and_cxx() {
         match (c.cxx, theirs) {
             (Cxx::Same, Ok(t)) if t != mine => failures.push(format!(
                 "{}: C++ differs: C++ {:?} {:?} ({}), ours {:?} {:?} ({})",
-                c.name,
-                t.end,
-                t.bytes,
-                t.closed,
-                mine.end,
-                mine.bytes,
-                mine.closed
+                c.name, t.end, t.bytes, t.closed, mine.end, mine.bytes, mine.closed
             )),
             (Cxx::Same, Err(e)) => failures.push(format!("{}: C++: {e}", c.name)),
             (Cxx::Differs { why, .. }, _) => println!("  intentional difference: {why}"),
@@ -835,7 +945,10 @@ fn bad_input_against_ours_and_cxx() {
     let valid_after = all_valid_paths(&sock).expect("QueryAllValidPaths");
     let expected: BTreeSet<String> = valid_before.iter().cloned().chain(added.iter().cloned()).collect();
     if valid_after != expected {
-        failures.push(format!("valid paths changed: {:?}", valid_after.symmetric_difference(&expected).collect::<Vec<_>>()));
+        failures.push(format!(
+            "valid paths changed: {:?}",
+            valid_after.symmetric_difference(&expected).collect::<Vec<_>>()
+        ));
     }
     let expected_files: BTreeSet<String> = files_before.iter().cloned().chain(added.iter().cloned()).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -845,11 +958,20 @@ fn bad_input_against_ours_and_cxx() {
         files_after = store_listing(&ours);
     }
     if files_after != expected_files {
-        failures.push(format!("store entries changed: {:?}", files_after.symmetric_difference(&expected_files).collect::<Vec<_>>()));
+        failures.push(format!(
+            "store entries changed: {:?}",
+            files_after.symmetric_difference(&expected_files).collect::<Vec<_>>()
+        ));
     }
     let pids_after = component_pids(&ours);
     if pids_after != pids_before {
         failures.push(format!("daemon processes changed: {pids_before:?} -> {pids_after:?}"));
     }
-    assert!(failures.is_empty(), "{} failures:\n{}\n--- our daemon.log ---\n{}", failures.len(), failures.join("\n"), ours.daemon_log());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}\n--- our daemon.log ---\n{}",
+        failures.len(),
+        failures.join("\n"),
+        ours.daemon_log()
+    );
 }

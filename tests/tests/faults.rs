@@ -64,9 +64,7 @@ struct Record {
 
 /// `ctl status` run in the chroot: component → (pid, restarts).
 fn ctl_status(s: &Session) -> BTreeMap<String, (Option<u32>, u64)> {
-    let out = s
-        .exec(&["/opt/guix-daemon-rs/guix-daemon-rs", "ctl", "status"])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = s.exec(&["/opt/guix-daemon-rs/guix-daemon-rs", "ctl", "status"]).unwrap_or_else(|e| panic!("{e}"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ctl status: {}{}", text, String::from_utf8_lossy(&out.stderr));
     let mut map = BTreeMap::new();
@@ -262,7 +260,11 @@ fn sixteen_clients_survive_component_kills() {
         // Before socket-front is first killed, only store-db dies: socket-front retries its
         // requests, so clients must not notice.
         if let Outcome::ConnectionError(m) = &r.outcome {
-            assert!(r.after_front_kill, "client {}: {:?} lost its connection while only store-db was killed: {m}", r.client, r.op);
+            assert!(
+                r.after_front_kill,
+                "client {}: {:?} lost its connection while only store-db was killed: {m}",
+                r.client, r.op
+            );
         }
     }
     let slowest = records.iter().map(|r| r.took).max().unwrap_or_default();
@@ -286,7 +288,8 @@ fn sixteen_clients_survive_component_kills() {
     for r in &records {
         let Outcome::Ok(path) = &r.outcome else { continue };
         let shown = format!("/gnu/store/{path}");
-        let rec = valid.get(&shown).unwrap_or_else(|| panic!("client {}: {shown} reported added but is not valid", r.client));
+        let rec =
+            valid.get(&shown).unwrap_or_else(|| panic!("client {}: {shown} reported added but is not valid", r.client));
         let on_host = s.store_dir_on_host().join(path.to_string());
         match &r.op {
             Op::Text { contents, refs, .. } => {

@@ -29,10 +29,7 @@ fn add_text(session: &Session, name: &str, contents: &str) -> String {
     );
     let out = session.repl_ok(&script).unwrap_or_else(|e| panic!("{e}"));
     let path = out.trim().to_owned();
-    assert!(
-        path.starts_with("/gnu/store/"),
-        "unexpected repl output: {out:?}"
-    );
+    assert!(path.starts_with("/gnu/store/"), "unexpected repl output: {out:?}");
     path
 }
 
@@ -53,11 +50,7 @@ fn valid_path(session: &Session, path: &str) -> bool {
 fn cxx_session_adds_text_visible_on_host() {
     let rig = rig();
     let session = start(&rig, DaemonKind::Cxx);
-    assert!(
-        session.socket_path().exists(),
-        "socket {:?}",
-        session.socket_path()
-    );
+    assert!(session.socket_path().exists(), "socket {:?}", session.socket_path());
     let contents = "Hello from the rig!\n";
     let path = add_text(&session, "rig-hello.txt", contents);
     let host = session.host_path(&path).expect("a store path");
@@ -70,16 +63,10 @@ fn cxx_session_adds_text_visible_on_host() {
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).contains("1.5.0"));
     let host_out = session
-        .exec_host(Command::new("sh").args([
-            "-c",
-            "test -S \"$GUIX_DAEMON_SOCKET\" && echo $GUIX_RIG_STORE",
-        ]))
+        .exec_host(Command::new("sh").args(["-c", "test -S \"$GUIX_DAEMON_SOCKET\" && echo $GUIX_RIG_STORE"]))
         .expect("host command");
     assert!(host_out.status.success());
-    assert_eq!(
-        PathBuf::from(String::from_utf8_lossy(&host_out.stdout).trim()),
-        session.store_dir_on_host()
-    );
+    assert_eq!(PathBuf::from(String::from_utf8_lossy(&host_out.stdout).trim()), session.store_dir_on_host());
 
     let state = session.state_dir().to_path_buf();
     session.stop().expect("stop");
@@ -110,39 +97,27 @@ fn restart_daemon_keeps_store() {
     let mut session = start(&rig, DaemonKind::Cxx);
     let path = add_text(&session, "survives-restart.txt", "still here\n");
 
-    session
-        .restart_daemon(DaemonKind::Cxx)
-        .expect("restart C++ -> C++");
+    session.restart_daemon(DaemonKind::Cxx).expect("restart C++ -> C++");
     assert!(valid_path(&session, &path));
 
     // Swap to a host executable (the --daemon-cmd path our daemon takes): a wrapper that execs
     // the C++ daemon. Its shebang resolves inside the chroot.
     let wrapper = std::env::temp_dir().join(format!("rig-test-daemon-{}.sh", std::process::id()));
-    fs::write(
-        &wrapper,
-        "#!/bin/sh\necho wrapper-daemon \"$@\" >&2\nexec /usr/bin/guix-daemon \"$@\"\n",
-    )
-    .expect("write wrapper");
+    fs::write(&wrapper, "#!/bin/sh\necho wrapper-daemon \"$@\" >&2\nexec /usr/bin/guix-daemon \"$@\"\n")
+        .expect("write wrapper");
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
-    let swapped = session.restart_daemon(DaemonKind::Ours {
-        binary: wrapper.clone(),
-        args: vec!["--debug".into()],
-    });
+    let swapped = session.restart_daemon(DaemonKind::Ours { binary: wrapper.clone(), args: vec!["--debug".into()] });
     let _ = fs::remove_file(&wrapper);
     swapped.expect("restart C++ -> wrapper");
     assert!(
-        session
-            .daemon_log()
-            .contains("wrapper-daemon --debug --build-users-group=guixbuild --no-substitutes"),
+        session.daemon_log().contains("wrapper-daemon --debug --build-users-group=guixbuild --no-substitutes"),
         "{}",
         session.daemon_log()
     );
     assert!(valid_path(&session, &path));
     let second = add_text(&session, "after-swap.txt", "new\n");
 
-    session
-        .restart_daemon(DaemonKind::Cxx)
-        .expect("restart wrapper -> C++");
+    session.restart_daemon(DaemonKind::Cxx).expect("restart wrapper -> C++");
     assert!(valid_path(&session, &path));
     assert!(valid_path(&session, &second));
 }

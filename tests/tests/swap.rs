@@ -111,9 +111,7 @@ fn add(s: &Session, tag: &str, prev: &[String]) -> Vec<String> {
 
 /// path → its description line.
 fn describe(s: &Session, paths: &[String]) -> BTreeMap<String, String> {
-    let out = s
-        .repl_ok(&DESCRIBE.replace("PATHS", &scheme_list(paths)))
-        .unwrap_or_else(|e| panic!("describing: {e}"));
+    let out = s.repl_ok(&DESCRIBE.replace("PATHS", &scheme_list(paths))).unwrap_or_else(|e| panic!("describing: {e}"));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), paths.len(), "{out}");
     paths.iter().cloned().zip(lines.iter().map(|l| l.to_string())).collect()
@@ -124,8 +122,8 @@ fn describe(s: &Session, paths: &[String]) -> BTreeMap<String, String> {
 fn check_after_swap(s: &Session, step: &str, expect_valid: &[String]) {
     let db = s.var_guix_on_host().join("db").join("db.sqlite");
     integrity_check(&db).unwrap_or_else(|e| panic!("{step}: {e}"));
-    let valid = check_store(&db, "/gnu/store", &s.store_dir_on_host())
-        .unwrap_or_else(|e| panic!("{step}: store check:\n{e}"));
+    let valid =
+        check_store(&db, "/gnu/store", &s.store_dir_on_host()).unwrap_or_else(|e| panic!("{step}: store check:\n{e}"));
     for p in expect_valid {
         assert!(valid.contains_key(p), "{step}: {p} is not in ValidPaths");
     }

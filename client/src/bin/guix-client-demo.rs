@@ -102,7 +102,11 @@ async fn run(socket: &Path) -> Res<()> {
     println!("QueryReferences {} -> {}", sd.display(&referring), show_set(&sd, &c.query_references(&referring).await?));
     println!("QueryReferrers {} -> {}", sd.display(&base), show_set(&sd, &c.query_referrers(&base).await?));
     let deriver = c.query_deriver(&tree).await?;
-    println!("QueryDeriver {} -> {}", sd.display(&tree), deriver.map(|d| sd.display(&d)).unwrap_or_else(|| "(none)".into()));
+    println!(
+        "QueryDeriver {} -> {}",
+        sd.display(&tree),
+        deriver.map(|d| sd.display(&d)).unwrap_or_else(|| "(none)".into())
+    );
     println!("QueryPathHash {} -> {}", sd.display(&flat), c.query_path_hash(&flat).await?.to_base16());
     println!(
         "QueryPathFromHashPart {} -> {}",

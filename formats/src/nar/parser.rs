@@ -57,8 +57,12 @@ enum State {
     RegularBody,
     ExecutableEmpty,
     ContentsTag,
-    Size { executable: bool },
-    Contents { len: u64 },
+    Size {
+        executable: bool,
+    },
+    Contents {
+        len: u64,
+    },
     TargetTag,
     Target,
     /// The ")" closing a regular file or symlink node.
@@ -91,8 +95,18 @@ pub struct Parser {
 }
 
 const KNOWN_TAGS: [&[u8]; 12] = [
-    b"(", b")", b"type", b"regular", b"directory", b"symlink", b"executable", b"contents",
-    b"target", b"entry", b"name", b"node",
+    b"(",
+    b")",
+    b"type",
+    b"regular",
+    b"directory",
+    b"symlink",
+    b"executable",
+    b"contents",
+    b"target",
+    b"entry",
+    b"name",
+    b"node",
 ];
 
 fn lossy(b: &[u8]) -> String {

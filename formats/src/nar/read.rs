@@ -196,8 +196,7 @@ impl Visitor for Restorer {
 
     fn contents(&mut self, chunk: &[u8]) -> Result<(), NarError> {
         let file = self.file.as_mut().ok_or(NarError::Misuse("contents outside a regular file"))?;
-        file.write_all(chunk)
-            .map_err(|e| NarError::io(format!("writing file `{}'", self.path.display()), e))
+        file.write_all(chunk).map_err(|e| NarError::io(format!("writing file `{}'", self.path.display()), e))
     }
 
     fn contents_done(&mut self) -> Result<(), NarError> {

@@ -38,7 +38,20 @@ fn toks(t: &[&[u8]]) -> Vec<u8> {
 fn dir_with_names(names: &[&[u8]]) -> Vec<u8> {
     let mut t: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"directory"];
     for n in names {
-        t.extend_from_slice(&[b"entry", b"(", b"name", n, b"node", b"(", b"type", b"regular", b"contents", b"", b")", b")"]);
+        t.extend_from_slice(&[
+            b"entry",
+            b"(",
+            b"name",
+            n,
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+            b"",
+            b")",
+            b")",
+        ]);
     }
     t.push(b")");
     toks(&t)
@@ -78,10 +91,7 @@ fn rejects_bad_magic() {
     assert!(matches!(err(&toks(&[b"nix-archive-2"])), NarError::BadMagic));
     assert!(matches!(err(&toks(&[b"nix"])), NarError::BadMagic));
     assert!(matches!(err(&[0xff; 16]), NarError::BadMagic));
-    assert_eq!(
-        NarError::BadMagic.to_string(),
-        "bad archive: input doesn't look like a normalized archive"
-    );
+    assert_eq!(NarError::BadMagic.to_string(), "bad archive: input doesn't look like a normalized archive");
 }
 
 #[test]
@@ -199,11 +209,8 @@ fn make_writable(p: &Path) {
 }
 
 fn arb_name() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        "[a-zA-Z0-9._+-]{1,12}".prop_map(String::into_bytes),
-        proptest::collection::vec(1u8..=255, 1..8),
-    ]
-    .prop_filter("valid name", |n| super::parser::valid_name(n))
+    prop_oneof!["[a-zA-Z0-9._+-]{1,12}".prop_map(String::into_bytes), proptest::collection::vec(1u8..=255, 1..8),]
+        .prop_filter("valid name", |n| super::parser::valid_name(n))
 }
 
 fn arb_node() -> impl Strategy<Value = Node> {
@@ -272,9 +279,32 @@ fn malicious_names_stay_inside() {
     // A symlink followed by an entry that would traverse it is impossible: same name twice
     // is rejected before anything is created under it.
     let t: Vec<&[u8]> = vec![
-        b"nix-archive-1", b"(", b"type", b"directory",
-        b"entry", b"(", b"name", b"x", b"node", b"(", b"type", b"symlink", b"target", b"/tmp", b")", b")",
-        b"entry", b"(", b"name", b"x", b"node", b"(", b"type", b"directory", b")", b")",
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+        b"x",
+        b"node",
+        b"(",
+        b"type",
+        b"symlink",
+        b"target",
+        b"/tmp",
+        b")",
+        b")",
+        b"entry",
+        b"(",
+        b"name",
+        b"x",
+        b"node",
+        b"(",
+        b"type",
+        b"directory",
+        b")",
+        b")",
         b")",
     ];
     let tmp = tempfile::tempdir().unwrap();

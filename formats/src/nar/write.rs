@@ -92,9 +92,8 @@ fn dump_node<W: Write + ?Sized>(path: &Path, w: &mut W) -> Result<(), NarError> 
             .open(path)
             .map_err(|e| NarError::io(format!("opening file `{}'", path.display()), e))?;
         // Size and mode from the open file, so they describe the bytes we are about to copy.
-        let md = file
-            .metadata()
-            .map_err(|e| NarError::io(format!("getting attributes of path `{}'", path.display()), e))?;
+        let md =
+            file.metadata().map_err(|e| NarError::io(format!("getting attributes of path `{}'", path.display()), e))?;
         if !md.file_type().is_file() {
             return Err(NarError::FileChanged { path: path.to_owned() });
         }
@@ -103,23 +102,20 @@ fn dump_node<W: Write + ?Sized>(path: &Path, w: &mut W) -> Result<(), NarError> 
             tokens(w, &[b"executable", b""])?;
         }
         tokens(w, &[b"contents"])?;
-        write_contents(w, &mut &file, md.len())
-            .map_err(|e| match e {
-                NarError::FileChanged { .. } => NarError::FileChanged { path: path.to_owned() },
-                e => e,
-            })?;
+        write_contents(w, &mut &file, md.len()).map_err(|e| match e {
+            NarError::FileChanged { .. } => NarError::FileChanged { path: path.to_owned() },
+            e => e,
+        })?;
     } else if ft.is_symlink() {
-        let target = fs::read_link(path)
-            .map_err(|e| NarError::io(format!("reading symbolic link `{}'", path.display()), e))?;
+        let target =
+            fs::read_link(path).map_err(|e| NarError::io(format!("reading symbolic link `{}'", path.display()), e))?;
         tokens(w, &[b"(", b"type", b"symlink", b"target", target.as_os_str().as_bytes()])?;
     } else if ft.is_dir() {
         tokens(w, &[b"(", b"type", b"directory"])?;
         let mut names: Vec<OsString> = Vec::new();
-        let rd = fs::read_dir(path)
-            .map_err(|e| NarError::io(format!("opening directory `{}'", path.display()), e))?;
+        let rd = fs::read_dir(path).map_err(|e| NarError::io(format!("opening directory `{}'", path.display()), e))?;
         for entry in rd {
-            let entry = entry
-                .map_err(|e| NarError::io(format!("reading directory `{}'", path.display()), e))?;
+            let entry = entry.map_err(|e| NarError::io(format!("reading directory `{}'", path.display()), e))?;
             names.push(entry.file_name());
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -134,12 +130,11 @@ fn dump_node<W: Write + ?Sized>(path: &Path, w: &mut W) -> Result<(), NarError> 
     tokens(w, &[b")"])
 }
 
-
 /// Writes the size word, exactly `size` bytes from `r`, and the padding.
 fn write_contents<W: Write + ?Sized, R: Read>(w: &mut W, r: &mut R, size: u64) -> Result<(), NarError> {
     write_u64(w, size).map_err(write_err)?;
-    let copied = io::copy(&mut r.take(size), &mut WriteAdapter(w))
-        .map_err(|e| NarError::io("reading file contents", e))?;
+    let copied =
+        io::copy(&mut r.take(size), &mut WriteAdapter(w)).map_err(|e| NarError::io("reading file contents", e))?;
     if copied != size {
         return Err(NarError::FileChanged { path: Default::default() });
     }

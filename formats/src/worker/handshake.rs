@@ -122,10 +122,7 @@ mod tests {
         assert_eq!(s.version, 0x164);
         let mut got = [0u8; 32];
         b.read_exact(&mut got).await.unwrap();
-        assert_eq!(
-            got.to_vec(),
-            base16_words("6378696e00000000 6401000000000000 0000000000000000 0000000000000000")
-        );
+        assert_eq!(got.to_vec(), base16_words("6378696e00000000 6401000000000000 0000000000000000 0000000000000000"));
     }
 
     #[tokio::test]

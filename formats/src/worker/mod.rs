@@ -27,7 +27,9 @@ pub mod stderr;
 
 pub use handshake::{client_handshake, server_handshake, ClientHello, ServerHello};
 pub use reply::{read_reply, write_reply, PathInfo, Reply, ReplyShape, SubstitutablePathInfo};
-pub use request::{read_op, read_request, read_request_body, write_request, BuildMode, DerivedPath, GcAction, Request, SetOptions};
+pub use request::{
+    read_op, read_request, read_request_body, write_request, BuildMode, DerivedPath, GcAction, Request, SetOptions,
+};
 pub use stderr::{read_stderr, write_stderr, StderrMsg, TunnelSink, TunnelSource};
 
 /// `WORKER_MAGIC_1`, sent by the client first.
@@ -147,11 +149,7 @@ impl TryFrom<u32> for Opcode {
     type Error = ProtoError;
 
     fn try_from(n: u32) -> Result<Opcode, ProtoError> {
-        Opcode::ALL
-            .iter()
-            .copied()
-            .find(|op| op.number() == n)
-            .ok_or(ProtoError::InvalidOperation(n))
+        Opcode::ALL.iter().copied().find(|op| op.number() == n).ok_or(ProtoError::InvalidOperation(n))
     }
 }
 

@@ -67,7 +67,10 @@ pub enum Reply {
     QuerySubstitutablePathInfos(BTreeMap<StorePath, SubstitutablePathInfo>),
     /// CollectGarbage: deleted paths (or the live/dead set), bytes freed. Entries are plain
     /// strings: dead sets include non-path store entries such as `…-x.lock` or `trash`.
-    CollectGarbage { paths: BTreeSet<String>, bytes_freed: u64 },
+    CollectGarbage {
+        paths: BTreeSet<String>,
+        bytes_freed: u64,
+    },
 }
 
 /// Which [`Reply`] variant an operation answers with.
@@ -393,7 +396,8 @@ mod tests {
                     )
                 }
             ),
-            proptest::option::of(arb_subst()).prop_map(|i| (O::QuerySubstitutablePathInfo, Reply::SubstitutablePathInfo(i))),
+            proptest::option::of(arb_subst())
+                .prop_map(|i| (O::QuerySubstitutablePathInfo, Reply::SubstitutablePathInfo(i))),
             proptest::collection::btree_map(arb_path(), arb_subst(), 0..3)
                 .prop_map(|m| (O::QuerySubstitutablePathInfos, Reply::QuerySubstitutablePathInfos(m))),
             (proptest::collection::btree_set("\\PC{0,20}", 0..4), any::<u64>())
@@ -431,9 +435,15 @@ mod tests {
         let mut out = Vec::new();
         write_reply(&mut out, Opcode::QuerySubstitutablePathInfo, &r, &StoreDir::default(), 0x106).await.unwrap();
         assert_eq!(out.len(), 8 * 4);
-        let got = read_reply(&mut &out[..], Opcode::QuerySubstitutablePathInfo, &StoreDir::default(), 0x106, &Limits::DEFAULT)
-            .await
-            .unwrap();
+        let got = read_reply(
+            &mut &out[..],
+            Opcode::QuerySubstitutablePathInfo,
+            &StoreDir::default(),
+            0x106,
+            &Limits::DEFAULT,
+        )
+        .await
+        .unwrap();
         assert_eq!(got, Reply::SubstitutablePathInfo(Some(SubstitutablePathInfo { nar_size: 0, ..i })));
     }
 

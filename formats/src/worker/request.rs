@@ -203,9 +203,21 @@ pub enum Request {
     QueryReferrers(StorePath),
     /// Header only: the NAR follows on the stream and is read by the caller. `fixed` and
     /// `recursive` are `== 1` tests; `fixed == false` makes the daemon use recursive SHA-256.
-    AddToStore { name: String, fixed: bool, recursive: bool, hash_algo: String },
-    AddTextToStore { name: String, contents: Vec<u8>, references: BTreeSet<StorePath> },
-    BuildPaths { paths: Vec<DerivedPath>, mode: BuildMode },
+    AddToStore {
+        name: String,
+        fixed: bool,
+        recursive: bool,
+        hash_algo: String,
+    },
+    AddTextToStore {
+        name: String,
+        contents: Vec<u8>,
+        references: BTreeSet<StorePath>,
+    },
+    BuildPaths {
+        paths: Vec<DerivedPath>,
+        mode: BuildMode,
+    },
     EnsurePath(StorePath),
     AddTempRoot(StorePath),
     /// Raw: the daemon makes it absolute (`absPath`, relative to `/`).
@@ -213,7 +225,10 @@ pub enum Request {
     SyncWithGC,
     FindRoots,
     /// `sign` is `== 1`.
-    ExportPath { path: StorePath, sign: bool },
+    ExportPath {
+        path: StorePath,
+        sign: bool,
+    },
     QueryDeriver(StorePath),
     SetOptions(SetOptions),
     CollectGarbage(GcOptions),
@@ -235,7 +250,10 @@ pub enum Request {
     QuerySubstitutablePaths(BTreeSet<StorePath>),
     QueryValidDerivers(StorePath),
     OptimiseStore,
-    VerifyStore { check_contents: bool, repair: bool },
+    VerifyStore {
+        check_contents: bool,
+        repair: bool,
+    },
     BuiltinBuilders,
     SubstituteURLs,
 }
@@ -647,9 +665,16 @@ pub(crate) mod tests {
             (arb_path(), any::<bool>()).prop_map(|(path, sign)| Q::ExportPath { path, sign }),
             arb_path().prop_map(Q::QueryDeriver),
             arb_options().prop_map(Q::SetOptions),
-            (any::<u32>(), arb_paths(), any::<bool>(), any::<u64>()).prop_map(|(a, paths_to_delete, ignore_liveness, max_freed)| {
-                Q::CollectGarbage(GcOptions { action: GcAction::from_wire(a), paths_to_delete, ignore_liveness, max_freed })
-            }),
+            (any::<u32>(), arb_paths(), any::<bool>(), any::<u64>()).prop_map(
+                |(a, paths_to_delete, ignore_liveness, max_freed)| {
+                    Q::CollectGarbage(GcOptions {
+                        action: GcAction::from_wire(a),
+                        paths_to_delete,
+                        ignore_liveness,
+                        max_freed,
+                    })
+                }
+            ),
             arb_str().prop_map(Q::QuerySubstitutablePathInfo),
             arb_path().prop_map(Q::QueryDerivationOutputs),
             Just(Q::QueryAllValidPaths),
@@ -664,7 +689,8 @@ pub(crate) mod tests {
             arb_paths().prop_map(Q::QuerySubstitutablePaths),
             arb_path().prop_map(Q::QueryValidDerivers),
             Just(Q::OptimiseStore),
-            (any::<bool>(), any::<bool>()).prop_map(|(check_contents, repair)| Q::VerifyStore { check_contents, repair }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(check_contents, repair)| Q::VerifyStore { check_contents, repair }),
             Just(Q::BuiltinBuilders),
             Just(Q::SubstituteURLs),
         ]
@@ -691,7 +717,8 @@ pub(crate) mod tests {
             "0800000000000000 0200000000000000 6869000000000000 0600000000000000 68656c6c6f0a0000 0000000000000000",
         );
         let req = decode(&bytes, 0x164).await.unwrap().unwrap();
-        let want = Request::AddTextToStore { name: "hi".into(), contents: b"hello\n".to_vec(), references: BTreeSet::new() };
+        let want =
+            Request::AddTextToStore { name: "hi".into(), contents: b"hello\n".to_vec(), references: BTreeSet::new() };
         assert_eq!(req, want);
         let mut out = Vec::new();
         write_request(&mut out, &want, &StoreDir::default(), 0x164).await.unwrap();

@@ -107,14 +107,25 @@ enum SourceState {
     /// Nothing buffered, no request outstanding.
     Idle,
     /// Sending the `STDERR_READ` request (`pos` bytes of `req` written).
-    Requesting { req: [u8; 16], pos: usize },
+    Requesting {
+        req: [u8; 16],
+        pos: usize,
+    },
     Flushing,
     /// Reading the length word of the client's answer.
-    Header { word: [u8; 8], got: usize },
+    Header {
+        word: [u8; 8],
+        got: usize,
+    },
     /// Reading the answer and its padding into `buf`.
-    Body { need: usize },
+    Body {
+        need: usize,
+    },
     /// Serving `buf[pos..len]` to the caller.
-    Serving { pos: usize, len: usize },
+    Serving {
+        pos: usize,
+        len: usize,
+    },
 }
 
 /// Daemon side of ImportPaths: an [`AsyncRead`] that asks the client for data with

@@ -177,9 +177,7 @@ fn whole_file_write_lock() -> nix::libc::flock {
 
 /// A lock file its holder deleted has a `d` in it (C++ `PathLocks`); an empty one is live.
 fn is_stale(lock_path: &std::path::Path, file: &File) -> Result<bool, String> {
-    let st = file
-        .metadata()
-        .map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
+    let st = file.metadata().map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
     Ok(st.len() != 0)
 }
 

@@ -144,7 +144,11 @@ impl Drop for Inflight {
 impl Handler for Service {
     type Req = StoreDbRequest;
     type Resp = StoreDbReply;
-    fn handle(self: &Arc<Self>, _peer: &Hello, req: StoreDbRequest) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
+    fn handle(
+        self: &Arc<Self>,
+        _peer: &Hello,
+        req: StoreDbRequest,
+    ) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
         let db = self.0.clone();
         db.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = Inflight(db.clone());
@@ -194,7 +198,8 @@ fn run() -> Result<(), StartError> {
         })
         .ok_or(StartError::NoListener)?;
     let dirs = StateDirs::from_config(&config);
-    let lock = dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
+    let lock =
+        dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
     if lock.read_only() {
         return Err(StartError::ReadOnly);
     }

@@ -49,10 +49,10 @@
 //! have lost data the file system had not written yet; `guix gc --verify=contents` finds it.
 
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, TryLockError};
 
 use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
