@@ -8,17 +8,17 @@
 //! canonical as in C++); components get the result in their [`DaemonConfig`].
 
 use std::fs::{DirBuilder, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
-use nix::fcntl::{fcntl, FcntlArg};
 
 use crate::db::{check_schema_version, read_schema_version};
 use crate::epoch::EPOCH_FILE;
 use crate::error::{Error, Result};
+use crate::files::{lock_file, LockType};
 use crate::scratch::SCRATCH_DIR_NAME;
 
 /// `gc-reserved-space` default: 8 MiB.
@@ -172,9 +172,11 @@ impl StateDirs {
                 }
                 Err(e) => return Err(Error::sys(format!("opening lock file `{}'", lock_path.display()))(e)),
             };
-        if !read_lock(&big_lock, false)? {
+        let read_lock =
+            |wait| lock_file(big_lock.as_fd(), LockType::Read, wait).map_err(Error::sys("acquiring/releasing lock"));
+        if !read_lock(false)? {
             eprintln!("waiting for the big store lock...");
-            read_lock(&big_lock, true)?;
+            read_lock(true)?;
         }
         check_schema_version(read_schema_version(&self.db_dir)?)?;
         Ok(StoreLock { big_lock: Some(big_lock) })
@@ -284,25 +286,4 @@ fn reserve(path: &Path, size: u64) -> std::io::Result<()> {
         f.set_len(size)?;
     }
     Ok(())
-}
-
-/// `lockFile(fd, ltRead, wait)`: a shared POSIX record lock on the whole file. Returns false
-/// when `wait` is false and another process holds a write lock.
-fn read_lock(fd: &OwnedFd, wait: bool) -> Result<bool> {
-    let lock = nix::libc::flock {
-        l_type: nix::libc::F_RDLCK as _,
-        l_whence: nix::libc::SEEK_SET as _,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    loop {
-        let arg = if wait { FcntlArg::F_SETLKW(&lock) } else { FcntlArg::F_SETLK(&lock) };
-        match fcntl(fd.as_raw_fd(), arg) {
-            Ok(_) => return Ok(true),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN) if !wait => return Ok(false),
-            Err(e) => return Err(Error::sys("acquiring/releasing lock")(e.into())),
-        }
-    }
 }

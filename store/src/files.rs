@@ -1,10 +1,13 @@
-//! Store file policy: how every component that writes or removes store items treats their
-//! files, as the C++ daemon does (`canonicalisePathMetaData`, `deletePath`).
+//! Store file policy: how every component that writes, removes or locks store files treats
+//! them, as the C++ daemon does (`canonicalisePathMetaData`, `deletePath`, `lockFile`).
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+
+use nix::fcntl::{fcntl, FcntlArg};
 
 /// Creates `dest` (which must not exist) holding `contents`, canonical as a store file: mode
 /// 0444, mtime 1. Shared by the writers of text items (in scratch space or, in store-db, at
@@ -57,5 +60,75 @@ pub fn delete_tree(path: &Path) -> io::Result<()> {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// A POSIX record lock's kind (the C++ `LockType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockType {
+    /// Shared (`ltRead`).
+    Read,
+    /// Exclusive (`ltWrite`).
+    Write,
+}
+
+/// `lockFile(fd, type, wait)`: a POSIX record lock on the whole file (`fcntl`, so it is the
+/// process's, shared with the C++ daemon and its tools), retried when a signal interrupts it.
+/// Returns false when `wait` is false and another process holds a conflicting lock.
+pub fn lock_file(fd: BorrowedFd<'_>, ty: LockType, wait: bool) -> io::Result<bool> {
+    let l_type = match ty {
+        LockType::Read => nix::libc::F_RDLCK,
+        LockType::Write => nix::libc::F_WRLCK,
+    };
+    let lock =
+        nix::libc::flock { l_type: l_type as _, l_whence: nix::libc::SEEK_SET as _, l_start: 0, l_len: 0, l_pid: 0 };
+    loop {
+        let arg = if wait { FcntlArg::F_SETLKW(&lock) } else { FcntlArg::F_SETLK(&lock) };
+        match fcntl(fd.as_raw_fd(), arg) {
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN) if !wait => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn write_lock_excludes_another_process_and_read_locks_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l");
+        let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        assert!(lock_file(f.as_fd(), LockType::Read, false).unwrap());
+        // POSIX locks are per process: ask a child.
+        let try_in_child = |ty: LockType| {
+            // SAFETY: the child only tries a lock and exits without returning.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    let code = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+                        Ok(g) => match lock_file(g.as_fd(), ty, false) {
+                            Ok(true) => 0,
+                            Ok(false) => 1,
+                            Err(_) => 2,
+                        },
+                        Err(_) => 3,
+                    };
+                    // SAFETY: `_exit` in the forked child, no destructors of the parent's state.
+                    unsafe { nix::libc::_exit(code) }
+                }
+                nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None).unwrap() {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("{other:?}"),
+                },
+            }
+        };
+        assert_eq!(try_in_child(LockType::Read), 0, "read locks are shared");
+        assert_eq!(try_in_child(LockType::Write), 1, "a write lock waits for the reader");
+        assert!(lock_file(f.as_fd(), LockType::Write, false).unwrap());
+        assert_eq!(try_in_child(LockType::Read), 1, "a read lock waits for the writer");
     }
 }

@@ -9,14 +9,16 @@
 //! - [`info`][mod@info] — [`ValidPathInfo`] and [`Registration`].
 //! - [`epoch`] — [`Epoch`], the counter the writer advances after commits that change what
 //!   readers may keep in memory.
-//! - [`dirs`][mod@dirs] — [`StateDirs`] (store, state, database, log directories) and
+//! - [`dirs`][mod@dirs] — [`StateDirs`] (store, state, database, log, runtime directories and
+//!   the names derived from them, from the configuration) and
 //!   [`StateDirs::init`], which creates what the C++ daemon creates at store open and holds
 //!   the big lock.
-//! - [`files`] — store file policy: canonical metadata, text files, deleting trees.
+//! - [`files`] — store file policy: canonical metadata, text files, deleting trees, POSIX
+//!   file locks (`lockFile`).
 //! - [`scratch`] — the scratch directory where writers put new items before store-db moves
 //!   them into the store, and how its entries are named (`<writer-pid>-…`).
 //! - [`roots`] — GC root discovery (`findRoots`).
-//! - [`error`] — [`Error`], with the C++ daemon's messages.
+//! - [`error`] — [`Error`], with the C++ daemon's messages, and [`strerror`].
 
 pub mod db;
 pub mod dirs;
