@@ -1,8 +1,9 @@
 //! From parsed options and the environment to a typed [`DaemonConfig`].
 //!
-//! This is the C++ daemon's `settings.processEnvironment()` (paths from environment variables)
-//! and `settings.update()` (integer settings checked, in the same order, with the same
-//! messages), plus our refusals: options whose feature is not built and whose silent acceptance
+//! The paths from environment variables (`settings.processEnvironment()`) are read by
+//! [`guix_ipc::config::Paths::from_lookup`]; this is `settings.update()` (integer settings
+//! checked, in the same order, with the same messages), the `--listen` addresses, plus our
+//! refusals: options whose feature is not built and whose silent acceptance
 //! would mislead are refused here with a clear message.
 
 use guix_formats::path::{canon_path, NotAbsolute};
