@@ -2,6 +2,7 @@
 //!
 //! - [`base32`], [`hash`]: Nix base32 and hash values in every textual form the daemon uses.
 //! - [`store_path`]: store paths as a validated type, and the store-path computations.
+//! - [`path`][mod@path]: absolute file names normalised as the C++ daemon does (`canonPath`).
 //! - [`nar`]: the Nix ARchive, streaming writer and strict reader/unpacker.
 //! - [`derivation`]: ATerm derivations, modulo hashes, output paths.
 //! - [`worker`]: the worker protocol 0x164 spoken over the daemon socket.
@@ -15,6 +16,7 @@ pub mod export;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
+pub mod path;
 pub mod sexp;
 pub mod signature;
 pub mod store_path;

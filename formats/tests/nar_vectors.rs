@@ -115,7 +115,6 @@ fn make_writable(p: &Path) {
 fn vectors_from_the_guile_writer() {
     let vs = vectors();
     assert_eq!(vs.len(), 6);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for v in &vs {
         let want = HashAlgo::Sha256.digest(&v.nar);
         assert_eq!(want.to_base16(), v.sha256, "{}", v.name);
@@ -141,9 +140,6 @@ fn vectors_from_the_guile_writer() {
         let mut again = Vec::new();
         nar::dump_path(&dest, &mut again).unwrap();
         assert_eq!(again, v.nar, "{}: restore", v.name);
-        let mut copy = Vec::new();
-        let got = rt.block_on(nar::copy_validated(&mut &v.nar[..], &mut copy, &Limits::default())).unwrap();
-        assert_eq!((got, copy.as_slice()), (s, v.nar.as_slice()));
         make_writable(tmp.path());
     }
 }

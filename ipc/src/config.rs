@@ -8,8 +8,10 @@
 //!
 //! Every setting is already validated and typed here: a component never parses an option string.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use guix_formats::path::{canon_path, NotAbsolute};
 use serde::{Deserialize, Serialize};
 
 /// Compression of build logs (`--log-compression`).
@@ -48,8 +50,11 @@ pub enum ClientSockets {
     SocketActivated(usize),
 }
 
-/// `NIX_STORE_DIR`'s default: the configure-time `storedir`.
-pub const DEFAULT_STORE_DIR: &str = "/gnu/store";
+// The directories' defaults: the one place every component takes them from.
+
+/// `NIX_STORE_DIR`'s default: the configure-time `storedir` (also [`guix_formats::StoreDir`]'s
+/// default, hence defined there).
+pub use guix_formats::store_path::DEFAULT_STORE_DIR;
 /// `GUIX_STATE_DIRECTORY`'s default: the configure-time `localstatedir` plus `/guix`.
 pub const DEFAULT_STATE_DIR: &str = "/var/guix";
 /// `GUIX_LOG_DIRECTORY`'s default.
@@ -62,8 +67,8 @@ pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 pub const DEFAULT_SUBSTITUTE_URLS: &str = "https://bordeaux.guix.gnu.org https://ci.guix.gnu.org";
 
 /// The locations the daemon takes from the environment (`settings.processEnvironment()`, §1.3
-/// of the daemon spec). The supervisor reads them; [`Paths::default`] is what an empty
-/// environment gives.
+/// of the daemon spec). The supervisor reads them ([`Paths::from_lookup`]); [`Paths::default`]
+/// is what an empty environment gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Paths {
     /// `NIX_STORE_DIR`, then `NIX_STORE`; default `/gnu/store`.
@@ -81,6 +86,30 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// From the process environment ([`Paths::from_lookup`]).
+    pub fn from_env() -> Result<Paths, NotAbsolute> {
+        Paths::from_lookup(|k| std::env::var_os(k))
+    }
+
+    /// `settings.processEnvironment()`, through an environment lookup (a function, so tests
+    /// need not touch the process environment). As in C++, every directory is made canonical
+    /// (`canonPath`: `.`, `..` and repeated slashes removed, a relative name refused) except
+    /// `GUIX_DATABASE_DIRECTORY`, which is taken as it is; a variable that is set counts even
+    /// when empty (and then fails: not absolute). The one reader of these variables.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<Paths, NotAbsolute> {
+        let or = |k: &str, default: &str| get(k).unwrap_or_else(|| default.into());
+        // In the C++ order, so the first error is the same.
+        let store_dir =
+            canon_path(get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.into()))?;
+        let log_dir = canon_path(or("GUIX_LOG_DIRECTORY", DEFAULT_LOG_DIR))?;
+        let state_dir = canon_path(or("GUIX_STATE_DIRECTORY", DEFAULT_STATE_DIR))?;
+        let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| state_dir.join("db"));
+        let conf_dir = canon_path(or("GUIX_CONFIGURATION_DIRECTORY", DEFAULT_CONF_DIR))?;
+        let bin_dir = canon_path(or("NIX_BIN_DIR", DEFAULT_BIN_DIR))?;
+        let guix_program = canon_path(get("GUIX").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("guix")))?;
+        Ok(Paths { store_dir, state_dir, db_dir, log_dir, conf_dir, guix_program })
+    }
+
     /// `$state/daemon-socket/socket`.
     pub fn default_socket(&self) -> PathBuf {
         self.state_dir.join("daemon-socket").join("socket")
@@ -226,6 +255,47 @@ impl Default for DaemonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn paths(vars: &'static [(&'static str, &'static str)]) -> Result<Paths, NotAbsolute> {
+        Paths::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into()))
+    }
+
+    #[test]
+    fn paths_from_the_environment_are_canonical_as_in_cxx() {
+        assert_eq!(paths(&[]), Ok(Paths::default()));
+        let p = paths(&[
+            ("NIX_STORE", "/other"),
+            ("GUIX_STATE_DIRECTORY", "/st/./a/../b/"),
+            ("GUIX_LOG_DIRECTORY", "/l//x"),
+            ("GUIX_CONFIGURATION_DIRECTORY", "/c/."),
+            ("NIX_BIN_DIR", "/bin/../sbin"),
+        ])
+        .unwrap();
+        assert_eq!(p.store_dir, PathBuf::from("/other"));
+        // The state directory is canonical, and so is everything derived from it.
+        assert_eq!(p.state_dir, PathBuf::from("/st/b"));
+        assert_eq!(p.db_dir, PathBuf::from("/st/b/db"));
+        assert_eq!(p.control_socket(), PathBuf::from("/st/b/daemon-socket/rs-control"));
+        assert_eq!((p.log_dir.as_path(), p.conf_dir.as_path()), (Path::new("/l/x"), Path::new("/c")));
+        assert_eq!(p.guix_program, PathBuf::from("/sbin/guix"));
+        let p = paths(&[
+            ("NIX_STORE_DIR", "/a//b/./c/../store/"),
+            ("NIX_STORE", "/ignored"),
+            ("GUIX_DATABASE_DIRECTORY", "/d/./x"),
+            ("GUIX", "/g/"),
+        ])
+        .unwrap();
+        assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
+        // Not canonicalised, as in C++.
+        assert_eq!(p.db_dir, PathBuf::from("/d/./x"));
+        assert_eq!(p.guix_program, PathBuf::from("/g"));
+        for var in ["NIX_STORE_DIR", "GUIX_STATE_DIRECTORY", "GUIX_LOG_DIRECTORY"] {
+            let rel = Paths::from_lookup(|k| (k == var).then(|| "rel".into()));
+            assert_eq!(rel, Err(NotAbsolute("rel".into())), "{var}");
+            let empty = Paths::from_lookup(|k| (k == var).then(OsString::new));
+            assert_eq!(empty, Err(NotAbsolute("".into())), "{var} set but empty");
+        }
+    }
 
     #[test]
     fn json_round_trip() {

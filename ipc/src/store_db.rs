@@ -5,11 +5,6 @@
 //! adding a path that is already valid returns it unchanged, temp roots are sets, and
 //! `SyncConnections` replaces (not extends) the set of live connections.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +15,6 @@ pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 3 };
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
 pub type ConnId = u64;
-
-/// Name of the scratch directory, directly under the store directory (same file system, so a
-/// finished item is moved into place with `rename`). Writers create their work there; only
-/// store-db moves things out of it.
-pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 
 /// A finished item, and what to register for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +36,7 @@ pub enum ItemSource {
     /// File name of the item inside the scratch directory (one path component). The tree is
     /// complete and canonicalised (modes 0444/0555, mtime 1, owned by the daemon).
     ///
-    /// Writers name their entries `<writer-pid>-<anything>`: store-db removes the entries of
-    /// writers that are no longer alive (at its startup and periodically), and entries named
-    /// otherwise once they are an hour old.
+    /// The scratch directory and the naming of its entries are `guix_store::scratch`'s.
     Scratch(String),
     /// A regular file's contents, at most [`MAX_INLINE_TEXT`] bytes (AddTextToStore):
     /// store-db writes the file at its final name itself (mode 0444, mtime 1), as the C++
@@ -116,58 +104,4 @@ pub enum StoreDbReply {
     Error {
         message: String,
     },
-}
-
-/// Creates `dest` (which must not exist) holding `contents`, canonical as a store file: mode
-/// 0444, mtime 1. Shared by the writers of text items (in scratch space or, in store-db, at
-/// their final name).
-pub fn write_canonical_text(dest: &Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(dest)?;
-    f.write_all(contents)?;
-    drop(f);
-    canonicalise(dest)
-}
-
-/// Sets the modification time of every file, directory and symlink of the tree to 1 (the
-/// epoch plus one second), as `canonicalisePathMetaData` does; modes are the writer's. Shared
-/// by every component that writes items.
-pub fn canonicalise(path: &Path) -> io::Result<()> {
-    let one = nix::sys::time::TimeSpec::new(1, 0);
-    if fs::symlink_metadata(path)?.is_dir() {
-        for entry in fs::read_dir(path)? {
-            canonicalise(&entry?.path())?;
-        }
-    }
-    nix::sys::stat::utimensat(None, path, &one, &one, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-        .map_err(io::Error::from)
-}
-
-/// `deletePath`: removes a file, symlink or directory tree, making directories writable
-/// first (store and scratch directories are 0555). A path that does not exist is not an error.
-/// Shared by every component that removes scratch or store trees.
-pub fn delete_tree(path: &Path) -> io::Result<()> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if md.is_dir() {
-        if md.mode() & 0o700 != 0o700 {
-            fs::set_permissions(path, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777))?;
-        }
-        for entry in fs::read_dir(path)? {
-            delete_tree(&entry?.path())?;
-        }
-        match fs::remove_dir(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    } else {
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
 }

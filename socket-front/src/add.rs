@@ -17,7 +17,8 @@ use guix_formats::hash::Hasher;
 use guix_formats::nar::{self, Event, NarError, NarSummary, RegularNarHasher, Restorer, Visitor};
 use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
-use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem, MAX_INLINE_TEXT};
+use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
+use guix_store::files::write_canonical_text;
 
 use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use guix_formats::StorePath;
 use guix_ipc::store_db::{ConnId, NewItem};
-use guix_store_db::{DbReader, ValidPathInfo};
+use guix_store::{DbReader, ValidPathInfo};
 
 use crate::dbpool::ReaderPool;
 use crate::error::Failure;
@@ -93,7 +93,7 @@ pub trait StoreBackend: Send + Sync + 'static {
 }
 
 /// A database error as the client sees it.
-pub fn db_failure(e: guix_store_db::Error) -> Failure {
+pub fn db_failure(e: guix_store::Error) -> Failure {
     Failure::Op(e.to_string())
 }
 

@@ -17,7 +17,7 @@ use guix_formats::worker::{
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::ConnId;
-use guix_store_db::ValidPathInfo;
+use guix_store::ValidPathInfo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guix_formats::{StoreDir, StorePath};
-use guix_store_db::{DbReader, Epoch};
+use guix_store::{DbReader, Epoch};
 use tokio::sync::Semaphore;
 
 use crate::backend::db_failure;
@@ -155,11 +155,11 @@ impl ReaderPool {
 /// (the supervisor starts both at once; the C++ daemon creates it before serving anyone).
 const FIRST_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, guix_store_db::Error> {
+fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, guix_store::Error> {
     let deadline = std::time::Instant::now() + FIRST_OPEN_WAIT;
     loop {
         match DbReader::open(db_dir, store.clone()) {
-            Err(guix_store_db::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
+            Err(guix_store::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,

@@ -5,7 +5,7 @@
 //! Only positive answers are kept, and only a path's own row and references: a path that
 //! becomes valid changes nothing kept here. Everything else that changes the database
 //! (an update of a path's row, an invalidation, later garbage collection) makes store-db advance
-//! the shared change epoch ([`guix_store_db::epoch`]). Every lookup first compares the epoch
+//! the shared change epoch ([`guix_store::epoch`]). Every lookup first compares the epoch
 //! with the one the contents were read under and drops them all when it moved; a new entry is
 //! tagged with the epoch read *before* its database query. So an answer served from here is
 //! never older than one a fresh read transaction started at the same moment could give.
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use guix_formats::StorePath;
-use guix_store_db::ValidPathInfo;
+use guix_store::ValidPathInfo;
 
 /// Entries per generation: at most twice this many are kept (a few MiB).
 pub const GENERATION: usize = 8192;

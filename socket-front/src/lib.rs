@@ -30,14 +30,16 @@ pub mod error;
 pub mod infocache;
 pub mod metrics;
 pub mod ops;
-pub mod roots;
-pub mod scratch;
 #[cfg(test)]
 mod scripted;
 pub mod server;
 pub mod settings;
 pub mod storedb;
 pub mod transfer;
+
+// Moved to the store library (FindRoots for the GC too, scratch space for every writer); the
+// old names stay while the other socket-front work merges.
+pub use guix_store::{roots, scratch};
 
 use std::sync::Arc;
 
@@ -82,8 +84,9 @@ async fn run() -> Result<(), String> {
     let store_str = config.paths.store_dir.to_str().ok_or("the store directory is not valid UTF-8")?;
     let store = StoreDir::new(store_str).map_err(|e| e.to_string())?;
     // store-db's change epoch, for the path-info cache; without it, no caching.
-    let epoch_path = config.runtime_dir.join(guix_store_db::epoch::EPOCH_FILE);
-    let epoch = match guix_store_db::Epoch::open(&epoch_path) {
+    let dirs = guix_store::StateDirs::from_config(&config);
+    let epoch_path = dirs.epoch_path();
+    let epoch = match guix_store::Epoch::open(&epoch_path) {
         Ok(e) => Some(e),
         Err(e) => {
             eprintln!("guix-socket-front: not caching path infos: opening `{}': {e}", epoch_path.display());

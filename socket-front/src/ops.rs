@@ -3,7 +3,7 @@
 //! Additions live in [`crate::add`], export and import in [`crate::transfer`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use guix_formats::worker::{BuildMode, Reply, Request};
 use guix_formats::{nar, StorePath};
@@ -282,26 +282,7 @@ fn check_existence<E>(
 /// `absPath(s)` relative to the daemon's working directory `/`, then `canonPath`: `.` and
 /// `..` resolved lexically, duplicate slashes removed.
 pub fn abs_path(s: &str) -> String {
-    let joined = if s.starts_with('/') { PathBuf::from(s) } else { Path::new("/").join(s) };
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
-    for c in joined.components() {
-        match c {
-            Component::Normal(n) => parts.push(n),
-            Component::ParentDir => {
-                parts.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    let mut out = String::new();
-    for p in parts {
-        out.push('/');
-        out.push_str(&p.to_string_lossy());
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
+    guix_formats::path::abs_path(s, Path::new("/")).to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

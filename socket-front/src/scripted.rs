@@ -19,8 +19,9 @@ use guix_formats::worker::{
 };
 use guix_formats::{nar, StoreDir, StorePath};
 use guix_ipc::config::DaemonConfig;
-use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest, SCRATCH_DIR_NAME};
-use guix_store_db::ValidPathInfo;
+use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest};
+use guix_store::scratch::SCRATCH_DIR_NAME;
+use guix_store::ValidPathInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::memory::MemoryStore;

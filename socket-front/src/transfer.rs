@@ -21,6 +21,7 @@ use guix_formats::signature::{self, Acl, SecretKey};
 use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
 use guix_formats::{nar, Hash, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
+use guix_store::strerror;
 
 use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
@@ -48,14 +49,6 @@ fn load_acl(path: &Path) -> Result<Acl, String> {
         Ok(text) => Acl::parse(&text).map_err(|e| format!("reading `{}': {e}", path.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Acl::default()),
         Err(e) => Err(format!("opening file `{}': {}", path.display(), strerror(&e))),
-    }
-}
-
-/// The C library's wording of an I/O error, without Rust's " (os error N)".
-fn strerror(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => nix::errno::Errno::from_raw(n).desc().to_owned(),
-        None => e.to_string(),
     }
 }
 

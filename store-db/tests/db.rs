@@ -315,26 +315,6 @@ fn reader_opens_after_the_writer_closed() {
 }
 
 #[test]
-fn env_dirs() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into())
-    };
-    let d = StateDirs::from_lookup(env(&[])).unwrap();
-    assert_eq!(d.store_path(), std::path::Path::new("/gnu/store"));
-    assert_eq!(d.db_dir(), std::path::Path::new("/var/guix/db"));
-    assert_eq!(d.log_dir(), std::path::Path::new("/var/log/guix"));
-    let d = StateDirs::from_lookup(env(&[("NIX_STORE", "/s//x/"), ("GUIX_STATE_DIRECTORY", "/st/./a/../b")])).unwrap();
-    assert_eq!(d.store_path(), std::path::Path::new("/s/x"));
-    assert_eq!(d.db_dir(), std::path::Path::new("/st/b/db"));
-    let d =
-        StateDirs::from_lookup(env(&[("NIX_STORE", "/s"), ("NIX_STORE_DIR", "/t"), ("GUIX_DATABASE_DIRECTORY", "/d")]))
-            .unwrap();
-    assert_eq!(d.store_dir().unwrap().as_str(), "/t");
-    assert_eq!(d.db_dir(), std::path::Path::new("/d"));
-    assert!(StateDirs::from_lookup(env(&[("GUIX_LOG_DIRECTORY", "rel")])).is_err());
-}
-
-#[test]
 fn writer_refuses_a_newer_schema() {
     let t = tempfile::tempdir().unwrap();
     let s = fresh(t.path());

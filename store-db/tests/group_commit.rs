@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use guix_formats::nar::{self, Limits};
 use guix_formats::StoreDir;
-use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME};
+use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest};
+use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store_db::server::fsops::ensure_scratch_dir;
 use guix_store_db::server::service::StoreDb;
 use guix_store_db::server::writer::{self, StoreLayout, WriterOptions};

@@ -12,8 +12,9 @@ use std::time::Duration;
 use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, OutputName};
 use guix_formats::nar::{self, Limits, Node};
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::Client;
+use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store_db::{DbReader, StateDirs};
 use guix_tests::supervised::{self, Program, Supervised};
 
@@ -87,7 +88,7 @@ fn scratch_item(scratch: &Path, path: StorePath, node: &Node, references: Vec<St
     let dest = scratch.join(&name);
     let bytes = node.to_nar().unwrap();
     let summary = nar::restore(&bytes[..], &dest, &Limits::default()).unwrap();
-    guix_ipc::store_db::canonicalise(&dest).unwrap();
+    guix_store::files::canonicalise(&dest).unwrap();
     NewItem {
         source: ItemSource::Scratch(name),
         path,

@@ -46,7 +46,7 @@ pub fn run(argv: Vec<String>) -> i32 {
     let args = argv.get(1..).unwrap_or_default();
 
     if args.first().map(String::as_str) == Some("ctl") {
-        let paths = match settings::paths_from_env(env_var) {
+        let paths = match guix_ipc::config::Paths::from_env() {
             Ok(p) => p,
             Err(e) => return fail(e),
         };
@@ -65,7 +65,7 @@ pub fn run(argv: Vec<String>) -> i32 {
             return exit.code;
         }
     };
-    let paths = match settings::paths_from_env(env_var) {
+    let paths = match guix_ipc::config::Paths::from_env() {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

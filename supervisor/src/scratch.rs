@@ -1,4 +1,4 @@
-//! The store's scratch directory (`<store>/.rs-scratch`, see `guix_ipc::store_db`) after every
+//! The store's scratch directory (`<store>/.rs-scratch`, see `guix_store::scratch`) after every
 //! component has stopped.
 //!
 //! Nothing can be writing there once the supervisor has reaped all its components, so whatever
@@ -11,11 +11,11 @@
 use std::io;
 use std::path::Path;
 
-use guix_ipc::store_db::SCRATCH_DIR_NAME;
+use guix_store::scratch::SCRATCH_DIR_NAME;
 
 /// Removes `<store_dir>/.rs-scratch` and everything in it. Call only when no component runs.
 pub fn remove_scratch_dir(store_dir: &Path) -> io::Result<()> {
-    guix_ipc::store_db::delete_tree(&store_dir.join(SCRATCH_DIR_NAME))
+    guix_store::files::delete_tree(&store_dir.join(SCRATCH_DIR_NAME))
 }
 
 #[cfg(test)]

@@ -1,16 +1,13 @@
 //! From parsed options and the environment to a typed [`DaemonConfig`].
 //!
-//! This is the C++ daemon's `settings.processEnvironment()` (paths from environment variables)
-//! and `settings.update()` (integer settings checked, in the same order, with the same
-//! messages), plus our refusals: options whose feature is not built and whose silent acceptance
+//! The paths from environment variables (`settings.processEnvironment()`) are read by
+//! [`guix_ipc::config::Paths::from_lookup`]; this is `settings.update()` (integer settings
+//! checked, in the same order, with the same messages), the `--listen` addresses, plus our
+//! refusals: options whose feature is not built and whose silent acceptance
 //! would mislead are refused here with a clear message.
 
-use std::path::{Path, PathBuf};
-
-use guix_ipc::config::{
-    default_system, ClientSockets, DaemonConfig, ListenAddr, Paths, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_LOG_DIR,
-    DEFAULT_STATE_DIR, DEFAULT_STORE_DIR, DEFAULT_SUBSTITUTE_URLS,
-};
+use guix_formats::path::{canon_path, NotAbsolute};
+use guix_ipc::config::{default_system, ClientSockets, DaemonConfig, ListenAddr, Paths, DEFAULT_SUBSTITUTE_URLS};
 use thiserror::Error;
 
 use crate::cli::Options;
@@ -25,44 +22,8 @@ pub enum SettingError {
     Integer(&'static str),
     #[error("{0}")]
     Unsupported(String),
-    #[error("path `{0}' is not absolute")]
-    NotAbsolute(String),
-}
-
-/// The locations from the environment (`settings.processEnvironment()`), read through `get` (a
-/// function so tests need not touch the process environment). An empty environment gives
-/// [`Paths::default`].
-pub fn paths_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Paths, SettingError> {
-    let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.to_owned());
-    let state = get("GUIX_STATE_DIRECTORY").unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned());
-    let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| Path::new(&state).join("db"));
-    let bin_dir = get("NIX_BIN_DIR").unwrap_or_else(|| DEFAULT_BIN_DIR.to_owned());
-    Ok(Paths {
-        store_dir: canon_path(&store)?,
-        state_dir: PathBuf::from(state),
-        db_dir,
-        log_dir: get("GUIX_LOG_DIRECTORY").unwrap_or_else(|| DEFAULT_LOG_DIR.to_owned()).into(),
-        conf_dir: get("GUIX_CONFIGURATION_DIRECTORY").unwrap_or_else(|| DEFAULT_CONF_DIR.to_owned()).into(),
-        guix_program: get("GUIX").map(PathBuf::from).unwrap_or_else(|| Path::new(&bin_dir).join("guix")),
-    })
-}
-
-/// `canonPath` of libutil without symlink resolution: removes `.`, `..` and repeated slashes.
-pub fn canon_path(p: &str) -> Result<PathBuf, SettingError> {
-    if !p.starts_with('/') {
-        return Err(SettingError::NotAbsolute(p.to_owned()));
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    Ok(PathBuf::from(format!("/{}", parts.join("/"))))
+    #[error(transparent)]
+    NotAbsolute(#[from] NotAbsolute),
 }
 
 /// Interprets the `--listen` arguments (empty: the default socket).
@@ -210,49 +171,17 @@ pub fn build_config(
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::path::PathBuf;
 
     fn paths(vars: &[(&str, &str)]) -> Paths {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        paths_from_env(|k| m.get(k).cloned()).unwrap()
+        Paths::from_lookup(|k| m.get(k).map(Into::into)).unwrap()
     }
 
     fn config(opts: &Options) -> Result<DaemonConfig, SettingError> {
         let p = paths(&[]);
         let addrs = listen_addrs(opts, &p)?;
         build_config(opts, &p, ClientSockets::Opened(addrs))
-    }
-
-    #[test]
-    fn environment() {
-        let p = paths(&[]);
-        assert_eq!(p, Paths::default());
-        assert_eq!(p.store_dir, PathBuf::from("/gnu/store"));
-        assert_eq!(p.db_dir, PathBuf::from("/var/guix/db"));
-        assert_eq!(p.default_socket(), PathBuf::from("/var/guix/daemon-socket/socket"));
-        assert_eq!(p.guix_program, PathBuf::from("/usr/bin/guix"));
-        let p = paths(&[
-            ("NIX_STORE", "/other"),
-            ("GUIX_STATE_DIRECTORY", "/s"),
-            ("GUIX_LOG_DIRECTORY", "/l"),
-            ("GUIX_CONFIGURATION_DIRECTORY", "/c"),
-            ("NIX_BIN_DIR", "/bin"),
-        ]);
-        assert_eq!(p.store_dir, PathBuf::from("/other"));
-        assert_eq!(
-            (p.db_dir.as_path(), p.log_dir.as_path(), p.conf_dir.as_path()),
-            (Path::new("/s/db"), Path::new("/l"), Path::new("/c"))
-        );
-        assert_eq!(p.guix_program, PathBuf::from("/bin/guix"));
-        assert_eq!(p.control_socket(), PathBuf::from("/s/daemon-socket/rs-control"));
-        let p = paths(&[
-            ("NIX_STORE_DIR", "/a//b/./c/../store/"),
-            ("NIX_STORE", "/ignored"),
-            ("GUIX_DATABASE_DIRECTORY", "/d"),
-            ("GUIX", "/g"),
-        ]);
-        assert_eq!(p.store_dir, PathBuf::from("/a/b/store"));
-        assert_eq!((p.db_dir.as_path(), p.guix_program.as_path()), (Path::new("/d"), Path::new("/g")));
-        assert!(paths_from_env(|k| (k == "NIX_STORE_DIR").then(|| "rel".to_owned())).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! of the test's choosing (real component binaries or stand-ins).
 //!
 //! The state lives under one root in the layout of the rig's `--keep` directory (and of
-//! `guix_store_db::StateDirs::under`): `ROOT/store`, `ROOT/var-guix`, `ROOT/var-guix/db`,
+//! `guix_store::StateDirs::under`): `ROOT/store`, `ROOT/var-guix`, `ROOT/var-guix/db`,
 //! `ROOT/var-log-guix`.
 
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -8,10 +8,8 @@
 //!   byte-wise order, "executable" iff the owner-exec bit is set, as the C++ `dumpPath` and the
 //!   Guile `write-file` do; the output is byte-identical to theirs.
 //! - Reading: one validation core, the sans-IO [`Parser`], drives every reader so they all
-//!   accept exactly the same language: [`validate`] and [`restore`] (blocking, `std::io`),
-//!   [`read_with`] for a custom [`Visitor`], and [`copy_validated`] /
-//!   [`copy_validated_flat`] (tokio) which consume exactly one NAR from a stream, e.g. the
-//!   inline NAR of AddToStore, copying it to a spool while hashing it.
+//!   accept exactly the same language: [`validate`] and [`restore`] (blocking, `std::io`) and
+//!   [`read_with`] for a custom [`Visitor`].
 //!
 //! # Strictness
 //!
@@ -28,7 +26,6 @@
 
 mod parser;
 mod read;
-mod stream;
 mod write;
 
 use std::io;
@@ -41,7 +38,6 @@ use crate::wire::WireError;
 
 pub use parser::{Event, Parser, Step};
 pub use read::{read_with, restore, validate, validate_copy, Restorer, Visitor};
-pub use stream::{copy_validated, copy_validated_flat, FlatFile};
 pub use write::{
     dump_path, dump_path_to, nar_of_regular, summary_of_regular, write_regular, HashingWriter, Node, RegularNarHasher,
 };

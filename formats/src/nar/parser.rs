@@ -2,9 +2,8 @@
 //!
 //! The parser never touches a stream. Its driver asks [`Parser::step`] what to read next,
 //! reads exactly that, and hands it back; the parser answers with the structural [`Event`]s
-//! the bytes mean, or with the error that makes the archive invalid. The blocking readers in
-//! `read.rs` and the tokio readers in `stream.rs` are such drivers, so they accept exactly the
-//! same language. The parser also counts the NAR's bytes, so it can refuse an announced size
+//! the bytes mean, or with the error that makes the archive invalid. The readers in `read.rs`
+//! are such drivers, so they all accept exactly the same language. The parser also counts the NAR's bytes, so it can refuse an announced size
 //! that would exceed [`Limits::max_nar_size`] before anything is read or allocated.
 
 use super::{Limits, NarError, NAR_MAGIC};

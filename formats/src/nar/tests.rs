@@ -217,32 +217,6 @@ fn dump_rejects_special_files() {
     assert_eq!(e.to_string(), format!("file `{}' has an unsupported type", sock.display()));
 }
 
-#[test]
-fn async_copy_reads_exactly_one_nar() {
-    let nar = sample().to_nar().unwrap();
-    let mut input = nar.clone();
-    input.extend_from_slice(b"TRAILER!");
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(async {
-        let mut r = &input[..];
-        let mut out = Vec::new();
-        let s = copy_validated(&mut r, &mut out, &Limits::default()).await.unwrap();
-        assert_eq!(out, nar);
-        assert_eq!(r, b"TRAILER!");
-        assert_eq!(s.nar_size, nar.len() as u64);
-
-        let e = copy_validated_flat(&mut &nar[..], &mut Vec::new(), &Limits::default(), HashAlgo::Sha1).await;
-        assert_eq!(e.unwrap_err().to_string(), "regular file expected");
-
-        let flat = nar_of_regular(b"hello\n", true);
-        let (s, f) =
-            copy_validated_flat(&mut &flat[..], &mut Vec::new(), &Limits::default(), HashAlgo::Sha1).await.unwrap();
-        assert!(f.executable);
-        assert_eq!(f.contents_hash, HashAlgo::Sha1.digest(b"hello\n"));
-        assert_eq!(s.nar_hash, HashAlgo::Sha256.digest(&flat));
-    });
-}
-
 /// Restored trees are read-only; make them removable for `TempDir`'s drop.
 fn make_writable(p: &Path) {
     if let Ok(md) = fs::symlink_metadata(p) {
@@ -308,11 +282,6 @@ proptest! {
         let _ = restore(nar, &tmp.path().join("dest"), &Limits::default());
         make_writable(tmp.path());
         check_contained(tmp.path());
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let sync = validate(nar, &Limits::default()).map(|s| s.nar_size).map_err(|e| e.to_string());
-        let asy = rt.block_on(copy_validated(&mut &nar[..], &mut Vec::new(), &Limits::default()))
-            .map(|s| s.nar_size).map_err(|e| e.to_string());
-        prop_assert_eq!(sync, asy);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod request;
 pub mod stderr;
 
 pub use handshake::{client_handshake, server_handshake, ClientHello, ServerHello};
-pub use reply::{read_reply, write_reply, PathInfo, Reply, SubstitutablePathInfo};
+pub use reply::{read_reply, write_reply, PathInfo, Reply, ReplyShape, SubstitutablePathInfo};
 pub use request::{
     read_op, read_request, read_request_body, write_request, BuildMode, DerivedPath, GcAction, Request, SetOptions,
 };
@@ -227,8 +227,8 @@ pub enum ProtoError {
     #[error("string is too long")]
     TunnelStringTooLong,
     /// A reply does not fit the operation it answers (programming error on the writing side).
-    #[error("reply {reply} does not answer operation {op:?}")]
-    ReplyMismatch { op: Opcode, reply: &'static str },
+    #[error("reply {reply:?} does not answer operation {op:?}")]
+    ReplyMismatch { op: Opcode, reply: ReplyShape },
 }
 
 impl ProtoError {

@@ -73,64 +73,87 @@ pub enum Reply {
     },
 }
 
+/// Which [`Reply`] variant an operation answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyShape {
+    Nothing,
+    Done,
+    Bool,
+    Path,
+    OptPath,
+    Hash,
+    Paths,
+    PathList,
+    Strings,
+    Roots,
+    PathInfo,
+    SubstitutablePathInfo,
+    QuerySubstitutablePathInfos,
+    CollectGarbage,
+}
+
+impl ReplyShape {
+    /// The opcode → reply shape table, the only one: writing checks a reply against it
+    /// ([`Reply::answers`]) and reading decodes by it ([`read_reply`]).
+    pub fn of(op: Opcode) -> ReplyShape {
+        use Opcode as O;
+        use ReplyShape as S;
+        match op {
+            O::SetOptions => S::Nothing,
+            O::BuildPaths
+            | O::EnsurePath
+            | O::AddTempRoot
+            | O::AddIndirectRoot
+            | O::SyncWithGC
+            | O::ExportPath
+            | O::ClearFailedPaths
+            | O::OptimiseStore => S::Done,
+            O::IsValidPath | O::HasSubstitutes | O::VerifyStore => S::Bool,
+            O::AddToStore | O::AddTextToStore => S::Path,
+            O::QueryDeriver | O::QueryPathFromHashPart => S::OptPath,
+            O::QueryPathHash => S::Hash,
+            O::QueryReferences
+            | O::QueryReferrers
+            | O::QueryValidDerivers
+            | O::QueryDerivationOutputs
+            | O::QueryAllValidPaths
+            | O::QueryFailedPaths
+            | O::QueryValidPaths
+            | O::QuerySubstitutablePaths => S::Paths,
+            O::ImportPaths => S::PathList,
+            O::QueryDerivationOutputNames | O::BuiltinBuilders | O::SubstituteURLs => S::Strings,
+            O::FindRoots => S::Roots,
+            O::QueryPathInfo => S::PathInfo,
+            O::QuerySubstitutablePathInfo => S::SubstitutablePathInfo,
+            O::QuerySubstitutablePathInfos => S::QuerySubstitutablePathInfos,
+            O::CollectGarbage => S::CollectGarbage,
+        }
+    }
+}
+
 impl Reply {
     /// Whether this reply has the shape operation `op` answers with.
     pub fn answers(&self, op: Opcode) -> bool {
-        use Opcode as O;
-        match self {
-            Reply::Nothing => op == O::SetOptions,
-            Reply::Done => matches!(
-                op,
-                O::BuildPaths
-                    | O::EnsurePath
-                    | O::AddTempRoot
-                    | O::AddIndirectRoot
-                    | O::SyncWithGC
-                    | O::ExportPath
-                    | O::ClearFailedPaths
-                    | O::OptimiseStore
-            ),
-            Reply::Bool(_) => matches!(op, O::IsValidPath | O::HasSubstitutes | O::VerifyStore),
-            Reply::Path(_) => matches!(op, O::AddToStore | O::AddTextToStore),
-            Reply::OptPath(_) => matches!(op, O::QueryDeriver | O::QueryPathFromHashPart),
-            Reply::Hash(_) => op == O::QueryPathHash,
-            Reply::Paths(_) => matches!(
-                op,
-                O::QueryReferences
-                    | O::QueryReferrers
-                    | O::QueryValidDerivers
-                    | O::QueryDerivationOutputs
-                    | O::QueryAllValidPaths
-                    | O::QueryFailedPaths
-                    | O::QueryValidPaths
-                    | O::QuerySubstitutablePaths
-            ),
-            Reply::PathList(_) => op == O::ImportPaths,
-            Reply::Strings(_) => matches!(op, O::QueryDerivationOutputNames | O::BuiltinBuilders | O::SubstituteURLs),
-            Reply::Roots(_) => op == O::FindRoots,
-            Reply::PathInfo(_) => op == O::QueryPathInfo,
-            Reply::SubstitutablePathInfo(_) => op == O::QuerySubstitutablePathInfo,
-            Reply::QuerySubstitutablePathInfos(_) => op == O::QuerySubstitutablePathInfos,
-            Reply::CollectGarbage { .. } => op == O::CollectGarbage,
-        }
+        self.shape() == ReplyShape::of(op)
     }
 
-    fn kind(&self) -> &'static str {
+    pub fn shape(&self) -> ReplyShape {
+        use ReplyShape as S;
         match self {
-            Reply::Nothing => "Nothing",
-            Reply::Done => "Done",
-            Reply::Bool(_) => "Bool",
-            Reply::Path(_) => "Path",
-            Reply::OptPath(_) => "OptPath",
-            Reply::Hash(_) => "Hash",
-            Reply::Paths(_) => "Paths",
-            Reply::PathList(_) => "PathList",
-            Reply::Strings(_) => "Strings",
-            Reply::Roots(_) => "Roots",
-            Reply::PathInfo(_) => "PathInfo",
-            Reply::SubstitutablePathInfo(_) => "SubstitutablePathInfo",
-            Reply::QuerySubstitutablePathInfos(_) => "QuerySubstitutablePathInfos",
-            Reply::CollectGarbage { .. } => "CollectGarbage",
+            Reply::Nothing => S::Nothing,
+            Reply::Done => S::Done,
+            Reply::Bool(_) => S::Bool,
+            Reply::Path(_) => S::Path,
+            Reply::OptPath(_) => S::OptPath,
+            Reply::Hash(_) => S::Hash,
+            Reply::Paths(_) => S::Paths,
+            Reply::PathList(_) => S::PathList,
+            Reply::Strings(_) => S::Strings,
+            Reply::Roots(_) => S::Roots,
+            Reply::PathInfo(_) => S::PathInfo,
+            Reply::SubstitutablePathInfo(_) => S::SubstitutablePathInfo,
+            Reply::QuerySubstitutablePathInfos(_) => S::QuerySubstitutablePathInfos,
+            Reply::CollectGarbage { .. } => S::CollectGarbage,
         }
     }
 }
@@ -152,7 +175,7 @@ pub(crate) fn encode_reply(
     client_version: u32,
 ) -> Result<(), ProtoError> {
     if !reply.answers(op) {
-        return Err(ProtoError::ReplyMismatch { op, reply: reply.kind() });
+        return Err(ProtoError::ReplyMismatch { op, reply: reply.shape() });
     }
     match reply {
         Reply::Nothing => {}
@@ -240,34 +263,20 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
     client_version: u32,
     limits: &Limits,
 ) -> Result<Reply, ProtoError> {
-    use Opcode as O;
+    use ReplyShape as S;
     let mut rd = Reader::new(r, store, limits);
-    Ok(match op {
-        O::SetOptions => Reply::Nothing,
-        O::BuildPaths
-        | O::EnsurePath
-        | O::AddTempRoot
-        | O::AddIndirectRoot
-        | O::SyncWithGC
-        | O::ExportPath
-        | O::ClearFailedPaths
-        | O::OptimiseStore => {
+    Ok(match ReplyShape::of(op) {
+        S::Nothing => Reply::Nothing,
+        S::Done => {
             rd.int().await?;
             Reply::Done
         }
-        O::IsValidPath | O::HasSubstitutes | O::VerifyStore => Reply::Bool(rd.bool().await?),
-        O::AddToStore | O::AddTextToStore => Reply::Path(rd.reply_path().await?),
-        O::QueryDeriver | O::QueryPathFromHashPart => Reply::OptPath(rd.reply_opt_path().await?),
-        O::QueryPathHash => Reply::Hash(read_hash(&mut rd).await?),
-        O::QueryReferences
-        | O::QueryReferrers
-        | O::QueryValidDerivers
-        | O::QueryDerivationOutputs
-        | O::QueryAllValidPaths
-        | O::QueryFailedPaths
-        | O::QueryValidPaths
-        | O::QuerySubstitutablePaths => Reply::Paths(rd.reply_path_set().await?),
-        O::ImportPaths => {
+        S::Bool => Reply::Bool(rd.bool().await?),
+        S::Path => Reply::Path(rd.reply_path().await?),
+        S::OptPath => Reply::OptPath(rd.reply_opt_path().await?),
+        S::Hash => Reply::Hash(read_hash(&mut rd).await?),
+        S::Paths => Reply::Paths(rd.reply_path_set().await?),
+        S::PathList => {
             let n = rd.list_count("path list").await?;
             let mut v = Vec::new();
             for _ in 0..n {
@@ -275,8 +284,8 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             }
             Reply::PathList(v)
         }
-        O::QueryDerivationOutputNames | O::BuiltinBuilders => Reply::Strings(rd.strings("string list").await?),
-        O::SubstituteURLs => {
+        // The URLs are long strings, the names and builders short ones.
+        S::Strings if op == Opcode::SubstituteURLs => {
             let n = rd.list_count("URL list").await?;
             let mut v = Vec::new();
             for _ in 0..n {
@@ -284,7 +293,8 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             }
             Reply::Strings(v)
         }
-        O::FindRoots => {
+        S::Strings => Reply::Strings(rd.strings("string list").await?),
+        S::Roots => {
             let n = rd.list_count("root list").await?;
             let mut v = Vec::new();
             for _ in 0..n {
@@ -294,7 +304,7 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             }
             Reply::Roots(v)
         }
-        O::QueryPathInfo => {
+        S::PathInfo => {
             let deriver = rd.reply_opt_path().await?;
             let nar_hash = read_hash(&mut rd).await?;
             let references = rd.reply_path_set().await?;
@@ -302,14 +312,14 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             let nar_size = rd.u64().await?;
             Reply::PathInfo(PathInfo { deriver, nar_hash, references, registration_time, nar_size })
         }
-        O::QuerySubstitutablePathInfo => {
+        S::SubstitutablePathInfo => {
             if rd.bool().await? {
                 Reply::SubstitutablePathInfo(Some(read_subst(&mut rd, protocol_minor(client_version) >= 7).await?))
             } else {
                 Reply::SubstitutablePathInfo(None)
             }
         }
-        O::QuerySubstitutablePathInfos => {
+        S::QuerySubstitutablePathInfos => {
             let n = rd.list_count("path info list").await?;
             let mut m = BTreeMap::new();
             for _ in 0..n {
@@ -319,7 +329,7 @@ pub async fn read_reply<R: AsyncRead + Unpin + ?Sized>(
             }
             Reply::QuerySubstitutablePathInfos(m)
         }
-        O::CollectGarbage => {
+        S::CollectGarbage => {
             let n = rd.list_count("path list").await?;
             let mut paths = BTreeSet::new();
             for _ in 0..n {

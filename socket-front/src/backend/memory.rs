@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{
-    delete_tree, write_canonical_text, ConnId, ItemSource, NewItem, StoreDbRequest, SCRATCH_DIR_NAME,
-};
-use guix_store_db::ValidPathInfo;
+use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest};
+use guix_store::files::{delete_tree, write_canonical_text};
+use guix_store::scratch::SCRATCH_DIR_NAME;
+use guix_store::ValidPathInfo;
 
 use super::{StoreBackend, StoreReads};
 use crate::error::Failure;

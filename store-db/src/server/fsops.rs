@@ -13,7 +13,6 @@
 //! alive keeps its entries however long it takes, and a store-db restart never removes the
 //! work of a writer that is still filling it.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -25,17 +24,8 @@ use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
 /// Age after which a scratch entry not named `<pid>-…` is removed.
 pub const UNNAMED_MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// Why a scratch name is refused (the text the client sees).
-pub fn check_scratch_name(name: &str) -> Result<(), String> {
-    let bad =
-        name.is_empty() || name == "." || name == ".." || name.len() > 255 || name.bytes().any(|b| b == b'/' || b == 0);
-    if bad {
-        return Err(format!("invalid scratch item name `{name}'"));
-    }
-    Ok(())
-}
-
-pub use guix_ipc::store_db::delete_tree as delete_path;
+pub use guix_store::files::delete_tree as delete_path;
+use guix_store::scratch::{check_scratch_name, scratch_owner};
 
 /// Removes the scratch copies of `items` (after a refusal or a failure), skipping names that
 /// are not one plain component.
@@ -71,16 +61,6 @@ pub fn ensure_scratch_dir(dir: &Path) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
-/// The writer pid a scratch entry name starts with (`<pid>-…`).
-pub fn scratch_owner(name: &OsStr) -> Option<i32> {
-    let s = name.to_str()?;
-    let (pid, _) = s.split_once('-')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    pid.parse().ok().filter(|&p| p > 0)
-}
-
 fn pid_alive(pid: i32) -> bool {
     !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
 }
@@ -112,20 +92,6 @@ pub fn sweep_scratch(dir: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scratch_names() {
-        for ok in ["123-abc", "x", "a.b", "..."] {
-            assert!(check_scratch_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", ".", "..", "a/b", "/abs", "../x", "a\0b"] {
-            assert!(check_scratch_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_scratch_name(&"a".repeat(256)).is_err());
-        assert_eq!(scratch_owner(OsStr::new("42-x")), Some(42));
-        assert_eq!(scratch_owner(OsStr::new("x-42")), None);
-        assert_eq!(scratch_owner(OsStr::new("-x")), None);
-    }
 
     #[test]
     fn delete_read_only_tree_and_sweep() {

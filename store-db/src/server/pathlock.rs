@@ -17,12 +17,13 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use nix::fcntl::{fcntl, FcntlArg};
+use guix_store::files::{lock_file, LockType};
+use guix_store::strerror;
 use tokio::sync::Notify;
 
 /// The in-process side of path locking: which lock files this process holds or is acquiring.
@@ -138,10 +139,8 @@ fn open_lock_file(lock_path: &PathBuf) -> Result<File, String> {
 /// process holds the lock (or the file went stale under us: the blocking path retries).
 fn try_lock_file(lock_path: &PathBuf) -> Result<Option<(PathBuf, File)>, String> {
     let file = open_lock_file(lock_path)?;
-    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&whole_file_write_lock())) {
-        Ok(_) => {}
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES | nix::errno::Errno::EINTR) => return Ok(None),
-        Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
+    if !lock_file(file.as_fd(), LockType::Write, false).map_err(lock_error)? {
+        return Ok(None);
     }
     Ok((!is_stale(lock_path, &file)?).then(|| (lock_path.clone(), file)))
 }
@@ -150,13 +149,7 @@ fn try_lock_file(lock_path: &PathBuf) -> Result<Option<(PathBuf, File)>, String>
 fn lock_file_blocking(lock_path: &PathBuf) -> Result<(PathBuf, File), String> {
     loop {
         let file = open_lock_file(lock_path)?;
-        loop {
-            match fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&whole_file_write_lock())) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("acquiring/releasing lock: {}", e.desc())),
-            }
-        }
+        lock_file(file.as_fd(), LockType::Write, true).map_err(lock_error)?;
         if !is_stale(lock_path, &file)? {
             return Ok((lock_path.clone(), file));
         }
@@ -164,28 +157,14 @@ fn lock_file_blocking(lock_path: &PathBuf) -> Result<(PathBuf, File), String> {
     }
 }
 
-fn whole_file_write_lock() -> nix::libc::flock {
-    nix::libc::flock {
-        l_type: nix::libc::F_WRLCK as _,
-        l_whence: nix::libc::SEEK_SET as _,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    }
+fn lock_error(e: std::io::Error) -> String {
+    format!("acquiring/releasing lock: {}", strerror(&e))
 }
 
 /// A lock file its holder deleted has a `d` in it (C++ `PathLocks`); an empty one is live.
 fn is_stale(lock_path: &std::path::Path, file: &File) -> Result<bool, String> {
     let st = file.metadata().map_err(|e| format!("statting lock file `{}': {}", lock_path.display(), strerror(&e)))?;
     Ok(st.len() != 0)
-}
-
-/// `strerror` text of an I/O error, as the C++ `SysError` prints it.
-pub(crate) fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -10,13 +10,14 @@
 //! [`TempRoots::is_temp_root`] (or [`TempRoots::snapshot`] to take them all at once).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use guix_formats::path::canon_path;
 use guix_formats::{HashAlgo, StorePath};
 use guix_ipc::store_db::ConnId;
 
-use super::pathlock::strerror;
+use guix_store::strerror;
 
 /// The temp roots of every live connection.
 #[derive(Debug, Default)]
@@ -73,7 +74,7 @@ pub fn add_indirect_root(state_dir: &Path, path: &str) -> Result<PathBuf, String
         return Err(format!("not an absolute path: `{path}'"));
     }
     let hash = HashAlgo::Sha1.digest(path.as_bytes()).to_nix_base32();
-    let auto = canon(&state_dir.join("gcroots").join("auto"));
+    let auto = canon_path(state_dir.join("gcroots").join("auto")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&auto).map_err(|e| format!("creating directory `{}': {}", auto.display(), strerror(&e)))?;
     let link = auto.join(&hash);
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -87,21 +88,6 @@ pub fn add_indirect_root(state_dir: &Path, path: &str) -> Result<PathBuf, String
         format!("cannot rename `{}' to `{}': {}", tmp.display(), link.display(), strerror(&e))
     })?;
     Ok(link)
-}
-
-/// `canonPath` without resolving symlinks.
-fn canon(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
-use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
+use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Handler, Hello};
 
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
 use super::writer::{self, Job, StoreLayout, WriterHandle, WriterOptions};
-use crate::epoch::{Epoch, EPOCH_FILE};
+use crate::epoch::Epoch;
 use crate::{DbOptions, DbWriter, InitOptions, StateDirs};
 
 /// How often scratch leftovers of dead writers are removed (besides at startup).
@@ -197,22 +197,17 @@ fn run() -> Result<(), StartError> {
             _ => None,
         })
         .ok_or(StartError::NoListener)?;
-    let dirs = StateDirs::new(
-        config.paths.store_dir.clone(),
-        config.paths.state_dir.clone(),
-        config.paths.db_dir.clone(),
-        config.paths.log_dir.clone(),
-    );
+    let dirs = StateDirs::from_config(&config);
     let lock =
         dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
     if lock.read_only() {
         return Err(StartError::ReadOnly);
     }
     let store_dir: StoreDir = dirs.store_dir()?;
-    let scratch = dirs.store_path().join(SCRATCH_DIR_NAME);
+    let scratch = dirs.scratch_dir();
     ensure_scratch_dir(&scratch)?;
     let mut db = DbWriter::open(dirs.db_dir(), store_dir.clone(), &lock, &DbOptions::default())?;
-    let epoch_path = config.runtime_dir.join(EPOCH_FILE);
+    let epoch_path = dirs.epoch_path();
     let epoch = Epoch::open(&epoch_path).map_err(|e| StartError::Epoch(epoch_path.clone(), e))?;
     db.set_epoch(Arc::new(epoch));
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };

@@ -57,11 +57,12 @@ use std::sync::{Arc, Mutex, TryLockError};
 
 use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{write_canonical_text, ItemSource, NewItem};
+use guix_ipc::store_db::{ItemSource, NewItem};
+use guix_store::files::write_canonical_text;
+use guix_store::strerror;
 use tokio::sync::oneshot;
 
 use super::fsops::{check_item, delete_path, remove_scratch_copies, sweep_scratch};
-use super::pathlock::strerror;
 use crate::{DbWriter, DerivationOutputs, Registration, ValidPathInfo};
 
 /// The result of a job: `Err` holds the client-facing message.

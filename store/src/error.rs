@@ -1,9 +1,8 @@
-//! The error type of the store database library.
+//! The error type of the store library (and of store-db, which re-exports it).
 //!
 //! Where the C++ daemon has a message for the same condition, `Display` gives exactly that
 //! message, because clients see it verbatim (`store-protocol-error` in Guile).
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -97,7 +96,7 @@ pub enum Error {
     },
 
     /// A failing system call; displayed like the C++ `SysError` (`message: strerror`).
-    #[error("{context}: {}", Strerror(source))]
+    #[error("{context}: {}", strerror(source))]
     Sys {
         context: String,
         #[source]
@@ -116,7 +115,7 @@ pub enum Error {
     #[error("the group `{0}' specified in `build-users-group' does not exist")]
     NoSuchGroup(String),
 
-    /// A directory from the environment is not absolute (`canonPath`).
+    /// The store directory is not absolute.
     #[error("not an absolute path: `{0}'")]
     NotAbsolute(String),
 
@@ -126,11 +125,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    pub fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| Error::Sqlite { context, source }
     }
 
-    pub(crate) fn sys(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    pub fn sys(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Sys { context, source }
     }
@@ -149,15 +148,12 @@ impl Error {
     }
 }
 
-/// `strerror(errno)` text for an OS error, like the C++ `SysError`; other errors as they are.
-struct Strerror<'a>(&'a io::Error);
-
-impl fmt::Display for Strerror<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.raw_os_error() {
-            Some(code) => f.write_str(nix::errno::Errno::from_raw(code).desc()),
-            None => write!(f, "{}", self.0),
-        }
+/// `strerror(errno)` text for an OS error, as the C++ `SysError` prints it (without Rust's
+/// " (os error N)"); other errors as they are. The one copy for every component.
+pub fn strerror(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
+        None => e.to_string(),
     }
 }
 

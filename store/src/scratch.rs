@@ -1,18 +1,29 @@
 //! Scratch space for items being added: `<store>/.rs-scratch/<unique>`, on the store's file
 //! system so store-db moves a finished item into place with one `rename`.
 //!
+//! Naming (what store-db's sweep relies on): every writer names its entries
+//! `<writer-pid>-<anything>` ([`scratch_owner`] reads the pid back); store-db removes the
+//! entries of writers that are no longer alive, and entries named otherwise once they are an
+//! hour old. [`check_scratch_name`] is what store-db accepts as an entry name.
+//!
 //! socket-front writes new items only here, canonicalised (modes from the restorer, mtime 1),
 //! then hands the name to store-db (`AddItems`), which renames it into the store or removes it.
 //! A [`ScratchItem`] removes its tree when dropped unless [`ScratchItem::handed_over`] was
 //! called, so an error or a dropped connection never leaves debris behind.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use guix_ipc::store_db::{ConnId, SCRATCH_DIR_NAME};
+use guix_ipc::store_db::ConnId;
+
+/// Name of the scratch directory, directly under the store directory (same file system, so a
+/// finished item is moved into place with `rename`). Writers create their work there; only
+/// store-db moves things out of it.
+pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 
 pub struct Scratch {
     dir: PathBuf,
@@ -39,7 +50,7 @@ impl Scratch {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // `<pid>-…`: store-db sweeps entries whose writer pid is dead (ipc::store_db::NewItem).
+        // `<pid>-…`: store-db sweeps entries whose writer pid is dead (see [`scratch_owner`]).
         let name = format!("{}-front-{conn:016x}-{n}", std::process::id());
         Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
     }
@@ -77,7 +88,27 @@ impl Drop for ScratchItem {
     }
 }
 
-pub use guix_ipc::store_db::{canonicalise, delete_tree as remove_tree};
+pub use crate::files::{canonicalise, delete_tree as remove_tree};
+
+/// Why a scratch name is refused (the text the client sees).
+pub fn check_scratch_name(name: &str) -> Result<(), String> {
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.len() > 255 || name.bytes().any(|b| b == b'/' || b == 0);
+    if bad {
+        return Err(format!("invalid scratch item name `{name}'"));
+    }
+    Ok(())
+}
+
+/// The writer pid a scratch entry name starts with (`<pid>-…`).
+pub fn scratch_owner(name: &OsStr) -> Option<i32> {
+    let s = name.to_str()?;
+    let (pid, _) = s.split_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
 
 #[cfg(test)]
 mod tests {
@@ -107,5 +138,19 @@ mod tests {
         let p = other.path().to_owned();
         other.handed_over();
         assert!(p.exists());
+    }
+
+    #[test]
+    fn scratch_names() {
+        for ok in ["123-abc", "x", "a.b", "..."] {
+            assert!(check_scratch_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "../x", "a\0b"] {
+            assert!(check_scratch_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_scratch_name(&"a".repeat(256)).is_err());
+        assert_eq!(scratch_owner(OsStr::new("42-x")), Some(42));
+        assert_eq!(scratch_owner(OsStr::new("x-42")), None);
+        assert_eq!(scratch_owner(OsStr::new("-x")), None);
     }
 }

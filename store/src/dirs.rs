@@ -1,62 +1,58 @@
-//! The store and state directories, and what the C++ daemon creates in them when it opens the
-//! store (`LocalStore::LocalStore`): the store itself, `.links`, `profiles/per-user`,
+//! The daemon's directories ([`StateDirs`], one type for every component, from the
+//! configuration the supervisor hands out), and what the C++ daemon creates in them when it
+//! opens the store (`LocalStore::LocalStore`): the store itself, `.links`, `profiles/per-user`,
 //! `temproots`, `gcroots` (+ `gcroots/profiles`), the database directory with `reserved`,
 //! `big-lock` (held shared for the process lifetime) and the `schema` check.
+//!
+//! The environment is read once, by the supervisor (`guix_ipc::config::Paths::from_lookup`,
+//! canonical as in C++); components get the result in their [`DaemonConfig`].
 
-use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use guix_formats::StoreDir;
-use nix::fcntl::{fcntl, FcntlArg};
+use guix_ipc::config::DaemonConfig;
 
 use crate::db::{check_schema_version, read_schema_version};
+use crate::epoch::EPOCH_FILE;
 use crate::error::{Error, Result};
+use crate::files::{lock_file, LockType};
+use crate::scratch::SCRATCH_DIR_NAME;
 
-pub const DEFAULT_STORE_DIR: &str = "/gnu/store";
-pub const DEFAULT_STATE_DIR: &str = "/var/guix";
-pub const DEFAULT_LOG_DIR: &str = "/var/log/guix";
 /// `gc-reserved-space` default: 8 MiB.
 pub const DEFAULT_RESERVED_SIZE: u64 = 8 * 1024 * 1024;
 
-/// Where the store and its state live, read from the same environment variables as the C++
-/// daemon (`processEnvironment`).
+/// Where the store and its state live: the directories of the daemon's configuration, and
+/// the names the C++ daemon (and ours) derives from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDirs {
     store_dir: PathBuf,
     state_dir: PathBuf,
     db_dir: PathBuf,
     log_dir: PathBuf,
+    runtime_dir: PathBuf,
 }
 
 impl StateDirs {
-    /// From the process environment.
-    pub fn from_env() -> Result<StateDirs> {
-        StateDirs::from_lookup(|k| std::env::var_os(k))
+    /// The directories of the configuration every component receives.
+    pub fn from_config(config: &DaemonConfig) -> StateDirs {
+        let p = &config.paths;
+        StateDirs {
+            store_dir: p.store_dir.clone(),
+            state_dir: p.state_dir.clone(),
+            db_dir: p.db_dir.clone(),
+            log_dir: p.log_dir.clone(),
+            runtime_dir: config.runtime_dir.clone(),
+        }
     }
 
-    /// From an environment lookup: `NIX_STORE_DIR` (else `NIX_STORE`, else `/gnu/store`),
-    /// `GUIX_STATE_DIRECTORY` (`/var/guix`), `GUIX_DATABASE_DIRECTORY` (`$state/db`, not
-    /// canonicalised, as in C++), `GUIX_LOG_DIRECTORY` (`/var/log/guix`). A variable that is set
-    /// counts even when empty (and then fails: not absolute).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<StateDirs> {
-        let or = |k: &str, d: &str| get(k).unwrap_or_else(|| d.into());
-        let store = get("NIX_STORE_DIR").or_else(|| get("NIX_STORE")).unwrap_or_else(|| DEFAULT_STORE_DIR.into());
-        let state_dir = canon_path(&or("GUIX_STATE_DIRECTORY", DEFAULT_STATE_DIR))?;
-        let db_dir = get("GUIX_DATABASE_DIRECTORY").map(PathBuf::from).unwrap_or_else(|| state_dir.join("db"));
-        Ok(StateDirs {
-            store_dir: canon_path(&store)?,
-            state_dir,
-            db_dir,
-            log_dir: canon_path(&or("GUIX_LOG_DIRECTORY", DEFAULT_LOG_DIR))?,
-        })
-    }
-
-    /// Explicit directories (tests, tools). The store directory must be valid UTF-8.
+    /// Explicit directories (tests, tools); the runtime directory is `STATE/daemon-rs`, as
+    /// the supervisor makes it. The store directory must be valid UTF-8.
     pub fn new(store_dir: PathBuf, state_dir: PathBuf, db_dir: PathBuf, log_dir: PathBuf) -> StateDirs {
-        StateDirs { store_dir, state_dir, db_dir, log_dir }
+        let runtime_dir = state_dir.join("daemon-rs");
+        StateDirs { store_dir, state_dir, db_dir, log_dir, runtime_dir }
     }
 
     /// Everything under one root (`ROOT/store`, `ROOT/var-guix`, `ROOT/var-guix/db`,
@@ -86,6 +82,21 @@ impl StateDirs {
 
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// Our private runtime directory (link sockets, the change epoch).
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_dir
+    }
+
+    /// The change epoch's file ([`crate::epoch`]).
+    pub fn epoch_path(&self) -> PathBuf {
+        self.runtime_dir.join(EPOCH_FILE)
+    }
+
+    /// The scratch directory ([`crate::scratch`]).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.store_dir.join(SCRATCH_DIR_NAME)
     }
 
     pub fn links_dir(&self) -> PathBuf {
@@ -161,9 +172,11 @@ impl StateDirs {
                 }
                 Err(e) => return Err(Error::sys(format!("opening lock file `{}'", lock_path.display()))(e)),
             };
-        if !read_lock(&big_lock, false)? {
+        let read_lock =
+            |wait| lock_file(big_lock.as_fd(), LockType::Read, wait).map_err(Error::sys("acquiring/releasing lock"));
+        if !read_lock(false)? {
             eprintln!("waiting for the big store lock...");
-            read_lock(&big_lock, true)?;
+            read_lock(true)?;
         }
         check_schema_version(read_schema_version(&self.db_dir)?)?;
         Ok(StoreLock { big_lock: Some(big_lock) })
@@ -209,25 +222,6 @@ fn create_dirs(path: &Path) -> Result<()> {
         .mode(0o755)
         .create(path)
         .map_err(Error::sys(format!("creating directory `{}'", path.display())))
-}
-
-/// `canonPath` without symlink resolution: absolute, no `.`, `..` or repeated slashes.
-fn canon_path(p: &OsString) -> Result<PathBuf> {
-    let path = Path::new(p);
-    if !path.is_absolute() {
-        return Err(Error::NotAbsolute(path.display().to_string()));
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Ok(out)
 }
 
 fn check_store_writable(store: &Path) -> Result<()> {
@@ -292,25 +286,4 @@ fn reserve(path: &Path, size: u64) -> std::io::Result<()> {
         f.set_len(size)?;
     }
     Ok(())
-}
-
-/// `lockFile(fd, ltRead, wait)`: a shared POSIX record lock on the whole file. Returns false
-/// when `wait` is false and another process holds a write lock.
-fn read_lock(fd: &OwnedFd, wait: bool) -> Result<bool> {
-    let lock = nix::libc::flock {
-        l_type: nix::libc::F_RDLCK as _,
-        l_whence: nix::libc::SEEK_SET as _,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    loop {
-        let arg = if wait { FcntlArg::F_SETLKW(&lock) } else { FcntlArg::F_SETLK(&lock) };
-        match fcntl(fd.as_raw_fd(), arg) {
-            Ok(_) => return Ok(true),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EAGAIN) if !wait => return Ok(false),
-            Err(e) => return Err(Error::sys("acquiring/releasing lock")(e.into())),
-        }
-    }
 }

@@ -15,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use guix_formats::{StoreDir, StorePath};
+use nix::libc;
 
 /// link → target store path, sorted by link (a C++ `std::map`).
 pub type Roots = BTreeMap<String, String>;

@@ -16,7 +16,7 @@
 //! or replaced, so a restarted writer or reader maps the same counter; a writer advances it when
 //! it starts, so a commit whose writer died before advancing the epoch is still seen.
 //!
-//! Only writes made through [`crate::DbWriter`] advance the epoch. Something else writing
+//! Only writes made through store-db's `DbWriter` advance the epoch. Something else writing
 //! `db.sqlite` while the daemon runs (the C++ daemon started on the same store, `sqlite3` by
 //! hand) is not seen by readers that keep answers; the daemons must not run at the same time.
 
