@@ -50,7 +50,8 @@ pub fn check_cpus() -> Result<(), String> {
 /// Pins the calling thread to `cpu`; returns its previous mask for [`restore_thread`].
 pub fn pin_thread(cpu: usize) -> Result<CpuSet, String> {
     let before = sched_getaffinity(this_thread()).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    sched_setaffinity(this_thread(), &only(cpu)?).map_err(|e| format!("pinning the load generator to CPU {cpu}: {e}"))?;
+    sched_setaffinity(this_thread(), &only(cpu)?)
+        .map_err(|e| format!("pinning the load generator to CPU {cpu}: {e}"))?;
     Ok(before)
 }
 

@@ -85,7 +85,8 @@ impl Workload {
                 .map_err(|e| format!("encoding QueryPathInfo {shown}: {e}"))?;
             stream.write_all(&request).await.map_err(|e| format!("sending QueryPathInfo {shown}: {e}"))?;
             let mut tee = Tee { inner: &mut stream, seen: Vec::new() };
-            let frame = read_stderr(&mut tee, version, &limits).await.map_err(|e| format!("QueryPathInfo {shown}: {e}"))?;
+            let frame =
+                read_stderr(&mut tee, version, &limits).await.map_err(|e| format!("QueryPathInfo {shown}: {e}"))?;
             match frame {
                 StderrMsg::Last => {}
                 StderrMsg::Error { msg, .. } => return Err(format!("QueryPathInfo {shown}: {msg}")),
