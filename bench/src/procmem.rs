@@ -140,3 +140,26 @@ pub fn daemon_tree_memory(state: &Path) -> Result<TreeMemory, String> {
     }
     Ok(TreeMemory { pss_kib: pss, processes })
 }
+
+/// Seconds of CPU of the children the daemon's tree has reaped so far (`cutime + cstime` of
+/// `/proc/P/stat`, in clock ticks): a C++ worker's time once the client disconnected and the
+/// daemon waited for it, which no [`CpuSnapshot`] of live threads sees. Whole ticks (10 ms):
+/// for runs of seconds, not for single operations.
+pub fn reaped_cpu(state: &Path) -> Result<f64, String> {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let mut ticks = 0u64;
+    for p in daemon_tree(state)? {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Fields after the command name (which may hold spaces): state is field 3, so field
+        // N is at index N - 3; cutime is 16, cstime 17.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(13..15).into_iter().flatten().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>();
+    }
+    Ok(ticks as f64 / tick)
+}
+
+/// How many processes the daemon's tree has now.
+pub fn daemon_tree_size(state: &Path) -> Result<usize, String> {
+    Ok(daemon_tree(state)?.len())
+}

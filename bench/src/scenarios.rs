@@ -28,11 +28,20 @@ pub enum Scenario {
     IdleMemory,
     /// AddToStore of a big tree (1 GiB), and the floor: hashing and copying the same tree.
     AddTree,
+    /// `guix build -d --no-grafts PACKAGE` with the real client, the daemons alternating
+    /// (see [`crate::build`]).
+    BuildDerivations,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Connect, Scenario::AddText, Scenario::QueryPathInfo, Scenario::IdleMemory, Scenario::AddTree];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Connect,
+        Scenario::AddText,
+        Scenario::QueryPathInfo,
+        Scenario::IdleMemory,
+        Scenario::AddTree,
+        Scenario::BuildDerivations,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -41,6 +50,7 @@ impl Scenario {
             Scenario::QueryPathInfo => "query-path-info",
             Scenario::IdleMemory => "idle-memory",
             Scenario::AddTree => "add-tree",
+            Scenario::BuildDerivations => "build-derivations",
         }
     }
 
@@ -55,7 +65,10 @@ impl Scenario {
                 rate(format!("connect+handshake, sequential ({})", p.connects), "conn/s"),
                 rate(format!("connect+handshake, {} concurrent ({})", CONNECT_CONCURRENCY, p.connects), "conn/s"),
             ],
-            Scenario::AddText => vec![rate(format!("AddTextToStore, 1 connection ({})", p.texts), "op/s")],
+            Scenario::AddText => vec![
+                rate(format!("AddTextToStore, 1 connection ({})", p.texts), "op/s"),
+                Figure { label: "  daemon CPU per AddTextToStore".into(), unit: "µs", higher_is_better: false },
+            ],
             Scenario::QueryPathInfo => {
                 let label = |q: &Qpi| match q.pinned {
                     false => format!("{} conn", q.conns),
@@ -94,6 +107,19 @@ impl Scenario {
             Scenario::AddTree => vec![
                 Figure { label: format!("AddToStore, {}", p.tree.describe()), unit: "s", higher_is_better: false },
                 Figure { label: FLOOR_LABEL.into(), unit: "s", higher_is_better: false },
+            ],
+            Scenario::BuildDerivations => vec![
+                Figure {
+                    label: format!("guix build -d --no-grafts {}", p.package),
+                    unit: "s",
+                    higher_is_better: false,
+                },
+                Figure { label: "  daemon CPU during it".into(), unit: "s", higher_is_better: false },
+                Figure {
+                    label: "  store items after it (same for both)".into(),
+                    unit: "items",
+                    higher_is_better: true,
+                },
             ],
         }
     }
@@ -134,6 +160,8 @@ pub struct Params {
     pub populate: usize,
     pub duration: Duration,
     pub tree: TreeShape,
+    /// The package of [`Scenario::BuildDerivations`].
+    pub package: &'static str,
 }
 
 impl Params {
@@ -146,6 +174,7 @@ impl Params {
                 populate: 200,
                 duration: Duration::from_millis(300),
                 tree: TreeShape { dirs: 2, files_per_dir: 8, file_size: 4 << 20 },
+                package: crate::build::QUICK_PACKAGE,
             }
         } else {
             Params {
@@ -155,6 +184,7 @@ impl Params {
                 populate: 1000,
                 duration: Duration::from_secs(2),
                 tree: TreeShape { dirs: 4, files_per_dir: 64, file_size: 4 << 20 },
+                package: crate::build::PACKAGE,
             }
         }
     }
@@ -184,7 +214,7 @@ async fn connect(socket: &Path) -> Res<DaemonClient> {
 }
 
 /// The median of the samples, or the first failure among them.
-fn median(v: Vec<Res<f64>>) -> Res<f64> {
+pub fn median(v: Vec<Res<f64>>) -> Res<f64> {
     let mut v = v.into_iter().collect::<Res<Vec<f64>>>()?;
     v.sort_by(|a, b| a.total_cmp(b));
     Ok(match v.len() {
@@ -213,7 +243,10 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                 Ok(connect_rate(socket, p.connects, 1).await?),
                 Ok(connect_rate(socket, p.connects, CONNECT_CONCURRENCY).await?),
             ],
-            Scenario::AddText => vec![Ok(add_text_rate(socket, p.texts, rep).await?)],
+            Scenario::AddText => {
+                let (rate, cpu_us) = add_text_rate(socket, session.state_dir(), p.texts, rep).await?;
+                vec![Ok(rate), Ok(cpu_us)]
+            }
             Scenario::QueryPathInfo => {
                 let work = work.as_ref().ok_or("the workload was not learnt")?;
                 let mut runs = Vec::new();
@@ -232,6 +265,7 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                 let tree = tree.ok_or("the tree was not created")?;
                 add_tree(socket, session, tree, rep).await?.into_iter().map(Ok).collect()
             }
+            Scenario::BuildDerivations => return Err("measured by build::alternate, not in one session".into()),
         };
         for (s, v) in samples.iter_mut().zip(one) {
             s.push(v);
@@ -260,16 +294,22 @@ async fn connect_rate(socket: &Path, n: usize, concurrency: usize) -> Res<f64> {
     Ok((per_task * concurrency) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// `n` distinct AddTextToStore calls on one connection; operations per second.
-async fn add_text_rate(socket: &Path, n: usize, rep: usize) -> Res<f64> {
+/// `n` distinct AddTextToStore calls on one connection: operations per second, and the
+/// daemon tree's CPU per operation in µs (the connection, and so the C++ worker, still open
+/// at the second sample).
+async fn add_text_rate(socket: &Path, state: &Path, n: usize, rep: usize) -> Res<(f64, f64)> {
     let mut c = connect(socket).await?;
     let none = BTreeSet::new();
+    let cpu_before = CpuSnapshot::take(state)?;
     let start = Instant::now();
     for i in 0..n {
         let text = format!("guix-bench add-text rep {rep} item {i}\n");
         c.add_text_to_store("bench-text", text.as_bytes(), &none).await.map_err(err)?;
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = CpuSnapshot::take(state)?.used_since(&cpu_before);
+    drop(c);
+    Ok((rate, cpu / n as f64 * 1e6))
 }
 
 /// Adds `n` small text items (each referring to the previous one, so path infos have

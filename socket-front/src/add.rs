@@ -182,19 +182,17 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
     ) -> Result<Reply, Failure> {
         let store = self.shared.store.clone();
         let path = store.make_text_path(&name, &contents, &references).map_err(|e| Failure::Op(e.to_string()))?;
-        if self.rooted_and_valid(&path).await? {
-            return Ok(Reply::Path(path));
-        }
-        let refs = references.clone();
-        let valid = self.shared.backend.query(|r| r.valid_paths(&refs))?;
-        if valid.len() != references.len() {
-            // `queryValidPathId`'s unformatted message, as the C++ daemon sends it.
-            return Err(Failure::op("path `%1%' is not valid"));
-        }
+        // No validity or reference check here: store-db does both in the same step (a valid
+        // path is only rooted; an unknown reference fails with `queryValidPathId`'s message,
+        // after the `.drv` check, in the C++ daemon's order). Checking here too cost two read
+        // transactions per addition, each re-reading its pages after store-db's last commit.
         if contents.len() <= MAX_INLINE_TEXT {
             // store-db writes it at its final name: no scratch file, no rename.
             let summary = nar::summary_of_regular(&contents, false);
             return self.register(ItemSource::Text(contents), path, summary, references).await;
+        }
+        if self.rooted_and_valid(&path).await? {
+            return Ok(Reply::Path(path));
         }
         let item =
             self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;

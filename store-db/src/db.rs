@@ -156,16 +156,19 @@ impl DbWriter {
             |c| {
                 let mut batch = BTreeSet::new();
                 let mut updated = false;
+                // Each path's row id, kept for its references (no second lookup).
+                let mut ids = Vec::with_capacity(paths.len());
                 for reg in paths {
                     let info = reg.info();
                     let path = c.store_dir.display(&info.path);
                     let hash = format!("sha256:{}", info.nar_hash.to_base16());
                     let size = nar_size_column(info.nar_size);
-                    if c.path_id(&info.path)?.is_some() {
+                    if let Some(id) = c.path_id(&info.path)? {
                         updated = true;
                         c.prepare(sql::UPDATE_PATH_INFO)?
                             .execute(params![size, hash, path])
                             .map_err(Error::sqlite(EXEC))?;
+                        ids.push(id);
                     } else {
                         let time = if info.registration_time == 0 { now } else { info.registration_time };
                         let deriver = info.deriver.as_ref().map(|d| c.store_dir.display(d));
@@ -173,6 +176,7 @@ impl DbWriter {
                             .execute(params![path, hash, time, deriver, size])
                             .map_err(Error::sqlite(EXEC))?;
                         let id = c.conn.last_insert_rowid();
+                        ids.push(id);
                         for (name, out) in reg.derivation_outputs().into_iter().flatten() {
                             c.prepare(sql::ADD_DERIVATION_OUTPUT)?
                                 .execute(params![id, name, c.store_dir.display(out)])
@@ -181,9 +185,8 @@ impl DbWriter {
                     }
                     batch.insert(info.path.clone());
                 }
-                for reg in paths {
+                for (reg, &referrer) in paths.iter().zip(&ids) {
                     let info = reg.info();
-                    let referrer = c.valid_path_id(&info.path)?;
                     for r in &info.references {
                         let reference = c.valid_path_id(r)?;
                         c.prepare(sql::ADD_REFERENCE)?
@@ -191,7 +194,10 @@ impl DbWriter {
                             .map_err(Error::sqlite(EXEC))?;
                     }
                 }
-                c.check_acyclic(&batch)?;
+                // One path cannot form a cycle (self-references do not count): no query needed.
+                if batch.len() > 1 {
+                    c.check_acyclic(&batch)?;
+                }
                 Ok(updated)
             },
             |updated| *updated,

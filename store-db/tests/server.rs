@@ -183,7 +183,7 @@ fn adds_text_tree_and_derivation() {
         assert_eq!(info.references, i.references.iter().cloned().collect::<BTreeSet<_>>());
         let on_disk = d.dirs().store_path().join(i.path.base_name());
         assert_eq!(nar_of(&on_disk).nar_hash, i.nar_hash, "{}", on_disk.display());
-        // The lock file was deleted after success.
+        // No lock file (store-db takes none).
         assert!(!PathBuf::from(format!("{}.lock", on_disk.display())).exists());
     }
     let outs = r.query_derivation_output_map(&drv_path).unwrap();
@@ -282,6 +282,24 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     assert!(!d.dirs().store_path().join(src.path.base_name()).exists());
     assert!(!d.dirs().store_path().join(drv_path.base_name()).exists());
     assert_eq!(std::fs::read_dir(d.scratch()).unwrap().count(), 1, "only `good' is left");
+    // The same `.drv` inline (as AddTextToStore sends it: parsed from the request's bytes,
+    // not read back from the store): refused the same way, nothing left at its name.
+    let text = drv.to_aterm(&store);
+    let summary = nar::summary_of_regular(&text, false);
+    let inline_drv = NewItem {
+        source: ItemSource::Text(text),
+        path: drv_path.clone(),
+        nar_hash: summary.nar_hash,
+        nar_size: summary.nar_size,
+        references: drv.references().into_iter().collect(),
+        deriver: None,
+    };
+    let src = text_item(&d, "builder.sh", "echo", vec![]);
+    let msg = error_of(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), inline_drv] })).unwrap(),
+    );
+    assert!(msg.starts_with(&format!("derivation `{}' has incorrect output", store.display(&drv_path))), "{msg}");
+    assert!(!r.is_valid(&drv_path).unwrap() && !d.dirs().store_path().join(drv_path.base_name()).exists());
 
     // A reference that is neither valid nor in the batch: the C++ message (no path in it).
     let ghost = store.make_text_path("ghost", b"boo", &BTreeSet::new()).unwrap();
@@ -290,13 +308,8 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
         error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![dangling.clone()] })).unwrap());
     assert_eq!(msg, "path `%1%' is not valid");
     assert!(!d.dirs().store_path().join(dangling.path.base_name()).exists());
-    // The lock file of a failed addition stays (empty), as in C++.
-    assert_eq!(
-        std::fs::metadata(format!("{}/{}.lock", d.dirs().store_path().display(), dangling.path.base_name()))
-            .unwrap()
-            .len(),
-        0
-    );
+    // No C++ lock file is made (store-db is the only writer: see server::pathlock).
+    assert!(!PathBuf::from(format!("{}/{}.lock", d.dirs().store_path().display(), dangling.path.base_name())).exists());
 
     // A stale invalid item at the final name is replaced.
     let stale_dest = d.dirs().store_path().join(good.path.base_name());

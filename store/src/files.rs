@@ -17,8 +17,9 @@ pub fn write_canonical_text(dest: &Path, contents: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(dest)?;
     f.write_all(contents)?;
-    drop(f);
-    canonicalise(dest)
+    // Through the descriptor: no second path lookup (it is one regular file, no tree to walk).
+    let one = nix::sys::time::TimeSpec::new(1, 0);
+    nix::sys::stat::futimens(f.as_raw_fd(), &one, &one).map_err(io::Error::from)
 }
 
 /// Sets the modification time of every file, directory and symlink of the tree to 1 (the

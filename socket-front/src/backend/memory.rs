@@ -78,7 +78,9 @@ impl MemoryStore {
             return Ok(());
         }
         if let Some(r) = item.references.iter().find(|r| **r != item.path && !state.infos.contains_key(*r)) {
-            return Err(Failure::Op(format!("path `{}' is not valid", self.store.display(r))));
+            // store-db's (and `queryValidPathId`'s) unformatted message.
+            let _ = r;
+            return Err(Failure::op("path `%1%' is not valid"));
         }
         match &item.source {
             ItemSource::Scratch(_) => {

@@ -5,7 +5,7 @@
 //!   SIGTERM.
 //! - [`writer`] — the writer: file moves into the store, `.drv` checks, registration,
 //!   group commit, crash safety.
-//! - [`pathlock`] — the C++ daemon's per-path `.lock` files.
+//! - [`pathlock`] — per-path exclusion between requests (no C++ `.lock` files: see there).
 //! - [`roots`] — temp roots (in memory) and indirect roots.
 //! - [`fsops`] — `deletePath`, the scratch directory and its sweep.
 

@@ -117,15 +117,8 @@ impl StoreDb {
         // As `addToStore`: the path is a temp root of the connection before it is valid.
         self.temp_roots.add(conn, items.iter().map(|i| i.path.clone()));
         let finals = items.iter().map(|i| self.layout.store_path.join(i.path.base_name())).collect();
-        let mut locks = match self.locks.lock(finals).await {
-            Ok(l) => l,
-            Err(e) => {
-                remove_scratch_copies(&self.layout.scratch, &items);
-                return Err(e);
-            }
-        };
+        let locks = self.locks.lock(finals).await;
         let res = self.writer.run(|reply| Job::Add { items, reply }).await;
-        locks.set_deletion(res.is_ok());
         drop(locks);
         res
     }

@@ -383,7 +383,12 @@ impl Writer {
                 nar_size: Some(item.nar_size),
             };
             let reg = if item.path.is_derivation() {
-                let outputs = self.check_drv(&item.path, &dest)?;
+                // An inline text is parsed from the bytes just written, not read back.
+                let text = match &item.source {
+                    ItemSource::Text(contents) => Some(contents.as_slice()),
+                    ItemSource::Scratch(_) => None,
+                };
+                let outputs = self.check_drv(&item.path, &dest, text)?;
                 Registration::derivation(info, outputs)
             } else {
                 Registration::new(info)
@@ -400,19 +405,31 @@ impl Writer {
         if summary.nar_hash != item.nar_hash || summary.nar_size != item.nar_size {
             return Err(format!("inline text for `{}' does not match its announced NAR hash", dest.display()));
         }
-        delete_path(dest).map_err(|e| format!("deleting `{}': {}", dest.display(), strerror(&e)))?;
-        write_canonical_text(dest, contents).map_err(|e| format!("writing file `{}': {}", dest.display(), strerror(&e)))
+        let write = || write_canonical_text(dest, contents);
+        let written = match write() {
+            // Usually nothing is there: no `lstat` first. Else an invalid leftover goes first.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                delete_path(dest).map_err(|e| format!("deleting `{}': {}", dest.display(), strerror(&e)))?;
+                write()
+            }
+            r => r,
+        };
+        written.map_err(|e| format!("writing file `{}': {}", dest.display(), strerror(&e)))
     }
 
-    /// Reads, parses and checks a `.drv` that is at its final name; returns its outputs.
-    fn check_drv(&mut self, path: &StorePath, file: &Path) -> Result<DerivationOutputs, String> {
+    /// Parses and checks a `.drv` that is at its final name `file` (whose contents are `text`
+    /// when the caller has them; else they are read); returns its outputs.
+    fn check_drv(&mut self, path: &StorePath, file: &Path, text: Option<&[u8]>) -> Result<DerivationOutputs, String> {
         self.drv_checks += 1;
         if self.drv_checks >= HASHER_RESET {
             self.hasher = new_hasher(&self.layout);
             self.drv_checks = 0;
         }
         let store = &self.layout.store_dir;
-        let drv = read_drv(store, file)?;
+        let drv = match text {
+            Some(t) => parse_drv(store, file, t)?,
+            None => read_drv(store, file)?,
+        };
         drv.check_outputs(store, path, &mut self.hasher).map_err(|e| e.to_string())?;
         let mut outputs = DerivationOutputs::new();
         for (name, out) in drv.output_paths() {
@@ -436,10 +453,15 @@ fn read_drv(store: &StoreDir, file: &Path) -> Result<Derivation, String> {
     f.take(MAX_DRV_SIZE as u64 + 1)
         .read_to_end(&mut text)
         .map_err(|e| format!("reading file `{}': {}", file.display(), strerror(&e)))?;
+    parse_drv(store, file, &text)
+}
+
+/// `readDerivation` of `file`, whose contents are `text`.
+fn parse_drv(store: &StoreDir, file: &Path, text: &[u8]) -> Result<Derivation, String> {
     if text.len() > MAX_DRV_SIZE {
         return Err(format!("derivation `{}' is too large", file.display()));
     }
-    Derivation::parse(store, &text).map_err(|e| format!("error parsing derivation `{}': {e}", file.display()))
+    Derivation::parse(store, text).map_err(|e| format!("error parsing derivation `{}': {e}", file.display()))
 }
 
 /// Whether the invalid item at `dest` is exactly the one announced (NAR hash and size).
