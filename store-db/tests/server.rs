@@ -439,5 +439,6 @@ fn a_new_connection_sweeps_dead_writers_leftovers() {
 
 /// Connection `n` of this test process, as a temp-root holder.
 fn conn(n: u64) -> RootStamp {
-    RootStamp { holder: HolderId::this_process("test"), conn: n, seq: 1 }
+    static HOLDER: std::sync::OnceLock<HolderId> = std::sync::OnceLock::new();
+    RootStamp { holder: HOLDER.get_or_init(|| HolderId::this_process("test")).clone(), conn: n, seq: 1 }
 }
