@@ -88,14 +88,9 @@ impl StoreDb {
         RootStamp { holder: self.holder.clone(), conn, seq: l.seq }
     }
 
-    /// Records `paths` as roots of `conn` (opening it if it is not yet) and stamps the change.
-    /// `None` when every path was already held and store-db is known to hold them too.
-    fn remember_roots<'a>(
-        &self,
-        conn: ConnId,
-        paths: impl IntoIterator<Item = &'a StorePath>,
-        or_skip: bool,
-    ) -> Option<RootStamp> {
+    /// Records `paths` as roots of `conn` (opening it if it is not yet) and stamps the change;
+    /// also whether every path was already held and store-db is known to hold them too.
+    fn remember_roots<'a>(&self, conn: ConnId, paths: impl IntoIterator<Item = &'a StorePath>) -> (RootStamp, bool) {
         let mut l = self.lock();
         let synced = l.synced.is_some_and(|g| g == self.client.generation());
         let roots = l.live.entry(conn).or_default();
@@ -103,28 +98,22 @@ impl StoreDb {
         for p in paths {
             known &= !roots.insert(p.clone());
         }
-        if or_skip && known && synced {
-            return None;
-        }
-        Some(self.stamp(&mut l, conn))
+        (self.stamp(&mut l, conn), known && synced)
     }
 
     /// Adds temp roots. Roots this connection already holds are not sent again while store-db
     /// is known to hold them (a new store-db gets every root through `SyncConnections`).
     pub async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), Failure> {
-        match self.remember_roots(conn, &paths, true) {
-            None => Ok(()),
-            Some(stamp) => self.call(StoreDbRequest::AddTempRoots { conn: stamp, paths }).await,
+        match self.remember_roots(conn, &paths) {
+            (_, true) => Ok(()),
+            (stamp, false) => self.call(StoreDbRequest::AddTempRoots { conn: stamp, paths }).await,
         }
     }
 
     /// Moves finished scratch items into the store and registers them (also temp roots).
     pub async fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), Failure> {
-        let stamp = self.remember_roots(conn, items.iter().map(|i| &i.path), false);
-        match stamp {
-            Some(stamp) => self.call(StoreDbRequest::AddItems { conn: stamp, items }).await,
-            None => Ok(()),
-        }
+        let (stamp, _) = self.remember_roots(conn, items.iter().map(|i| &i.path));
+        self.call(StoreDbRequest::AddItems { conn: stamp, items }).await
     }
 
     pub async fn add_indirect_root(&self, path: String) -> Result<(), Failure> {
