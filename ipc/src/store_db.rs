@@ -2,19 +2,81 @@
 //!
 //! store-db is the only writer of the database and the only process that renames items into the
 //! store. Every request is idempotent, so a caller may resend it after a store-db restart:
-//! adding a path that is already valid returns it unchanged, temp roots are sets, and
-//! `SyncConnections` replaces (not extends) the set of live connections.
+//! adding a path that is already valid returns it unchanged, and temp-root messages may be
+//! applied twice, late, or in any order.
+//!
+//! # Temp roots
+//! A *holder* (socket-front today; builder and substituter later: [`ROOT_HOLDERS`]) keeps the
+//! authoritative copy of the temp roots of its connections and tells store-db about every
+//! change, each message stamped ([`RootStamp`]) with the holder's identity ([`HolderId`]) and a
+//! holder-local sequence number assigned, under the holder's lock, when its local state
+//! changed. store-db merges them by rules that do not depend on the order in which messages
+//! are applied (see `guix_store_db::server::roots` and ARCHITECTURE.md). What a holder must
+//! guarantee:
+//! - sequence numbers grow strictly; every change (roots added, connection closed, snapshot
+//!   for a sync) takes a new one;
+//! - a connection's roots only grow until it is closed, and a [`ConnId`] is never used again
+//!   after its `ConnectionClosed`;
+//! - a root is in the holder's copy before any message carrying it is sent;
+//! - after every new link connection (or a failed call) it sends a complete
+//!   `SyncConnections` before relying on store-db holding its roots.
+
+use std::fs;
 
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
 use crate::LinkSpec;
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 3 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 4 };
+
+/// The components that hold temp roots. After store-db starts, nothing may be collected until
+/// each of them has completed a sync with it (or is known not to run): store-db's
+/// `RootsBarrier`. A component that starts holding roots is added here (and must be a row of
+/// the supervisor's components table).
+pub const ROOT_HOLDERS: &[&str] = &["socket-front"];
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
 pub type ConnId = u64;
+
+/// One incarnation of a root-holding component: its name, pid, and start time (clock ticks
+/// since boot, `/proc/self/stat` field 22). A restarted component is a new holder; store-db
+/// drops the roots of an incarnation once a later-started one of the same component speaks
+/// (the supervisor runs one process per component, starting a new one only after the old
+/// one was reaped).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HolderId {
+    pub component: String,
+    pub pid: u32,
+    pub started: u64,
+}
+
+impl HolderId {
+    /// This process as the holder `component`. Without `/proc`, `started` is 0, so no
+    /// incarnation of the component is ever taken for older than another (their roots stay
+    /// until store-db restarts: more kept, never less).
+    pub fn this_process(component: &str) -> HolderId {
+        let started = fs::read_to_string("/proc/self/stat").ok().and_then(|s| start_time(&s)).unwrap_or(0);
+        HolderId { component: component.to_owned(), pid: std::process::id(), started }
+    }
+}
+
+/// Field 22 (`starttime`) of a `/proc/PID/stat` line; the command name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses.
+fn start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Where a temp-root change comes from: a connection of a holder, and the holder's sequence
+/// number of the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootStamp {
+    pub holder: HolderId,
+    pub conn: ConnId,
+    pub seq: u64,
+}
 
 /// A finished item, and what to register for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,24 +124,33 @@ impl NewItem {
 pub enum StoreDbRequest {
     /// Moves the items into the store and registers them in one transaction (a `.drv` is parsed
     /// and checked, and its outputs recorded). Items already valid are left as they are and
-    /// their scratch copies removed. Also adds every path to the connection's temp roots.
+    /// their scratch copies removed. Also adds every path to the connection's temp roots
+    /// (before the items become valid).
     AddItems {
-        conn: ConnId,
+        conn: RootStamp,
         items: Vec<NewItem>,
     },
     /// Adds temp roots for a connection.
     AddTempRoots {
-        conn: ConnId,
+        conn: RootStamp,
         paths: Vec<StorePath>,
     },
-    /// The connection ended: its temp roots go away.
+    /// The connection ended: its temp roots go away, and later-applied additions for it are
+    /// ignored.
     ConnectionClosed {
-        conn: ConnId,
+        conn: RootStamp,
     },
-    /// The complete set of live connections of the caller, sent after (re)connecting with the
-    /// temp roots of each; store-db drops every other connection's roots.
+    /// The holder's live connections at its sequence number `seq`. With `complete`, each
+    /// with all its roots (sent after every new link connection: store-db may have restarted
+    /// and lost them; counts for the barrier); without, the roots lists are empty (a cheap
+    /// sync that lets store-db forget closed connections). store-db never removes a root of
+    /// a connection listed, nor of one opened after `seq`; it forgets the connections the
+    /// holder had closed by `seq`. A sync older than one already applied is ignored.
     SyncConnections {
+        holder: HolderId,
+        seq: u64,
         live: Vec<(ConnId, Vec<StorePath>)>,
+        complete: bool,
     },
     /// Creates the GC root symlink `gcroots/auto/<hash>` → `path` (AddIndirectRoot).
     AddIndirectRoot {
@@ -104,4 +175,19 @@ pub enum StoreDbReply {
     Error {
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_a_stat_line() {
+        let line = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(start_time(line), Some(987654));
+        assert_eq!(start_time("garbage"), None);
+        let me = HolderId::this_process("t");
+        assert!(me.started > 0);
+        assert_eq!(me, HolderId::this_process("t"));
+    }
 }

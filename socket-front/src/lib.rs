@@ -107,10 +107,10 @@ async fn run() -> Result<(), String> {
         config,
     });
     tokio::spawn(metrics::report_loop(shared.metrics.clone(), shared.config.clone()));
-    // Drop the temp roots a previous socket-front left in store-db.
+    // Sync our temp roots with store-db now (its barrier waits for it), then periodically.
     {
         let shared = shared.clone();
-        tokio::spawn(async move { while shared.backend.storedb.sync().await.is_err() {} });
+        tokio::spawn(async move { shared.backend.storedb.maintain().await });
     }
     let ids = Arc::new(server::ConnIds::new(std::process::id()));
     let mut tasks = Vec::new();

@@ -24,7 +24,7 @@ use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::ValidPathInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::memory::MemoryStore;
+use crate::backend::memory::{stamp, MemoryStore};
 use crate::backend::StoreBackend;
 use crate::conn::{path_info_reply, serve, Peer, Shared};
 use crate::metrics::Metrics;
@@ -243,7 +243,7 @@ async fn handshake_then_end_of_file() {
     let out = rig.exchange(&hello(V)).await;
     assert_eq!(out, server_hello());
     // The connection was opened and closed in the store too.
-    assert_eq!(rig.backend().writes(), vec![StoreDbRequest::ConnectionClosed { conn: CONN }]);
+    assert_eq!(rig.backend().writes(), vec![StoreDbRequest::ConnectionClosed { conn: stamp(CONN) }]);
     assert!(rig.backend().state().temp_roots.is_empty());
 }
 
@@ -515,8 +515,8 @@ async fn adding_a_valid_text_only_roots_it() {
     assert_eq!(rig.exchange(&input).await, want);
     let writes = rig.backend().writes();
     assert!(
-        matches!(&writes[..], [StoreDbRequest::AddItems { conn: CONN, items }, StoreDbRequest::ConnectionClosed { conn: CONN }]
-            if items.len() == 1 && items[0].path == info.path),
+        matches!(&writes[..], [StoreDbRequest::AddItems { conn, items }, StoreDbRequest::ConnectionClosed { conn: closed }]
+            if items.len() == 1 && items[0].path == info.path && conn.conn == CONN && closed.conn == CONN),
         "{writes:?}"
     );
     assert_eq!(crate::backend::StoreReads::try_path_info(rig.backend(), &info.path).unwrap(), Some(info));

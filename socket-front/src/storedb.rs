@@ -1,80 +1,119 @@
 //! socket-front's side of the `store-db` link: every write to the store or the database, and
-//! the mirror of each connection's temp roots.
+//! the authoritative copy of each connection's temp roots.
 //!
-//! store-db keeps temp roots in memory, per connection. When it restarts they are gone, so this
-//! module keeps the authoritative copy: the set of live connections and their roots. After any
-//! call that went over a connection made since the last sync (the [`Client`]'s generation
-//! changed: first contact, or store-db came back), it sends `SyncConnections` with every live
-//! connection's roots, which replaces whatever store-db holds.
+//! socket-front is a temp-root *holder* (see [`guix_ipc::store_db`]): this module keeps the set
+//! of live connections and their roots, and every change to it takes, under its lock, the next
+//! sequence number, which stamps the message that tells store-db ([`RootStamp`]). store-db
+//! merges those messages by order-independent rules (`guix_store_db::server::roots`), so
+//! concurrent, late, resent or abandoned requests never drop a live root.
+//!
+//! store-db keeps temp roots in memory: when it restarts they are gone. So after any call that
+//! went over a link connection made since the last complete sync (the [`Client`]'s generation
+//! changed: first contact, or store-db came back), this module sends a complete
+//! `SyncConnections` with every live connection's roots. After a call that got no reply (the
+//! link broke or gave up), store-db may or may not have applied it: the copy is marked unsynced,
+//! so roots are sent again and [`StoreDb::maintain`] makes a complete sync within
+//! [`SYNC_INTERVAL`]. `maintain` also sends a cheap sync (connection ids only) every
+//! [`SYNC_INTERVAL`], so store-db forgets closed connections whose close was lost and prunes
+//! its tombstones.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use guix_formats::StorePath;
 use guix_ipc::config::DaemonConfig;
-use guix_ipc::store_db::{ConnId, NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
-use guix_ipc::Client;
+use guix_ipc::store_db::{ConnId, HolderId, NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_ipc::{Client, ClientError};
 
 use crate::error::Failure;
 
 /// How long a call waits for store-db to come (back) before failing the client's request.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
+/// How often [`StoreDb::maintain`] syncs.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// This component's name as a temp-root holder (one of `ROOT_HOLDERS`).
+pub const HOLDER: &str = "socket-front";
 
 pub struct StoreDb {
     client: Client<StoreDbRequest, StoreDbReply>,
-    /// The client generation the last `SyncConnections` went to.
-    synced: AtomicU64,
-    live: Mutex<BTreeMap<ConnId, BTreeSet<StorePath>>>,
+    holder: HolderId,
+    local: Mutex<Local>,
+}
+
+/// The holder's state, changed only under its lock.
+#[derive(Default)]
+struct Local {
+    /// The sequence number of the last change (or sync snapshot).
+    seq: u64,
+    live: BTreeMap<ConnId, BTreeSet<StorePath>>,
+    /// The client generation the last complete sync went over, if no call failed since.
+    synced: Option<u64>,
+    /// Calls that got no reply so far: a sync whose snapshot predates one does not count.
+    failures: u64,
 }
 
 impl StoreDb {
     pub fn new(config: &DaemonConfig) -> StoreDb {
-        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, "socket-front", RETRY_FOR);
+        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, HOLDER, RETRY_FOR);
         StoreDb::with_client(client)
     }
 
     pub fn with_client(client: Client<StoreDbRequest, StoreDbReply>) -> StoreDb {
-        StoreDb { client, synced: AtomicU64::new(0), live: Mutex::new(BTreeMap::new()) }
+        StoreDb { client, holder: HolderId::this_process(HOLDER), local: Mutex::new(Local::default()) }
     }
 
-    /// A new client connection (no roots yet).
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new client connection (no roots yet). A `ConnId` is never used again after its
+    /// [`StoreDb::close_connection`].
     pub fn open_connection(&self, conn: ConnId) {
-        if let Ok(mut l) = self.live.lock() {
-            l.insert(conn, BTreeSet::new());
-        }
+        self.lock().live.entry(conn).or_default();
     }
 
     /// The connection ended: forget its roots here and in store-db.
     pub async fn close_connection(&self, conn: ConnId) {
-        if let Ok(mut l) = self.live.lock() {
-            l.remove(&conn);
-        }
-        let _ = self.call(StoreDbRequest::ConnectionClosed { conn }).await;
+        let stamp = {
+            let mut l = self.lock();
+            l.live.remove(&conn);
+            self.stamp(&mut l, conn)
+        };
+        let _ = self.call(StoreDbRequest::ConnectionClosed { conn: stamp }).await;
     }
 
-    fn remember_roots<'a>(&self, conn: ConnId, paths: impl IntoIterator<Item = &'a StorePath>) {
-        if let Ok(mut l) = self.live.lock() {
-            l.entry(conn).or_default().extend(paths.into_iter().cloned());
+    fn stamp(&self, l: &mut Local, conn: ConnId) -> RootStamp {
+        l.seq += 1;
+        RootStamp { holder: self.holder.clone(), conn, seq: l.seq }
+    }
+
+    /// Records `paths` as roots of `conn` (opening it if it is not yet) and stamps the change;
+    /// also whether every path was already held and store-db is known to hold them too.
+    fn remember_roots<'a>(&self, conn: ConnId, paths: impl IntoIterator<Item = &'a StorePath>) -> (RootStamp, bool) {
+        let mut l = self.lock();
+        let synced = l.synced.is_some_and(|g| g == self.client.generation());
+        let roots = l.live.entry(conn).or_default();
+        let mut known = true;
+        for p in paths {
+            known &= !roots.insert(p.clone());
         }
+        (self.stamp(&mut l, conn), known && synced)
     }
 
     /// Adds temp roots. Roots this connection already holds are not sent again while store-db
-    /// is the incarnation last synced (a new one gets every root through `SyncConnections`).
+    /// is known to hold them (a new store-db gets every root through `SyncConnections`).
     pub async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), Failure> {
-        let known = self.live.lock().ok().and_then(|l| l.get(&conn).map(|r| paths.iter().all(|p| r.contains(p))));
-        if known == Some(true) && self.client.generation() == self.synced.load(Ordering::SeqCst) {
-            return Ok(());
+        match self.remember_roots(conn, &paths) {
+            (_, true) => Ok(()),
+            (stamp, false) => self.call(StoreDbRequest::AddTempRoots { conn: stamp, paths }).await,
         }
-        self.remember_roots(conn, &paths);
-        self.call(StoreDbRequest::AddTempRoots { conn, paths }).await
     }
 
     /// Moves finished scratch items into the store and registers them (also temp roots).
     pub async fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), Failure> {
-        self.remember_roots(conn, items.iter().map(|i| &i.path));
-        self.call(StoreDbRequest::AddItems { conn, items }).await
+        let (stamp, _) = self.remember_roots(conn, items.iter().map(|i| &i.path));
+        self.call(StoreDbRequest::AddItems { conn: stamp, items }).await
     }
 
     pub async fn add_indirect_root(&self, path: String) -> Result<(), Failure> {
@@ -89,49 +128,210 @@ impl StoreDb {
         self.call(StoreDbRequest::ClearFailedPaths { paths }).await
     }
 
-    /// Sends the live connections now (at start-up, so roots of a previous socket-front go).
+    /// Sends every live connection with its roots now (at start-up: store-db then forgets
+    /// the roots of a previous socket-front, and its barrier counts us).
     pub async fn sync(&self) -> Result<(), Failure> {
-        let live: Vec<(ConnId, Vec<StorePath>)> = match self.live.lock() {
-            Ok(l) => l.iter().map(|(c, r)| (*c, r.iter().cloned().collect())).collect(),
-            Err(_) => Vec::new(),
+        self.send_sync(true).await
+    }
+
+    /// Runs for ever: a complete sync at start (retried until it succeeds), then every
+    /// [`SYNC_INTERVAL`] a cheap one, or a complete one if a call failed or store-db came back
+    /// since the last.
+    pub async fn maintain(&self) {
+        while self.sync().await.is_err() {}
+        loop {
+            tokio::time::sleep(SYNC_INTERVAL).await;
+            let _ = self.send_sync(false).await;
+            self.resync_if_needed().await;
+        }
+    }
+
+    async fn send_sync(&self, complete: bool) -> Result<(), Failure> {
+        let (req, failures) = {
+            let mut l = self.lock();
+            l.seq += 1;
+            let live = l
+                .live
+                .iter()
+                .map(|(c, r)| (*c, if complete { r.iter().cloned().collect() } else { Vec::new() }))
+                .collect();
+            (StoreDbRequest::SyncConnections { holder: self.holder.clone(), seq: l.seq, live, complete }, l.failures)
         };
         let gen_before = self.client.generation();
-        let res = self.raw_call(StoreDbRequest::SyncConnections { live }).await;
-        if res.is_ok() {
-            // Only a sync that went over the current connection counts.
-            let gen = self.client.generation();
-            if gen == gen_before || gen_before == 0 {
-                self.synced.store(gen, Ordering::SeqCst);
+        let res = self.client.call(req).await;
+        let gen = self.client.generation();
+        let mut l = self.lock();
+        match &res {
+            // Only a complete sync that went over the current connection, with no call failed
+            // since its snapshot, tells that store-db holds every root.
+            Ok(_) if complete && gen == gen_before.max(1) && l.failures == failures => l.synced = Some(gen),
+            Ok(_) => {}
+            Err(_) => {
+                l.failures += 1;
+                l.synced = None;
             }
         }
-        res
+        drop(l);
+        reply(res)
     }
 
     async fn call(&self, req: StoreDbRequest) -> Result<(), Failure> {
-        let res = self.raw_call(req).await;
-        // A connection made since the last sync: store-db may have lost the roots.
-        for _ in 0..3 {
-            let gen = self.client.generation();
-            if gen == self.synced.load(Ordering::SeqCst) {
-                break;
-            }
-            if self.sync().await.is_err() {
-                break;
-            }
+        let res = self.client.call(req).await;
+        if res.is_err() {
+            // Maybe applied, maybe not: resend roots until the next complete sync. Not now:
+            // store-db is likely away, and `maintain` syncs soon.
+            let mut l = self.lock();
+            l.failures += 1;
+            l.synced = None;
+        } else {
+            self.resync_if_needed().await;
         }
-        res
+        reply(res)
     }
 
-    async fn raw_call(&self, req: StoreDbRequest) -> Result<(), Failure> {
-        match self.client.call(req).await {
-            Ok(StoreDbReply::Ok) => Ok(()),
-            Ok(StoreDbReply::Error { message }) => Err(Failure::Op(message)),
-            Err(e) => Err(Failure::Op(e.to_string())),
+    /// A complete sync unless the last one went over the current link connection.
+    async fn resync_if_needed(&self) {
+        for _ in 0..3 {
+            let gen = self.client.generation();
+            if self.lock().synced == Some(gen) {
+                break;
+            }
+            if self.send_sync(true).await.is_err() {
+                break;
+            }
         }
     }
 
     /// How many connections are live (for tests and metrics).
     pub fn live_connections(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
+        self.lock().live.len()
+    }
+}
+
+fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), Failure> {
+    match res {
+        Ok(StoreDbReply::Ok) => Ok(()),
+        Ok(StoreDbReply::Error { message }) => Err(Failure::Op(message)),
+        Err(e) => Err(Failure::Op(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guix_formats::StoreDir;
+    use guix_ipc::{Handler, Hello};
+    use guix_store_db::server::roots::TempRoots;
+    use std::future::Future;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A stand-in for store-db (no real one can delay a sync on purpose): the real link server
+    /// and store-db's real temp-root state, replying `Ok` to everything, after `sync_delay`
+    /// for `SyncConnections`.
+    struct StandIn {
+        roots: TempRoots,
+        sync_delay: Duration,
+    }
+
+    impl Handler for StandIn {
+        type Req = StoreDbRequest;
+        type Resp = StoreDbReply;
+        fn handle(
+            self: &Arc<Self>,
+            _peer: &Hello,
+            req: StoreDbRequest,
+        ) -> impl Future<Output = StoreDbReply> + Send + 'static {
+            let me = self.clone();
+            async move {
+                if matches!(req, StoreDbRequest::SyncConnections { .. }) {
+                    tokio::time::sleep(me.sync_delay).await;
+                }
+                if let Some(StoreDbRequest::AddItems { conn, items }) = me.roots.take(req) {
+                    me.roots.add(&conn, items.into_iter().map(|i| i.path));
+                }
+                StoreDbReply::Ok
+            }
+        }
+    }
+
+    /// Serves `path` until the returned task is aborted, which also closes every connection.
+    fn serve(path: &Path, sync_delay: Duration) -> (Arc<StandIn>, tokio::task::JoinHandle<()>) {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let me = Arc::new(StandIn { roots: TempRoots::default(), sync_delay });
+        let s = me.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(guix_ipc::serve_connection(stream, STORE_DB_LINK, "stand-in", s.clone()));
+            }
+        });
+        (me, task)
+    }
+
+    fn p(i: usize) -> StorePath {
+        StoreDir::default().make_text_path(&format!("p{i}"), &[], std::iter::empty::<&StorePath>()).unwrap()
+    }
+
+    fn front(path: &Path) -> Arc<StoreDb> {
+        Arc::new(StoreDb::with_client(Client::new(path, STORE_DB_LINK, HOLDER, Duration::from_secs(5))))
+    }
+
+    /// The defect of the old design: a sync delayed by 100 ms, handled after roots were added
+    /// meanwhile, erased them in store-db while socket-front believed them held.
+    #[tokio::test]
+    async fn a_late_sync_does_not_erase_roots_added_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-db.sock");
+        let (stand_in, _srv) = serve(&path, Duration::from_millis(100));
+        let front = front(&path);
+        front.open_connection(1);
+        front.add_temp_roots(1, vec![p(0)]).await.unwrap();
+        // socket-front's start-up sync, delayed by the stand-in.
+        let sync = {
+            let f = front.clone();
+            tokio::spawn(async move { f.sync().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        front.open_connection(2);
+        front.add_temp_roots(2, vec![p(1)]).await.unwrap();
+        front.add_temp_roots(1, vec![p(2)]).await.unwrap();
+        front.open_connection(3);
+        front.add_temp_roots(3, vec![p(3)]).await.unwrap();
+        front.close_connection(3).await;
+        sync.await.unwrap().unwrap();
+        for i in 0..3 {
+            assert!(stand_in.roots.is_temp_root(&p(i)), "root p{i} lost");
+        }
+        assert!(!stand_in.roots.is_temp_root(&p(3)), "a closed connection's root came back");
+        assert!(stand_in.roots.ready());
+    }
+
+    /// store-db restarts (its connections really break): the next call reconnects and the
+    /// live roots are all sent to the new one, whose barrier then opens.
+    #[tokio::test]
+    async fn roots_are_resent_to_a_restarted_store_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-db.sock");
+        let (first, srv) = serve(&path, Duration::ZERO);
+        let front = front(&path);
+        for c in 1..=3 {
+            front.open_connection(c);
+            front.add_temp_roots(c, vec![p(c as usize)]).await.unwrap();
+        }
+        front.close_connection(3).await;
+        assert!(first.roots.is_temp_root(&p(1)) && !first.roots.is_temp_root(&p(3)));
+        srv.abort();
+        let _ = srv.await;
+        let (second, _srv) = serve(&path, Duration::from_millis(50));
+        assert!(!second.roots.ready());
+        // The next call finds the connection broken, reconnects, and resyncs.
+        front.add_temp_roots(1, vec![p(4)]).await.unwrap();
+        for i in [1, 2, 4] {
+            assert!(second.roots.is_temp_root(&p(i)), "root p{i} not resent");
+        }
+        assert!(!second.roots.is_temp_root(&p(3)));
+        assert!(second.roots.ready());
     }
 }

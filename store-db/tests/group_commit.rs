@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use guix_formats::nar::{self, Limits};
 use guix_formats::StoreDir;
-use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest};
+use guix_ipc::store_db::{HolderId, ItemSource, NewItem, RootStamp, StoreDbReply, StoreDbRequest};
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store_db::server::fsops::ensure_scratch_dir;
 use guix_store_db::server::service::StoreDb;
@@ -68,7 +68,7 @@ fn run(max_group: usize, tasks: usize, per_task: usize) -> (Duration, u64, u64) 
             let db = s.db.clone();
             handles.push(tokio::spawn(async move {
                 for i in its {
-                    let r = db.execute(StoreDbRequest::AddItems { conn: t as u64, items: vec![i] }).await;
+                    let r = db.execute(StoreDbRequest::AddItems { conn: conn(t as u64), items: vec![i] }).await;
                     assert_eq!(r, StoreDbReply::Ok);
                 }
             }));
@@ -110,7 +110,9 @@ fn a_bad_request_does_not_fail_its_group() {
             .cloned()
             .map(|i| {
                 let db = s.db.clone();
-                tokio::spawn(async move { db.execute(StoreDbRequest::AddItems { conn: 1, items: vec![i] }).await })
+                tokio::spawn(
+                    async move { db.execute(StoreDbRequest::AddItems { conn: conn(1), items: vec![i] }).await },
+                )
             })
             .collect();
         let mut out = Vec::new();
@@ -143,4 +145,10 @@ fn bench_group_commit() {
             single.as_secs_f64() / grouped.as_secs_f64()
         );
     }
+}
+
+/// Connection `n` of this test process, as a temp-root holder.
+fn conn(n: u64) -> RootStamp {
+    static HOLDER: std::sync::OnceLock<HolderId> = std::sync::OnceLock::new();
+    RootStamp { holder: HOLDER.get_or_init(|| HolderId::this_process("test")).clone(), conn: n, seq: 1 }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use guix_formats::derivation::{Derivation, DerivationOutput, ModuloHasher, OutputName};
 use guix_formats::nar::{self, Limits, Node};
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{ItemSource, NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_ipc::store_db::{HolderId, ItemSource, NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::Client;
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store_db::{DbReader, StateDirs};
@@ -171,7 +171,7 @@ fn adds_text_tree_and_derivation() {
     let dv = drv_item(&d, &drv, &drv_path);
     let items = vec![a.clone(), t.clone(), dv.clone()];
     assert_eq!(
-        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: items.clone() })).unwrap(),
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: items.clone() })).unwrap(),
         StoreDbReply::Ok
     );
 
@@ -192,12 +192,12 @@ fn adds_text_tree_and_derivation() {
     assert_eq!(std::fs::read_dir(d.scratch()).unwrap().count(), 0);
 
     // Idempotent: the same request again (scratch copies gone) succeeds and changes nothing.
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items })).unwrap(), StoreDbReply::Ok);
     // Adding a valid path with a fresh scratch copy removes the copy.
     let again = text_item(&d, "a.txt", "aaa", vec![]);
     let again_scratch = d.scratch().join(again.scratch_name().unwrap());
     assert_eq!(
-        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 2, items: vec![again] })).unwrap(),
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(2), items: vec![again] })).unwrap(),
         StoreDbReply::Ok
     );
     assert!(!again_scratch.exists());
@@ -242,7 +242,7 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     for bad in ["../../outside", "a/b", ".", "..", ""] {
         let mut item = good.clone();
         item.source = ItemSource::Scratch(bad.to_owned());
-        let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![item] })).unwrap());
+        let msg = error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![item] })).unwrap());
         assert!(msg.contains("invalid scratch item name"), "{msg}");
     }
     assert!(outside.exists());
@@ -253,8 +253,9 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     std::fs::remove_file(d.scratch().join(missing.scratch_name().unwrap())).unwrap();
     let nothing = format!("{}-nothing", std::process::id());
     missing.source = ItemSource::Scratch(nothing.clone());
-    let msg =
-        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![missing.clone()] })).unwrap());
+    let msg = error_of(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![missing.clone()] })).unwrap(),
+    );
     assert_eq!(msg, format!("scratch item `{nothing}' does not exist"));
 
     // A .drv with a wrong output path: the C++ message, nothing of the batch registered, the
@@ -267,8 +268,9 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     drv.env.insert(b"out".to_vec(), store.display(&wrong).into_bytes());
     let drv_path = drv.drv_path(&store, "bad").unwrap();
     let dv = drv_item(&d, &drv, &drv_path);
-    let msg =
-        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), dv] })).unwrap());
+    let msg = error_of(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![src.clone(), dv] })).unwrap(),
+    );
     assert_eq!(
         msg,
         format!(
@@ -296,7 +298,7 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     };
     let src = text_item(&d, "builder.sh", "echo", vec![]);
     let msg = error_of(
-        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![src.clone(), inline_drv] })).unwrap(),
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![src.clone(), inline_drv] })).unwrap(),
     );
     assert!(msg.starts_with(&format!("derivation `{}' has incorrect output", store.display(&drv_path))), "{msg}");
     assert!(!r.is_valid(&drv_path).unwrap() && !d.dirs().store_path().join(drv_path.base_name()).exists());
@@ -304,8 +306,9 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     // A reference that is neither valid nor in the batch: the C++ message (no path in it).
     let ghost = store.make_text_path("ghost", b"boo", &BTreeSet::new()).unwrap();
     let dangling = text_item(&d, "dangling", "d", vec![ghost]);
-    let msg =
-        error_of(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![dangling.clone()] })).unwrap());
+    let msg = error_of(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![dangling.clone()] })).unwrap(),
+    );
     assert_eq!(msg, "path `%1%' is not valid");
     assert!(!d.dirs().store_path().join(dangling.path.base_name()).exists());
     // No C++ lock file is made (store-db is the only writer: see server::pathlock).
@@ -315,7 +318,7 @@ fn refuses_hostile_names_bad_derivations_and_invalid_references() {
     let stale_dest = d.dirs().store_path().join(good.path.base_name());
     std::fs::create_dir_all(stale_dest.join("junk")).unwrap();
     assert_eq!(
-        rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![good.clone()] })).unwrap(),
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![good.clone()] })).unwrap(),
         StoreDbReply::Ok
     );
     assert_eq!(std::fs::read(&stale_dest).unwrap(), b"g");
@@ -344,7 +347,7 @@ fn writes_inline_texts_at_their_final_name() {
     let rt = rt();
     let c = d.client();
     let r = d.reader();
-    let add = |items: Vec<NewItem>| rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items })).unwrap();
+    let add = |items: Vec<NewItem>| rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items })).unwrap();
 
     // Written canonical (0444, mtime 1), registered, lock file gone, nothing in scratch.
     let a = inline_text(&d, "a.txt", b"inline\n");
@@ -398,7 +401,7 @@ fn survives_kill_9_in_a_loop() {
                 let refs: Vec<StorePath> = prev.iter().cloned().collect();
                 let path = store.make_text_path(&format!("w{w}-{n}"), contents.as_bytes(), &refs).unwrap();
                 let item = scratch_item(&scratch, path.clone(), &text(&contents), refs);
-                let reply = client.call(StoreDbRequest::AddItems { conn: w, items: vec![item.clone()] }).await;
+                let reply = client.call(StoreDbRequest::AddItems { conn: conn(w), items: vec![item.clone()] }).await;
                 match reply {
                     Ok(StoreDbReply::Ok) => {
                         ok.lock().unwrap().push(item);
@@ -457,7 +460,10 @@ fn sigterm_exits_zero() {
     let rt = rt();
     let c = d.client();
     let item = text_item(&d, "t", "t", vec![]);
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::AddItems { conn: 1, items: vec![item] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![item] })).unwrap(),
+        StoreDbReply::Ok
+    );
     let pid = d.store_db_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
@@ -483,7 +489,22 @@ fn a_new_connection_sweeps_dead_writers_leftovers() {
     std::fs::write(&live, b"mine").unwrap();
     // The writer's successor connects (the client connects on its first call).
     let c = d.client();
-    assert_eq!(rt.block_on(c.call(StoreDbRequest::SyncConnections { live: vec![] })).unwrap(), StoreDbReply::Ok);
+    assert_eq!(
+        rt.block_on(c.call(StoreDbRequest::SyncConnections {
+            holder: HolderId::this_process("test"),
+            seq: 1,
+            live: vec![],
+            complete: true
+        }))
+        .unwrap(),
+        StoreDbReply::Ok
+    );
     wait_for(|| !leftover.exists(), "the dead writer's leftover to be swept");
     assert!(live.exists(), "a live writer's item was swept");
+}
+
+/// Connection `n` of this test process, as a temp-root holder.
+fn conn(n: u64) -> RootStamp {
+    static HOLDER: std::sync::OnceLock<HolderId> = std::sync::OnceLock::new();
+    RootStamp { holder: HOLDER.get_or_init(|| HolderId::this_process("test")).clone(), conn: n, seq: 1 }
 }

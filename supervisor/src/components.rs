@@ -70,6 +70,10 @@ mod tests {
         let mut sorted = l.clone();
         sorted.dedup();
         assert_eq!(sorted.len(), l.len());
+        // store-db's temp-root barrier waits for each root holder: each must be a component.
+        for h in guix_ipc::store_db::ROOT_HOLDERS {
+            assert!(COMPONENTS.iter().any(|c| c.name == *h), "root holder `{h}' is not a component");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest};
+use guix_ipc::store_db::{ConnId, HolderId, ItemSource, NewItem, RootStamp, StoreDbRequest};
 use guix_store::files::{delete_tree, write_canonical_text};
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::ValidPathInfo;
@@ -167,15 +167,15 @@ impl StoreBackend for MemoryStore {
     }
     async fn close_connection(&self, conn: ConnId) {
         self.state().temp_roots.remove(&conn);
-        self.record(StoreDbRequest::ConnectionClosed { conn });
+        self.record(StoreDbRequest::ConnectionClosed { conn: stamp(conn) });
     }
     async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), Failure> {
         self.state().temp_roots.entry(conn).or_default().extend(paths.iter().cloned());
-        self.record(StoreDbRequest::AddTempRoots { conn, paths });
+        self.record(StoreDbRequest::AddTempRoots { conn: stamp(conn), paths });
         Ok(())
     }
     async fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), Failure> {
-        self.record(StoreDbRequest::AddItems { conn, items: items.clone() });
+        self.record(StoreDbRequest::AddItems { conn: stamp(conn), items: items.clone() });
         let mut state = self.state();
         for item in &items {
             self.place(&mut state, item)?;
@@ -208,4 +208,11 @@ impl StoreBackend for MemoryStore {
         state.writes.push(StoreDbRequest::ClearFailedPaths { paths });
         Ok(())
     }
+}
+
+/// How a write of connection `conn` is recorded: the request store-db would get, stamped as
+/// from one fixed holder (the in-memory store keeps no sequence numbers: it applies every
+/// write at once, in order).
+pub fn stamp(conn: ConnId) -> RootStamp {
+    RootStamp { holder: HolderId { component: "memory-store".into(), pid: 0, started: 0 }, conn, seq: 0 }
 }

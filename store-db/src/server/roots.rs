@@ -1,68 +1,379 @@
-//! GC roots that store-db keeps: the temp roots of client connections (in memory) and
-//! indirect roots (`gcroots/auto` symlinks).
+//! GC roots that store-db keeps: the temp roots of the callers' connections (in memory), the
+//! barrier after a restart, the GC's final "may this path go" check, and indirect roots
+//! (`gcroots/auto` symlinks).
 //!
 //! # Temp roots
 //! The C++ daemon writes each client's temp roots to `temproots/<pid>` and the GC reads those
 //! files. Our GC will run inside the daemon and ask store-db instead, so the roots live in
-//! memory here, per connection of the caller ([`TempRoots`]), and no `temproots` file is
-//! written. A store-db restart loses them; socket-front resends them all with
-//! `SyncConnections` when it reconnects, which replaces the whole set. The GC's question is
-//! [`TempRoots::is_temp_root`] (or [`TempRoots::snapshot`] to take them all at once).
+//! memory here ([`TempRoots`]), per *holder* (one incarnation of a root-holding component,
+//! [`HolderId`]) and per connection of the holder; no `temproots` file is written. The holder
+//! keeps the authoritative copy (socket-front's `storedb.rs`) and sends every change stamped
+//! with a sequence number it assigned, under its own lock, when its copy changed
+//! ([`RootStamp`]); the holder's obligations are listed in [`guix_ipc::store_db`].
+//!
+//! ## Why the order of messages does not matter
+//! store-db runs each request in its own task, a request abandoned by its caller (deadline)
+//! may still be applied later, and a request may be resent on a new link connection while the
+//! old copy is still being handled. So the rules below give the same safety whatever the order
+//! in which messages are applied, and whatever is applied twice or never. Per holder, store-db
+//! keeps: for each connection it heard of, its roots and `first`, the smallest sequence number
+//! it saw for it; tombstones (connection, close number) for closes newer than the last sync;
+//! and that last sync's number `S` and live set `L`.
+//! - **Add** `(c, q, paths)` — ignored if `c` has a tombstone or (`q ≤ S` and `c ∉ L`);
+//!   otherwise `paths` are added to `c`'s roots (a union).
+//! - **Close** `(c, k)` — drops `c`'s roots; leaves a tombstone unless `k ≤ S` and `c ∉ L`.
+//! - **Sync** `(s, live)` — each listed connection's roots are added as by an add stamped
+//!   `s` (and refused as such an add would be). Then, only if `s > S`: a connection *not*
+//!   listed is dropped if `first ≤ s`; tombstones with `k ≤ s` go; `S, L := s, live`.
+//!
+//! Claim: a root `r` that the holder's connection `c` holds is in store-db's state from the
+//! moment a message carrying it (an add, or a sync listing `c`) is applied, until `c` is closed
+//! at the holder. Each way to remove or refuse something needs `c` closed:
+//! - a tombstone comes only from a close of `c`;
+//! - `q ≤ S, c ∉ L`: the add was stamped while `c` was live (the holder stamps adds only for
+//!   live connections), and `c` was not live at `S ≥ q`; connections never reopen, so `c` is
+//!   closed for good;
+//! - a sync drops an unlisted `c` only if some message stamped `c` at `first ≤ s`: `c` was
+//!   live then and not at `s`, so it is closed;
+//! - a sync older than `S` removes nothing (it cannot simply be ignored: the newer one may be
+//!   a cheap sync that lists no roots);
+//! - pruning a tombstone `(c, k)` at a sync `s ≥ k` keeps refusing late adds for `c`: they are
+//!   stamped `q < k ≤ s = S` and `c ∉ L`.
+//!
+//! So no interleaving of late, repeated or lost messages drops a live root; what a lost
+//! message would have added comes with the holder's next complete sync, which it sends after
+//! every new link connection and soon after every failed call. The converse (no leak): once
+//! the holder's newest complete sync is applied, whatever else arrives, the state is exactly
+//! the holder's copy (the `prop_*` tests below). Memory: the connections the holder has, plus
+//! those closed after `S` (the holder sends a cheap sync, ids only, every few seconds).
+//!
+//! A new incarnation of a component (a later start time) makes store-db drop its
+//! predecessors' roots and ignore their late messages: the supervisor runs one process per
+//! component and starts the next only after the previous one was reaped.
+//!
+//! ## After a restart: the barrier
+//! store-db starts with no temp roots. [`TempRoots::ready`] is false until each component of
+//! [`ROOT_HOLDERS`] has had a complete sync applied (or was declared not running with
+//! [`TempRoots::holder_not_running`]); the GC collects nothing before ([`DeletionGuard`]
+//! refuses). A holder's complete sync lists every root it holds, and roots it adds later reach
+//! this store-db directly (or come with its next sync), so from then on the claim above holds.
+//!
+//! ## Roots added while the GC marks
+//! Temp-root changes and the GC's deletions meet at one lock, this module's. The GC (a later
+//! issue) calls [`TempRoots::begin_mark`] (every temp root at that instant; from then on every
+//! root added is also recorded), computes what is live from its roots, then deletes referrers
+//! before what they refer to. For each path, under [`TempRoots::deletion`] — the lock that
+//! additions take — [`DeletionGuard::may_delete`] refuses it if it is a temp root now, was
+//! made one since the mark began, or still has a valid referrer; the invalidation must happen
+//! under the same guard. So a root `R` added during the mark is refused; `R` stays valid, so
+//! each of its references still has a valid referrer and is refused, and so on down its
+//! closure: the whole closure survives. [`TempRoots::end_collection`] stops recording.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use guix_formats::path::canon_path;
 use guix_formats::{HashAlgo, StorePath};
-use guix_ipc::store_db::ConnId;
+use guix_ipc::store_db::{ConnId, HolderId, RootStamp, StoreDbRequest, ROOT_HOLDERS};
 
+use crate::DbReader;
 use guix_store::strerror;
 
-/// The temp roots of every live connection.
-#[derive(Debug, Default)]
+/// The temp roots of every holder's live connections, the barrier and the mark journal, under
+/// one lock (see the module docs).
+#[derive(Debug)]
 pub struct TempRoots {
-    by_conn: Mutex<HashMap<ConnId, HashSet<StorePath>>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    holders: HashMap<HolderId, HolderRoots>,
+    /// Per component, the start time of its newest incarnation seen.
+    newest: HashMap<String, u64>,
+    barrier: RootsBarrier,
+    /// While the GC marks and deletes: every path made a temp root since the mark began.
+    marking: Option<HashSet<StorePath>>,
+}
+
+/// What store-db knows of one holder (see the module docs for the rules).
+#[derive(Debug, Default)]
+struct HolderRoots {
+    conns: HashMap<ConnId, ConnRoots>,
+    /// Connections closed after `synced_seq`, with the sequence number of the close.
+    closed: HashMap<ConnId, u64>,
+    synced_seq: u64,
+    synced_live: HashSet<ConnId>,
+}
+
+#[derive(Debug)]
+struct ConnRoots {
+    first: u64,
+    roots: HashSet<StorePath>,
+}
+
+impl HolderRoots {
+    fn refuses(&self, conn: ConnId, seq: u64) -> bool {
+        self.closed.contains_key(&conn) || (seq <= self.synced_seq && !self.synced_live.contains(&conn))
+    }
+
+    fn add(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        paths: impl IntoIterator<Item = StorePath>,
+        journal: &mut Option<HashSet<StorePath>>,
+    ) {
+        let mut paths = paths.into_iter().peekable();
+        if paths.peek().is_none() || self.refuses(conn, seq) {
+            return;
+        }
+        let c = self.conns.entry(conn).or_insert_with(|| ConnRoots { first: seq, roots: HashSet::new() });
+        c.first = c.first.min(seq);
+        for p in paths {
+            if let Some(j) = journal.as_mut() {
+                j.insert(p.clone());
+            }
+            c.roots.insert(p);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, seq: u64) {
+        self.conns.remove(&conn);
+        if seq > self.synced_seq || self.synced_live.contains(&conn) {
+            self.closed.insert(conn, seq);
+        }
+    }
+
+    /// Applies a sync; whether it was newer than every sync applied before (an older one
+    /// only adds roots).
+    fn sync(
+        &mut self,
+        seq: u64,
+        live: Vec<(ConnId, Vec<StorePath>)>,
+        journal: &mut Option<HashSet<StorePath>>,
+    ) -> bool {
+        let ids: HashSet<ConnId> = live.iter().map(|(c, _)| *c).collect();
+        for (conn, paths) in live {
+            self.add(conn, seq, paths, journal);
+        }
+        if seq <= self.synced_seq {
+            return false;
+        }
+        self.conns.retain(|c, r| ids.contains(c) || r.first > seq);
+        self.closed.retain(|_, k| *k > seq);
+        self.synced_seq = seq;
+        self.synced_live = ids;
+        true
+    }
+}
+
+/// After store-db starts: which root-holding components have not yet synced with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootsBarrier {
+    waiting: BTreeSet<String>,
+}
+
+impl RootsBarrier {
+    /// Waits for each of `holders`.
+    pub fn new<'a>(holders: impl IntoIterator<Item = &'a str>) -> RootsBarrier {
+        RootsBarrier { waiting: holders.into_iter().map(str::to_owned).collect() }
+    }
+
+    /// `component` had a complete sync applied, or is known not to run.
+    pub fn release(&mut self, component: &str) {
+        self.waiting.remove(component);
+    }
+
+    /// Whether every holder has synced: only then may anything be collected.
+    pub fn ready(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    pub fn waiting_for(&self) -> impl Iterator<Item = &str> {
+        self.waiting.iter().map(String::as_str)
+    }
+}
+
+impl Default for TempRoots {
+    /// Waiting for every component of [`ROOT_HOLDERS`].
+    fn default() -> Self {
+        TempRoots::new(RootsBarrier::new(ROOT_HOLDERS.iter().copied()))
+    }
 }
 
 impl TempRoots {
-    pub fn add(&self, conn: ConnId, paths: impl IntoIterator<Item = StorePath>) {
-        if let Ok(mut m) = self.by_conn.lock() {
-            m.entry(conn).or_default().extend(paths);
+    pub fn new(barrier: RootsBarrier) -> TempRoots {
+        TempRoots {
+            inner: Mutex::new(Inner { holders: HashMap::new(), newest: HashMap::new(), barrier, marking: None }),
         }
     }
 
-    /// The connection ended: its roots go away.
-    pub fn close(&self, conn: ConnId) {
-        if let Ok(mut m) = self.by_conn.lock() {
-            m.remove(&conn);
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a temp-root message (`AddTempRoots`, `ConnectionClosed`, `SyncConnections`);
+    /// gives any other request back.
+    pub fn take(&self, req: StoreDbRequest) -> Option<StoreDbRequest> {
+        match req {
+            StoreDbRequest::AddTempRoots { conn, paths } => self.add(&conn, paths),
+            StoreDbRequest::ConnectionClosed { conn } => self.close(&conn),
+            StoreDbRequest::SyncConnections { holder, seq, live, complete } => {
+                self.sync(&holder, seq, live, complete);
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Adds temp roots of a holder's connection.
+    pub fn add(&self, stamp: &RootStamp, paths: impl IntoIterator<Item = StorePath>) {
+        let mut inner = self.lock();
+        let Inner { holders, newest, marking, .. } = &mut *inner;
+        if let Some(h) = holder(holders, newest, &stamp.holder) {
+            h.add(stamp.conn, stamp.seq, paths, marking);
         }
     }
 
-    /// Replaces everything with the given connections and roots.
-    pub fn sync(&self, live: Vec<(ConnId, Vec<StorePath>)>) {
-        let mut fresh: HashMap<ConnId, HashSet<StorePath>> = HashMap::new();
-        for (conn, paths) in live {
-            fresh.entry(conn).or_default().extend(paths);
+    /// A holder's connection ended: its roots go away.
+    pub fn close(&self, stamp: &RootStamp) {
+        let mut inner = self.lock();
+        let Inner { holders, newest, .. } = &mut *inner;
+        if let Some(h) = holder(holders, newest, &stamp.holder) {
+            h.close(stamp.conn, stamp.seq);
         }
-        if let Ok(mut m) = self.by_conn.lock() {
-            *m = fresh;
+    }
+
+    /// A holder's live connections at its sequence number `seq` (see the module docs).
+    /// Whether it was newer than every sync of the holder applied before.
+    pub fn sync(&self, id: &HolderId, seq: u64, live: Vec<(ConnId, Vec<StorePath>)>, complete: bool) -> bool {
+        let mut inner = self.lock();
+        let Inner { holders, newest, marking, barrier } = &mut *inner;
+        let Some(h) = holder(holders, newest, id) else { return false };
+        let newest = h.sync(seq, live, marking);
+        if complete {
+            barrier.release(&id.component);
         }
+        newest
+    }
+
+    /// Whether every root-holding component has synced since store-db started: until then
+    /// nothing may be collected.
+    pub fn ready(&self) -> bool {
+        self.lock().barrier.ready()
+    }
+
+    /// The components the barrier still waits for.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.lock().barrier.waiting_for().map(str::to_owned).collect()
+    }
+
+    /// `component` is known not to run (so it holds no roots): the barrier stops waiting
+    /// for it.
+    pub fn holder_not_running(&self, component: &str) {
+        self.lock().barrier.release(component);
     }
 
     /// Whether some live connection holds `path` as a temp root.
     pub fn is_temp_root(&self, path: &StorePath) -> bool {
-        self.by_conn.lock().map(|m| m.values().any(|s| s.contains(path))).unwrap_or(false)
+        self.lock().is_temp_root(path)
     }
 
     /// Every temp root, at one instant.
     pub fn snapshot(&self) -> HashSet<StorePath> {
-        self.by_conn.lock().map(|m| m.values().flatten().cloned().collect()).unwrap_or_default()
+        self.lock().roots().cloned().collect()
     }
 
     /// Number of connections with roots (for logs and metrics).
     pub fn connections(&self) -> usize {
-        self.by_conn.lock().map(|m| m.len()).unwrap_or(0)
+        self.lock().holders.values().map(|h| h.conns.len()).sum()
+    }
+
+    /// The GC starts marking: every temp root now; from now on every root added is recorded
+    /// until [`TempRoots::end_collection`].
+    pub fn begin_mark(&self) -> HashSet<StorePath> {
+        let mut inner = self.lock();
+        inner.marking = Some(HashSet::new());
+        inner.roots().cloned().collect()
+    }
+
+    /// The collection is over: stop recording new roots.
+    pub fn end_collection(&self) {
+        self.lock().marking = None;
+    }
+
+    /// The lock temp-root additions take, for the GC's final check and its invalidation.
+    pub fn deletion(&self) -> DeletionGuard<'_> {
+        DeletionGuard { inner: self.lock() }
+    }
+}
+
+/// The state of `id`, after dropping older incarnations of its component; `None` when `id` is
+/// itself older than one seen (its late messages are ignored).
+fn holder<'a>(
+    holders: &'a mut HashMap<HolderId, HolderRoots>,
+    newest: &mut HashMap<String, u64>,
+    id: &HolderId,
+) -> Option<&'a mut HolderRoots> {
+    match newest.get(&id.component) {
+        Some(&n) if id.started < n => return None,
+        Some(&n) if id.started == n => {}
+        _ => {
+            newest.insert(id.component.clone(), id.started);
+            holders.retain(|h, _| h.component != id.component || h.started >= id.started);
+        }
+    }
+    Some(holders.entry(id.clone()).or_default())
+}
+
+impl Inner {
+    fn roots(&self) -> impl Iterator<Item = &StorePath> {
+        self.holders.values().flat_map(|h| h.conns.values()).flat_map(|c| c.roots.iter())
+    }
+
+    fn is_temp_root(&self, path: &StorePath) -> bool {
+        self.holders.values().flat_map(|h| h.conns.values()).any(|c| c.roots.contains(path))
+    }
+}
+
+/// Why the GC may not delete a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// Some root holder has not synced since store-db started.
+    NotReady,
+    /// No mark is in progress ([`TempRoots::begin_mark`]).
+    NoMark,
+    TempRoot,
+    /// It became a temp root after the mark began (maybe since released).
+    RootedDuringMark,
+    /// This valid path still refers to it.
+    Referrer(StorePath),
+}
+
+/// Held while the GC checks and invalidates a path: temp-root changes wait.
+pub struct DeletionGuard<'a> {
+    inner: MutexGuard<'a, Inner>,
+}
+
+impl DeletionGuard<'_> {
+    /// The GC's final check for `path`: `Ok(None)` when it may be deleted, else why not.
+    /// Invalidate it before dropping the guard.
+    pub fn may_delete(&self, db: &DbReader, path: &StorePath) -> crate::Result<Option<Keep>> {
+        let inner = &*self.inner;
+        if !inner.barrier.ready() {
+            return Ok(Some(Keep::NotReady));
+        }
+        let Some(journal) = &inner.marking else { return Ok(Some(Keep::NoMark)) };
+        if inner.is_temp_root(path) {
+            return Ok(Some(Keep::TempRoot));
+        }
+        if journal.contains(path) {
+            return Ok(Some(Keep::RootedDuringMark));
+        }
+        let referrer = db.query_referrers(path)?.into_iter().find(|r| r != path);
+        Ok(referrer.map(Keep::Referrer))
     }
 }
 
@@ -93,24 +404,324 @@ pub fn add_indirect_root(state_dir: &Path, path: &str) -> Result<PathBuf, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guix_formats::StoreDir;
+    use proptest::prelude::*;
 
     fn sp(s: &str) -> StorePath {
         StorePath::from_base_name(s).unwrap()
     }
 
+    fn holder(component: &str, pid: u32, started: u64) -> HolderId {
+        HolderId { component: component.to_owned(), pid, started }
+    }
+
+    fn front() -> HolderId {
+        holder("socket-front", 7, 100)
+    }
+
+    fn stamp(conn: ConnId, seq: u64) -> RootStamp {
+        RootStamp { holder: front(), conn, seq }
+    }
+
+    /// The roots store-db holds for `front()`'s connection `conn`.
+    fn roots_of(r: &TempRoots, conn: ConnId) -> HashSet<StorePath> {
+        r.lock().holders.get(&front()).and_then(|h| h.conns.get(&conn)).map(|c| c.roots.clone()).unwrap_or_default()
+    }
+
+    fn tombstones(r: &TempRoots) -> usize {
+        r.lock().holders.values().map(|h| h.closed.len()).sum()
+    }
+
+    fn p(i: usize) -> StorePath {
+        StoreDir::default().make_text_path(&format!("p{i}"), &[], std::iter::empty::<&StorePath>()).unwrap()
+    }
+
+    fn set(paths: &[StorePath]) -> HashSet<StorePath> {
+        paths.iter().cloned().collect()
+    }
+
     #[test]
     fn temp_roots_per_connection() {
         let r = TempRoots::default();
-        let a = sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a");
-        let b = sp("01bgd045z0d4icpbc2yyz4gx48ak44la-b");
-        r.add(1, [a.clone()]);
-        r.add(2, [b.clone()]);
+        let (a, b) = (sp("00bgd045z0d4icpbc2yyz4gx48ak44la-a"), sp("01bgd045z0d4icpbc2yyz4gx48ak44la-b"));
+        r.add(&stamp(1, 1), [a.clone()]);
+        r.add(&stamp(2, 2), [b.clone()]);
         assert!(r.is_temp_root(&a) && r.is_temp_root(&b));
-        r.close(1);
+        r.close(&stamp(1, 3));
         assert!(!r.is_temp_root(&a));
-        r.sync(vec![(3, vec![a.clone()])]);
-        assert!(r.is_temp_root(&a) && !r.is_temp_root(&b));
+        assert_eq!(r.snapshot(), set(std::slice::from_ref(&b)));
         assert_eq!(r.connections(), 1);
+    }
+
+    /// The defect of the old design: a sync whose snapshot predates an addition, applied after
+    /// it, erased the new root.
+    #[test]
+    fn late_sync_after_an_add_keeps_the_root() {
+        let r = TempRoots::default();
+        // Snapshot at seq 2: connection 1 with p0.
+        let snapshot = vec![(1, vec![p(0)])];
+        r.add(&stamp(1, 1), [p(0)]);
+        // After the snapshot: p1 on connection 1, p2 on a new connection 2.
+        r.add(&stamp(1, 3), [p(1)]);
+        r.add(&stamp(2, 4), [p(2)]);
+        assert!(r.sync(&front(), 2, snapshot, true));
+        assert_eq!(roots_of(&r, 1), set(&[p(0), p(1)]));
+        assert_eq!(roots_of(&r, 2), set(&[p(2)]));
+    }
+
+    #[test]
+    fn abandoned_sync_delivered_after_later_adds_and_syncs() {
+        let r = TempRoots::default();
+        let old = vec![(1, vec![p(0)]), (3, vec![p(3)])];
+        r.add(&stamp(2, 2), [p(1)]);
+        // Connection 3 closed at 3, then a newer sync at 5.
+        r.close(&stamp(3, 3));
+        r.add(&stamp(2, 4), [p(2)]);
+        assert!(r.sync(&front(), 5, vec![(1, vec![p(0)]), (2, vec![p(1), p(2)])], true));
+        // The sync of seq 1, abandoned by its caller, is handled now: ignored.
+        assert!(!r.sync(&front(), 1, old, true));
+        assert_eq!(roots_of(&r, 1), set(&[p(0)]));
+        assert_eq!(roots_of(&r, 2), set(&[p(1), p(2)]));
+        assert!(roots_of(&r, 3).is_empty());
+    }
+
+    #[test]
+    fn close_before_a_late_sync_is_not_undone() {
+        let r = TempRoots::default();
+        r.add(&stamp(1, 1), [p(0)]);
+        r.add(&stamp(2, 2), [p(1)]);
+        let snapshot = vec![(1, vec![p(0)]), (2, vec![p(1)])];
+        r.close(&stamp(1, 4));
+        assert!(r.sync(&front(), 3, snapshot, true));
+        assert!(roots_of(&r, 1).is_empty(), "a closed connection came back");
+        assert_eq!(roots_of(&r, 2), set(&[p(1)]));
+        // Its tombstone outlives that sync (the close is newer) and goes with a newer one.
+        assert_eq!(tombstones(&r), 1);
+        assert!(r.sync(&front(), 5, vec![(2, vec![])], false));
+        assert_eq!(tombstones(&r), 0);
+        assert_eq!(roots_of(&r, 2), set(&[p(1)]), "a cheap sync dropped roots");
+    }
+
+    #[test]
+    fn resent_add_after_close_is_ignored() {
+        let r = TempRoots::default();
+        r.add(&stamp(1, 1), [p(0)]);
+        r.close(&stamp(1, 2));
+        r.add(&stamp(1, 1), [p(0)]);
+        assert!(!r.is_temp_root(&p(0)));
+        // Also once the tombstone is pruned by a sync that knows of the close.
+        assert!(r.sync(&front(), 3, vec![], false));
+        assert_eq!(tombstones(&r), 0);
+        r.add(&stamp(1, 1), [p(0)]);
+        assert!(!r.is_temp_root(&p(0)));
+        // A close whose message was lost is cleaned up by the next sync; a connection opened
+        // after the snapshot is not.
+        r.add(&stamp(4, 4), [p(4)]);
+        r.add(&stamp(6, 6), [p(6)]);
+        assert!(r.sync(&front(), 5, vec![], false));
+        assert!(!r.is_temp_root(&p(4)) && r.is_temp_root(&p(6)));
+    }
+
+    #[test]
+    fn a_new_incarnation_replaces_the_old() {
+        let r = TempRoots::default();
+        let old = front();
+        let new = holder("socket-front", 8, 200);
+        let other = holder("builder", 9, 50);
+        r.add(&stamp(1, 1), [p(0)]);
+        r.add(&RootStamp { holder: other.clone(), conn: 1, seq: 1 }, [p(2)]);
+        r.add(&RootStamp { holder: new.clone(), conn: 1, seq: 1 }, [p(1)]);
+        assert!(!r.is_temp_root(&p(0)) && r.is_temp_root(&p(1)) && r.is_temp_root(&p(2)));
+        // The old one's late messages change nothing, not even the barrier.
+        r.add(&stamp(2, 2), [p(3)]);
+        assert!(!r.sync(&old, 9, vec![(5, vec![p(4)])], true));
+        assert!(!r.is_temp_root(&p(3)) && !r.is_temp_root(&p(4)));
+        assert!(!r.ready());
+        assert!(r.sync(&new, 2, vec![(1, vec![p(1)])], true));
+        assert!(r.ready());
+    }
+
+    #[test]
+    fn barrier_waits_for_every_holder() {
+        let r = TempRoots::new(RootsBarrier::new(["socket-front", "builder"]));
+        assert!(!r.ready());
+        // A cheap sync does not count: it lists no roots.
+        assert!(r.sync(&front(), 1, vec![(1, vec![])], false));
+        assert!(!r.ready());
+        assert!(r.sync(&front(), 2, vec![(1, vec![p(0)])], true));
+        assert_eq!(r.waiting_for(), vec!["builder".to_owned()]);
+        r.holder_not_running("builder");
+        assert!(r.ready());
+        assert!(TempRoots::new(RootsBarrier::new([])).ready());
+        assert_eq!(TempRoots::default().waiting_for(), ROOT_HOLDERS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn may_delete_refuses_roots_and_referrers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = crate::StateDirs::under(dir.path());
+        let lock = dirs.init(&crate::InitOptions { reserve_space: false, ..Default::default() }).unwrap();
+        let mut db = crate::DbWriter::open(dirs.db_dir(), StoreDir::default(), &lock, &Default::default()).unwrap();
+        let info = |path: &StorePath, refs: &[&StorePath]| crate::ValidPathInfo {
+            path: path.clone(),
+            deriver: None,
+            nar_hash: HashAlgo::Sha256.digest(path.name().as_bytes()),
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            registration_time: 1,
+            nar_size: Some(120),
+        };
+        // p0 → p1 → p2, and p3 alone.
+        let regs: Vec<_> = [info(&p(2), &[]), info(&p(1), &[&p(2)]), info(&p(0), &[&p(1)]), info(&p(3), &[])]
+            .into_iter()
+            .map(|i| crate::Registration::new(i).unwrap())
+            .collect();
+        db.register_valid_paths(&regs).unwrap();
+
+        let r = TempRoots::default();
+        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::NotReady));
+        assert!(r.sync(&front(), 1, vec![], true));
+        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::NoMark));
+        r.add(&stamp(1, 2), [p(3)]);
+        assert!(r.begin_mark().contains(&p(3)));
+        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::TempRoot));
+        // p0 becomes a root during the mark, and is released again before the GC gets to it.
+        r.add(&stamp(2, 3), [p(0)]);
+        r.close(&stamp(2, 4));
+        r.close(&stamp(1, 5));
+        let g = r.deletion();
+        assert_eq!(g.may_delete(&db, &p(0)).unwrap(), Some(Keep::RootedDuringMark));
+        assert_eq!(g.may_delete(&db, &p(1)).unwrap(), Some(Keep::Referrer(p(0))));
+        assert_eq!(g.may_delete(&db, &p(2)).unwrap(), Some(Keep::Referrer(p(1))));
+        assert_eq!(g.may_delete(&db, &p(3)).unwrap(), None);
+        drop(g);
+        r.end_collection();
+        assert_eq!(r.deletion().may_delete(&db, &p(0)).unwrap(), Some(Keep::NoMark));
+        r.begin_mark();
+        assert_eq!(r.deletion().may_delete(&db, &p(0)).unwrap(), None);
+    }
+
+    /// A holder, as the model: the same bookkeeping as socket-front's `storedb.rs`, one
+    /// operation at a time (its lock), producing the messages it would send.
+    #[derive(Default)]
+    struct Model {
+        seq: u64,
+        next_conn: ConnId,
+        live: std::collections::BTreeMap<ConnId, BTreeSet<StorePath>>,
+        sent: Vec<StoreDbRequest>,
+    }
+
+    impl Model {
+        fn step(&mut self, op: u8, a: u8, b: u8) {
+            let pick = |live: &std::collections::BTreeMap<ConnId, BTreeSet<StorePath>>| {
+                live.keys().nth(usize::from(a) % live.len().max(1)).copied()
+            };
+            match op % 4 {
+                0 => {
+                    self.next_conn += 1;
+                    self.live.insert(self.next_conn, BTreeSet::new());
+                }
+                1 => {
+                    if let Some(c) = pick(&self.live) {
+                        let path = p(usize::from(b) % 6);
+                        self.live.get_mut(&c).unwrap().insert(path.clone());
+                        self.seq += 1;
+                        self.sent.push(StoreDbRequest::AddTempRoots { conn: stamp(c, self.seq), paths: vec![path] });
+                    }
+                }
+                2 => {
+                    if let Some(c) = pick(&self.live) {
+                        self.live.remove(&c);
+                        self.seq += 1;
+                        self.sent.push(StoreDbRequest::ConnectionClosed { conn: stamp(c, self.seq) });
+                    }
+                }
+                _ => {
+                    let sync = self.sync(b.is_multiple_of(2));
+                    self.sent.push(sync);
+                }
+            }
+        }
+
+        fn sync(&mut self, complete: bool) -> StoreDbRequest {
+            self.seq += 1;
+            let live = self
+                .live
+                .iter()
+                .map(|(c, r)| (*c, if complete { r.iter().cloned().collect() } else { vec![] }))
+                .collect();
+            StoreDbRequest::SyncConnections { holder: front(), seq: self.seq, live, complete }
+        }
+    }
+
+    /// Whether `msg` carries root `path` for connection `conn`.
+    fn carries(msg: &StoreDbRequest, conn: ConnId, path: &StorePath) -> bool {
+        match msg {
+            StoreDbRequest::AddTempRoots { conn: s, paths } => s.conn == conn && paths.contains(path),
+            StoreDbRequest::SyncConnections { live, .. } => live.iter().any(|(c, r)| *c == conn && r.contains(path)),
+            _ => false,
+        }
+    }
+
+    fn history() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
+        proptest::collection::vec((0u8..4, any::<u8>(), any::<u8>()), 1..40)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any subset of the holder's messages, repeated, in any order: every root of a
+        /// connection live at the holder's latest state that some applied message carried is
+        /// present.
+        #[test]
+        fn prop_no_live_root_is_lost(ops in history(), order in proptest::collection::vec(any::<u16>(), 0..100)) {
+            let mut m = Model::default();
+            for (op, a, b) in ops {
+                m.step(op, a, b);
+            }
+            prop_assume!(!m.sent.is_empty());
+            let r = TempRoots::default();
+            let applied: Vec<&StoreDbRequest> = order.iter().map(|i| &m.sent[usize::from(*i) % m.sent.len()]).collect();
+            for msg in &applied {
+                prop_assert!(r.take((*msg).clone()).is_none());
+            }
+            for (conn, roots) in &m.live {
+                let held = roots_of(&r, *conn);
+                for path in roots {
+                    if applied.iter().any(|msg| carries(msg, *conn, path)) {
+                        prop_assert!(held.contains(path), "lost {path:?} of live connection {conn}");
+                    }
+                }
+            }
+        }
+
+        /// Once the holder's newest complete sync is applied, wherever it falls among the
+        /// others, store-db holds exactly the holder's roots: nothing lost, nothing leaked, no
+        /// tombstone left.
+        #[test]
+        fn prop_newest_sync_makes_the_state_exact(ops in history(), order in proptest::collection::vec(any::<u16>(), 0..100), at in any::<u16>()) {
+            let mut m = Model::default();
+            for (op, a, b) in ops {
+                m.step(op, a, b);
+            }
+            let last = m.sync(true);
+            let mut applied: Vec<StoreDbRequest> =
+                if m.sent.is_empty() { vec![] } else { order.iter().map(|i| m.sent[usize::from(*i) % m.sent.len()].clone()).collect() };
+            let at = usize::from(at) % (applied.len() + 1);
+            applied.insert(at, last);
+            let r = TempRoots::default();
+            for msg in applied {
+                r.take(msg);
+            }
+            prop_assert!(r.ready());
+            for (conn, roots) in &m.live {
+                prop_assert_eq!(&roots_of(&r, *conn), &roots.iter().cloned().collect::<HashSet<_>>());
+            }
+            let expected: HashSet<StorePath> = m.live.values().flatten().cloned().collect();
+            prop_assert_eq!(r.snapshot(), expected);
+            let held = r.lock().holders.get(&front()).map(|h| h.conns.keys().copied().collect::<BTreeSet<_>>()).unwrap_or_default();
+            prop_assert!(held.iter().all(|c| m.live.get(c).is_some_and(|r| !r.is_empty())), "leaked connections {held:?}");
+            prop_assert_eq!(tombstones(&r), 0);
+        }
     }
 
     #[test]

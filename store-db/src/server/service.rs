@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
-use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Handler, Hello};
 
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
@@ -76,20 +76,13 @@ impl StoreDb {
 
     /// Handles one request.
     pub async fn execute(&self, req: StoreDbRequest) -> StoreDbReply {
+        // Temp-root messages: applied by `TempRoots` under its lock (see `roots`).
+        let Some(req) = self.temp_roots.take(req) else { return StoreDbReply::Ok };
         let res = match req {
-            StoreDbRequest::AddItems { conn, items } => self.add_items(conn, items).await,
-            StoreDbRequest::AddTempRoots { conn, paths } => {
-                self.temp_roots.add(conn, paths);
-                Ok(())
-            }
-            StoreDbRequest::ConnectionClosed { conn } => {
-                self.temp_roots.close(conn);
-                Ok(())
-            }
-            StoreDbRequest::SyncConnections { live } => {
-                self.temp_roots.sync(live);
-                Ok(())
-            }
+            StoreDbRequest::AddItems { conn, items } => self.add_items(&conn, items).await,
+            StoreDbRequest::AddTempRoots { .. }
+            | StoreDbRequest::ConnectionClosed { .. }
+            | StoreDbRequest::SyncConnections { .. } => Ok(()),
             StoreDbRequest::AddIndirectRoot { path } => {
                 let state = self.state_dir.clone();
                 tokio::task::spawn_blocking(move || add_indirect_root(&state, &path).map(|_| ()))
@@ -109,13 +102,15 @@ impl StoreDb {
         }
     }
 
-    async fn add_items(&self, conn: u64, items: Vec<NewItem>) -> Result<(), String> {
+    async fn add_items(&self, conn: &RootStamp, items: Vec<NewItem>) -> Result<(), String> {
+        // As `addToStore`: the path is a temp root of the connection before it is valid. Also
+        // when the request fails: the holder counts on store-db holding the roots of every
+        // request it got an answer to.
+        self.temp_roots.add(conn, items.iter().map(|i| i.path.clone()));
         if let Some(bad) = items.iter().find_map(|i| check_item(i).err()) {
             remove_scratch_copies(&self.layout.scratch, &items);
             return Err(bad);
         }
-        // As `addToStore`: the path is a temp root of the connection before it is valid.
-        self.temp_roots.add(conn, items.iter().map(|i| i.path.clone()));
         let finals = items.iter().map(|i| self.layout.store_path.join(i.path.base_name())).collect();
         let locks = self.locks.lock(finals).await;
         let res = self.writer.run(|reply| Job::Add { items, reply }).await;

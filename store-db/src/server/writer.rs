@@ -25,6 +25,12 @@
 //! in `tests/group_commit.rs`). Atomicity stays per request: when the group's transaction fails,
 //! each job is retried in a transaction of its own, so one bad request never fails another.
 //!
+//! Temp-root changes do not go through the writer's queue (they must not wait behind a
+//! group's transaction); they and the deletions meet at the lock of
+//! [`super::roots::TempRoots`] instead: a deletion (the GC's, later) checks
+//! [`super::roots::DeletionGuard::may_delete`] and invalidates while holding
+//! [`super::roots::TempRoots::deletion`].
+//!
 //! # Adding items (one job)
 //! The caller holds the per-path locks ([`super::pathlock`]). For each item: if the path is
 //! already valid, its scratch copy is removed and nothing else happens; otherwise whatever is
