@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
 use nix::sys::stat::{fstat, SFlag};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::config::DaemonConfig;
-use crate::{Client, LinkSpec};
+use crate::{Client, LinkRequest, LinkSpec};
 
 /// Names and numbers of the inherited listening sockets: `name:fd,name:fd,…`.
 pub const ENV_FDS: &str = "GUIX_DAEMON_RS_FDS";
@@ -112,9 +112,7 @@ pub fn inherited_listeners() -> Result<Vec<(String, InheritedListener)>, Compone
         // SAFETY: the supervisor passed `fd` to us for this purpose, it is open (fstat succeeded),
         // and TAKEN guarantees this is the only place that takes ownership of it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let family = getsockname::<SockaddrStorage>(owned.as_raw_fd())
-            .map_err(|e| not_socket(e.to_string()))?
-            .family();
+        let family = getsockname::<SockaddrStorage>(owned.as_raw_fd()).map_err(|e| not_socket(e.to_string()))?.family();
         let listener = match family {
             Some(AddressFamily::Unix) => InheritedListener::Unix(owned.into()),
             Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => InheritedListener::Tcp(owned.into()),
@@ -146,14 +144,21 @@ pub fn link_socket_path(config: &DaemonConfig, link: &str) -> PathBuf {
     config.runtime_dir.join(format!("{link}.sock"))
 }
 
-/// A client of another component's link. It connects lazily and retries for `retry_for` while
-/// the serving component is away (see [`Client`]).
-pub fn connect_link<Req, Resp>(config: &DaemonConfig, spec: LinkSpec, who: &str, retry_for: Duration) -> Client<Req, Resp>
+/// A client of another component's link. It connects lazily; each call waits at most
+/// `deadline` (unless given another) for the serving component, which may be restarting
+/// (see [`Client`]).
+pub fn connect_link<Req, Resp, Item>(
+    config: &DaemonConfig,
+    spec: LinkSpec,
+    who: &str,
+    deadline: Duration,
+) -> Client<Req, Resp, Item>
 where
-    Req: Serialize + Clone + Send + 'static,
+    Req: LinkRequest,
     Resp: DeserializeOwned + Send + 'static,
+    Item: DeserializeOwned + Send + 'static,
 {
-    Client::new(link_socket_path(config, spec.name), spec, who, retry_for)
+    Client::new(link_socket_path(config, spec.name), spec, who, deadline)
 }
 
 #[cfg(test)]

@@ -1,9 +1,17 @@
 //! The `store-db` link: socket-front (and later builder, substituter, gc) → store-db.
 //!
 //! store-db is the only writer of the database and the only process that renames items into the
-//! store. Every request is idempotent, so a caller may resend it after a store-db restart:
-//! adding a path that is already valid returns it unchanged, temp roots are sets, and
-//! `SyncConnections` replaces (not extends) the set of live connections.
+//! store.
+//!
+//! Idempotency ([`LinkRequest`]): every request is, so [`crate::Client`] resends it after a
+//! store-db restart: adding a path that is already valid returns it unchanged (and the retry
+//! of an `AddItems` whose rename happened but whose commit did not accepts the renamed item),
+//! temp roots are sets, `ConnectionClosed` of a closed connection does nothing,
+//! `SyncConnections` replaces (not extends) the set of live connections, an indirect root is
+//! made by renaming over its name, and `InvalidateMissing` checks again before removing.
+//!
+//! Failures are [`LinkError`]s: `Client` for what the guix client is told (the C++ daemon's
+//! wording), `Internal` for store-db's own faults.
 
 use std::fs;
 use std::io;
@@ -13,9 +21,9 @@ use std::path::Path;
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
-use crate::LinkSpec;
+use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 3 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 4 };
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
@@ -75,29 +83,53 @@ pub enum StoreDbRequest {
     /// Moves the items into the store and registers them in one transaction (a `.drv` is parsed
     /// and checked, and its outputs recorded). Items already valid are left as they are and
     /// their scratch copies removed. Also adds every path to the connection's temp roots.
-    AddItems { conn: ConnId, items: Vec<NewItem> },
+    AddItems {
+        conn: ConnId,
+        items: Vec<NewItem>,
+    },
     /// Adds temp roots for a connection.
-    AddTempRoots { conn: ConnId, paths: Vec<StorePath> },
+    AddTempRoots {
+        conn: ConnId,
+        paths: Vec<StorePath>,
+    },
     /// The connection ended: its temp roots go away.
-    ConnectionClosed { conn: ConnId },
+    ConnectionClosed {
+        conn: ConnId,
+    },
     /// The complete set of live connections of the caller, sent after (re)connecting with the
     /// temp roots of each; store-db drops every other connection's roots.
-    SyncConnections { live: Vec<(ConnId, Vec<StorePath>)> },
+    SyncConnections {
+        live: Vec<(ConnId, Vec<StorePath>)>,
+    },
     /// Creates the GC root symlink `gcroots/auto/<hash>` → `path` (AddIndirectRoot).
-    AddIndirectRoot { path: String },
-    ClearFailedPaths { paths: Vec<StorePath> },
+    AddIndirectRoot {
+        path: String,
+    },
+    ClearFailedPaths {
+        paths: Vec<StorePath>,
+    },
     /// VerifyStore's clean-up of paths whose files disappeared (`verifyPath`): each path, in
     /// order (referrers before what they refer to), is removed from the database if nothing is
     /// at its store name any more (checked again, by the writer) and no other valid path
     /// refers to it; a path whose files are back is left alone.
-    InvalidateMissing { paths: Vec<StorePath> },
+    InvalidateMissing {
+        paths: Vec<StorePath>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreDbReply {
     Ok,
-    /// The request failed; `message` is what the client is told (the C++ daemon's wording).
-    Error { message: String },
+    /// The request failed; a `Client` error's message is what the client is told (the C++
+    /// daemon's wording).
+    Error(LinkError),
+}
+
+impl LinkRequest for StoreDbRequest {
+    /// Every request of this link is idempotent (module documentation).
+    fn idempotent(&self) -> bool {
+        true
+    }
 }
 
 /// Creates `dest` (which must not exist) holding `contents`, canonical as a store file: mode

@@ -15,12 +15,13 @@ use std::time::Duration;
 use guix_formats::StorePath;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::{ConnId, NewItem, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
-use guix_ipc::Client;
+use guix_ipc::{Client, LinkError};
 
 use crate::error::Failure;
 
-/// How long a call waits for store-db to come (back) before failing the client's request.
-pub const RETRY_FOR: Duration = Duration::from_secs(30);
+/// The deadline of a store-db call: how long a client's request waits for store-db to come
+/// (back) and answer before it fails with "store-db is unavailable".
+pub const STORE_DB_DEADLINE: Duration = guix_ipc::DEFAULT_DEADLINE;
 
 pub struct StoreDb {
     client: Client<StoreDbRequest, StoreDbReply>,
@@ -31,7 +32,7 @@ pub struct StoreDb {
 
 impl StoreDb {
     pub fn new(config: &DaemonConfig) -> StoreDb {
-        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, "socket-front", RETRY_FOR);
+        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, "socket-front", STORE_DB_DEADLINE);
         StoreDb::with_client(client)
     }
 
@@ -122,11 +123,15 @@ impl StoreDb {
         res
     }
 
+    /// A store-db error is shown to the client as it is when it is the client's; any other
+    /// failure (store-db down past the deadline, a restart in the middle, a fault of
+    /// store-db's) says "store-db is unavailable" or "internal error in store-db".
     async fn raw_call(&self, req: StoreDbRequest) -> Result<(), Failure> {
+        let link = STORE_DB_LINK.name;
         match self.client.call(req).await {
             Ok(StoreDbReply::Ok) => Ok(()),
-            Ok(StoreDbReply::Error { message }) => Err(Failure::Op(message)),
-            Err(e) => Err(Failure::Op(e.to_string())),
+            Ok(StoreDbReply::Error(e)) => Err(Failure::Op(e.client_text(link))),
+            Err(e) => Err(Failure::Op(LinkError::from(e).client_text(link))),
         }
     }
 

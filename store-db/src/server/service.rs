@@ -24,7 +24,7 @@ use std::time::Duration;
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
 use guix_ipc::store_db::{NewItem, StoreDbReply, StoreDbRequest, SCRATCH_DIR_NAME, STORE_DB_LINK};
-use guix_ipc::{Handler, Hello};
+use guix_ipc::{Call, Handler, LinkError};
 
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
@@ -105,7 +105,7 @@ impl StoreDb {
         };
         match res {
             Ok(()) => StoreDbReply::Ok,
-            Err(message) => StoreDbReply::Error { message },
+            Err(message) => StoreDbReply::Error(LinkError::client(message)),
         }
     }
 
@@ -144,7 +144,8 @@ impl Drop for Inflight {
 impl Handler for Service {
     type Req = StoreDbRequest;
     type Resp = StoreDbReply;
-    fn handle(self: &Arc<Self>, _peer: &Hello, req: StoreDbRequest) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
+    type Item = ();
+    fn handle(self: &Arc<Self>, _call: Call<()>, req: StoreDbRequest) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
         let db = self.0.clone();
         db.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = Inflight(db.clone());
