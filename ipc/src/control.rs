@@ -96,3 +96,15 @@ pub struct Metric {
     pub labels: Vec<(String, String)>,
     pub value: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_not_resent() {
+        assert!(ControlRequest::Status.idempotent());
+        assert!(ControlRequest::ReportMetrics { component: "x".into(), metrics: vec![] }.idempotent());
+        assert!(!ControlRequest::Restart { component: "store-db".into() }.idempotent());
+    }
+}

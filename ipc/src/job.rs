@@ -314,3 +314,112 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn finished<Item: Clone + Send + 'static>(t: &JobTable<Item, u32>, id: &JobId) -> u32 {
+        let mut a = t.attach(id).unwrap();
+        loop {
+            match a.next().await {
+                Next::Finished(out) => return out,
+                Next::Lost => panic!("lost"),
+                Next::Progress(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_are_unique_across_tables_and_a_chosen_id_starts_once() {
+        let (a, b) = (JobTable::<u32, u32>::new(4, 4), JobTable::<u32, u32>::new(4, 4));
+        let ids = [a.new_id(), a.new_id(), b.new_id()];
+        assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:?}");
+        let id = JobId("mine".into());
+        assert_eq!(a.start(Some(id.clone()), 0, |_| async { 1 }), (id.clone(), true));
+        // A resent start finds it (running or finished) and starts nothing.
+        assert_eq!(a.start(Some(id.clone()), 0, |_| async { 2 }), (id.clone(), false));
+        assert_eq!(finished(&a, &id).await, 1);
+        assert_eq!(a.start(Some(id.clone()), 0, |_| async { 3 }), (id.clone(), false));
+        assert_eq!(a.status(&id), JobStatus::Finished(1));
+        // Another table (a restarted server) has never heard of it.
+        assert_eq!(b.status(&id), JobStatus::Unknown);
+        assert!(b.attach(&id).is_none());
+    }
+
+    #[tokio::test]
+    async fn attached_callers_get_the_output_in_order_then_the_result() {
+        let t = JobTable::<u32, u32>::new(16, 4);
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let (id, _) = t.start(None, 0, |ctx| async move {
+            let _ = go.await;
+            for i in 0..10 {
+                ctx.emit(i);
+            }
+            10
+        });
+        assert_eq!(t.status(&id), JobStatus::Running);
+        let mut a = t.attach(&id).unwrap();
+        go_tx.send(()).unwrap();
+        for i in 0..10 {
+            assert_eq!(a.next().await, Next::Progress(Progress::Output(i)));
+        }
+        assert_eq!(a.next().await, Next::Finished(10));
+        // Attaching after the end: the result at once.
+        assert_eq!(t.attach(&id).unwrap().next().await, Next::Finished(10));
+    }
+
+    #[tokio::test]
+    async fn a_slow_attacher_misses_items_instead_of_holding_up_the_job() {
+        let t = JobTable::<u32, u32>::new(4, 4);
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let (id, _) = t.start(None, 0, |ctx| async move {
+            let _ = go.await;
+            for i in 0..100 {
+                ctx.emit(i);
+            }
+            100
+        });
+        let mut a = t.attach(&id).unwrap();
+        go_tx.send(()).unwrap();
+        // The job ends without anyone reading.
+        while t.status(&id) == JobStatus::Running {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(a.next().await, Next::Progress(Progress::Skipped(96)));
+        for i in 96..100 {
+            assert_eq!(a.next().await, Next::Progress(Progress::Output(i)));
+        }
+        assert_eq!(a.next().await, Next::Finished(100));
+    }
+
+    #[tokio::test]
+    async fn only_the_last_results_are_kept() {
+        let t = JobTable::<u32, u32>::new(4, 2);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let (id, _) = t.start(None, 0, move |_| async move { n });
+            assert_eq!(finished(&t, &id).await, n);
+            ids.push(id);
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(t.status(&ids[0]), JobStatus::Unknown);
+        assert_eq!(t.status(&ids[1]), JobStatus::Finished(1));
+        assert_eq!(t.status(&ids[2]), JobStatus::Finished(2));
+    }
+
+    #[tokio::test]
+    async fn cancel_and_panic() {
+        let t = JobTable::<u32, u32>::new(4, 4);
+        let (id, _) = t.start(None, 7, |ctx| async move {
+            ctx.token().cancelled().await;
+            1
+        });
+        assert!(t.cancel(&id));
+        assert_eq!(finished(&t, &id).await, 1);
+        assert!(!t.cancel(&JobId("nope".into())));
+        // A job whose work panics ends with the table's stand-in result.
+        let (id, _) = t.start(None, 7, |_| async { panic!("on purpose") });
+        assert_eq!(finished(&t, &id).await, 7);
+    }
+}
