@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
 use nix::sys::stat::{fstat, SFlag};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::config::DaemonConfig;
-use crate::{Client, LinkSpec};
+use crate::{Client, LinkRequest, LinkSpec};
 
 /// Names and numbers of the inherited listening sockets: `name:fd,name:fd,…`.
 pub const ENV_FDS: &str = "GUIX_DAEMON_RS_FDS";
@@ -144,19 +144,21 @@ pub fn link_socket_path(config: &DaemonConfig, link: &str) -> PathBuf {
     config.runtime_dir.join(format!("{link}.sock"))
 }
 
-/// A client of another component's link. It connects lazily and retries for `retry_for` while
-/// the serving component is away (see [`Client`]).
-pub fn connect_link<Req, Resp>(
+/// A client of another component's link. It connects lazily; each call waits at most
+/// `deadline` (unless given another) for the serving component, which may be restarting
+/// (see [`Client`]).
+pub fn connect_link<Req, Resp, Item>(
     config: &DaemonConfig,
     spec: LinkSpec,
     who: &str,
-    retry_for: Duration,
-) -> Client<Req, Resp>
+    deadline: Duration,
+) -> Client<Req, Resp, Item>
 where
-    Req: Serialize + Clone + Send + 'static,
+    Req: LinkRequest,
     Resp: DeserializeOwned + Send + 'static,
+    Item: DeserializeOwned + Send + 'static,
 {
-    Client::new(link_socket_path(config, spec.name), spec, who, retry_for)
+    Client::new(link_socket_path(config, spec.name), spec, who, deadline)
 }
 
 #[cfg(test)]

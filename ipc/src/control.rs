@@ -8,12 +8,18 @@
 //! `/metrics` endpoint next to its own, and forgets them when the component exits. The metric
 //! [`CONNECTIONS_METRIC`] (a gauge) is also shown by `ctl status` as the component's connection
 //! count.
+//!
+//! Idempotency ([`LinkRequest`]): `Status` and `ReportMetrics` (a report replaces the previous
+//! one) are resent after a broken connection; `Restart` is not (it would restart the component
+//! twice): a restart whose reply was lost fails with [`crate::ClientError::MaybeDone`].
+//! Failures are [`LinkError`]s (`Client`: no such component; `Retryable`: shutting down or
+//! already stopping; `Internal`: the component could not be started).
 
 use serde::{Deserialize, Serialize};
 
-use crate::LinkSpec;
+use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const CONTROL_LINK: LinkSpec = LinkSpec { name: "control", version: 1 };
+pub const CONTROL_LINK: LinkSpec = LinkSpec { name: "control", version: 2 };
 
 /// The gauge a component reports for its number of open client connections.
 pub const CONNECTIONS_METRIC: &str = "guix_daemon_rs_connections";
@@ -38,7 +44,16 @@ pub enum ControlReply {
         pid: u32,
     },
     Ok,
-    Error(String),
+    Error(LinkError),
+}
+
+impl LinkRequest for ControlRequest {
+    fn idempotent(&self) -> bool {
+        match self {
+            ControlRequest::Status | ControlRequest::ReportMetrics { .. } => true,
+            ControlRequest::Restart { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,4 +95,16 @@ pub struct Metric {
     pub kind: MetricKind,
     pub labels: Vec<(String, String)>,
     pub value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_not_resent() {
+        assert!(ControlRequest::Status.idempotent());
+        assert!(ControlRequest::ReportMetrics { component: "x".into(), metrics: vec![] }.idempotent());
+        assert!(!ControlRequest::Restart { component: "store-db".into() }.idempotent());
+    }
 }

@@ -1,4 +1,4 @@
-//! Frames and the hello exchange.
+//! Frames, the hello exchange, and the frames of a link after the hello.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
@@ -55,11 +55,25 @@ impl Hello {
     }
 }
 
-/// A request or a reply, with the id that pairs them.
+/// What the calling side sends after the hello. `id` is chosen by the caller, unique on the
+/// connection, and pairs a request with its stream items and final reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope<T> {
-    pub id: u64,
-    pub body: T,
+pub enum ToServer<Req> {
+    /// A request. The server may send up to `window` stream items for it before it receives
+    /// a [`ToServer::Credit`] for more.
+    Request { id: u64, window: u32, body: Req },
+    /// The caller consumed `n` more stream items of request `id`: the server may send `n` more.
+    Credit { id: u64, n: u32 },
+    /// The caller no longer wants the reply of request `id` (its call was dropped).
+    Cancel { id: u64 },
+}
+
+/// What the serving side sends after the hello: any number of stream items of a request,
+/// then its final reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToClient<Item, Resp> {
+    Item { id: u64, body: Item },
+    Final { id: u64, body: Resp },
 }
 
 /// Encodes `value` as one frame (length prefix included).
@@ -126,12 +140,13 @@ mod tests {
     #[tokio::test]
     async fn frame_round_trip_and_limits() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        write_frame(&mut a, &Envelope { id: 7, body: vec!["x".to_owned()] }).await.unwrap();
-        let e: Envelope<Vec<String>> = read_frame(&mut b).await.unwrap();
-        assert_eq!(e.id, 7);
+        let sent = ToServer::Request { id: 7, window: 4, body: vec!["x".to_owned()] };
+        write_frame(&mut a, &sent).await.unwrap();
+        let got: ToServer<Vec<String>> = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, sent);
         // An announced length over the limit is refused before allocating.
         a.write_all(&(MAX_FRAME + 1).to_le_bytes()).await.unwrap();
-        assert!(matches!(read_frame::<_, Envelope<u8>>(&mut b).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(read_frame::<_, ToServer<u8>>(&mut b).await, Err(FrameError::TooLarge(_))));
         drop(a);
         assert!(matches!(read_frame::<_, u8>(&mut b).await, Err(FrameError::Closed)));
     }

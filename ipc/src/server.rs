@@ -1,16 +1,35 @@
-//! The serving side of a link: reads requests, runs each in its own task, writes replies as they
-//! complete.
+//! The serving side of a link: reads requests, runs each in its own task with a [`Call`]
+//! (peer, cancellation token, flow-controlled stream sender), writes items and replies as
+//! they come.
+//!
+//! Memory per connection is bounded: a request may have at most the window it announced of
+//! stream items on their way (a handler's [`Call::send`] waits for credit, so a slow caller
+//! holds up only its own stream), and encoded frames wait in a queue of [`WRITE_QUEUE`].
+//! When the caller sends `Cancel` for a request, or the connection ends, the request's token
+//! is cancelled; the handler decides what stopping means (its task is not aborted, so a
+//! handler in the middle of a write finishes it). The final reply of a cancelled request is
+//! not sent.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use crate::frame::{exchange_hello, read_frame, write_frame, Envelope, FrameError, Hello};
+use crate::frame::{encode_frame, exchange_hello, read_frame, FrameError, Hello, ToClient, ToServer};
 use crate::LinkSpec;
+
+/// Encoded frames waiting to be written on one connection.
+pub const WRITE_QUEUE: usize = 64;
+
+/// Credit one request may hold at most (a caller announcing more gets this).
+const MAX_WINDOW: u32 = 1024;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -18,144 +37,168 @@ pub enum ServerError {
     Frame(#[from] FrameError),
 }
 
+/// Why [`Call::send`] did not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SendError {
+    #[error("the call was cancelled")]
+    Cancelled,
+    #[error("the stream item could not be encoded")]
+    Encode,
+}
+
+/// One request being served: who asked, whether they still want it, and its stream.
+pub struct Call<Item> {
+    peer: Arc<Hello>,
+    id: u64,
+    cancel: CancellationToken,
+    credit: Arc<Semaphore>,
+    out: mpsc::Sender<Vec<u8>>,
+    _item: PhantomData<fn(Item)>,
+}
+
+impl<Item> Clone for Call<Item> {
+    fn clone(&self) -> Self {
+        Call {
+            peer: self.peer.clone(),
+            id: self.id,
+            cancel: self.cancel.clone(),
+            credit: self.credit.clone(),
+            out: self.out.clone(),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<Item: Serialize> Call<Item> {
+    /// The caller's hello.
+    pub fn peer(&self) -> &Hello {
+        &self.peer
+    }
+
+    /// Cancelled when the caller dropped the call or its connection ended.
+    pub fn token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Sends one stream item, waiting until the caller has room for it.
+    pub async fn send(&self, item: Item) -> Result<(), SendError> {
+        let frame =
+            encode_frame(&ToClient::<Item, ()>::Item { id: self.id, body: item }).map_err(|_| SendError::Encode)?;
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Err(SendError::Cancelled),
+            permit = self.credit.acquire() => match permit {
+                Ok(p) => p.forget(),
+                Err(_) => return Err(SendError::Cancelled),
+            },
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(SendError::Cancelled),
+            r = self.out.send(frame) => r.map_err(|_| SendError::Cancelled),
+        }
+    }
+}
+
 /// What a component does with one request of its link.
 pub trait Handler: Send + Sync + 'static {
     type Req: DeserializeOwned + Send + 'static;
     type Resp: Serialize + Send + 'static;
-    fn handle(self: &Arc<Self>, peer: &Hello, req: Self::Req) -> impl Future<Output = Self::Resp> + Send + 'static;
+    /// The link's stream messages (`()` for a link without streams).
+    type Item: Serialize + Send + 'static;
+    fn handle(
+        self: &Arc<Self>,
+        call: Call<Self::Item>,
+        req: Self::Req,
+    ) -> impl Future<Output = Self::Resp> + Send + 'static;
 }
 
-/// Serves one connection until the peer closes it. Requests run concurrently.
+struct Running {
+    cancel: CancellationToken,
+    credit: Arc<Semaphore>,
+    window: u32,
+}
+
+/// Serves one connection until the peer closes it. Requests run concurrently; returns once
+/// every handler started for it has returned.
 pub async fn serve_connection<H: Handler>(
     mut stream: UnixStream,
     spec: LinkSpec,
     who: &str,
     handler: Arc<H>,
 ) -> Result<(), ServerError> {
-    let peer = exchange_hello(&mut stream, spec, who).await?;
+    let peer = Arc::new(exchange_hello(&mut stream, spec, who).await?);
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Envelope<H::Resp>>();
+    let (out, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(env) = rx.recv().await {
-            if write_frame(&mut wr, &env).await.is_err() {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
     });
+    let running: Arc<Mutex<HashMap<u64, Running>>> = Arc::default();
     let result = loop {
-        match read_frame::<_, Envelope<H::Req>>(&mut rd).await {
-            Ok(env) => {
-                let fut = handler.handle(&peer, env.body);
-                let tx = tx.clone();
-                let id = env.id;
+        match read_frame::<_, ToServer<H::Req>>(&mut rd).await {
+            Ok(ToServer::Request { id, window, body }) => {
+                let window = window.min(MAX_WINDOW);
+                let cancel = CancellationToken::new();
+                let credit = Arc::new(Semaphore::new(window as usize));
+                if let Ok(mut r) = running.lock() {
+                    r.insert(id, Running { cancel: cancel.clone(), credit: credit.clone(), window });
+                }
+                let call = Call {
+                    peer: peer.clone(),
+                    id,
+                    cancel: cancel.clone(),
+                    credit,
+                    out: out.clone(),
+                    _item: PhantomData,
+                };
+                let fut = handler.handle(call, body);
+                let out = out.clone();
+                let running = running.clone();
                 tokio::spawn(async move {
                     let body = fut.await;
-                    let _ = tx.send(Envelope { id, body });
+                    if let Ok(mut r) = running.lock() {
+                        r.remove(&id);
+                    }
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    match encode_frame(&ToClient::<(), H::Resp>::Final { id, body }) {
+                        Ok(frame) => {
+                            let _ = out.send(frame).await;
+                        }
+                        Err(e) => eprintln!("ipc: the reply to request {id} cannot be sent: {e}"),
+                    }
                 });
+            }
+            Ok(ToServer::Credit { id, n }) => {
+                if let Some(r) = running.lock().ok().as_ref().and_then(|r| r.get(&id)) {
+                    // Never more than the window outstanding, whatever the peer sends.
+                    let room = (r.window as usize).saturating_sub(r.credit.available_permits());
+                    r.credit.add_permits((n as usize).min(room));
+                }
+            }
+            Ok(ToServer::Cancel { id }) => {
+                if let Some(r) = running.lock().ok().as_ref().and_then(|r| r.get(&id)) {
+                    r.cancel.cancel();
+                }
             }
             Err(FrameError::Closed) => break Ok(()),
             Err(e) => break Err(e.into()),
         }
     };
-    drop(tx);
+    // The caller is gone: nobody wants what is still running.
+    if let Ok(r) = running.lock() {
+        r.values().for_each(|r| r.cancel.cancel());
+    }
+    drop(out);
     let _ = writer.await;
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Client;
-    use std::time::Duration;
-
-    struct Echo;
-    impl Handler for Echo {
-        type Req = (u32, u64);
-        type Resp = u32;
-        // Not an `async fn`: the future must be `'static`, so it may not borrow `self`.
-        #[allow(clippy::manual_async_fn)]
-        fn handle(self: &Arc<Self>, _peer: &Hello, req: (u32, u64)) -> impl Future<Output = u32> + Send + 'static {
-            async move {
-                tokio::time::sleep(Duration::from_millis(req.1)).await;
-                req.0 * 2
-            }
-        }
-    }
-
-    const SPEC: LinkSpec = LinkSpec { name: "echo", version: 1 };
-
-    async fn serve(path: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(s, SPEC, "echo-server", Arc::new(Echo)));
-            }
-        })
-    }
-
-    #[tokio::test]
-    async fn out_of_order_replies_are_matched() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let _srv = serve(path.clone()).await;
-        let client = Arc::new(Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(2)));
-        let slow = {
-            let c = client.clone();
-            tokio::spawn(async move { c.call((1, 200)).await })
-        };
-        let fast = client.call((2, 0)).await.unwrap();
-        assert_eq!(fast, 4);
-        assert_eq!(slow.await.unwrap().unwrap(), 2);
-    }
-
-    #[tokio::test]
-    async fn call_survives_a_server_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let srv = serve(path.clone()).await;
-        let client = Arc::new(Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(5)));
-        assert_eq!(client.call((3, 0)).await.unwrap(), 6);
-        // Kill the server while a request is in flight, then bring it back.
-        let inflight = {
-            let c = client.clone();
-            tokio::spawn(async move { c.call((5, 300)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        srv.abort();
-        let _ = srv.await;
-        std::fs::remove_file(&path).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _srv2 = serve(path.clone()).await;
-        assert_eq!(inflight.await.unwrap().unwrap(), 10);
-    }
-
-    #[tokio::test]
-    async fn call_after_the_peer_closed_an_idle_connection() {
-        // A server that answers one request per connection, then closes it.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let _ = exchange_hello(&mut s, SPEC, "one-shot").await;
-                if let Ok(env) = read_frame::<_, Envelope<(u32, u64)>>(&mut s).await {
-                    let _ = write_frame(&mut s, &Envelope { id: env.id, body: env.body.0 * 2 }).await;
-                }
-            }
-        });
-        let client = Client::<(u32, u64), u32>::new(&path, SPEC, "t", Duration::from_secs(5));
-        assert_eq!(client.call((1, 0)).await.unwrap(), 2);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // The connection is dead but the client has not written to it since: the call must
-        // not wait forever on it.
-        let r = tokio::time::timeout(Duration::from_secs(3), client.call((2, 0))).await;
-        assert_eq!(r.expect("call hung on a dead connection").unwrap(), 4);
-    }
-
-    #[tokio::test]
-    async fn unavailable_after_retry_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = Client::<(u32, u64), u32>::new(dir.path().join("none"), SPEC, "t", Duration::from_millis(100));
-        assert!(matches!(client.call((1, 0)).await, Err(crate::ClientError::Unavailable { .. })));
-    }
 }

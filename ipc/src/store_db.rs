@@ -1,9 +1,16 @@
 //! The `store-db` link: socket-front (and later builder, substituter, gc) → store-db.
 //!
 //! store-db is the only writer of the database and the only process that renames items into the
-//! store. Every request is idempotent, so a caller may resend it after a store-db restart:
-//! adding a path that is already valid returns it unchanged, and temp-root messages may be
-//! applied twice, late, or in any order.
+//! store.
+//!
+//! Idempotency ([`LinkRequest`]): every request is, so [`crate::Client`] resends it after a
+//! store-db restart: adding a path that is already valid returns it unchanged (and the retry
+//! of an `AddItems` whose rename happened but whose commit did not accepts the renamed item),
+//! temp-root messages may be applied twice, late, or in any order (below), an indirect root
+//! is made by renaming over its name, and `InvalidateMissing` checks again before removing.
+//!
+//! Failures are [`LinkError`]s: `Client` for what the guix client is told (the C++ daemon's
+//! wording), `Internal` for store-db's own faults.
 //!
 //! # Temp roots
 //! A *holder* (socket-front today; builder and substituter later: [`ROOT_HOLDERS`]) keeps the
@@ -26,9 +33,9 @@ use std::fs;
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
-use crate::LinkSpec;
+use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 4 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 5 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
@@ -171,10 +178,16 @@ pub enum StoreDbRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreDbReply {
     Ok,
-    /// The request failed; `message` is what the client is told (the C++ daemon's wording).
-    Error {
-        message: String,
-    },
+    /// The request failed; a `Client` error's message is what the client is told (the C++
+    /// daemon's wording).
+    Error(LinkError),
+}
+
+impl LinkRequest for StoreDbRequest {
+    /// Every request of this link is idempotent (module documentation).
+    fn idempotent(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -24,12 +24,13 @@ use std::time::Duration;
 use guix_formats::StorePath;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::{ConnId, HolderId, NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
-use guix_ipc::{Client, ClientError};
+use guix_ipc::{Client, ClientError, LinkError};
 
 use crate::error::Failure;
 
-/// How long a call waits for store-db to come (back) before failing the client's request.
-pub const RETRY_FOR: Duration = Duration::from_secs(30);
+/// The deadline of a store-db call: how long a client's request waits for store-db to come
+/// (back) and answer before it fails with "store-db is unavailable".
+pub const STORE_DB_DEADLINE: Duration = guix_ipc::DEFAULT_DEADLINE;
 /// How often [`StoreDb::maintain`] syncs.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// This component's name as a temp-root holder (one of `ROOT_HOLDERS`).
@@ -55,7 +56,7 @@ struct Local {
 
 impl StoreDb {
     pub fn new(config: &DaemonConfig) -> StoreDb {
-        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, HOLDER, RETRY_FOR);
+        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, HOLDER, STORE_DB_DEADLINE);
         StoreDb::with_client(client)
     }
 
@@ -208,11 +209,15 @@ impl StoreDb {
     }
 }
 
+/// A store-db error is shown to the client as it is when it is the client's; any other
+/// failure (store-db down past the deadline, a restart in the middle, a fault of store-db's)
+/// says "store-db is unavailable" or "internal error in store-db".
 fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), Failure> {
+    let link = STORE_DB_LINK.name;
     match res {
         Ok(StoreDbReply::Ok) => Ok(()),
-        Ok(StoreDbReply::Error { message }) => Err(Failure::Op(message)),
-        Err(e) => Err(Failure::Op(e.to_string())),
+        Ok(StoreDbReply::Error(e)) => Err(Failure::Op(e.client_text(link))),
+        Err(e) => Err(Failure::Op(LinkError::from(e).client_text(link))),
     }
 }
 
@@ -220,7 +225,7 @@ fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), Failure> {
 mod tests {
     use super::*;
     use guix_formats::StoreDir;
-    use guix_ipc::{Handler, Hello};
+    use guix_ipc::{Call, Handler};
     use guix_store_db::server::roots::TempRoots;
     use std::future::Future;
     use std::path::Path;
@@ -237,9 +242,10 @@ mod tests {
     impl Handler for StandIn {
         type Req = StoreDbRequest;
         type Resp = StoreDbReply;
+        type Item = ();
         fn handle(
             self: &Arc<Self>,
-            _peer: &Hello,
+            _call: Call<()>,
             req: StoreDbRequest,
         ) -> impl Future<Output = StoreDbReply> + Send + 'static {
             let me = self.clone();

@@ -124,7 +124,7 @@ fn a_bad_request_does_not_fail_its_group() {
     let r = guix_store_db::DbReader::open(s.dirs.db_dir(), s.store.clone()).unwrap();
     for (n, (i, res)) in reqs.iter().zip(results).enumerate() {
         if n % 7 == 3 {
-            assert_eq!(res, StoreDbReply::Error { message: "path `%1%' is not valid".into() });
+            assert_eq!(res, StoreDbReply::Error(guix_ipc::LinkError::client("path `%1%' is not valid")));
             assert!(!r.is_valid(&i.path).unwrap());
             assert!(!s.dirs.store_path().join(i.path.base_name()).exists());
         } else {

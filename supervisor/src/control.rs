@@ -10,29 +10,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guix_ipc::control::{ControlReply, ControlRequest, SupervisorStatus, CONTROL_LINK};
-use guix_ipc::{serve_connection, Client, Handler, Hello};
+use guix_ipc::{serve_connection, Call, Client, Handler, LinkError};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::supervise::Command;
+use crate::supervise::{Command, STOP_GRACE};
 
 struct Forward(mpsc::Sender<Command>);
 
 impl Handler for Forward {
     type Req = ControlRequest;
     type Resp = ControlReply;
+    type Item = ();
     fn handle(
         self: &Arc<Self>,
-        _peer: &Hello,
+        _call: Call<()>,
         req: ControlRequest,
     ) -> impl Future<Output = ControlReply> + Send + 'static {
         let tx = self.0.clone();
         async move {
             let (reply_tx, reply_rx) = oneshot::channel();
             if tx.send(Command::Control(req, reply_tx)).await.is_err() {
-                return ControlReply::Error("the supervisor is shutting down".to_owned());
+                return ControlReply::Error(LinkError::retryable("the supervisor is shutting down"));
             }
-            reply_rx.await.unwrap_or_else(|_| ControlReply::Error("the supervisor is shutting down".to_owned()))
+            reply_rx
+                .await
+                .unwrap_or_else(|_| ControlReply::Error(LinkError::retryable("the supervisor is shutting down")))
         }
     }
 }
@@ -51,9 +54,14 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
     }
 }
 
-/// Sends one request to the running daemon.
+/// How long `ctl` waits for the daemon: a restart may take [`STOP_GRACE`] before the
+/// component is killed, then its start.
+pub const CTL_DEADLINE: Duration = Duration::from_secs(5 + STOP_GRACE.as_secs());
+
+/// Sends one request to the running daemon. `Restart` is not resent after a broken
+/// connection (it is not idempotent): its failure then says it may have happened.
 pub async fn request(socket: &Path, req: ControlRequest) -> Result<ControlReply, String> {
-    let client = Client::<ControlRequest, ControlReply>::new(socket, CONTROL_LINK, "ctl", Duration::from_millis(500));
+    let client = Client::<ControlRequest, ControlReply>::new(socket, CONTROL_LINK, "ctl", CTL_DEADLINE);
     client.call(req).await.map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))
 }
 

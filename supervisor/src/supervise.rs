@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use guix_ipc::component::{format_fds, CLIENT_SOCKET_NAME, ENV_COMPONENT, ENV_CONFIG, ENV_FDS, EXIT_NOT_IMPLEMENTED};
 use guix_ipc::control::{ComponentStatus, ControlReply, ControlRequest, Metric, SupervisorStatus, CONNECTIONS_METRIC};
+use guix_ipc::LinkError;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{kill, Signal};
@@ -198,9 +199,9 @@ impl Supervisor {
                         Some((name, pid)) => {
                             ControlReply::Restarted { component: name.to_owned(), pid: pid.as_raw() as u32 }
                         }
-                        None => ControlReply::Error(
-                            "the component could not be started again; see the daemon's log".to_owned(),
-                        ),
+                        None => ControlReply::Error(LinkError::internal(
+                            "the component could not be started again; see the daemon's log",
+                        )),
                     };
                     let _ = reply.send(answer);
                 }
@@ -280,17 +281,19 @@ impl Supervisor {
             }
             Command::Control(ControlRequest::Restart { component }, reply) => {
                 if self.shutting_down {
-                    let _ = reply.send(ControlReply::Error("the daemon is shutting down".to_owned()));
+                    let _ = reply.send(ControlReply::Error(LinkError::retryable("the daemon is shutting down")));
                     return;
                 }
                 let Some(i) = self.comps.iter().position(|c| c.spec.name == component) else {
-                    let _ = reply.send(ControlReply::Error(format!("no component named `{component}'")));
+                    let _ =
+                        reply.send(ControlReply::Error(LinkError::client(format!("no component named `{component}'"))));
                     return;
                 };
                 let Some(c) = self.comps.get_mut(i) else { return };
                 if c.stop.is_some() {
-                    let _ =
-                        reply.send(ControlReply::Error(format!("component `{component}' is already being stopped")));
+                    let _ = reply.send(ControlReply::Error(LinkError::retryable(format!(
+                        "component `{component}' is already being stopped"
+                    ))));
                 } else if c.pid.is_some() {
                     eprintln!("restarting component {component} on request");
                     Self::stop(c, Some(reply));
@@ -299,9 +302,9 @@ impl Supervisor {
                     self.start(i);
                     let answer = match self.comps.get(i).and_then(|c| c.pid) {
                         Some(pid) => ControlReply::Restarted { component, pid: pid.as_raw() as u32 },
-                        None => {
-                            ControlReply::Error("the component could not be started; see the daemon's log".to_owned())
-                        }
+                        None => ControlReply::Error(LinkError::internal(
+                            "the component could not be started; see the daemon's log",
+                        )),
                     };
                     let _ = reply.send(answer);
                 }
@@ -312,7 +315,7 @@ impl Supervisor {
                         c.metrics = metrics.into_iter().filter(metrics::is_valid).collect();
                         ControlReply::Ok
                     }
-                    None => ControlReply::Error(format!("no component named `{component}'")),
+                    None => ControlReply::Error(LinkError::client(format!("no component named `{component}'"))),
                 };
                 let _ = reply.send(answer);
             }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
 use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
-use guix_ipc::{Handler, Hello};
+use guix_ipc::{Call, Handler, LinkError};
 
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
@@ -98,7 +98,7 @@ impl StoreDb {
         };
         match res {
             Ok(()) => StoreDbReply::Ok,
-            Err(message) => StoreDbReply::Error { message },
+            Err(message) => StoreDbReply::Error(LinkError::client(message)),
         }
     }
 
@@ -132,9 +132,10 @@ impl Drop for Inflight {
 impl Handler for Service {
     type Req = StoreDbRequest;
     type Resp = StoreDbReply;
+    type Item = ();
     fn handle(
         self: &Arc<Self>,
-        _peer: &Hello,
+        _call: Call<()>,
         req: StoreDbRequest,
     ) -> impl std::future::Future<Output = StoreDbReply> + Send + 'static {
         let db = self.0.clone();
