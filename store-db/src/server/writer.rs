@@ -345,6 +345,9 @@ impl Writer {
             check_item(item)?;
             let already = !seen.insert(item.path.clone()) || self.db.is_valid(&item.path).map_err(|e| e.to_string())?;
             let dest = self.layout.store_path.join(item.path.base_name());
+            if !already {
+                check_lock_name(&dest)?;
+            }
             let name = match &item.source {
                 ItemSource::Scratch(name) => name,
                 ItemSource::Text(_) if already => continue,
@@ -487,4 +490,18 @@ fn undo(placed: &[PathBuf]) {
             eprintln!("guix-store-db: cannot remove unregistered `{}': {}", p.display(), strerror(&e));
         }
     }
+}
+
+/// The C++ daemon locks `<path>.lock` before it adds a path, so it refuses a path whose lock
+/// file name is too long for the file system (a name of 218 to 222 bytes), with this error.
+/// store-db takes no lock files ([`super::pathlock`]) but refuses the same paths, so both
+/// daemons can register exactly the same ones.
+fn check_lock_name(dest: &Path) -> Result<(), String> {
+    const NAME_MAX: usize = 255;
+    let name_len = dest.file_name().map_or(0, |n| n.len());
+    if name_len + ".lock".len() > NAME_MAX {
+        let e = std::io::Error::from_raw_os_error(nix::libc::ENAMETOOLONG);
+        return Err(format!("opening lock file `{}.lock': {}", dest.display(), strerror(&e)));
+    }
+    Ok(())
 }
