@@ -24,7 +24,7 @@ use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Stream};
 use crate::error::{nar_failure, Failure};
-use crate::scratch::canonicalise;
+use guix_store::scratch::canonicalise;
 
 /// The kind of a NAR's root node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

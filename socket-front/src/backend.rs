@@ -14,7 +14,7 @@
 //! connections ([`ReaderPool`]), writes over the store-db link ([`StoreDb`], which keeps the
 //! authoritative copy of every connection's temp roots and re-sends them when store-db comes
 //! back). Files stay outside the traits: new items are written into scratch space
-//! ([`crate::scratch`]) and exported ones read from the store directory, both named by the
+//! ([`guix_store::scratch`]) and exported ones read from the store directory, both named by the
 //! configuration.
 //!
 //! The connection code is generic over the backend (static dispatch): QueryPathInfo served

@@ -25,8 +25,8 @@ use crate::backend::{DaemonBackend, StoreBackend};
 use crate::error::Failure;
 use crate::infocache::CachedInfo;
 use crate::metrics::Metrics;
-use crate::scratch::Scratch;
 use crate::settings::Settings;
+use guix_store::scratch::Scratch;
 
 /// Initial capacity of the buffer a reply is encoded into (most replies are a few hundred
 /// bytes; larger ones grow it).

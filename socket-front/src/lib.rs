@@ -37,10 +37,6 @@ pub mod settings;
 pub mod storedb;
 pub mod transfer;
 
-// Moved to the store library (FindRoots for the GC too, scratch space for every writer); the
-// old names stay while the other socket-front work merges.
-pub use guix_store::{roots, scratch};
-
 use std::sync::Arc;
 
 use guix_formats::worker::Limits;
@@ -98,7 +94,7 @@ async fn run() -> Result<(), String> {
             db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
             storedb: storedb::StoreDb::new(&config),
         },
-        scratch: scratch::Scratch::new(&config.paths.store_dir),
+        scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,
         nar_limits: nar::Limits::default(),

@@ -11,7 +11,7 @@ use guix_formats::{nar, StorePath};
 use crate::backend::StoreBackend;
 use crate::conn::{path_info_reply, Conn, Stream};
 use crate::error::Failure;
-use crate::roots;
+use guix_store::roots;
 
 /// Operations that would need a component not built yet.
 pub const BUILD_NOT_IMPLEMENTED: &str = "building is not implemented yet in guix-daemon-rs";

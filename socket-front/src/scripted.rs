@@ -28,7 +28,7 @@ use crate::backend::memory::{stamp, MemoryStore};
 use crate::backend::StoreBackend;
 use crate::conn::{path_info_reply, serve, Peer, Shared};
 use crate::metrics::Metrics;
-use crate::scratch::Scratch;
+use guix_store::scratch::Scratch;
 
 const V: u32 = PROTOCOL_VERSION;
 const CONN: ConnId = 7;

@@ -27,7 +27,7 @@ use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Level, Shared, Stream};
 use crate::error::Failure;
-use crate::scratch::canonicalise;
+use guix_store::scratch::canonicalise;
 
 const TROJAN: &str = "signed hash doesn't match actual contents of imported archive; archive could be corrupt, \
                       or someone is trying to import a Trojan horse";
@@ -154,7 +154,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
 async fn register_import<B: StoreBackend>(
     shared: &Arc<Shared<B>>,
     conn: u64,
-    item: crate::scratch::ScratchItem,
+    item: guix_store::scratch::ScratchItem,
     nar: nar::NarSummary,
     trailer: ExportTrailer,
 ) -> Result<(), Failure> {

@@ -77,9 +77,8 @@ impl MemoryStore {
             }
             return Ok(());
         }
-        if let Some(r) = item.references.iter().find(|r| **r != item.path && !state.infos.contains_key(*r)) {
+        if item.references.iter().any(|r| *r != item.path && !state.infos.contains_key(r)) {
             // store-db's (and `queryValidPathId`'s) unformatted message.
-            let _ = r;
             return Err(Failure::op("path `%1%' is not valid"));
         }
         match &item.source {
