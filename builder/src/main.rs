@@ -1,7 +1,4 @@
-//! The builder: runs derivation builds in chroots as build users.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-builder`: the builder component, started by the supervisor (`guix-daemon-rs`).
 
 fn main() {
     eprintln!("guix-builder: not implemented yet");

@@ -12,11 +12,12 @@
 //! [`server`] (the serving loop, [`Call`]); [`error`] (typed failures in replies, which
 //! requests are idempotent); [`job`] (long work that outlives a connection); [`component`]
 //! and [`config`] (what the supervisor hands a component); one module per link
-//! ([`store_db`], [`control`]) with its messages.
+//! ([`store_db`], [`builder`], [`control`]) with its messages.
 //!
 //! This crate knows nothing of what the messages mean: each link defines its own request and
 //! reply enums (see ARCHITECTURE.md, "Link semantics") and plugs them in as type parameters.
 
+pub mod builder;
 pub mod client;
 pub mod component;
 pub mod config;

@@ -33,7 +33,7 @@ use guix_store::{DbReader, ValidPathInfo};
 use crate::dbpool::ReaderPool;
 use crate::error::Failure;
 use crate::infocache::CachedInfo;
-use crate::storedb::StoreDb;
+use guix_store::storedb::StoreDb;
 
 #[cfg(test)]
 pub mod memory;
@@ -164,21 +164,161 @@ impl StoreBackend for DaemonBackend {
         self.storedb.close_connection(conn)
     }
     fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
-        self.storedb.add_temp_roots(conn, paths)
+        let f = self.storedb.add_temp_roots(conn, paths);
+        async move { f.await.map_err(store_db_failure) }
     }
     fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> impl Future<Output = Result<(), Failure>> + Send {
-        self.storedb.add_items(conn, items)
+        let f = self.storedb.add_items(conn, items);
+        async move { f.await.map_err(store_db_failure) }
     }
     fn add_indirect_root(&self, path: String) -> impl Future<Output = Result<(), Failure>> + Send {
-        self.storedb.add_indirect_root(path)
+        let f = self.storedb.add_indirect_root(path);
+        async move { f.await.map_err(store_db_failure) }
     }
     fn invalidate_missing(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
-        self.storedb.invalidate_missing(paths)
+        let f = self.storedb.invalidate_missing(paths);
+        async move { f.await.map_err(store_db_failure) }
     }
     fn clear_failed_paths(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
-        self.storedb.clear_failed_paths(paths)
+        let f = self.storedb.clear_failed_paths(paths);
+        async move { f.await.map_err(store_db_failure) }
     }
 }
 
-// The root resync through the production backend is tested in `storedb.rs` (a stand-in
-// store-db with store-db's real `TempRoots`, connections really broken).
+/// socket-front's name as a temp-root holder (one of `ROOT_HOLDERS`).
+pub const HOLDER: &str = "socket-front";
+
+/// A store-db failure as the client sees it: its own text when it is the client's fault, else
+/// "store-db is unavailable: …" or "internal error in store-db: …".
+fn store_db_failure(e: guix_ipc::LinkError) -> Failure {
+    Failure::Op(e.client_text(guix_ipc::store_db::STORE_DB_LINK.name))
+}
+
+// The root resync through the production backend is tested below (a stand-in store-db with
+// store-db's real `TempRoots`, connections really broken).
+
+#[cfg(test)]
+mod storedb_tests {
+    use super::HOLDER;
+    use guix_formats::StoreDir;
+    use guix_formats::StorePath;
+    use guix_ipc::store_db::{StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+    use guix_ipc::Client;
+    use guix_ipc::{Call, Handler};
+    use guix_store::storedb::StoreDb;
+    use guix_store_db::server::roots::TempRoots;
+    use std::future::Future;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A stand-in for store-db (no real one can delay a sync on purpose): the real link server
+    /// and store-db's real temp-root state, replying `Ok` to everything, after `sync_delay`
+    /// for `SyncConnections`.
+    struct StandIn {
+        roots: TempRoots,
+        sync_delay: Duration,
+    }
+
+    impl Handler for StandIn {
+        type Req = StoreDbRequest;
+        type Resp = StoreDbReply;
+        type Item = ();
+        fn handle(
+            self: &Arc<Self>,
+            _call: Call<()>,
+            req: StoreDbRequest,
+        ) -> impl Future<Output = StoreDbReply> + Send + 'static {
+            let me = self.clone();
+            async move {
+                if matches!(req, StoreDbRequest::SyncConnections { .. }) {
+                    tokio::time::sleep(me.sync_delay).await;
+                }
+                if let Some(StoreDbRequest::AddItems { conn, items }) = me.roots.take(req) {
+                    me.roots.add(&conn, items.into_iter().map(|i| i.path));
+                }
+                StoreDbReply::Ok
+            }
+        }
+    }
+
+    /// Serves `path` until the returned task is aborted, which also closes every connection.
+    fn serve(path: &Path, sync_delay: Duration) -> (Arc<StandIn>, tokio::task::JoinHandle<()>) {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let me = Arc::new(StandIn { roots: TempRoots::default(), sync_delay });
+        let s = me.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(guix_ipc::serve_connection(stream, STORE_DB_LINK, "stand-in", s.clone()));
+            }
+        });
+        (me, task)
+    }
+
+    fn p(i: usize) -> StorePath {
+        StoreDir::default().make_text_path(&format!("p{i}"), &[], std::iter::empty::<&StorePath>()).unwrap()
+    }
+
+    fn front(path: &Path) -> Arc<StoreDb> {
+        Arc::new(StoreDb::with_client(Client::new(path, STORE_DB_LINK, HOLDER, Duration::from_secs(5)), HOLDER))
+    }
+
+    /// The defect of the old design: a sync delayed by 100 ms, handled after roots were added
+    /// meanwhile, erased them in store-db while socket-front believed them held.
+    #[tokio::test]
+    async fn a_late_sync_does_not_erase_roots_added_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-db.sock");
+        let (stand_in, _srv) = serve(&path, Duration::from_millis(100));
+        let front = front(&path);
+        front.open_connection(1);
+        front.add_temp_roots(1, vec![p(0)]).await.unwrap();
+        // socket-front's start-up sync, delayed by the stand-in.
+        let sync = {
+            let f = front.clone();
+            tokio::spawn(async move { f.sync().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        front.open_connection(2);
+        front.add_temp_roots(2, vec![p(1)]).await.unwrap();
+        front.add_temp_roots(1, vec![p(2)]).await.unwrap();
+        front.open_connection(3);
+        front.add_temp_roots(3, vec![p(3)]).await.unwrap();
+        front.close_connection(3).await;
+        sync.await.unwrap().unwrap();
+        for i in 0..3 {
+            assert!(stand_in.roots.is_temp_root(&p(i)), "root p{i} lost");
+        }
+        assert!(!stand_in.roots.is_temp_root(&p(3)), "a closed connection's root came back");
+        assert!(stand_in.roots.ready());
+    }
+
+    /// store-db restarts (its connections really break): the next call reconnects and the
+    /// live roots are all sent to the new one, whose barrier then opens.
+    #[tokio::test]
+    async fn roots_are_resent_to_a_restarted_store_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-db.sock");
+        let (first, srv) = serve(&path, Duration::ZERO);
+        let front = front(&path);
+        for c in 1..=3 {
+            front.open_connection(c);
+            front.add_temp_roots(c, vec![p(c as usize)]).await.unwrap();
+        }
+        front.close_connection(3).await;
+        assert!(first.roots.is_temp_root(&p(1)) && !first.roots.is_temp_root(&p(3)));
+        srv.abort();
+        let _ = srv.await;
+        let (second, _srv) = serve(&path, Duration::from_millis(50));
+        assert!(!second.roots.ready());
+        // The next call finds the connection broken, reconnects, and resyncs.
+        front.add_temp_roots(1, vec![p(4)]).await.unwrap();
+        for i in [1, 2, 4] {
+            assert!(second.roots.is_temp_root(&p(i)), "root p{i} not resent");
+        }
+        assert!(!second.roots.is_temp_root(&p(3)));
+        assert!(second.roots.ready());
+    }
+}

@@ -7,7 +7,7 @@
 //! * Reads go straight to SQLite through a small pool of read-only WAL connections
 //!   ([`dbpool`]), never through another process.
 //! * Writes — new items, temp roots, indirect roots, failed-path cache — go to store-db over
-//!   the `store-db` link ([`storedb`]); new items are first written into scratch space on the
+//!   the `store-db` link (`guix_store::storedb`); new items are first written into scratch space on the
 //!   store's file system ([`scratch`]).
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
@@ -34,7 +34,6 @@ pub mod ops;
 mod scripted;
 pub mod server;
 pub mod settings;
-pub mod storedb;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -92,7 +91,7 @@ async fn run() -> Result<(), String> {
     let shared = Arc::new(Shared {
         backend: backend::DaemonBackend {
             db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
-            storedb: storedb::StoreDb::new(&config),
+            storedb: guix_store::storedb::StoreDb::new(&config, backend::HOLDER),
         },
         scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guix_client::{ClientError, DaemonClient};
-use guix_socket_front::storedb::STORE_DB_DEADLINE;
+use guix_store::storedb::STORE_DB_DEADLINE;
 use guix_store_db::{DbOptions, DbWriter, InitOptions, StateDirs};
 use guix_tests::supervised::{self, Program, Supervised};
 

@@ -18,6 +18,8 @@
 //! - [`scratch`] — the scratch directory where writers put new items before store-db moves
 //!   them into the store, and how its entries are named (`<writer-pid>-…`).
 //! - [`roots`] — GC root discovery (`findRoots`).
+//! - [`storedb`] — [`storedb::StoreDb`], a component's side of the `store-db` link: its writes,
+//!   and the temp roots it holds (stamped, synced).
 //! - [`error`] — [`Error`], with the C++ daemon's messages, and [`strerror`].
 
 pub mod db;
@@ -29,6 +31,7 @@ pub mod info;
 pub mod roots;
 pub mod scratch;
 pub mod sql;
+pub mod storedb;
 
 pub use db::{DbReader, SCHEMA_VERSION};
 pub use dirs::{InitOptions, StateDirs, StoreLock};

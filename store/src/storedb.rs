@@ -1,8 +1,9 @@
-//! socket-front's side of the `store-db` link: every write to the store or the database, and
-//! the authoritative copy of each connection's temp roots.
+//! A component's side of the `store-db` link: every write to the store or the database, and
+//! the authoritative copy of the temp roots of the component's connections (socket-front: its
+//! client connections; the builder: its builds).
 //!
-//! socket-front is a temp-root *holder* (see [`guix_ipc::store_db`]): this module keeps the set
-//! of live connections and their roots, and every change to it takes, under its lock, the next
+//! Such a component is a temp-root *holder* (see [`guix_ipc::store_db`]): this module keeps the
+//! set of its live connections and their roots, and every change to it takes, under its lock, the next
 //! sequence number, which stamps the message that tells store-db ([`RootStamp`]). store-db
 //! merges those messages by order-independent rules (`guix_store_db::server::roots`), so
 //! concurrent, late, resent or abandoned requests never drop a live root.
@@ -26,15 +27,11 @@ use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::{ConnId, HolderId, NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Client, ClientError, LinkError};
 
-use crate::error::Failure;
-
 /// The deadline of a store-db call: how long a client's request waits for store-db to come
 /// (back) and answer before it fails with "store-db is unavailable".
 pub const STORE_DB_DEADLINE: Duration = guix_ipc::DEFAULT_DEADLINE;
 /// How often [`StoreDb::maintain`] syncs.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
-/// This component's name as a temp-root holder (one of `ROOT_HOLDERS`).
-pub const HOLDER: &str = "socket-front";
 
 pub struct StoreDb {
     client: Client<StoreDbRequest, StoreDbReply>,
@@ -55,13 +52,14 @@ struct Local {
 }
 
 impl StoreDb {
-    pub fn new(config: &DaemonConfig) -> StoreDb {
-        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, HOLDER, STORE_DB_DEADLINE);
-        StoreDb::with_client(client)
+    /// The link of the component `holder` (one of `ROOT_HOLDERS`) to store-db.
+    pub fn new(config: &DaemonConfig, holder: &str) -> StoreDb {
+        let client = guix_ipc::component::connect_link(config, STORE_DB_LINK, holder, STORE_DB_DEADLINE);
+        StoreDb::with_client(client, holder)
     }
 
-    pub fn with_client(client: Client<StoreDbRequest, StoreDbReply>) -> StoreDb {
-        StoreDb { client, holder: HolderId::this_process(HOLDER), local: Mutex::new(Local::default()) }
+    pub fn with_client(client: Client<StoreDbRequest, StoreDbReply>, holder: &str) -> StoreDb {
+        StoreDb { client, holder: HolderId::this_process(holder), local: Mutex::new(Local::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Local> {
@@ -104,7 +102,7 @@ impl StoreDb {
 
     /// Adds temp roots. Roots this connection already holds are not sent again while store-db
     /// is known to hold them (a new store-db gets every root through `SyncConnections`).
-    pub async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), Failure> {
+    pub async fn add_temp_roots(&self, conn: ConnId, paths: Vec<StorePath>) -> Result<(), LinkError> {
         match self.remember_roots(conn, &paths) {
             (_, true) => Ok(()),
             (stamp, false) => self.call(StoreDbRequest::AddTempRoots { conn: stamp, paths }).await,
@@ -112,26 +110,26 @@ impl StoreDb {
     }
 
     /// Moves finished scratch items into the store and registers them (also temp roots).
-    pub async fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), Failure> {
+    pub async fn add_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), LinkError> {
         let (stamp, _) = self.remember_roots(conn, items.iter().map(|i| &i.path));
         self.call(StoreDbRequest::AddItems { conn: stamp, items }).await
     }
 
-    pub async fn add_indirect_root(&self, path: String) -> Result<(), Failure> {
+    pub async fn add_indirect_root(&self, path: String) -> Result<(), LinkError> {
         self.call(StoreDbRequest::AddIndirectRoot { path }).await
     }
 
-    pub async fn invalidate_missing(&self, paths: Vec<StorePath>) -> Result<(), Failure> {
+    pub async fn invalidate_missing(&self, paths: Vec<StorePath>) -> Result<(), LinkError> {
         self.call(StoreDbRequest::InvalidateMissing { paths }).await
     }
 
-    pub async fn clear_failed_paths(&self, paths: Vec<StorePath>) -> Result<(), Failure> {
+    pub async fn clear_failed_paths(&self, paths: Vec<StorePath>) -> Result<(), LinkError> {
         self.call(StoreDbRequest::ClearFailedPaths { paths }).await
     }
 
     /// Sends every live connection with its roots now (at start-up: store-db then forgets
     /// the roots of a previous socket-front, and its barrier counts us).
-    pub async fn sync(&self) -> Result<(), Failure> {
+    pub async fn sync(&self) -> Result<(), LinkError> {
         self.send_sync(true).await
     }
 
@@ -147,7 +145,7 @@ impl StoreDb {
         }
     }
 
-    async fn send_sync(&self, complete: bool) -> Result<(), Failure> {
+    async fn send_sync(&self, complete: bool) -> Result<(), LinkError> {
         let (req, failures) = {
             let mut l = self.lock();
             l.seq += 1;
@@ -176,7 +174,7 @@ impl StoreDb {
         reply(res)
     }
 
-    async fn call(&self, req: StoreDbRequest) -> Result<(), Failure> {
+    async fn call(&self, req: StoreDbRequest) -> Result<(), LinkError> {
         let res = self.client.call(req).await;
         if res.is_err() {
             // Maybe applied, maybe not: resend roots until the next complete sync. Not now:
@@ -209,135 +207,13 @@ impl StoreDb {
     }
 }
 
-/// A store-db error is shown to the client as it is when it is the client's; any other
-/// failure (store-db down past the deadline, a restart in the middle, a fault of store-db's)
-/// says "store-db is unavailable" or "internal error in store-db".
-fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), Failure> {
-    let link = STORE_DB_LINK.name;
+/// A failure as a [`LinkError`]: store-db's own (a `Client` error is what the guix client is
+/// told, in the C++ daemon's wording), or the call's (store-db unavailable past the deadline, a
+/// restart in the middle: `Retryable`). `LinkError::client_text("store-db")` is what to show.
+fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), LinkError> {
     match res {
         Ok(StoreDbReply::Ok) => Ok(()),
-        Ok(StoreDbReply::Error(e)) => Err(Failure::Op(e.client_text(link))),
-        Err(e) => Err(Failure::Op(LinkError::from(e).client_text(link))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use guix_formats::StoreDir;
-    use guix_ipc::{Call, Handler};
-    use guix_store_db::server::roots::TempRoots;
-    use std::future::Future;
-    use std::path::Path;
-    use std::sync::Arc;
-
-    /// A stand-in for store-db (no real one can delay a sync on purpose): the real link server
-    /// and store-db's real temp-root state, replying `Ok` to everything, after `sync_delay`
-    /// for `SyncConnections`.
-    struct StandIn {
-        roots: TempRoots,
-        sync_delay: Duration,
-    }
-
-    impl Handler for StandIn {
-        type Req = StoreDbRequest;
-        type Resp = StoreDbReply;
-        type Item = ();
-        fn handle(
-            self: &Arc<Self>,
-            _call: Call<()>,
-            req: StoreDbRequest,
-        ) -> impl Future<Output = StoreDbReply> + Send + 'static {
-            let me = self.clone();
-            async move {
-                if matches!(req, StoreDbRequest::SyncConnections { .. }) {
-                    tokio::time::sleep(me.sync_delay).await;
-                }
-                if let Some(StoreDbRequest::AddItems { conn, items }) = me.roots.take(req) {
-                    me.roots.add(&conn, items.into_iter().map(|i| i.path));
-                }
-                StoreDbReply::Ok
-            }
-        }
-    }
-
-    /// Serves `path` until the returned task is aborted, which also closes every connection.
-    fn serve(path: &Path, sync_delay: Duration) -> (Arc<StandIn>, tokio::task::JoinHandle<()>) {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let me = Arc::new(StandIn { roots: TempRoots::default(), sync_delay });
-        let s = me.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(guix_ipc::serve_connection(stream, STORE_DB_LINK, "stand-in", s.clone()));
-            }
-        });
-        (me, task)
-    }
-
-    fn p(i: usize) -> StorePath {
-        StoreDir::default().make_text_path(&format!("p{i}"), &[], std::iter::empty::<&StorePath>()).unwrap()
-    }
-
-    fn front(path: &Path) -> Arc<StoreDb> {
-        Arc::new(StoreDb::with_client(Client::new(path, STORE_DB_LINK, HOLDER, Duration::from_secs(5))))
-    }
-
-    /// The defect of the old design: a sync delayed by 100 ms, handled after roots were added
-    /// meanwhile, erased them in store-db while socket-front believed them held.
-    #[tokio::test]
-    async fn a_late_sync_does_not_erase_roots_added_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store-db.sock");
-        let (stand_in, _srv) = serve(&path, Duration::from_millis(100));
-        let front = front(&path);
-        front.open_connection(1);
-        front.add_temp_roots(1, vec![p(0)]).await.unwrap();
-        // socket-front's start-up sync, delayed by the stand-in.
-        let sync = {
-            let f = front.clone();
-            tokio::spawn(async move { f.sync().await })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        front.open_connection(2);
-        front.add_temp_roots(2, vec![p(1)]).await.unwrap();
-        front.add_temp_roots(1, vec![p(2)]).await.unwrap();
-        front.open_connection(3);
-        front.add_temp_roots(3, vec![p(3)]).await.unwrap();
-        front.close_connection(3).await;
-        sync.await.unwrap().unwrap();
-        for i in 0..3 {
-            assert!(stand_in.roots.is_temp_root(&p(i)), "root p{i} lost");
-        }
-        assert!(!stand_in.roots.is_temp_root(&p(3)), "a closed connection's root came back");
-        assert!(stand_in.roots.ready());
-    }
-
-    /// store-db restarts (its connections really break): the next call reconnects and the
-    /// live roots are all sent to the new one, whose barrier then opens.
-    #[tokio::test]
-    async fn roots_are_resent_to_a_restarted_store_db() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store-db.sock");
-        let (first, srv) = serve(&path, Duration::ZERO);
-        let front = front(&path);
-        for c in 1..=3 {
-            front.open_connection(c);
-            front.add_temp_roots(c, vec![p(c as usize)]).await.unwrap();
-        }
-        front.close_connection(3).await;
-        assert!(first.roots.is_temp_root(&p(1)) && !first.roots.is_temp_root(&p(3)));
-        srv.abort();
-        let _ = srv.await;
-        let (second, _srv) = serve(&path, Duration::from_millis(50));
-        assert!(!second.roots.ready());
-        // The next call finds the connection broken, reconnects, and resyncs.
-        front.add_temp_roots(1, vec![p(4)]).await.unwrap();
-        for i in [1, 2, 4] {
-            assert!(second.roots.is_temp_root(&p(i)), "root p{i} not resent");
-        }
-        assert!(!second.roots.is_temp_root(&p(3)));
-        assert!(second.roots.ready());
+        Ok(StoreDbReply::Error(e)) => Err(e),
+        Err(e) => Err(LinkError::from(e)),
     }
 }
