@@ -87,7 +87,17 @@ pub enum BuildEvent {
     /// Some of this request's events were dropped because it read them too slowly; the log
     /// file has everything.
     Skipped(u64),
+    /// Sent every [`HEARTBEAT`] while the request runs, so that socket-front can tell a silent
+    /// build from a builder that hangs: with no event for [`IDLE_LIMIT`] it gives up on the
+    /// call (cancelling it) and sends the `Build` again.
+    Alive,
 }
+
+/// How often the builder sends [`BuildEvent::Alive`].
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long socket-front waits for any event of a running `Build` before it takes the builder
+/// for hung.
+pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BuildReply {
