@@ -13,7 +13,7 @@
 //! wording), `Internal` for store-db's own faults.
 //!
 //! # Temp roots
-//! A *holder* (socket-front today; builder and substituter later: [`ROOT_HOLDERS`]) keeps the
+//! A *holder* (socket-front and the builder; the substituter later: [`ROOT_HOLDERS`]) keeps the
 //! authoritative copy of the temp roots of its connections and tells store-db about every
 //! change, each message stamped ([`RootStamp`]) with the holder's identity ([`HolderId`]) and a
 //! holder-local sequence number assigned, under the holder's lock, when its local state
@@ -35,13 +35,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 5 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 6 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
 /// `RootsBarrier`. A component that starts holding roots is added here (and must be a row of
 /// the supervisor's components table).
-pub const ROOT_HOLDERS: &[&str] = &["socket-front"];
+pub const ROOT_HOLDERS: &[&str] = &["socket-front", "builder"];
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.
@@ -164,6 +164,11 @@ pub enum StoreDbRequest {
         path: String,
     },
     ClearFailedPaths {
+        paths: Vec<StorePath>,
+    },
+    /// `registerFailedPath` for each path (the outputs of a build that failed, with
+    /// `--cache-failures`): later builds of them fail at once as "cached".
+    RegisterFailedPaths {
         paths: Vec<StorePath>,
     },
     /// VerifyStore's clean-up of paths whose files disappeared (`verifyPath`): each path, in

@@ -127,6 +127,10 @@ impl StoreDb {
         self.call(StoreDbRequest::ClearFailedPaths { paths }).await
     }
 
+    pub async fn register_failed_paths(&self, paths: Vec<StorePath>) -> Result<(), LinkError> {
+        self.call(StoreDbRequest::RegisterFailedPaths { paths }).await
+    }
+
     /// Sends every live connection with its roots now (at start-up: store-db then forgets
     /// the roots of a previous socket-front, and its barrier counts us).
     pub async fn sync(&self) -> Result<(), LinkError> {

@@ -92,6 +92,9 @@ impl StoreDb {
             StoreDbRequest::ClearFailedPaths { paths } => {
                 self.writer.run(|reply| Job::ClearFailed { paths, reply }).await
             }
+            StoreDbRequest::RegisterFailedPaths { paths } => {
+                self.writer.run(|reply| Job::RegisterFailed { paths, reply }).await
+            }
             StoreDbRequest::InvalidateMissing { paths } => {
                 self.writer.run(|reply| Job::InvalidateMissing { paths, reply }).await
             }

@@ -80,6 +80,8 @@ pub enum Job {
     Add { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
     /// `clearFailedPaths`.
     ClearFailed { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
+    /// `registerFailedPath` of each path.
+    RegisterFailed { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// Invalidate paths whose files are gone (VerifyStore), in order.
     InvalidateMissing { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// Remove scratch leftovers of dead writers.
@@ -272,6 +274,11 @@ impl Writer {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     let set = paths.into_iter().collect();
                     let _ = reply.send(self.db.clear_failed_paths(&set).map_err(|e| e.to_string()));
+                }
+                Job::RegisterFailed { paths, reply } => {
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    let res = paths.iter().try_for_each(|p| self.db.register_failed_path(p));
+                    let _ = reply.send(res.map_err(|e| e.to_string()));
                 }
                 Job::InvalidateMissing { paths, reply } => {
                     let _ = reply.send(self.invalidate_missing(&paths));
