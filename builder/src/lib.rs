@@ -17,5 +17,6 @@
 //! - [`server`] — the `builder` link: jobs, events, replies.
 
 pub mod error;
+pub mod outputs;
 
 pub use error::{Error, FailureKind, Result};
