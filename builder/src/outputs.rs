@@ -155,7 +155,8 @@ pub fn process_outputs_kept(spec: &OutputsSpec) -> Result<ProcessedOutputs> {
     Ok(done)
 }
 
-/// `--check`: the outputs were rebuilt (where `spec.locate` says) although they are valid;
+/// `--check`: the outputs were rebuilt (where `spec.locate` says) although they are valid
+/// (`spec.outputs`: all outputs of the derivation, as C++ checks them all);
 /// compares each one's NAR hash with the valid one's (`valid`: path → NAR hash from the
 /// database; outputs not in it are skipped, as C++ skips outputs no longer valid). Nothing is
 /// registered or moved, except that with `keep_failed` a differing output becomes `P-check`
@@ -167,7 +168,8 @@ pub fn check_outputs(
 ) -> Result<Vec<(StorePath, NarSummary)>> {
     let held = acquire(spec)?;
     let mut seen = InodesSeen::new();
-    let refs = Candidates::new(spec);
+    // Only the NAR hash is compared: no candidates to look for.
+    let refs = Candidates { by_hash: BTreeMap::new() };
     let mut checked = Vec::new();
     for mut out in held {
         prepare(spec, &mut out, &mut seen)?;
@@ -268,7 +270,7 @@ pub fn compare_rounds(
 
 /// C++ `fixedOutput` of a goal: every output has a fixed hash (then the build gets one round,
 /// the network, and its outputs are copied afresh before they are registered).
-pub fn is_fixed_output(drv: &Derivation) -> bool {
+pub fn all_outputs_fixed(drv: &Derivation) -> bool {
     drv.outputs.values().all(|o| !o.hash.is_empty())
 }
 
@@ -294,7 +296,7 @@ impl Held {
 /// Step 1: where each output is, and for a fixed-output derivation a fresh copy in scratch
 /// space of each one that exists (the build's own files are removed as they are copied).
 fn acquire(spec: &OutputsSpec) -> Result<Vec<Held>> {
-    let fixed = is_fixed_output(spec.drv);
+    let fixed = all_outputs_fixed(spec.drv);
     let mut held = Vec::new();
     for (name, path) in spec.outputs {
         let location = (spec.locate)(path);

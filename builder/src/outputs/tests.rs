@@ -180,7 +180,8 @@ fn outputs_are_canonicalised_moved_scanned_and_described() {
     w.dir(&o);
     w.dir(&o.join("bin"));
     w.file(&o.join("bin/prog"), b"#!/bin/sh\n", 0o4755);
-    // A reference to the input right across the 64 KiB copy buffer of the NAR dump.
+    // A reference to the input across a boundary of the buffer the NAR dump copies files with
+    // (its size divides 64 KiB), so it reaches the scanner in two writes.
     let mut big = vec![b'.'; 150_000];
     let at = 65_536 - 13;
     big[at..at + 32].copy_from_slice(H_IN.as_bytes());
