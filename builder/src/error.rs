@@ -51,15 +51,50 @@ pub enum Error {
     /// A build failed; `message` is the C++ daemon's.
     #[error("{message}")]
     Build { kind: FailureKind, message: String },
-    #[error("{context}: {source}")]
+    /// A failing system call, displayed like the C++ `SysError` (`context: strerror`).
+    #[error("{context}: {}", guix_store::strerror(source))]
     Io { context: String, source: io::Error },
+    /// A fixed-output derivation produced something else than it announced (C++ `BuildError`,
+    /// so [`FailureKind::OutputRejected`] after a successful builder). `Display` is the C++
+    /// message; [`HashMismatch::trace`] is the `@ hash-mismatch` line it prints first with
+    /// `--print-build-trace`.
+    #[error("hash mismatch for store item '{}'", .0.path)]
+    HashMismatch(Box<HashMismatch>),
     #[error(transparent)]
     Db(#[from] guix_store::Error),
     #[error("{0}")]
     Link(guix_ipc::LinkError),
 }
 
+/// What a [`Error::HashMismatch`] carries: the output, its `outputHashAlgo` as the derivation
+/// spells it (`sha256`, `r:sha256`), and both hashes as C++ `printHash16or32` prints them
+/// (base16 for MD5, else Nix base32).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashMismatch {
+    pub path: String,
+    pub algo: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl HashMismatch {
+    /// `@ hash-mismatch PATH ALGO EXPECTED ACTUAL`.
+    pub fn trace(&self) -> String {
+        format!("@ hash-mismatch {} {} {} {}", self.path, self.algo, self.expected, self.actual)
+    }
+}
+
 impl Error {
+    /// How the build failed, if this error is a build failure (the ones the C++ daemon
+    /// throws as `BuildError` and its subclasses); `None` for the builder's own trouble.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            Error::Build { kind, .. } => Some(*kind),
+            Error::HashMismatch(_) => Some(FailureKind::OutputRejected),
+            _ => None,
+        }
+    }
+
     pub fn build(kind: FailureKind, message: impl Into<String>) -> Error {
         Error::Build { kind, message: message.into() }
     }

@@ -18,5 +18,6 @@
 
 pub mod error;
 pub mod log;
+pub mod outputs;
 
 pub use error::{Error, FailureKind, Result};

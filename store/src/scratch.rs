@@ -42,6 +42,26 @@ impl Scratch {
     /// A fresh name for connection `conn`; nothing is created yet. The directory is created
     /// (mode 0700) if missing.
     pub fn allocate(&self, conn: ConnId) -> io::Result<ScratchItem> {
+        self.ensure_dir()?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // `<pid>-…`: store-db sweeps entries whose writer pid is dead (see [`scratch_owner`]).
+        let name = format!("{}-front-{conn:016x}-{n}", std::process::id());
+        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+    }
+}
+
+impl Scratch {
+    /// A fresh name for an output of a build (the builder's entries:
+    /// `<builder-pid>-build-<n>-<hash part>`); nothing is created yet. The directory is
+    /// created (mode 0700) if missing.
+    pub fn allocate_build(&self, output: &guix_formats::StorePath) -> io::Result<ScratchItem> {
+        self.ensure_dir()?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-build-{n}-{}", std::process::id(), output.hash_part());
+        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+    }
+
+    fn ensure_dir(&self) -> io::Result<()> {
         if !self.dir.is_dir() {
             match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
                 Ok(()) => {}
@@ -49,10 +69,7 @@ impl Scratch {
                 Err(e) => return Err(e),
             }
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // `<pid>-…`: store-db sweeps entries whose writer pid is dead (see [`scratch_owner`]).
-        let name = format!("{}-front-{conn:016x}-{n}", std::process::id());
-        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+        Ok(())
     }
 }
 
@@ -138,6 +155,20 @@ mod tests {
         let p = other.path().to_owned();
         other.handed_over();
         assert!(p.exists());
+    }
+
+    #[test]
+    fn build_entries_are_named_after_the_builder_pid() {
+        let store = tempfile::tempdir().unwrap();
+        let s = Scratch::new(store.path());
+        let out = guix_formats::StorePath::from_base_name("0123456789abcdfghijklmnpqrsvwxyz-out").unwrap();
+        let a = s.allocate_build(&out).unwrap();
+        let b = s.allocate_build(&out).unwrap();
+        assert!(s.dir().is_dir());
+        assert_ne!(a.name(), b.name());
+        assert!(check_scratch_name(a.name()).is_ok());
+        assert_eq!(scratch_owner(OsStr::new(a.name())), Some(std::process::id() as i32));
+        assert!(a.name().contains("-build-") && a.name().ends_with(out.hash_part().as_str()), "{}", a.name());
     }
 
     #[test]

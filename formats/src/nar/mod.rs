@@ -7,6 +7,8 @@
 //!   tree on disk, streaming file contents, or from an in-memory tree. Entries are emitted in
 //!   byte-wise order, "executable" iff the owner-exec bit is set, as the C++ `dumpPath` and the
 //!   Guile `write-file` do; the output is byte-identical to theirs.
+//! - Reference scanning ([`scan_path`], [`RefScanner`]): which store paths' hash parts a NAR
+//!   mentions, found in the pass that hashes it (C++ `scanForReferences`).
 //! - Reading: one validation core, the sans-IO [`Parser`], drives every reader so they all
 //!   accept exactly the same language: [`validate`] and [`restore`] (blocking, `std::io`) and
 //!   [`read_with`] for a custom [`Visitor`].
@@ -26,6 +28,7 @@
 
 mod parser;
 mod read;
+mod scan;
 mod write;
 
 use std::io;
@@ -38,6 +41,7 @@ use crate::wire::WireError;
 
 pub use parser::{Event, Parser, Step};
 pub use read::{read_with, restore, validate, validate_copy, Restorer, Visitor};
+pub use scan::{scan_path, RefScanner, ScanResult, ScanWriter};
 pub use write::{
     dump_path, dump_path_to, nar_of_regular, summary_of_regular, write_regular, HashingWriter, Node, RegularNarHasher,
 };
