@@ -17,5 +17,7 @@
 //! - [`server`] — the `builder` link: jobs, events, replies.
 
 pub mod error;
+pub mod sandbox;
+pub mod users;
 
 pub use error::{Error, FailureKind, Result};
