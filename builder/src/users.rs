@@ -57,9 +57,8 @@ impl UserPool {
         }
         let mut members = Vec::with_capacity(names.len());
         for name in names {
-            let (uid, pw_gid) = passwd_entry(&name)?.ok_or_else(|| {
-                Error::Setup(format!("the user `{name}' in the group `{group}' does not exist"))
-            })?;
+            let (uid, pw_gid) = passwd_entry(&name)?
+                .ok_or_else(|| Error::Setup(format!("the user `{name}' in the group `{group}' does not exist")))?;
             let groups = group_list(&name, pw_gid)?;
             members.push(Member { name, uid, groups });
         }
@@ -119,7 +118,8 @@ impl UserPool {
             }
             let mut dir = fs::DirBuilder::new();
             dir.recursive(true).mode(0o755);
-            dir.create(&self.userpool_dir).map_err(|e| sys(format!("creating directory `{}'", self.userpool_dir.display()), &e))?;
+            dir.create(&self.userpool_dir)
+                .map_err(|e| sys(format!("creating directory `{}'", self.userpool_dir.display()), &e))?;
             let path = self.userpool_dir.join(m.uid.to_string());
             let file = OpenOptions::new()
                 .read(true)

@@ -208,9 +208,7 @@ fn build_process(plan: &ChildPlan, setup_w: RawFd, life_r: RawFd) -> ! {
         Exec::Download { guix, drv_path, output, nix_store, nix_options } => {
             (exec_download(guix, drv_path, output, nix_store, nix_options), "error: ")
         }
-        Exec::UnsupportedBuiltin { name } => {
-            (format!("unsupported builtin function '{}'", show(name)), "error: ")
-        }
+        Exec::UnsupportedBuiltin { name } => (format!("unsupported builtin function '{}'", show(name)), "error: "),
     };
     let line = format!("{prefix}{msg}\n");
     // SAFETY: writing to stderr (the log), then exiting without unwinding.
@@ -295,7 +293,13 @@ fn set_host_and_domain() -> Phase {
     Ok(())
 }
 
-fn mount(src: Option<&[u8]>, target: &[u8], fstype: Option<&std::ffi::CStr>, flags: libc::c_ulong, data: Option<&std::ffi::CStr>) -> bool {
+fn mount(
+    src: Option<&[u8]>,
+    target: &[u8],
+    fstype: Option<&std::ffi::CStr>,
+    flags: libc::c_ulong,
+    data: Option<&std::ffi::CStr>,
+) -> bool {
     let src = match src.map(cstr).transpose() {
         Ok(s) => s,
         Err(_) => return false,
@@ -370,8 +374,14 @@ fn bind_mount(c: &ChrootPlan, b: &Bind) -> Phase {
             create_dirs(dir_of(&target))?;
             let link = std::fs::read_link(OsStr::from_bytes(&b.source))
                 .map_err(|e| format!("reading symbolic link `{}': {}", show(&b.source), guix_store::strerror(&e)))?;
-            std::os::unix::fs::symlink(&link, OsStr::from_bytes(&target))
-                .map_err(|e| format!("creating symlink from `{}' to `{}': {}", show(&target), link.display(), guix_store::strerror(&e)))?;
+            std::os::unix::fs::symlink(&link, OsStr::from_bytes(&target)).map_err(|e| {
+                format!(
+                    "creating symlink from `{}' to `{}': {}",
+                    show(&target),
+                    link.display(),
+                    guix_store::strerror(&e)
+                )
+            })?;
             return Ok(());
         }
         _ => {
@@ -392,7 +402,11 @@ fn bind_mount(c: &ChrootPlan, b: &Bind) -> Phase {
                 let t = cstr(&target)?;
                 // SAFETY: a valid C string.
                 let fd = unsafe {
-                    libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600)
+                    libc::open(
+                        t.as_ptr(),
+                        libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o600,
+                    )
                 };
                 if fd != -1 {
                     // SAFETY: our descriptor.
@@ -451,8 +465,9 @@ fn mount_devpts(c: &ChrootPlan) -> Phase {
     }
     mount_fresh(c, b"/dev/pts", c"devpts", Some(c"newinstance,mode=0620"))?;
     let link = join(&c.root, b"/dev/ptmx");
-    std::os::unix::fs::symlink("/dev/pts/ptmx", OsStr::from_bytes(&link))
-        .map_err(|e| format!("creating symlink from `{}' to `/dev/pts/ptmx': {}", show(&link), guix_store::strerror(&e)))?;
+    std::os::unix::fs::symlink("/dev/pts/ptmx", OsStr::from_bytes(&link)).map_err(|e| {
+        format!("creating symlink from `{}' to `/dev/pts/ptmx': {}", show(&link), guix_store::strerror(&e))
+    })?;
     let ptmx = cstr(&join(&c.root, b"/dev/pts/ptmx"))?;
     // SAFETY: a valid C string.
     if unsafe { libc::chmod(ptmx.as_ptr(), 0o666) } == -1 {
@@ -600,7 +615,8 @@ pub(crate) fn canon_path(path: &[u8]) -> Result<Vec<u8>, String> {
                 s.push(rest[i]);
                 i += 1;
             }
-            let st = lstat(&s).map_err(|e| format!("getting status of `{}': {}", show(&s), guix_store::strerror(&e)))?;
+            let st =
+                lstat(&s).map_err(|e| format!("getting status of `{}': {}", show(&s), guix_store::strerror(&e)))?;
             if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
                 follow += 1;
                 if follow >= 1024 {
@@ -609,11 +625,8 @@ pub(crate) fn canon_path(path: &[u8]) -> Result<Vec<u8>, String> {
                 let target = std::fs::read_link(OsStr::from_bytes(&s))
                     .map_err(|e| format!("reading symbolic link `{}': {}", show(&s), guix_store::strerror(&e)))?;
                 let target = target.as_os_str().as_bytes();
-                let abs = if target.first() == Some(&b'/') {
-                    target.to_vec()
-                } else {
-                    [dir_of(&s), b"/", target].concat()
-                };
+                let abs =
+                    if target.first() == Some(&b'/') { target.to_vec() } else { [dir_of(&s), b"/", target].concat() };
                 rest = [abs.as_slice(), &rest[i..]].concat();
                 i = 0;
                 s.clear();
@@ -645,7 +658,8 @@ fn exec_builder(
     }
     let Ok(prog) = CString::new(resolved) else { return "builder contains a NUL byte".into() };
     let argv: Vec<CString> = args.iter().filter_map(|a| CString::new(a.as_slice()).ok()).collect();
-    let envp: Vec<CString> = env.iter().filter_map(|(k, v)| CString::new([k.as_slice(), b"=", v].concat()).ok()).collect();
+    let envp: Vec<CString> =
+        env.iter().filter_map(|(k, v)| CString::new([k.as_slice(), b"=", v].concat()).ok()).collect();
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
@@ -659,7 +673,11 @@ fn exec_builder(
     };
     match unsupported_platform {
         Some(msg) if errno == libc::ENOEXEC => msg.to_owned(),
-        _ => format!("executing `{}': {}", show(program), guix_store::strerror(&std::io::Error::from_raw_os_error(errno))),
+        _ => format!(
+            "executing `{}': {}",
+            show(program),
+            guix_store::strerror(&std::io::Error::from_raw_os_error(errno))
+        ),
     }
 }
 

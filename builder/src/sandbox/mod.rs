@@ -174,7 +174,8 @@ impl BuildLayout {
             if self.top != self.tmp_dir {
                 let pivot = PathBuf::from(format!("{}.pivot", self.tmp_dir.display()));
                 fs::rename(&self.tmp_dir, &pivot).map_err(|e| sys("pivoting failed build tree".into(), &e))?;
-                fs::rename(pivot.join("top"), &self.tmp_dir).map_err(|e| sys("renaming failed build tree".into(), &e))?;
+                fs::rename(pivot.join("top"), &self.tmp_dir)
+                    .map_err(|e| sys("renaming failed build tree".into(), &e))?;
                 let _ = fs::remove_dir(&pivot);
             }
         }
@@ -228,7 +229,8 @@ impl Started {
             return Ok(s);
         }
         loop {
-            let n = self.status.read_line(&mut self.line).await.map_err(|e| sys("reading the build status".into(), &e))?;
+            let n =
+                self.status.read_line(&mut self.line).await.map_err(|e| sys("reading the build status".into(), &e))?;
             if n == 0 {
                 // The helper died without a word (killed): its status stands for the build's.
                 let s = self.helper.wait().await.map_err(|e| sys("waiting for the sandbox helper".into(), &e))?;
@@ -401,10 +403,14 @@ pub fn export_references_graph(drv: &Derivation, store: &StoreDir) -> Result<Vec
     let mut out = Vec::new();
     for pair in toks.chunks(2) {
         let name = String::from_utf8_lossy(pair[0]).into_owned();
-        guix_formats::store_path::check_name(&name).map_err(|e| Error::build(FailureKind::InputRejected, e.to_string()))?;
+        guix_formats::store_path::check_name(&name)
+            .map_err(|e| Error::build(FailureKind::InputRejected, e.to_string()))?;
         let path = String::from_utf8_lossy(pair[1]);
         let non_store = || {
-            Error::build(FailureKind::InputRejected, format!("`exportReferencesGraph' contains a non-store path `{path}'"))
+            Error::build(
+                FailureKind::InputRejected,
+                format!("`exportReferencesGraph' contains a non-store path `{path}'"),
+            )
         };
         let (sp, _) = store.parse_prefix(&path).map_err(|_| non_store())?;
         out.push((name, sp));
@@ -523,7 +529,8 @@ fn prepare_in(
         env.insert(k.as_bytes().to_vec(), in_sandbox.clone());
     }
     if fixed_output {
-        let names: Vec<Vec<u8>> = tokens(drv.env_var("impureEnvVars").unwrap_or_default()).map(<[u8]>::to_vec).collect();
+        let names: Vec<Vec<u8>> =
+            tokens(drv.env_var("impureEnvVars").unwrap_or_default()).map(<[u8]>::to_vec).collect();
         for name in names {
             let value = std::env::var_os(OsStr::from_bytes(&name)).map(OsString::into_vec).unwrap_or_default();
             env.insert(name, value);
@@ -606,7 +613,8 @@ fn prepare_chroot(spec: &StartSpec, layout: &mut BuildLayout, fixed_output: bool
     let container = store_dir.join(format!("{}.chroot", spec.drv_path.base_name()));
     let root = container.join("top");
     if fs::symlink_metadata(&container).is_ok() {
-        guix_store::files::delete_tree(&container).map_err(|e| sys(format!("deleting `{}'", container.display()), &e))?;
+        guix_store::files::delete_tree(&container)
+            .map_err(|e| sys(format!("deleting `{}'", container.display()), &e))?;
     }
     if fixed_output {
         if Path::new(SLIRP4NETNS).exists() {
@@ -791,7 +799,12 @@ async fn launch(spec: &StartSpec, prepared: &mut Prepared) -> Result<Started> {
             let _ = child.start_kill();
             let st = child.wait().await.ok();
             return Err(e.map_or_else(
-                || Error::Setup(format!("the sandbox helper failed ({})", st.as_ref().map_or("?".into(), status_to_string))),
+                || {
+                    Error::Setup(format!(
+                        "the sandbox helper failed ({})",
+                        st.as_ref().map_or("?".into(), status_to_string)
+                    ))
+                },
                 |e| match e {
                     Error::Io { context, source } => sys(context, &source),
                     e => e,
