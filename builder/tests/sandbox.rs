@@ -219,7 +219,6 @@ async fn chroot_build_is_isolated_as_the_cxx_daemon() {
     let (log, status) = finish(&mut started).await;
     assert!(status.success(), "{log}");
     let s = sections(&log);
-    let bb = t.bb();
     let top_in = format!("/tmp/{n}");
     let store = t.store.display().to_string();
     let mut expected_env: Vec<String> = Vec::new();
@@ -247,7 +246,7 @@ async fn chroot_build_is_isolated_as_the_cxx_daemon() {
     assert_eq!(s["hostname"], ["localhost"]);
     assert_eq!(s["domainname"], ["(none)"]);
     assert_eq!(s["pid"], ["1"]);
-    assert_eq!(s["cwd"], [top_in.clone()]);
+    assert_eq!(s["cwd"], std::slice::from_ref(&top_in));
     assert_eq!(s["umask"], ["0022"]);
     assert!(s["argv0"][0].starts_with("busybox sh -c "), "{:?}", s["argv0"]);
 
@@ -515,7 +514,7 @@ async fn without_chroot_the_build_runs_in_the_real_build_directory() {
     assert!(status.success(), "{log}");
     let s = sections(&log);
     let top_s = top.display().to_string();
-    assert_eq!(s["cwd"], [top_s.clone()]);
+    assert_eq!(s["cwd"], std::slice::from_ref(&top_s));
     assert!(s["env"].contains(&format!("NIX_BUILD_TOP={top_s}")));
     assert!(s["env"].contains(&"HOME=/homeless-shelter".to_owned()));
     assert_eq!(s["ids"], ["30999", "30999", "30999"]);

@@ -394,7 +394,7 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub fn export_references_graph(drv: &Derivation, store: &StoreDir) -> Result<Vec<(String, StorePath)>> {
     let s = drv.env_var("exportReferencesGraph").unwrap_or_default();
     let toks: Vec<&[u8]> = tokens(s).collect();
-    if toks.len() % 2 != 0 {
+    if !toks.len().is_multiple_of(2) {
         return Err(Error::build(
             FailureKind::InputRejected,
             format!("odd number of tokens in `exportReferencesGraph': `{}'", String::from_utf8_lossy(s)),
