@@ -30,5 +30,5 @@ echo "== end"
 if [ -n "$PROBE_WAIT" ]; then
   while [ ! -e go ]; do "$bb" sleep 0.05; done
 fi
-"$bb" mkdir "$out"
+"$bb" mkdir -p "$out"
 echo probe > "$out/file"

@@ -218,6 +218,9 @@ async fn chroot_build_is_isolated_as_the_cxx_daemon() {
 
     let (log, status) = finish(&mut started).await;
     assert!(status.success(), "{log}");
+    if let Some(dump) = std::env::var_os("GUIX_RS_PROBE_OUT") {
+        fs::write(dump, &log).unwrap(); // for comparing with the C++ daemon's run by hand
+    }
     let s = sections(&log);
     let top_in = format!("/tmp/{n}");
     let store = t.store.display().to_string();
@@ -623,4 +626,27 @@ async fn build_dies_with_the_process_that_started_it() {
         assert!(Instant::now() < deadline, "build processes survived the starter: {left:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn keep_failed_for_a_client_that_is_not_root_gives_it_the_tree() {
+    if !can_run() {
+        return;
+    }
+    let t = TestStore::new();
+    let script = "echo kept > keep.txt; echo x > s; chmod 4777 s; exit 3";
+    let mut started = sandbox::start(t.spec("will-fail-user", script, false)).await.unwrap();
+    let (_, status) = finish(&mut started).await;
+    assert_eq!(status.code(), Some(3));
+    let tmp_dir = started.layout.tmp_dir.clone();
+    let note = started.layout.cleanup(true, Some(4242)).unwrap().unwrap();
+    assert_eq!(note, format!("note: keeping build directory `{}'", tmp_dir.display()));
+    // Pivoted: the kept directory is the builder's `top` itself, now the client's.
+    let md = fs::metadata(&tmp_dir).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o755, 4242));
+    assert_eq!(fs::read_to_string(tmp_dir.join("keep.txt")).unwrap(), "kept\n");
+    let s = fs::metadata(tmp_dir.join("s")).unwrap();
+    assert_eq!((s.mode() & 0o7777, s.uid()), (0o775, 4242), "setuid and o+w stripped");
+    assert!(!tmp_dir.join("top").exists());
+    assert!(!Path::new(&format!("{}.pivot", tmp_dir.display())).exists());
 }
