@@ -437,23 +437,27 @@ pub fn validity_registration(store: &StoreDir, paths: &BTreeMap<StorePath, BTree
 /// Sets everything up and starts the builder. Errors are C++'s: [`Error::Setup`] for what
 /// C++ throws as a plain `Error` from `startBuilder` (the client's request fails), including
 /// a failed set-up of the build process ("while setting up the child process: …").
+///
+/// Cancel-safe: dropping the future kills the helper (and with it the build process) and
+/// removes the build directory and the chroot.
 pub async fn start(spec: StartSpec) -> Result<Started> {
     let mut prepared = prepare(&spec)?;
-    match launch(&spec, &mut prepared).await {
-        Ok(started) => Ok(started),
-        Err(e) => {
-            if let Some(layout) = prepared.layout.take() {
-                let _ = layout.cleanup(false, None);
-            }
-            Err(e)
-        }
-    }
+    launch(&spec, &mut prepared).await
 }
 
 struct Prepared {
+    /// Until the build runs: removed (with the chroot) when `Prepared` goes.
     layout: Option<BuildLayout>,
     plan: ChildPlan,
     notes: Vec<String>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(layout) = self.layout.take() {
+            let _ = layout.cleanup(false, None);
+        }
+    }
 }
 
 /// The parent's part of `startBuilder`: environment, directories, chroot contents, the plan.
