@@ -64,6 +64,12 @@ pub enum Error {
     Db(#[from] guix_store::Error),
     #[error("{0}")]
     Link(guix_ipc::LinkError),
+    /// A C++ `Error`/`SysError` outside a build's own failure (bad `--build-users-group`, a
+    /// chroot that cannot be set up, `/homeless-shelter` existing, …): in C++ it escapes the
+    /// worker, so the client's whole request fails with this message (status 1). The text is
+    /// the C++ one, `strerror` included.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// What a [`Error::HashMismatch`] carries: the output, its `outputHashAlgo` as the derivation

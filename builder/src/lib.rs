@@ -19,5 +19,7 @@
 pub mod error;
 pub mod log;
 pub mod outputs;
+pub mod sandbox;
+pub mod users;
 
 pub use error::{Error, FailureKind, Result};
