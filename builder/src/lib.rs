@@ -15,11 +15,16 @@
 //! - [`schedule`] — goals shared by every request (one build per output), input derivations
 //!   first, build slots (`--max-jobs`), cancellation when no request wants a goal any more.
 //! - [`server`] — the `builder` link: jobs, events, replies.
+//! - [`service`] — the process: startup clean-up, the serving loop.
 
 pub mod error;
+pub mod goal;
 pub mod log;
 pub mod outputs;
 pub mod sandbox;
+pub mod schedule;
+pub mod server;
+pub mod service;
 pub mod users;
 
 pub use error::{Error, FailureKind, Result};

@@ -1,0 +1,532 @@
+//! One derivation's build (C++ `DerivationGoal`): load the derivation, realise its inputs,
+//! take a build slot, a build user and the output locks, run the builder with its log and
+//! time limits, process the outputs and register them through store-db in one transaction.
+//!
+//! Output locks: the builder holds the C++ daemon's `<out>.lock` files (POSIX locks) for the
+//! whole build, so neither another build of ours nor a C++ daemon on the same store builds the
+//! same output at once. store-db takes no such files when it registers (see
+//! ARCHITECTURE.md), so the two cannot deadlock: the builder holds its locks while it waits
+//! for store-db, and store-db waits for nothing the builder holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use guix_formats::derivation::Derivation;
+use guix_formats::StorePath;
+use guix_ipc::builder::{BuildEvent, BuildMode};
+use guix_store::files::{lock_file, LockType};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, FailureKind, IoContext, Result};
+use crate::log::BuildLog;
+use crate::outputs::{self, OutputsSpec};
+use crate::sandbox::{self, SandboxSettings, StartSpec};
+use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
+
+/// C++ `lvlError`, `lvlInfo`, `lvlChatty`.
+const LVL_ERROR: u32 = 0;
+const LVL_INFO: u32 = 1;
+const LVL_CHATTY: u32 = 3;
+
+/// Builds `drv` (its outputs that are not valid) for the requests waiting on its goal; `job`
+/// is the request that started the goal (its settings) and the sink of its events.
+pub async fn run(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode) -> Result<()> {
+    let shown = b.store.display(drv_path);
+    let result = build(b, job, drv_path, mode).await;
+    if let Err(Error::Build { kind, message }) = &result {
+        if !message.is_empty() {
+            job.message(LVL_ERROR, message.clone());
+        }
+        job.trace(|| match kind {
+            FailureKind::TimedOut => format!("@ build-failed {shown} - timeout"),
+            FailureKind::Cached => format!("@ build-failed {shown} - cached"),
+            _ => format!("@ build-failed {shown} - 1 {message}"),
+        });
+    }
+    result
+}
+
+async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode) -> Result<()> {
+    let shown = b.store.display(drv_path);
+    let drv = load(b, drv_path).await?;
+    let outputs: BTreeMap<String, StorePath> = drv
+        .output_paths()
+        .filter_map(|(n, p)| Some((n.as_str().to_owned(), p?.clone())))
+        .collect();
+
+    // Which outputs to build (check mode: all, which must be valid).
+    let missing = missing_outputs(b, &outputs).await?;
+    if mode == BuildMode::Check && !missing.is_empty() {
+        return Err(Error::build(
+            FailureKind::Misc,
+            format!("`{shown}' is missing outputs; build it normally before using `--check'"),
+        ));
+    }
+    if missing.is_empty() && mode == BuildMode::Normal {
+        return Ok(());
+    }
+    if job.settings.cache_failures {
+        check_cached_failures(b, job, &missing).await?;
+    }
+
+    // Inputs first: every input derivation's used outputs, and the input sources.
+    let inputs = realise_inputs(b, job, drv_path, &drv).await?;
+
+    // A build slot, then a build user (we wait for one instead of failing as C++ does).
+    if job.settings.max_jobs == 0 {
+        return Err(Error::build(
+            FailureKind::Misc,
+            "unable to start any build; either increase `--max-jobs' or enable distributed builds",
+        ));
+    }
+    let _slot = job.slots.clone().acquire_owned().await.map_err(|_| Error::build(FailureKind::Misc, "build slots closed"))?;
+    let user = match &b.users {
+        Some(pool) => Some(pool.acquire().await?),
+        None => None,
+    };
+
+    // The output locks, then validity again: someone may have built them meanwhile.
+    let locks = lock_outputs(b, job, &outputs).await?;
+    let missing = missing_outputs(b, &outputs).await?;
+    if missing.is_empty() && mode == BuildMode::Normal {
+        locks.release(true);
+        return Ok(());
+    }
+    let to_build: BTreeMap<String, StorePath> = match mode {
+        BuildMode::Normal => missing,
+        _ => outputs.clone(),
+    };
+
+    let settings = sandbox_settings(b, job);
+    let spec = StartSpec {
+        drv_path: drv_path.clone(),
+        drv: drv.clone(),
+        outputs: outputs.clone(),
+        input_paths: inputs.clone(),
+        user: user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
+        extra_files: Vec::new(),
+        settings,
+    };
+    let what = to_build.values().map(|p| format!("`{}'", b.store.display(p))).collect::<Vec<_>>().join(", ");
+    job.message(
+        LVL_INFO,
+        match mode {
+            BuildMode::Repair => format!("repairing path(s) {what}"),
+            BuildMode::Check => format!("checking path(s) {what}"),
+            BuildMode::Normal => format!("building path(s) {what}"),
+        },
+    );
+    let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
+    let mut started = sandbox::start(spec).await?;
+    for note in started.notes.drain(..) {
+        job.message(LVL_ERROR, note);
+    }
+    let system = String::from_utf8_lossy(&drv.platform).into_owned();
+    job.trace(|| format!("@ build-started {shown} - {system} {} {}", log.trace_path(), started.pid));
+
+    let ended = supervise(job, &shown, &mut started, &mut log).await;
+    let _ = log.finish();
+    let status = match ended {
+        Ok(status) => status,
+        Err(e) => {
+            started.kill();
+            let _ = started.wait().await;
+            drop(user);
+            let _ = started.layout.cleanup(false, job.settings.client_uid);
+            return Err(e);
+        }
+    };
+    // Nothing of the build may run on once its builder ended (C++ `killUser`).
+    if let Some(u) = &user {
+        let _ = crate::users::kill_user(u.uid);
+    }
+
+    if !status.success() {
+        let message = format!("builder for `{shown}' {}", sandbox::status_to_string(&status));
+        let kind = if drv.is_fixed_output() { FailureKind::Transient } else { FailureKind::Permanent };
+        if let Some(note) = started.layout.cleanup(job.settings.keep_failed, job.settings.client_uid)? {
+            job.message(LVL_ERROR, note);
+        }
+        if kind == FailureKind::Permanent && job.settings.cache_failures {
+            let paths = to_build.values().cloned().collect();
+            if let Err(e) = b.storedb.register_failed_paths(paths).await {
+                job.message(LVL_ERROR, format!("cannot record the failure: {}", e.client_text("store-db")));
+            }
+        }
+        return Err(Error::build(kind, message));
+    }
+
+    // The outputs: checked, scanned, moved to scratch space, registered in one transaction.
+    let registered = register(b, job, drv_path, &drv, &to_build, &outputs, &inputs, &started, user.as_ref().map(|u| u.uid)).await;
+    let keep = registered.is_err() && job.settings.keep_failed;
+    if let Some(note) = started.layout.cleanup(keep, job.settings.client_uid)? {
+        job.message(LVL_ERROR, note);
+    }
+    drop(user);
+    registered?;
+    locks.release(true);
+    job.trace(|| format!("@ build-succeeded {shown} -"));
+    Ok(())
+}
+
+/// Reads and parses the `.drv` file.
+async fn load(b: &Arc<Builder>, drv_path: &StorePath) -> Result<Derivation> {
+    let file = b.config.paths.store_dir.join(drv_path.base_name());
+    let text = tokio::fs::read(&file).await.context(|| format!("opening file `{}'", file.display()))?;
+    Derivation::parse(&b.store, &text).map_err(|e| Error::build(FailureKind::Misc, format!("error parsing derivation `{}': {e}", b.store.display(drv_path))))
+}
+
+/// The outputs that are not valid.
+async fn missing_outputs(b: &Arc<Builder>, outputs: &BTreeMap<String, StorePath>) -> Result<BTreeMap<String, StorePath>> {
+    let outputs = outputs.clone();
+    b.read(move |r| {
+        let mut missing = BTreeMap::new();
+        for (n, p) in outputs {
+            if !r.is_valid(&p)? {
+                missing.insert(n, p);
+            }
+        }
+        Ok(missing)
+    })
+    .await
+}
+
+/// `pathFailed`: with `--cache-failures`, an output that failed before fails at once.
+async fn check_cached_failures(b: &Arc<Builder>, job: &Arc<Job>, missing: &BTreeMap<String, StorePath>) -> Result<()> {
+    let paths: Vec<StorePath> = missing.values().cloned().collect();
+    let failed = b.read(move |r| Ok(paths.into_iter().find(|p| r.has_path_failed(p).unwrap_or(false)))).await?;
+    match failed {
+        None => Ok(()),
+        Some(p) => {
+            let _ = job;
+            Err(Error::build(FailureKind::Cached, format!("builder for `{}' failed previously (cached)", b.store.display(&p))))
+        }
+    }
+}
+
+/// Realises the input derivations (concurrently) and checks the input sources; returns the
+/// closure of everything the build may use.
+async fn realise_inputs(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, drv: &Derivation) -> Result<BTreeSet<StorePath>> {
+    let mut tasks = Vec::new();
+    for (input, outs) in &drv.input_drvs {
+        let wanted: Vec<String> = outs.iter().map(|o| o.as_str().to_owned()).collect();
+        tasks.push(b.realise(job, input.clone(), wanted));
+    }
+    let results = futures_join_all(tasks).await;
+    let mut failed = results.iter().filter(|o| matches!(o, Outcome::Failed { .. })).count();
+    // Input sources must be valid: there is no substituter to fetch them.
+    let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
+    let invalid = b.read(move |r| Ok(srcs.into_iter().filter(|p| !r.is_valid(p).unwrap_or(false)).collect::<Vec<_>>())).await?;
+    for p in &invalid {
+        job.message(LVL_ERROR, format!("path `{}' is required, but there is no substituter that can build it", b.store.display(p)));
+        failed += 1;
+    }
+    if failed > 0 {
+        return Err(Error::build(
+            FailureKind::DependencyFailed,
+            format!("cannot build derivation `{}': {failed} dependencies couldn't be built", b.store.display(drv_path)),
+        ));
+    }
+    // The used outputs of the input derivations, and the sources, with their closures.
+    let input_drvs = drv.input_drvs.clone();
+    let srcs = drv.input_srcs.clone();
+    b.read(move |r| {
+        let mut start: BTreeSet<StorePath> = srcs;
+        for (input, outs) in input_drvs {
+            for (name, path) in r.query_derivation_output_map(&input)? {
+                if outs.iter().any(|o| o.as_str() == name) {
+                    start.insert(path);
+                }
+            }
+        }
+        closure_of(r, start)
+    })
+    .await
+}
+
+/// Waits for every future (they share the request's state, so no spawning).
+async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn sandbox_settings(b: &Arc<Builder>, job: &Arc<Job>) -> SandboxSettings {
+    let c = &b.config;
+    let mut nix_options: Vec<(String, String)> = job.settings.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    nix_options.sort();
+    SandboxSettings {
+        store_dir: c.paths.store_dir.clone(),
+        use_chroot: c.use_chroot,
+        extra_chroot_dirs: c.extra_chroot_dirs.clone(),
+        build_cores: job.settings.cores,
+        impersonate_linux_26: c.impersonate_linux_26,
+        system: c.system.clone(),
+        tmp_dir: std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")),
+        guix_program: c.paths.guix_program.clone(),
+        nix_options,
+    }
+}
+
+/// Copies the build's output to the log and the requests, enforcing the silence, time and
+/// log-size limits (C++ `handleChildOutput`, `Worker::waitForInput`); the builder's exit status.
+async fn supervise(
+    job: &Arc<Job>,
+    shown: &str,
+    started: &mut sandbox::Started,
+    log: &mut BuildLog,
+) -> Result<std::process::ExitStatus> {
+    let s = &job.settings;
+    let name = format!("building of `{shown}'");
+    let begun = Instant::now();
+    let mut last_output = Instant::now();
+    let mut written: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        if s.max_silent_time > 0 {
+            let at = last_output + Duration::from_secs(s.max_silent_time);
+            if now >= at {
+                return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds of silence", s.max_silent_time)));
+            }
+            next = next.min(at);
+        }
+        if s.timeout > 0 {
+            let at = begun + Duration::from_secs(s.timeout);
+            if now >= at {
+                return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds", s.timeout)));
+            }
+            next = next.min(at);
+        }
+        tokio::select! {
+            r = started.log.read(&mut buf), if !eof => match r {
+                Ok(0) | Err(_) => eof = true,
+                Ok(n) => {
+                    let bytes = &buf[..n];
+                    written += n as u64;
+                    if s.max_log_size > 0 && written > s.max_log_size {
+                        return Err(Error::build(FailureKind::TimedOut, format!("{name} killed after writing more than {} bytes of log output", s.max_log_size)));
+                    }
+                    log.write(bytes).context(|| "writing the build log".to_owned())?;
+                    job.emit(BuildEvent::Log { pid: started.pid, bytes: bytes.to_vec() });
+                    last_output = Instant::now();
+                }
+            },
+            r = started.wait(), if eof => return r,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn register(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    to_build: &BTreeMap<String, StorePath>,
+    all_outputs: &BTreeMap<String, StorePath>,
+    inputs: &BTreeSet<StorePath>,
+    started: &sandbox::Started,
+    build_uid: Option<u32>,
+) -> Result<()> {
+    let mut candidates = inputs.clone();
+    candidates.extend(all_outputs.values().cloned());
+    let layout = started.layout.clone();
+    let (b2, drv_path2, drv2, to_build2) = (b.clone(), drv_path.clone(), drv.clone(), to_build.clone());
+    let db_dir = b.config.paths.db_dir.clone();
+    let items = tokio::task::spawn_blocking(move || {
+        let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
+        let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
+        let locate = |p: &StorePath| layout.output_location(p);
+        let spec = OutputsSpec {
+            store: &b2.store,
+            drv_path: &drv_path2,
+            drv: &drv2,
+            outputs: &to_build2,
+            locate: &locate,
+            build_uid,
+            candidates: &candidates,
+            closure: &closure,
+            scratch: &b2.scratch,
+        };
+        outputs::process_outputs(&spec)
+    })
+    .await
+    .map_err(|e| Error::io("processing the outputs", std::io::Error::other(e.to_string())))??;
+    // One transaction for every output; they become temp roots of the request first.
+    b.storedb.add_items(job.conn, items).await.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))
+}
+
+/// The output `.lock` files held by this process (POSIX locks are per process: a second lock
+/// of ours would succeed, so we keep the set, as C++ keeps `lockedPaths`).
+fn held() -> &'static Mutex<HashSet<PathBuf>> {
+    static HELD: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+/// The locks on a build's outputs.
+pub struct OutputLocks {
+    locks: Vec<(PathBuf, File)>,
+}
+
+impl OutputLocks {
+    /// Unlocks; with `delete` (after a success) removes the lock files first, marking them
+    /// deleted for a waiter (C++ `deleteLockFile`: unlink, then write `d`).
+    pub fn release(mut self, delete: bool) {
+        self.unlock(delete)
+    }
+
+    fn unlock(&mut self, delete: bool) {
+        let mut set = held().lock().unwrap_or_else(|p| p.into_inner());
+        for (path, mut file) in self.locks.drain(..) {
+            if delete {
+                let _ = fs::remove_file(&path);
+                let _ = std::io::Write::write_all(&mut file, b"d");
+            }
+            set.remove(&path);
+        }
+    }
+}
+
+impl Drop for OutputLocks {
+    fn drop(&mut self) {
+        self.unlock(false)
+    }
+}
+
+/// Takes `<out>.lock` for every output, waiting (and saying so once) while another build,
+/// ours or another process's, holds one.
+async fn lock_outputs(b: &Arc<Builder>, job: &Arc<Job>, outputs: &BTreeMap<String, StorePath>) -> Result<OutputLocks> {
+    let paths: Vec<PathBuf> = outputs
+        .values()
+        .map(|p| b.config.paths.store_dir.join(format!("{}.lock", p.base_name())))
+        .collect();
+    let mut said = false;
+    loop {
+        match try_lock_all(&paths)? {
+            Some(locks) => return Ok(locks),
+            None => {
+                if !said {
+                    job.message(LVL_ERROR, "waiting for locks or build slots...");
+                    said = true;
+                }
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+        }
+    }
+}
+
+fn try_lock_all(paths: &[PathBuf]) -> Result<Option<OutputLocks>> {
+    let mut locks = OutputLocks { locks: Vec::new() };
+    for path in paths {
+        {
+            let mut set = held().lock().unwrap_or_else(|p| p.into_inner());
+            if set.contains(path) {
+                return Ok(None);
+            }
+            set.insert(path.clone());
+        }
+        match lock_one(path) {
+            Ok(Some(f)) => locks.locks.push((path.clone(), f)),
+            Ok(None) => {
+                held().lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+                return Ok(None);
+            }
+            Err(e) => {
+                held().lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Some(locks))
+}
+
+/// One lock file: open (create 0600), try the lock; a file marked deleted (non-empty) by its
+/// last holder is opened again.
+fn lock_one(path: &Path) -> Result<Option<File>> {
+    loop {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .context(|| format!("opening lock file `{}'", path.display()))?;
+        if !lock_file(f.as_fd(), LockType::Write, false).context(|| format!("locking `{}'", path.display()))? {
+            return Ok(None);
+        }
+        let st = f.metadata().context(|| format!("statting `{}'", path.display()))?;
+        if st.size() != 0 || st.nlink() == 0 {
+            // Deleted by the previous holder after we opened it: take the new file.
+            continue;
+        }
+        return Ok(Some(f));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_locks_exclude_this_process_and_are_deleted_after_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = vec![dir.path().join("a.lock"), dir.path().join("b.lock")];
+        let first = try_lock_all(&p).unwrap().expect("free");
+        // The same process again: refused through the in-process set, not fcntl.
+        assert!(try_lock_all(&p[1..]).unwrap().is_none());
+        first.release(true);
+        assert!(!p[0].exists() && !p[1].exists());
+        let again = try_lock_all(&p).unwrap().expect("free again");
+        drop(again);
+        // Released without deletion (a failure): the files stay, empty, as C++ leaves them.
+        assert!(p[0].exists() && fs::metadata(&p[0]).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn another_process_holding_a_lock_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.lock");
+        File::create(&p).unwrap();
+        // flock(1) uses flock, not fcntl; hold an fcntl lock from a child process instead.
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"])
+            .arg(&p)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "locked");
+        assert!(try_lock_all(std::slice::from_ref(&p)).unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(try_lock_all(std::slice::from_ref(&p)).unwrap().is_some());
+    }
+}

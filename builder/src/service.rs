@@ -1,0 +1,100 @@
+//! The builder process: startup, the link server loop, SIGTERM.
+//!
+//! At startup, before serving, it clears what a builder killed in the middle of builds left:
+//! the processes of every build user (its builds die with it, but a stray one must not run on)
+//! and the `<drv>.chroot` directories in the store. Then it holds temp roots as a holder of its
+//! own (`builder`), synced with store-db like socket-front's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use guix_formats::StoreDir;
+use guix_ipc::builder::BUILDER_LINK;
+use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
+
+use crate::schedule::Builder;
+use crate::server::Server;
+use crate::users::{kill_user, UserPool};
+
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guix-builder: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = config_from_env()?;
+    let listener = inherited_listeners()?
+        .into_iter()
+        .find_map(|(name, l)| match l {
+            InheritedListener::Unix(u) if name == BUILDER_LINK.name => Some(u),
+            _ => None,
+        })
+        .ok_or("no `builder' listener was passed")?;
+    let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
+    let users = match config.build_users_group.as_deref() {
+        Some(g) if !g.is_empty() => Some(UserPool::new(g, &config.paths.state_dir)?),
+        _ => None,
+    };
+    if let Some(pool) = &users {
+        for uid in pool.uids() {
+            let _ = kill_user(uid);
+        }
+    }
+    remove_stale_chroots(&config.paths.store_dir);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(listener, Arc::new(Builder::new(config, store, users))))?;
+    Ok(())
+}
+
+/// Removes `<store>/*.chroot`: no build runs before we serve, so each is a dead build's.
+fn remove_stale_chroots(store_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(store_dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".chroot") {
+            if let Err(err) = guix_store::files::delete_tree(&e.path()) {
+                eprintln!("guix-builder: removing `{}': {err}", e.path().display());
+            }
+        }
+    }
+}
+
+/// Accepts connections until SIGTERM/SIGINT; builds in flight die with the process.
+async fn serve(listener: std::os::unix::net::UnixListener, builder: Arc<Builder>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    {
+        let b = builder.clone();
+        tokio::spawn(async move { b.storedb.maintain().await });
+    }
+    let server = Server::new(builder);
+    let who = format!("builder[{}]", std::process::id());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let (server, who) = (server.clone(), who.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = guix_ipc::serve_connection(stream, BUILDER_LINK, &who, server).await {
+                            eprintln!("guix-builder: connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("guix-builder: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
