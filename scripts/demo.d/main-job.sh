@@ -24,5 +24,16 @@ guix archive --import < /tmp/demo.nar && echo "import: ok"
 say "guix gc --verify=contents"
 guix gc --verify=contents
 
+drv=$(guix repl /demo/chain.scm)
+say "guix build $drv (a chain of three derivations, built in chroots as build users)"
+out=$(guix build "$drv")
+echo "output: $out"
+cat "$out"
+
+say "guix build --log-file $drv"
+log=$(guix build --log-file "$drv")
+echo "$log"
+gunzip -c "$log"
+
 say "guix-daemon-rs ctl status"
 /host-daemon/daemon ctl status
