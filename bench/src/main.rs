@@ -7,6 +7,7 @@
 
 mod affinity;
 mod build;
+mod builds;
 mod procmem;
 mod qpi;
 mod scenarios;
@@ -31,7 +32,7 @@ struct Args {
 
 const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
   --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory,
-                   add-tree, build-derivations
+                   add-tree, build-derivations, trivial-builds
   --quick          smaller counts and shorter runs (a smoke test, not a measurement)
   --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
   --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
@@ -240,6 +241,21 @@ fn main() -> ExitCode {
             None
         };
         let skipped = |n: usize| vec![Err("skipped (--only)".to_owned()); n];
+        if scenario == Scenario::TrivialBuilds {
+            let cxx_kind = Ok((DaemonKind::Cxx, SessionOptions::default()));
+            let (c, o) = builds::alternate(&rig, &cxx_kind, &ours, args.only.as_deref(), params.builds, params.reps);
+            for f in figures {
+                cxx_failed |= c.is_err() && args.only.as_deref() != Some("ours");
+                print_row(&Row {
+                    label: f.label,
+                    unit: f.unit,
+                    higher_is_better: f.higher_is_better,
+                    cxx: c.clone(),
+                    ours: o.clone(),
+                });
+            }
+            continue;
+        }
         if scenario == Scenario::BuildDerivations {
             let cxx_kind = Ok((DaemonKind::Cxx, SessionOptions::default()));
             let (c, o) = build::alternate(&rig, &cxx_kind, &ours, args.only.as_deref(), &params);

@@ -31,16 +31,19 @@ pub enum Scenario {
     /// `guix build -d --no-grafts PACKAGE` with the real client, the daemons alternating
     /// (see [`crate::build`]).
     BuildDerivations,
+    /// 200 trivial independent builds with `--max-jobs=2` (see [`crate::builds`]).
+    TrivialBuilds,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Connect,
         Scenario::AddText,
         Scenario::QueryPathInfo,
         Scenario::IdleMemory,
         Scenario::AddTree,
         Scenario::BuildDerivations,
+        Scenario::TrivialBuilds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Scenario {
             Scenario::IdleMemory => "idle-memory",
             Scenario::AddTree => "add-tree",
             Scenario::BuildDerivations => "build-derivations",
+            Scenario::TrivialBuilds => "trivial-builds",
         }
     }
 
@@ -108,6 +112,11 @@ impl Scenario {
                 Figure { label: format!("AddToStore, {}", p.tree.describe()), unit: "s", higher_is_better: false },
                 Figure { label: FLOOR_LABEL.into(), unit: "s", higher_is_better: false },
             ],
+            Scenario::TrivialBuilds => vec![Figure {
+                label: format!("{} trivial builds, --max-jobs=2", p.builds),
+                unit: "s",
+                higher_is_better: false,
+            }],
             Scenario::BuildDerivations => vec![
                 Figure {
                     label: format!("guix build -d --no-grafts {}", p.package),
@@ -162,6 +171,8 @@ pub struct Params {
     pub tree: TreeShape,
     /// The package of [`Scenario::BuildDerivations`].
     pub package: &'static str,
+    /// The derivations of [`Scenario::TrivialBuilds`].
+    pub builds: usize,
 }
 
 impl Params {
@@ -175,6 +186,7 @@ impl Params {
                 duration: Duration::from_millis(300),
                 tree: TreeShape { dirs: 2, files_per_dir: 8, file_size: 4 << 20 },
                 package: crate::build::QUICK_PACKAGE,
+                builds: crate::builds::QUICK_BUILDS,
             }
         } else {
             Params {
@@ -185,6 +197,7 @@ impl Params {
                 duration: Duration::from_secs(2),
                 tree: TreeShape { dirs: 4, files_per_dir: 64, file_size: 4 << 20 },
                 package: crate::build::PACKAGE,
+                builds: crate::builds::BUILDS,
             }
         }
     }
@@ -265,7 +278,9 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                 let tree = tree.ok_or("the tree was not created")?;
                 add_tree(socket, session, tree, rep).await?.into_iter().map(Ok).collect()
             }
-            Scenario::BuildDerivations => return Err("measured by build::alternate, not in one session".into()),
+            Scenario::BuildDerivations | Scenario::TrivialBuilds => {
+                return Err("measured by alternating sessions, not in one session".into())
+            }
         };
         for (s, v) in samples.iter_mut().zip(one) {
             s.push(v);
