@@ -86,7 +86,8 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     }
     let _slot = job.slots.clone().acquire_owned().await.map_err(|_| Error::build(FailureKind::Misc, "build slots closed"))?;
     let user = match &b.users {
-        Some(pool) => Some(pool.acquire().await?),
+        Some(Ok(pool)) => Some(pool.acquire().await?),
+        Some(Err(e)) => return Err(Error::Setup(e.clone())),
         None => None,
     };
 
@@ -274,20 +275,10 @@ async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> 
 }
 
 fn sandbox_settings(b: &Arc<Builder>, job: &Arc<Job>) -> SandboxSettings {
-    let c = &b.config;
-    let mut nix_options: Vec<(String, String)> = job.settings.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    nix_options.sort();
-    SandboxSettings {
-        store_dir: c.paths.store_dir.clone(),
-        use_chroot: c.use_chroot,
-        extra_chroot_dirs: c.extra_chroot_dirs.clone(),
-        build_cores: job.settings.cores,
-        impersonate_linux_26: c.impersonate_linux_26,
-        system: c.system.clone(),
-        tmp_dir: std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")),
-        guix_program: c.paths.guix_program.clone(),
-        nix_options,
-    }
+    let mut settings = SandboxSettings::from_config(&b.config);
+    settings.build_cores = job.settings.cores;
+    settings.nix_options = job.settings.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    settings
 }
 
 /// Copies the build's output to the log and the requests, enforcing the silence, time and
@@ -305,25 +296,11 @@ async fn supervise(
     let mut written: u64 = 0;
     let mut buf = vec![0u8; 64 * 1024];
     let mut eof = false;
-    loop {
-        let now = Instant::now();
-        let mut next = now + Duration::from_secs(3600);
-        if s.max_silent_time > 0 {
-            let at = last_output + Duration::from_secs(s.max_silent_time);
-            if now >= at {
-                return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds of silence", s.max_silent_time)));
-            }
-            next = next.min(at);
-        }
-        if s.timeout > 0 {
-            let at = begun + Duration::from_secs(s.timeout);
-            if now >= at {
-                return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds", s.timeout)));
-            }
-            next = next.min(at);
-        }
+    // Until every process of the build closed the log pipe.
+    while !eof {
+        let next = limits(s, &name, begun, last_output)?;
         tokio::select! {
-            r = started.log.read(&mut buf), if !eof => match r {
+            r = started.log.read(&mut buf) => match r {
                 Ok(0) | Err(_) => eof = true,
                 Ok(n) => {
                     let bytes = &buf[..n];
@@ -336,10 +313,38 @@ async fn supervise(
                     last_output = Instant::now();
                 }
             },
-            r = started.wait(), if eof => return r,
             _ = tokio::time::sleep_until(next.into()) => {}
         }
     }
+    // Then its exit status (the builder ended: PID 1 of its namespace, so all of it).
+    loop {
+        let next = limits(s, &name, begun, last_output)?;
+        tokio::select! {
+            r = started.wait() => return r,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+/// The time and silence limits: an error once one is passed, else when to look again.
+fn limits(s: &crate::schedule::JobSettings, name: &str, begun: Instant, last_output: Instant) -> Result<Instant> {
+    let now = Instant::now();
+    let mut next = now + Duration::from_secs(3600);
+    if s.max_silent_time > 0 {
+        let at = last_output + Duration::from_secs(s.max_silent_time);
+        if now >= at {
+            return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds of silence", s.max_silent_time)));
+        }
+        next = next.min(at);
+    }
+    if s.timeout > 0 {
+        let at = begun + Duration::from_secs(s.timeout);
+        if now >= at {
+            return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds", s.timeout)));
+        }
+        next = next.min(at);
+    }
+    Ok(next)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -356,13 +361,15 @@ async fn register(
 ) -> Result<()> {
     let mut candidates = inputs.clone();
     candidates.extend(all_outputs.values().cloned());
-    let layout = started.layout.clone();
+    let locations: BTreeMap<StorePath, PathBuf> =
+        to_build.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, to_build2) = (b.clone(), drv_path.clone(), drv.clone(), to_build.clone());
     let db_dir = b.config.paths.db_dir.clone();
     let items = tokio::task::spawn_blocking(move || {
         let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
         let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
-        let locate = |p: &StorePath| layout.output_location(p);
+        let store_dir = b2.config.paths.store_dir.clone();
+        let locate = |p: &StorePath| locations.get(p).cloned().unwrap_or_else(|| store_dir.join(p.base_name()));
         let spec = OutputsSpec {
             store: &b2.store,
             drv_path: &drv_path2,

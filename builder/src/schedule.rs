@@ -151,7 +151,9 @@ pub struct Builder {
     pub config: DaemonConfig,
     pub store: StoreDir,
     pub storedb: StoreDb,
-    pub users: Option<Arc<UserPool>>,
+    /// The build users (`--build-users-group`), or why they cannot be used (every build fails
+    /// with that, as in C++), or none.
+    pub users: Option<std::result::Result<Arc<UserPool>, String>>,
     pub scratch: Scratch,
     readers: Mutex<Vec<DbReader>>,
     goals: Mutex<HashMap<(StorePath, BuildModeKey), Weak<Goal>>>,
@@ -179,7 +181,7 @@ impl From<BuildMode> for BuildModeKey {
 type Realising<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 impl Builder {
-    pub fn new(config: DaemonConfig, store: StoreDir, users: Option<Arc<UserPool>>) -> Builder {
+    pub fn new(config: DaemonConfig, store: StoreDir, users: Option<std::result::Result<Arc<UserPool>, String>>) -> Builder {
         let storedb = StoreDb::new(&config, HOLDER);
         let scratch = Scratch::new(&config.paths.store_dir);
         Builder {

@@ -15,7 +15,7 @@ use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListene
 
 use crate::schedule::Builder;
 use crate::server::Server;
-use crate::users::{kill_user, UserPool};
+use crate::users::UserPool;
 
 pub fn main() -> std::process::ExitCode {
     match run() {
@@ -38,13 +38,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no `builder' listener was passed")?;
     let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
     let users = match config.build_users_group.as_deref() {
-        Some(g) if !g.is_empty() => Some(UserPool::new(g, &config.paths.state_dir)?),
+        Some(g) if !g.is_empty() => Some(UserPool::new(g, &config.paths.state_dir).map_err(|e| e.to_string())),
         _ => None,
     };
-    if let Some(pool) = &users {
-        for uid in pool.uids() {
-            let _ = kill_user(uid);
+    if let Some(Ok(pool)) = &users {
+        // Every free build user once: taking one kills its processes (a dead builder's
+        // builds); users locked by another process are left alone.
+        let mut held = Vec::new();
+        while let Ok(Some(u)) = pool.try_acquire() {
+            held.push(u);
         }
+        drop(held);
     }
     remove_stale_chroots(&config.paths.store_dir);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
