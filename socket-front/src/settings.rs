@@ -87,6 +87,18 @@ impl Settings {
         self.map.get(key).map(String::as_str)
     }
 
+    /// Every setting of the connection as the C++ worker keeps them in its `settings` map: the
+    /// daemon's own that a fresh worker has, then what SetOptions put there (the builder reads
+    /// the ones it needs; their syntax is checked).
+    pub fn map(&self) -> &BTreeMap<String, String> {
+        &self.map
+    }
+
+    /// `multiplexed-build-output` (typed by `Settings::update()`: only "true" is true).
+    pub fn multiplexed_build_output(&self) -> bool {
+        self.get("multiplexed-build-output") == Some("true")
+    }
+
     /// Applies SetOptions. `remote`: the client came over TCP. An error is the message of
     /// `settings.update()`, raised before `startWork` (the connection closes).
     pub fn apply(&mut self, o: &SetOptions, trusted: bool, remote: bool) -> Result<(), String> {
