@@ -141,8 +141,10 @@ fn unavailable(limit: Duration, why: Option<&str>) -> Failure {
 }
 
 /// The note for events the builder dropped for this client.
-fn skipped_note(n: u64) -> String {
-    format!("note: {n} build events were not shown because the client read them too slowly; the build log has the output")
+pub(crate) fn skipped_note(n: u64) -> String {
+    format!(
+        "note: {n} build events were not shown because the client read them too slowly; the build log has the output"
+    )
 }
 
 /// The requested derivations, one target per derivation (C++ `makeDerivationGoal` makes one
@@ -301,7 +303,11 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
 
     /// Waits for `fut` while watching the client's socket (module documentation): fails with
     /// [`Failure::Gone`] when the client leaves first.
-    async fn unless_client_leaves<T>(&mut self, watching: &mut bool, fut: impl Future<Output = T>) -> Result<T, Failure> {
+    async fn unless_client_leaves<T>(
+        &mut self,
+        watching: &mut bool,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Failure> {
         tokio::pin!(fut);
         loop {
             let s = self.stream()?;

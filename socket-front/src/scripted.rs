@@ -20,8 +20,8 @@ use guix_formats::worker::{
 use guix_formats::{nar, StoreDir, StorePath};
 use guix_ipc::builder::BUILDER_LINK;
 use guix_ipc::config::DaemonConfig;
-use guix_ipc::Client;
 use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest};
+use guix_ipc::Client;
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::ValidPathInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -134,7 +134,8 @@ impl Rig {
     /// until it closed the connection.
     async fn exchange(&self, input: &[u8]) -> Vec<u8> {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
+        let task =
+            tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
         let (mut rd, mut wr) = tokio::io::split(client);
         let input = input.to_vec();
         let send = async move {
@@ -155,7 +156,8 @@ impl Rig {
     /// as the Guile client does: returns the daemon's terminal frame and the bytes after it.
     async fn import(&self, export: &[u8]) -> (StderrMsg, Vec<u8>) {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
+        let task =
+            tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
         let run = async {
             let mut input = hello(V);
             input.extend(request(self.store(), &Request::ImportPaths).await);
