@@ -18,10 +18,11 @@ use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::ConnId;
 use guix_store::ValidPathInfo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 
 use crate::backend::{DaemonBackend, StoreBackend};
+use crate::build::BuilderLink;
 use crate::error::Failure;
 use crate::infocache::CachedInfo;
 use crate::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct Shared<B = DaemonBackend> {
     pub config: DaemonConfig,
     pub store: StoreDir,
     pub backend: B,
+    /// The builder component (BuildPaths that need a build).
+    pub builder: BuilderLink,
     pub scratch: Scratch,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -59,9 +62,11 @@ impl Peer {
     }
 }
 
-/// Anything a connection can run over: a Unix socket, or a pipe in tests.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+/// Anything a connection can run over: a buffered Unix socket, or a buffered pipe in tests.
+/// Buffered, so that [`crate::build`] can tell a client that closed its socket from one that
+/// sent more bytes without consuming them (`fill_buf`).
+pub trait Stream: AsyncBufRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncBufRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 pub struct Conn<S, B = DaemonBackend> {
     pub(crate) shared: Arc<Shared<B>>,
@@ -82,7 +87,7 @@ pub async fn serve<S: Stream, B: StoreBackend>(shared: Arc<Shared<B>>, id: ConnI
     let trusted = peer.uid.is_some_and(|u| u == 0 || u == shared.daemon_uid);
     let settings = Settings::new(&shared.config);
     let mut conn = Conn { shared: shared.clone(), id, peer, trusted, version: 0, settings, stream: Some(stream) };
-    if let Err(Failure::Gone(why) | Failure::Fatal(why) | Failure::Op(why)) = conn.run().await {
+    if let Err(why) = conn.run().await {
         if shared.config.debug {
             eprintln!("guix-socket-front: connection {id:x} ended: {why}");
         }
@@ -201,6 +206,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                     }
                 },
                 Err(Failure::Op(msg)) => self.send(&StderrMsg::Error { msg, status: 1 }).await?,
+                Err(Failure::Status { msg, status }) => self.send(&StderrMsg::Error { msg, status }).await?,
                 Err(Failure::Fatal(msg)) => {
                     self.send(&StderrMsg::Error { msg, status: 1 }).await?;
                     return Ok(());

@@ -14,8 +14,11 @@ use guix_formats::worker::ProtoError;
 /// The outcome of a failed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// Raised after `startWork`: `STDERR_ERROR msg`, connection kept.
+    /// Raised after `startWork`: `STDERR_ERROR msg` (status 1), connection kept.
     Op(String),
+    /// As [`Failure::Op`] with another status: a failed build (C++ `Worker::exitStatus()`:
+    /// 100 permanent failure, 101 timeout, else 1), which `guix build` exits with.
+    Status { msg: String, status: u32 },
     /// Raised before `startWork`: `STDERR_ERROR msg`, then the connection is closed.
     Fatal(String),
     /// The stream is broken (I/O error, EOF between requests, framing the C++ daemon drops
@@ -37,7 +40,7 @@ impl std::fmt::Display for Failure {
     /// The message (what the client is told, or for `Gone` our log's reason).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Op(m) | Failure::Fatal(m) | Failure::Gone(m) => f.write_str(m),
+            Failure::Op(m) | Failure::Fatal(m) | Failure::Gone(m) | Failure::Status { msg: m, .. } => f.write_str(m),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! * Writes — new items, temp roots, indirect roots, failed-path cache — go to store-db over
 //!   the `store-db` link (`guix_store::storedb`); new items are first written into scratch space on the
 //!   store's file system ([`scratch`]).
+//! * Builds go to the builder over the `builder` link; its events become the client's STDERR
+//!   stream ([`build`]).
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
 //!
@@ -16,7 +18,7 @@
 //! against an in-memory store in unit tests; [`backend::DaemonBackend`] is the real one.
 //!
 //! Modules: [`server`] (accepting), [`conn`] (one connection: handshake, request loop),
-//! [`ops`] (queries and simple operations), [`add`] (AddToStore, AddTextToStore),
+//! [`ops`] (queries and simple operations), [`build`] (BuildPaths), [`add`] (AddToStore, AddTextToStore),
 //! [`transfer`] (ExportPath, ImportPaths), [`settings`] (SetOptions), [`roots`] (FindRoots),
 //! [`metrics`] (reported to the supervisor), [`bridge`] (blocking I/O over the socket),
 //! [`infocache`] (path infos kept in memory under store-db's change epoch).
@@ -24,6 +26,7 @@
 pub mod add;
 pub mod backend;
 pub mod bridge;
+pub mod build;
 pub mod conn;
 pub mod dbpool;
 pub mod error;
@@ -93,6 +96,7 @@ async fn run() -> Result<(), String> {
             db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
             storedb: guix_store::storedb::StoreDb::new(&config, backend::HOLDER),
         },
+        builder: build::BuilderLink::from_config(&config),
         scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,

@@ -1,11 +1,12 @@
 //! The operations that read the database or need no store change: each request decoded by
 //! `guix_formats::worker` becomes a [`Reply`] or a [`Failure`] with the C++ daemon's message.
-//! Additions live in [`crate::add`], export and import in [`crate::transfer`].
+//! Additions live in [`crate::add`], export and import in [`crate::transfer`], builds in
+//! [`crate::build`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use guix_formats::worker::{BuildMode, Reply, Request};
+use guix_formats::worker::{Reply, Request};
 use guix_formats::{nar, StorePath};
 
 use crate::backend::StoreBackend;
@@ -14,7 +15,6 @@ use crate::error::Failure;
 use guix_store::roots;
 
 /// Operations that would need a component not built yet.
-pub const BUILD_NOT_IMPLEMENTED: &str = "building is not implemented yet in guix-daemon-rs";
 pub const GC_NOT_IMPLEMENTED: &str = "garbage collection is not implemented yet in guix-daemon-rs";
 pub const REPAIR_NOT_IMPLEMENTED: &str = "repairing is not implemented yet in guix-daemon-rs";
 
@@ -100,36 +100,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                     Err(Failure::Op(format!("path `{shown}' does not exist and cannot be created")))
                 }
             }
-            Q::BuildPaths { paths, mode } => {
-                if mode == BuildMode::Repair && !self.trusted {
-                    return Err(Failure::fatal("repairing is a privileged operation"));
-                }
-                if mode == BuildMode::Repair {
-                    return Err(Failure::op(REPAIR_NOT_IMPLEMENTED));
-                }
-                let needs_build = db
-                    .run(move |r| {
-                        for dp in &paths {
-                            if !dp.path.is_derivation() {
-                                // Substitution of a plain item: with no substituter the C++
-                                // daemon also answers 1 and leaves the path as it is.
-                                continue;
-                            }
-                            let Ok(outputs) = r.derivation_output_map(&dp.path) else { return Ok(true) };
-                            for (name, out) in outputs {
-                                if (dp.outputs.is_empty() || dp.outputs.contains(&name)) && !r.is_valid(&out)? {
-                                    return Ok(true);
-                                }
-                            }
-                        }
-                        Ok(false)
-                    })
-                    .await?;
-                if needs_build || mode == BuildMode::Check {
-                    return Err(Failure::op(BUILD_NOT_IMPLEMENTED));
-                }
-                Ok(Reply::Done)
-            }
+            Q::BuildPaths { paths, mode } => self.build_paths(paths, mode).await,
             Q::CollectGarbage(g) => {
                 if g.ignore_liveness {
                     return Err(Failure::op("you are not allowed to ignore liveness"));

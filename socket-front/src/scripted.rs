@@ -18,17 +18,22 @@ use guix_formats::worker::{
     STDERR_ERROR, STDERR_LAST, WORKER_MAGIC_1, WORKER_MAGIC_2,
 };
 use guix_formats::{nar, StoreDir, StorePath};
+use guix_ipc::builder::BUILDER_LINK;
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::{ConnId, ItemSource, NewItem, StoreDbRequest};
+use guix_ipc::Client;
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::ValidPathInfo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::backend::memory::{stamp, MemoryStore};
 use crate::backend::StoreBackend;
+use crate::build::{BuildLimits, BuilderLink};
 use crate::conn::{path_info_reply, serve, Peer, Shared};
 use crate::metrics::Metrics;
 use guix_store::scratch::Scratch;
+
+mod build;
 
 const V: u32 = PROTOCOL_VERSION;
 const CONN: ConnId = 7;
@@ -48,6 +53,12 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_builder(BuildLimits::default())
+    }
+
+    /// The builder link goes to `<dir>/builder.sock`, where nothing listens unless a test
+    /// serves it ([`Rig::builder_socket`]), with `limits`.
+    fn with_builder(limits: BuildLimits) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut config = DaemonConfig::default();
         for (field, name) in [
@@ -60,8 +71,10 @@ impl Rig {
             std::fs::create_dir(&*field).unwrap();
         }
         let store = StoreDir::default();
+        let builder = Client::new(dir.path().join("builder.sock"), BUILDER_LINK, "socket-front", limits.call);
         let shared = Shared {
             backend: MemoryStore::new(store.clone(), config.paths.store_dir.clone()),
+            builder: BuilderLink::new(builder, limits),
             scratch: Scratch::new(&config.paths.store_dir),
             metrics: Arc::new(Metrics::default()),
             limits: Limits::DEFAULT,
@@ -75,6 +88,10 @@ impl Rig {
 
     fn store(&self) -> &StoreDir {
         &self.shared.store
+    }
+
+    fn builder_socket(&self) -> std::path::PathBuf {
+        self._dir.path().join("builder.sock")
     }
 
     fn backend(&self) -> &MemoryStore {
@@ -117,7 +134,8 @@ impl Rig {
     /// until it closed the connection.
     async fn exchange(&self, input: &[u8]) -> Vec<u8> {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, server));
+        let task =
+            tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
         let (mut rd, mut wr) = tokio::io::split(client);
         let input = input.to_vec();
         let send = async move {
@@ -138,7 +156,8 @@ impl Rig {
     /// as the Guile client does: returns the daemon's terminal frame and the bytes after it.
     async fn import(&self, export: &[u8]) -> (StderrMsg, Vec<u8>) {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let task = tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, server));
+        let task =
+            tokio::spawn(serve(self.shared.clone(), CONN, Peer { uid: None, pid: None }, BufReader::new(server)));
         let run = async {
             let mut input = hello(V);
             input.extend(request(self.store(), &Request::ImportPaths).await);

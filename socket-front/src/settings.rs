@@ -75,7 +75,10 @@ impl Settings {
             map,
             keep_failed: false,
             keep_going: false,
-            verbosity: 0,
+            // The worker's global `verbosity` until SetOptions: `lvlInfo`, `lvlDebug` with
+            // `--debug` (verified: ExportPath without SetOptions says "exporting path").
+            verbosity: if config.debug { 4 } else { 1 },
+            // `settings.buildVerbosity`: `lvlError`.
             build_verbosity: 0,
             print_build_trace: false,
             use_substitutes: config.use_substitutes,
@@ -85,6 +88,18 @@ impl Settings {
     /// The raw value of a key, as `settings.get` returns it.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str)
+    }
+
+    /// Every setting of the connection as the C++ worker keeps them in its `settings` map: the
+    /// daemon's own that a fresh worker has, then what SetOptions put there (the builder reads
+    /// the ones it needs; their syntax is checked).
+    pub fn map(&self) -> &BTreeMap<String, String> {
+        &self.map
+    }
+
+    /// `multiplexed-build-output` (typed by `Settings::update()`: only "true" is true).
+    pub fn multiplexed_build_output(&self) -> bool {
+        self.get("multiplexed-build-output") == Some("true")
     }
 
     /// Applies SetOptions. `remote`: the client came over TCP. An error is the message of
@@ -214,6 +229,14 @@ mod tests {
         assert_eq!(s.substitute_urls(), ["http://x"]);
         // An untrusted client cannot reach a typed setting, so no error.
         s.apply(&opts(&[("build-use-substitutes", "maybe")]), false, false).unwrap();
+    }
+
+    #[test]
+    fn verbosity_before_set_options_is_the_daemons() {
+        assert_eq!(Settings::new(&config(true)).verbosity, 1);
+        let debug = DaemonConfig { debug: true, ..config(true) };
+        assert_eq!(Settings::new(&debug).verbosity, 4);
+        assert_eq!(Settings::new(&debug).build_verbosity, 0);
     }
 
     #[test]

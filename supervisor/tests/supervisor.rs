@@ -37,7 +37,11 @@ struct Daemon {
 impl Daemon {
     fn start() -> Daemon {
         let fake = fake_component();
-        let components = [("store-db", Program::Link(&fake)), ("socket-front", Program::Link(&fake))];
+        let components = [
+            ("store-db", Program::Link(&fake)),
+            ("builder", Program::Link(&fake)),
+            ("socket-front", Program::Link(&fake)),
+        ];
         let d = Daemon { sup: Supervised::start(&daemon_bin(), &components, &["--build-users-group=nobody"]) };
         wait_for(|| d.control().exists() && d.socket().exists(), "daemon sockets");
         d

@@ -1,0 +1,386 @@
+//! BuildPaths through the builder component (link `builder`, [`guix_ipc::builder`]).
+//!
+//! This module owns socket-front's side of a build: whether a BuildPaths needs the builder at
+//! all (every wanted output valid in Normal mode: answered at once), the temp roots it takes,
+//! the one [`BuilderRequest::Build`] it sends (targets, mode, the connection's settings, a job
+//! id), and the client's STDERR stream while the builder works — the builder's events written
+//! as the C++ daemon writes them, its final reply as the C++ reply or error. The builder
+//! itself (goals, build users, chroots, logs, traces) is another process.
+//!
+//! # What the client sees (C++ `build.cc`, `util.cc`, `nix-daemon.cc` of Guix 1.5.0)
+//! * Builder output ([`BuildEvent::Log`]): `DerivationGoal::handleChildOutput` writes each chunk
+//!   it read from the build to the client when `verbosity >= buildVerbosity` (both from
+//!   SetOptions; the Guile client's defaults are 0 and 0, so the output is shown), one
+//!   `STDERR_NEXT` per chunk. With `multiplexed-build-output` the chunk is prefixed, in the
+//!   same frame, by `@ build-log PID LEN\n` (LEN: the chunk's length in bytes), whatever
+//!   `print-build-trace` says.
+//! * Messages ([`BuildEvent::Message`]): `printMsg(level, …)` is written when
+//!   `level <= verbosity`, as the text and a newline in one `STDERR_NEXT`. Build traces
+//!   (`@ build-started …`) are level 0: always written (the builder emits them only with
+//!   `print-build-trace`). The `|   ` nesting prefixes C++ adds at verbosity ≥ 4 (debug) inside
+//!   `buildPaths`' and `Worker::run`'s nests are not reproduced.
+//! * Events dropped because the client read too slowly ([`BuildEvent::Skipped`], which C++
+//!   never does): a `note:` line, always written. [`BuildEvent::Alive`]: nothing.
+//! * The end: success is `STDERR_LAST` and int 1; a failed build ([`BuildReply::Failed`]) is
+//!   `STDERR_ERROR` with the builder's message ("build of `…' failed") and its status (C++
+//!   `Worker::exitStatus()`: 101 a timeout, 100 a permanent failure, else 1), which `guix
+//!   build` exits with; the connection stays usable. [`BuildReply::Error`] is shown as
+//!   `LinkError::client_text("builder")`.
+//!
+//! # Waits, restarts, a client that leaves
+//! A build may run for days, so the call's own deadline ([`BuildLimits::call`]) is a year: the
+//! bounds that matter are about the builder being there.
+//! * While it answers, the builder sends an event at least every
+//!   [`guix_ipc::builder::HEARTBEAT`]; with none for [`BuildLimits::idle`]
+//!   ([`guix_ipc::builder::IDLE_LIMIT`], 60 s) it is taken for hung: the call is dropped (the
+//!   link sends `Cancel`) and the same `Build` sent again.
+//! * When the stream breaks (the builder restarted or was killed: `Interrupted`, `MaybeDone`,
+//!   `Unavailable`, or a `Retryable` error reply) the same `Build`, with the same [`JobId`],
+//!   is sent again: the new builder realises what is not valid yet, or the running job is
+//!   joined. Events emitted meanwhile are not shown.
+//! * The builder may stay unreachable or silent for [`BuildLimits::unavailable`] (60 s) in a
+//!   row — at first contact, or from the moment a stream broke or the idle limit passed —
+//!   before the client gets "builder is unavailable: no answer within 60s…" (status 1, the
+//!   connection kept). So a builder that never answers fails a BuildPaths after 60 s; one that
+//!   hangs mid-build, 120 s after its last event.
+//! * The client's socket is watched all along, as the C++ daemon does with SIGPOLL: when it
+//!   reaches end-of-file (the client closed it, or shut down its writing side) the call is
+//!   dropped — the builder's job is cancelled — and the connection ends. Bytes the client
+//!   sends meanwhile (it should send none) are left for the next request and the watch
+//!   stops; a client gone after that is noticed when its socket is next written.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use guix_formats::worker::{BuildMode as WireMode, DerivedPath, Reply, StderrMsg};
+use guix_formats::StorePath;
+use guix_ipc::builder::{BuildEvent, BuildMode, BuildOptions, BuildReply, BuildTarget, BuilderRequest, BUILDER_LINK};
+use guix_ipc::config::DaemonConfig;
+use guix_ipc::job::JobId;
+use guix_ipc::store_db::{ConnId, HolderId};
+use guix_ipc::{Client, ErrorKind, LinkError};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::backend::{StoreBackend, StoreReads};
+use crate::conn::{Conn, Stream};
+use crate::error::Failure;
+
+/// The builder link's client as socket-front holds it.
+pub type BuilderClient = Client<BuilderRequest, BuildReply, BuildEvent>;
+
+/// The bounds of a build's waits (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// The deadline of one `Build` call, for its whole stream: long enough never to cut a
+    /// build.
+    pub call: Duration,
+    /// With no event for this long from a builder that was answering, it is taken for hung.
+    pub idle: Duration,
+    /// How long in a row the builder may be unreachable or silent before the client is told.
+    pub unavailable: Duration,
+    /// The pause before a `Build` is sent again.
+    pub retry_pause: Duration,
+}
+
+impl Default for BuildLimits {
+    fn default() -> BuildLimits {
+        BuildLimits {
+            call: Duration::from_secs(365 * 24 * 3600),
+            idle: guix_ipc::builder::IDLE_LIMIT,
+            unavailable: Duration::from_secs(60),
+            retry_pause: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The builder link of this socket-front: its client, the bounds, and job names.
+pub struct BuilderLink {
+    client: BuilderClient,
+    limits: BuildLimits,
+    /// `socket-front-PID-START`: this incarnation of socket-front (start time in ticks since
+    /// boot), so no job name is ever reused by a later one.
+    job_prefix: String,
+    next_job: AtomicU64,
+}
+
+impl BuilderLink {
+    pub fn new(client: BuilderClient, limits: BuildLimits) -> BuilderLink {
+        let me = HolderId::this_process(crate::backend::HOLDER);
+        BuilderLink {
+            client,
+            limits,
+            job_prefix: format!("{}-{}-{}", me.component, me.pid, me.started),
+            next_job: AtomicU64::new(1),
+        }
+    }
+
+    /// The production link: the supervisor's `builder` socket.
+    pub fn from_config(config: &DaemonConfig) -> BuilderLink {
+        let limits = BuildLimits::default();
+        let client = guix_ipc::component::connect_link(config, BUILDER_LINK, crate::backend::HOLDER, limits.call);
+        BuilderLink::new(client, limits)
+    }
+
+    /// A job name unique across restarts of socket-front and of the builder: this
+    /// incarnation, the connection and a counter.
+    fn new_job(&self, conn: ConnId) -> JobId {
+        JobId(format!("{}-{conn:x}-{}", self.job_prefix, self.next_job.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+/// The message the client gets when the builder stayed away too long.
+fn unavailable(limit: Duration, why: Option<&str>) -> Failure {
+    let mut message = format!("no answer within {}s", limit.as_secs_f64());
+    if let Some(why) = why {
+        message.push_str(&format!(" ({why})"));
+    }
+    Failure::Op(LinkError::retryable(message).client_text(BUILDER_LINK.name))
+}
+
+/// The note for events the builder dropped for this client.
+pub(crate) fn skipped_note(n: u64) -> String {
+    format!(
+        "note: {n} build events were not shown because the client read them too slowly; the build log has the output"
+    )
+}
+
+/// The requested derivations, one target per derivation (C++ `makeDerivationGoal` makes one
+/// goal per derivation and adds wanted outputs; "all outputs" wins), in path order.
+/// Other paths are not built (substitution; see [`Conn::build_paths`]).
+pub fn targets(paths: &[DerivedPath]) -> Vec<BuildTarget> {
+    let mut by_drv: BTreeMap<StorePath, Option<BTreeSet<String>>> = BTreeMap::new();
+    for dp in paths.iter().filter(|dp| dp.path.is_derivation()) {
+        let wanted = (!dp.outputs.is_empty()).then(|| dp.outputs.clone());
+        match by_drv.entry(dp.path.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(wanted);
+            }
+            Entry::Occupied(mut o) => match (o.get_mut(), wanted) {
+                (Some(have), Some(more)) => have.extend(more),
+                (slot, None) => *slot = None,
+                (None, Some(_)) => {}
+            },
+        }
+    }
+    by_drv
+        .into_iter()
+        .map(|(drv, outs)| BuildTarget { drv, outputs: outs.map(|o| o.into_iter().collect()).unwrap_or_default() })
+        .collect()
+}
+
+/// What the database says about a BuildPaths request.
+struct Plan {
+    /// The requested paths and every output of the requested derivations (C++ `addTempRoot`
+    /// in `SubstitutionGoal::init` and `DerivationGoal::haveDerivation`).
+    roots: BTreeSet<StorePath>,
+    /// Some wanted output is not valid, or a derivation is not valid itself.
+    needs_build: bool,
+}
+
+fn plan(r: &dyn StoreReads, paths: &[DerivedPath]) -> Result<Plan, Failure> {
+    let mut plan = Plan { roots: BTreeSet::new(), needs_build: false };
+    for dp in paths {
+        plan.roots.insert(dp.path.clone());
+        if !dp.path.is_derivation() {
+            // Substitution of a plain item: with no substituter the C++ daemon answers 1 and
+            // leaves the path as it is.
+            continue;
+        }
+        let Ok(outputs) = r.derivation_output_map(&dp.path) else {
+            plan.needs_build = true;
+            continue;
+        };
+        for (name, out) in outputs {
+            if (dp.outputs.is_empty() || dp.outputs.contains(&name)) && !r.is_valid(&out)? {
+                plan.needs_build = true;
+            }
+            plan.roots.insert(out);
+        }
+    }
+    Ok(plan)
+}
+
+/// What a client did while its build ran.
+enum ClientMove {
+    /// End of file (or a broken socket): it is gone.
+    Left,
+    /// It sent bytes (the next request, or garbage): left unread.
+    Sent,
+}
+
+async fn client_move<S: AsyncBufRead + Unpin>(s: &mut S) -> ClientMove {
+    match s.fill_buf().await {
+        Ok(b) if !b.is_empty() => ClientMove::Sent,
+        _ => ClientMove::Left,
+    }
+}
+
+impl<S: Stream, B: StoreBackend> Conn<S, B> {
+    /// BuildPaths (9): see the module documentation.
+    pub(crate) async fn build_paths(&mut self, paths: Vec<DerivedPath>, mode: WireMode) -> Result<Reply, Failure> {
+        if mode == WireMode::Repair && !self.trusted {
+            return Err(Failure::fatal("repairing is a privileged operation"));
+        }
+        let mode = match mode {
+            WireMode::Repair => BuildMode::Repair,
+            WireMode::Check => BuildMode::Check,
+            // C++ accepts any other number and treats it like no special mode.
+            WireMode::Normal | WireMode::Other(_) => BuildMode::Normal,
+        };
+        let targets = targets(&paths);
+        let shared = self.shared.clone();
+        let db = &shared.backend;
+        let plan = db.run(move |r| plan(r, &paths)).await?;
+        if !plan.roots.is_empty() {
+            db.add_temp_roots(self.id, plan.roots.into_iter().collect()).await?;
+        }
+        if targets.is_empty() || (!plan.needs_build && mode == BuildMode::Normal) {
+            return Ok(Reply::Done);
+        }
+        let options = BuildOptions {
+            settings: self.settings.map().clone(),
+            keep_going: self.settings.keep_going,
+            keep_failed: self.settings.keep_failed,
+            print_build_trace: self.settings.print_build_trace,
+            client_uid: self.peer.uid,
+        };
+        let job = shared.builder.new_job(self.id);
+        self.run_build(BuilderRequest::Build { job, targets, mode, options }).await
+    }
+
+    /// Sends `req` to the builder until it answers, showing its events (module documentation,
+    /// "Waits").
+    async fn run_build(&mut self, req: BuilderRequest) -> Result<Reply, Failure> {
+        let shared = self.shared.clone();
+        let link = &shared.builder;
+        let limits = link.limits;
+        let mut watching = true;
+        // Since when the builder has been away (at first: not heard from yet), and why.
+        let mut away: Option<Instant> = Some(Instant::now());
+        let mut why: Option<String> = None;
+        loop {
+            let broke = {
+                let mut call = link.client.call_stream_with_deadline(req.clone(), limits.call);
+                loop {
+                    let wait = match away {
+                        None => limits.idle,
+                        Some(since) => match limits.unavailable.checked_sub(since.elapsed()) {
+                            Some(left) => left,
+                            None => return Err(unavailable(limits.unavailable, why.as_deref())),
+                        },
+                    };
+                    let next = self.unless_client_leaves(&mut watching, tokio::time::timeout(wait, call.next_item()));
+                    match next.await? {
+                        Ok(Ok(Some(event))) => {
+                            away = None;
+                            self.show(event).await?;
+                        }
+                        Ok(Ok(None)) => match call.reply().await {
+                            Ok(BuildReply::Done) => return Ok(Reply::Done),
+                            Ok(BuildReply::Failed { status, message }) => {
+                                return Err(Failure::Status { msg: message, status })
+                            }
+                            Ok(BuildReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
+                            Ok(BuildReply::Error(e)) => return Err(Failure::Op(e.client_text(BUILDER_LINK.name))),
+                            Err(e) => break e.to_string(),
+                        },
+                        // The stream broke: the builder restarted, was killed, or is gone.
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) if away.is_none() => break format!("no event for {}s", limits.idle.as_secs_f64()),
+                        Err(_) => return Err(unavailable(limits.unavailable, why.as_deref())),
+                    }
+                }
+                // The call is dropped here: if its request is still running, it is cancelled.
+            };
+            away.get_or_insert_with(Instant::now);
+            why = Some(broke);
+            self.unless_client_leaves(&mut watching, tokio::time::sleep(limits.retry_pause)).await?;
+        }
+    }
+
+    /// Waits for `fut` while watching the client's socket (module documentation): fails with
+    /// [`Failure::Gone`] when the client leaves first.
+    async fn unless_client_leaves<T>(
+        &mut self,
+        watching: &mut bool,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Failure> {
+        tokio::pin!(fut);
+        loop {
+            let s = self.stream()?;
+            tokio::select! {
+                biased;
+                m = client_move(s), if *watching => match m {
+                    ClientMove::Left => return Err(Failure::Gone("the client left during a build".into())),
+                    ClientMove::Sent => *watching = false,
+                },
+                v = &mut fut => return Ok(v),
+            }
+        }
+    }
+
+    /// Writes one builder event to the client, as the C++ daemon would (module documentation).
+    async fn show(&mut self, event: BuildEvent) -> Result<(), Failure> {
+        match event {
+            BuildEvent::Log { pid, bytes } => {
+                if bytes.is_empty() || self.settings.verbosity < self.settings.build_verbosity {
+                    return Ok(());
+                }
+                let chunk = if self.settings.multiplexed_build_output() {
+                    let mut b = format!("@ build-log {pid} {}\n", bytes.len()).into_bytes();
+                    b.extend_from_slice(&bytes);
+                    b
+                } else {
+                    bytes
+                };
+                self.send(&StderrMsg::Next(chunk)).await
+            }
+            BuildEvent::Message { level, text } if level <= self.settings.verbosity => self.log(&text).await,
+            BuildEvent::Message { .. } | BuildEvent::Alive => Ok(()),
+            BuildEvent::Skipped(n) => self.log(&skipped_note(n)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guix_formats::StoreDir;
+
+    fn dp(s: &str, outs: &[&str]) -> DerivedPath {
+        let path = StoreDir::default().parse(&format!("/gnu/store/{}-{s}", "a".repeat(32))).unwrap();
+        DerivedPath { path, outputs: outs.iter().map(|o| o.to_string()).collect() }
+    }
+
+    #[test]
+    fn targets_merge_outputs_per_derivation_and_skip_plain_items() {
+        let t = targets(&[dp("x.drv", &["out"]), dp("x.drv", &["dev"]), dp("y.drv", &[]), dp("z", &[])]);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].outputs, vec!["dev".to_owned(), "out".to_owned()]);
+        assert!(t[1].outputs.is_empty());
+        // "All outputs" wins, in either order.
+        let t = targets(&[dp("x.drv", &["out"]), dp("x.drv", &[])]);
+        assert!(t[0].outputs.is_empty());
+        let t = targets(&[dp("x.drv", &[]), dp("x.drv", &["out"])]);
+        assert!(t[0].outputs.is_empty());
+    }
+
+    #[test]
+    fn job_names_are_unique_and_name_the_incarnation() {
+        let client = Client::new("/nonexistent", BUILDER_LINK, "test", Duration::from_secs(1));
+        let link = BuilderLink::new(client, BuildLimits::default());
+        let (a, b) = (link.new_job(0x1_0000_0002), link.new_job(0x1_0000_0002));
+        assert_ne!(a, b);
+        assert!(a.0.starts_with(&format!("socket-front-{}-", std::process::id())), "{a}");
+        assert!(a.0.contains("-100000002-"), "{a}");
+    }
+
+    #[test]
+    fn the_unavailable_message_names_the_builder() {
+        let Failure::Op(m) = unavailable(Duration::from_secs(60), Some("connection refused")) else { panic!() };
+        assert_eq!(m, "builder is unavailable: no answer within 60s (connection refused)");
+    }
+}
