@@ -32,11 +32,7 @@ b $c5
 b $multi $fod_flat $fod_rec
 echo "== again (nothing to build)"
 b $c5 $multi
-for d in $c1 $c2 $c3 $c4 $c5 $multi $fod_flat $fod_rec; do
-  log=$(guix build --log-file $d); echo "== log of $d: $log (status $?)"
-  stat -c '%A %U %G' $log
-  case $log in *.gz) zcat $log;; *.bz2) bzcat $log;; *) cat $log;; esac
-done
+for d in $c1 $c2 $c3 $c4 $c5 $multi $fod_flat $fod_rec; do log $d; done
 echo "== log files"; find /var/log/guix | sort
 echo "== files of the outputs"
 for p in $c1_out $c2_out $c3_out $c4_out $c5_out $multi_out $multi_lib $multi_doc $fod_flat_out $fod_rec_out; do

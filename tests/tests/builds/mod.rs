@@ -92,16 +92,23 @@ pub fn repl(s: &Session, body: &str) -> String {
     transcript(&out)
 }
 
-/// The shell script `body` with `/tmp/vars` sourced and a `b` function (`guix build
-/// --no-substitutes ARGS`, framed by `== guix build ARGS` and `status: N`), stderr merged into
-/// stdout.
+/// Shell functions of [`sh`]: `b ARGS` runs `guix build --no-substitutes ARGS` framed by
+/// `== guix build ARGS` and `status: N`; `log DRV` prints the log path `guix build --log-file`
+/// gives, the log file's mode and owner, and its contents (decompressed).
+const SH_FUNCTIONS: &str = r#"
+b() { echo "== guix build $*"; guix build --no-substitutes "$@"; echo "status: $?"; }
+log() {
+  l=$(guix build --log-file "$1"); echo "== log of $1: $l (status $?)"
+  [ -f "$l" ] || return 0
+  stat -c '%A %U %G' "$l"
+  case $l in *.gz) zcat "$l";; *.bz2) bzcat "$l";; *) cat "$l";; esac
+}
+"#;
+
+/// The shell script `body` with `/tmp/vars` sourced and the functions `b` and `log` (see
+/// [`SH_FUNCTIONS`]), stderr merged into stdout.
 pub fn sh(s: &Session, body: &str) -> String {
-    let script = format!(
-        "set -u\n. /tmp/vars\n\
-         b() {{ echo \"== guix build $*\"; guix build --no-substitutes \"$@\"; echo \"status: $?\"; }}\n\
-         {body}"
-    );
-    common::sh(s, &script)
+    common::sh(s, &format!("set -u\n. /tmp/vars\n{SH_FUNCTIONS}\n{body}"))
 }
 
 /// Replaces the last field of `@ build-started DRV - SYSTEM LOG PID` lines and the PID of
