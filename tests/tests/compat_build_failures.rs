@@ -151,7 +151,12 @@ fn cached_failures_match_cxx() {
 }
 
 const KEEP_SH: &str = r##"
-list() { find "$@" | sort | while read -r f; do stat -c '%A %U %G %N' "$f"; done; }
+list() {
+  for p in "$@"; do
+    if [ -e "$p" ]; then find "$p" | sort | while read -r f; do stat -c '%A %U %G %N' "$f"; done
+    else echo "absent: $p"; fi
+  done
+}
 b -K $keep
 echo "== kept"; list /tmp/guix-build-*
 b -K $keep
