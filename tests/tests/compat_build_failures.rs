@@ -9,7 +9,8 @@
 //!
 //! * `failed_builds_match_cxx`: builder exits 3, builder exits 0 without making its output,
 //!   fixed-output hash mismatch, a disallowed reference (`#:disallowed-references`), a builder
-//!   outside the store.
+//!   outside the store, a group-writable output, an output that is a fifo, a failed
+//!   dependency (with and without `--keep-going`); the build logs.
 //! * `timeouts_and_log_limit_match_cxx`: `--timeout=2`, `--max-silent-time=2`, and
 //!   `build-max-log-size` (set by a raw SetOptions pair: `set-build-options` has no keyword
 //!   for it; the builder writes 2000 bytes in one write, so both daemons see the limit crossed
@@ -20,7 +21,10 @@
 //!   build directory (entries, modes, owners), a second `-K` run (next directory number), the
 //!   partial output left in the store (invalid) and the store's entries.
 //!
-//! Normalised: the builder's PID in `@ build-started` (a process id of the daemon's machine).
+//! Normalised: the builder's PID in `@ build-started` (a process id of the daemon's machine);
+//! in "file `X' has an unsupported type", the part of X before the output's store path (the
+//! C++ daemon names the file inside its chroot on the host, `<drv>.chroot/top/gnu/store/…`;
+//! where a daemon keeps its chroot is its own business) becomes `<chroot>`.
 //! Left out of store listings: `.lock` files (our daemon takes no C++ path locks), `.links`
 //! (deduplication) and our `.rs-scratch`.
 //!
@@ -38,7 +42,11 @@ b $no_output
 b $fod_bad
 b $disallow
 b $outside
-for d in $fail3 $no_output $fod_bad $disallow $outside; do log $d; done
+b $suspicious
+b $fifo_out
+b $dep_fail
+b --keep-going $dep_fail $no_output
+for d in $fail3 $no_output $fod_bad $disallow $outside $suspicious $fifo_out $dep_fail; do log $d; done
 "##;
 
 const FAILURES_REPL: &str = r##"
@@ -47,16 +55,20 @@ const FAILURES_REPL: &str = r##"
 (try-build "hash mismatch" (list fod-bad))
 (try-build "disallowed reference" (list disallow))
 (try-build "builder outside the store" (list outside))
+(try-build "group-writable output" (list suspicious))
+(try-build "output is a fifo" (list fifo-out))
+(try-build "a dependency fails" (list dep-fail))
 (try-build "two failures, keep going" (list fail3 no-output) #:options '(#:keep-going? #t))
 (with-store store
-  (for-each (lambda (d) (dump-outputs store d)) (list fail3 no-output fod-bad disallow outside)))
+  (for-each (lambda (d) (dump-outputs store d))
+            (list fail3 no-output fod-bad disallow outside suspicious fifo-out dep-fail)))
 "##;
 
 #[test]
 fn failed_builds_match_cxx() {
     let (cxx, ours) = on_both("failed builds", |rig, d| {
         let s = session(rig, d, &[]);
-        (sh(&s, FAILURES_SH), normalise_pids(&repl(&s, FAILURES_REPL)))
+        (normalise_chroot(&sh(&s, FAILURES_SH)), normalise_chroot(&normalise_pids(&repl(&s, FAILURES_REPL))))
     });
     assert_cxx_has(
         "failed builds (guix build)",
@@ -66,6 +78,7 @@ fn failed_builds_match_cxx() {
             "failed to produce output path `/gnu/store/",
             "hash mismatch for store item '/gnu/store/",
             "is not allowed to refer to path `/gnu/store/",
+            "error: file `<chroot>/gnu/store/",
             "guix build: error: build of `/gnu/store/",
             "status: 1\n",
         ],
@@ -192,4 +205,36 @@ fn keep_failed_matches_cxx() {
     assert_cxx_has("keep failed (guix repl)", &cxx.1, &["note: keeping build directory `/tmp/guix-build-keep.drv-2'"]);
     assert_same("keep failed (guix build)", &cxx.0, &ours.0);
     assert_same("keep failed (guix repl)", &cxx.1, &ours.1);
+}
+
+/// In "file `X' has an unsupported type" messages, replaces what precedes the store path in X
+/// by `<chroot>` (see the module documentation).
+fn normalise_chroot(text: &str) -> String {
+    const TAIL: &str = "' has an unsupported type";
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let fixed = line.find(TAIL).and_then(|end| {
+            let start = line[..end].rfind("file `")? + "file `".len();
+            let inner = line[start..end].rfind("/gnu/store/")?;
+            (inner > 0).then(|| format!("{}<chroot>{}", &line[..start], &line[start + inner..]))
+        });
+        out.push_str(fixed.as_deref().unwrap_or(line));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_chroot;
+
+    #[test]
+    fn chroot_in_unsupported_type_is_normalised() {
+        let t = "x\nguix build: error: file `/gnu/store/a-f.drv.chroot/top/gnu/store/b-f' has an unsupported type\n";
+        assert_eq!(
+            normalise_chroot(t),
+            "x\nguix build: error: file `<chroot>/gnu/store/b-f' has an unsupported type\n"
+        );
+        let plain = "file `/gnu/store/b-f' has an unsupported type\n";
+        assert_eq!(normalise_chroot(plain), plain);
+    }
 }

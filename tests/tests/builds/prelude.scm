@@ -106,6 +106,9 @@ echo kept > kept.txt; $B mkdir sub; echo deep > sub/f; $B chmod 4777 sub/f
 $B mkdir $out; echo partial > $out/p; $B chmod 4777 $out/p
 exit 3"))
 (define cached (mk "cached" "echo failing for the cache; exit 1"))
+(define suspicious (mk "suspicious" "echo x > $out; $B chmod 0664 $out"))
+(define fifo-out (mk "fifo-out" "$B mkfifo $out"))
+(define dep-fail (mk "dep-fail" "echo never > $out" #:inputs (list fail3)))
 
 ;;; --check and --rounds (compat_build_check).
 (define det (mk "det" "echo deterministic > $out"))
@@ -121,7 +124,7 @@ exit 3"))
     (fod_flat . ,fod-flat) (fod_rec . ,fod-rec)
     (fail3 . ,fail3) (no_output . ,no-output) (fod_bad . ,fod-bad) (slow . ,slow)
     (loud . ,loud) (disallow . ,disallow) (outside . ,outside) (keep . ,keep)
-    (cached . ,cached)
+    (cached . ,cached) (suspicious . ,suspicious) (fifo_out . ,fifo-out) (dep_fail . ,dep-fail)
     (det . ,det) (nondet_check . ,nondet-check) (nondet_check_k . ,nondet-check-k)
     (nondet_rounds . ,nondet-rounds) (nondet_rounds_k . ,nondet-rounds-k)
     (det_rounds . ,det-rounds)))
