@@ -21,7 +21,7 @@
 mod builds;
 mod common;
 
-use builds::{assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
+use builds::{assert_all_same, assert_cxx_has, normalise_pids, on_both, repl, session, sh};
 
 /// Shell functions: `list PATH…` (every file under them: mode, owner, name; or `absent`) and
 /// `store` (the
@@ -96,8 +96,7 @@ fn check_matches_cxx() {
         ],
     );
     assert_cxx_has("--check (guix repl)", &cxx.1, &["@ build-succeeded /gnu/store/", "-nondet-check-repl' differs"]);
-    assert_same("--check (guix build)", &cxx.0, &ours.0);
-    assert_same("--check (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[("--check (guix build)", &cxx.0, &ours.0), ("--check (guix repl)", &cxx.1, &ours.1)]);
 }
 
 const ROUNDS_SH: &str = r##"
@@ -135,6 +134,5 @@ fn rounds_match_cxx() {
         &["-nondet-rounds.drv' differs from previous round\n", "-nondet-rounds-k-check' from previous round\n"],
     );
     assert_cxx_has("--rounds (guix repl)", &cxx.1, &["differs from previous round", "->: #t"]);
-    assert_same("--rounds (guix build)", &cxx.0, &ours.0);
-    assert_same("--rounds (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[("--rounds (guix build)", &cxx.0, &ours.0), ("--rounds (guix repl)", &cxx.1, &ours.1)]);
 }

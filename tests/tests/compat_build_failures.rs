@@ -34,7 +34,7 @@
 mod builds;
 mod common;
 
-use builds::{assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
+use builds::{assert_all_same, assert_cxx_has, normalise_pids, on_both, repl, session, sh};
 
 const FAILURES_SH: &str = r##"
 b $fail3
@@ -88,8 +88,7 @@ fn failed_builds_match_cxx() {
         &cxx.1,
         &["' failed\" 100)", "' failed\" 1)", "@ build-failed /gnu/store/", "@ hash-mismatch /gnu/store/", "not valid"],
     );
-    assert_same("failed builds (guix build)", &cxx.0, &ours.0);
-    assert_same("failed builds (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[("failed builds (guix build)", &cxx.0, &ours.0), ("failed builds (guix repl)", &cxx.1, &ours.1)]);
 }
 
 const TIMEOUTS_SH: &str = r##"
@@ -123,8 +122,10 @@ fn timeouts_and_log_limit_match_cxx() {
         &cxx.1,
         &["' failed\" 101)", "killed after writing more than 1000 bytes of log output", " - timeout\n"],
     );
-    assert_same("timeouts (guix build)", &cxx.0, &ours.0);
-    assert_same("timeouts and log limit (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[
+        ("timeouts (guix build)", &cxx.0, &ours.0),
+        ("timeouts and log limit (guix repl)", &cxx.1, &ours.1),
+    ]);
 }
 
 const CACHED_SH: &str = r##"
@@ -159,8 +160,10 @@ fn cached_failures_match_cxx() {
         &["failed previously (cached)\n", "== list-failures\n/gnu/store/"],
     );
     assert_cxx_has("cached failures (guix repl)", &cxx.1, &[" - cached\n"]);
-    assert_same("cached failures (guix build)", &cxx.0, &ours.0);
-    assert_same("cached failures (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[
+        ("cached failures (guix build)", &cxx.0, &ours.0),
+        ("cached failures (guix repl)", &cxx.1, &ours.1),
+    ]);
 }
 
 const KEEP_SH: &str = r##"
@@ -203,8 +206,7 @@ fn keep_failed_matches_cxx() {
         ],
     );
     assert_cxx_has("keep failed (guix repl)", &cxx.1, &["note: keeping build directory `/tmp/guix-build-keep.drv-2'"]);
-    assert_same("keep failed (guix build)", &cxx.0, &ours.0);
-    assert_same("keep failed (guix repl)", &cxx.1, &ours.1);
+    assert_all_same(&[("keep failed (guix build)", &cxx.0, &ours.0), ("keep failed (guix repl)", &cxx.1, &ours.1)]);
 }
 
 /// In "file `X' has an unsupported type" messages, replaces what precedes the store path in X

@@ -33,7 +33,7 @@ mod common;
 
 use std::path::Path;
 
-use builds::{assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
+use builds::{assert_all_same, assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
 use common::put;
 
 const PROBE: &str = include_str!("builds/probe.sh");
@@ -91,8 +91,7 @@ fn sandbox_matches_cxx() {
             "absent: /gnu/store/probe-write\n",
         ],
     );
-    assert_same("the probe's build", &cxx.0, &ours.0);
-    assert_same("what the probe saw", &cxx.1, &ours.1);
+    assert_all_same(&[("the probe's build", &cxx.0, &ours.0), ("what the probe saw", &cxx.1, &ours.1)]);
 }
 
 /// Normalises the probe logs (see the module documentation): `hosts` maps host paths to their

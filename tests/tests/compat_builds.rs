@@ -25,7 +25,7 @@
 mod builds;
 mod common;
 
-use builds::{assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
+use builds::{assert_all_same, assert_cxx_has, assert_same, normalise_pids, on_both, repl, session, sh};
 
 const OUTPUTS_SH: &str = r##"
 b $c5
@@ -62,8 +62,10 @@ fn outputs_match_cxx() {
         &["successfully built", "chain-5\n", "building chain-1\nchain-1 stderr\n", "-r-xr-xr-x root root"],
     );
     assert_cxx_has("builds", &cxx.1, &["chain-5 out: valid deriver=", "multi lib: valid", "fod-rec out: valid"]);
-    assert_same("guix build of the chain, multi-output and fixed-output derivations", &cxx.0, &ours.0);
-    assert_same("what the daemon says about the outputs", &cxx.1, &ours.1);
+    assert_all_same(&[
+        ("guix build of the chain, multi-output and fixed-output derivations", &cxx.0, &ours.0),
+        ("what the daemon says about the outputs", &cxx.1, &ours.1),
+    ]);
 }
 
 const TRACES: &str = r##"

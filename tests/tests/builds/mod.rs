@@ -159,6 +159,27 @@ pub fn assert_same(what: &str, cxx: &str, ours: &str) {
     }
 }
 
+/// Like [`assert_same`] for several comparisons of one test: every one that differs is shown
+/// (diffs first, then the transcripts), so one run tells everything that broke.
+#[track_caller]
+pub fn assert_all_same(parts: &[(&str, &str, &str)]) {
+    let differing: Vec<&(&str, &str, &str)> = parts.iter().filter(|(_, c, o)| c != o).collect();
+    if differing.is_empty() {
+        return;
+    }
+    let mut msg = String::new();
+    for (what, cxx, ours) in &differing {
+        msg.push_str(&format!(
+            "{what}: our daemon differs from the C++ daemon (- C++, + ours)\n{}\n",
+            line_diff(cxx, ours)
+        ));
+    }
+    for (what, cxx, ours) in &differing {
+        msg.push_str(&format!("=== {what}: C++ ===\n{cxx}\n=== {what}: ours ===\n{ours}\n"));
+    }
+    panic!("{msg}");
+}
+
 /// A line diff of `a` and `b` (longest common subsequence), with two lines of context.
 pub fn line_diff(a: &str, b: &str) -> String {
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
