@@ -5,7 +5,8 @@
 //! * `outputs_match_cxx`: a chain of five dependent derivations (each reads its input and
 //!   refers to it), one with outputs out + lib + doc referring to each other and to themselves,
 //!   with modes to canonicalise, and two fixed-output derivations (flat sha256, recursive
-//!   sha256), built by `guix build`. Compared: the client's transcript, every output's path,
+//!   sha256), one with `exportReferencesGraph` (the closure of an output and of a `.drv`), one
+//!   printing `NIX_BUILD_CORES` (`guix build --cores=3`), built by `guix build`. Compared: the client's transcript, every output's path,
 //!   validity, NAR hash, size, references, referrers, deriver and valid derivers, the derivation
 //!   outputs recorded for each `.drv` (all through the daemon), each output's files (mode,
 //!   owner, link count, mtime, symlink target), the build logs (`guix build --log-file`, the path
@@ -14,6 +15,9 @@
 //!   listing (our daemon does not take C++ path locks: ARCHITECTURE.md, store-db), as are
 //!   `.links` (the deduplication directory: its entries are named by content hashes and are no
 //!   interface) and our `.rs-scratch`.
+//! * `log_compression_matches_cxx`: the daemon run with `--log-compression=bzip2`, `=none`, and
+//!   `--lose-logs`: the log's name, mode and contents (`guix build --log-file`), the log
+//!   directory's files.
 //! * `build_traces_match_cxx`: the raw `@ build-started/succeeded` traces and build output the
 //!   daemon sends to a client that asked for `print-build-trace`, plain and multiplexed
 //!   (`@ build-log`), through `guix repl`. The builder's PID (last field of `build-started`, and
@@ -32,21 +36,23 @@ b $c5
 b $multi $fod_flat $fod_rec
 echo "== again (nothing to build)"
 b $c5 $multi
-for d in $c1 $c2 $c3 $c4 $c5 $multi $fod_flat $fod_rec; do log $d; done
+b $graph
+b --cores=3 $cores
+for d in $c1 $c2 $c3 $c4 $c5 $multi $fod_flat $fod_rec $graph; do log $d; done
 echo "== log files"; find /var/log/guix | sort
 echo "== files of the outputs"
 for p in $c1_out $c2_out $c3_out $c4_out $c5_out $multi_out $multi_lib $multi_doc $fod_flat_out $fod_rec_out; do
   find $p | sort | while read -r f; do stat -c '%A %U %G %h %Y %N' "$f"; done
 done
 echo "== contents"
-cat $c5_out $multi_out/self $multi_out/bin/libref $multi_lib/lib/docref $fod_flat_out $fod_rec_out/a
+cat $c5_out $multi_out/self $multi_out/bin/libref $multi_lib/lib/docref $fod_flat_out $fod_rec_out/a $graph_out $cores_out
 echo "== store"
 ls -a /gnu/store | grep -v -e '\.lock$' -e '^\.links$' -e '^\.rs-scratch$'
 "##;
 
 const OUTPUTS_DUMP: &str = r##"
 (with-store store
-  (for-each (lambda (d) (dump-outputs store d)) (list c1 c2 c3 c4 c5 multi fod-flat fod-rec))
+  (for-each (lambda (d) (dump-outputs store d)) (list c1 c2 c3 c4 c5 multi fod-flat fod-rec graph cores))
   (show "valid-derivers busybox" (valid-derivers store bbdir)))
 "##;
 
@@ -66,6 +72,26 @@ fn outputs_match_cxx() {
         ("guix build of the chain, multi-output and fixed-output derivations", &cxx.0, &ours.0),
         ("what the daemon says about the outputs", &cxx.1, &ours.1),
     ]);
+}
+
+const LOG_SH: &str = r##"
+b $c1
+log $c1
+echo "== log files"; find /var/log/guix | sort
+"##;
+
+#[test]
+fn log_compression_matches_cxx() {
+    let flags = ["--log-compression=bzip2", "--log-compression=none", "--log-compression=gzip", "--lose-logs"];
+    let (cxx, ours) = on_both("log compression", |rig, d| {
+        flags.iter().map(|f| format!("=== daemon flag {f}\n{}", sh(&session(rig, d, &[f]), LOG_SH))).collect::<String>()
+    });
+    assert_cxx_has(
+        "log compression",
+        &cxx,
+        &["-chain-1.drv.bz2\n", "-chain-1.drv\n", "-chain-1.drv.gz\n", "building chain-1\n"],
+    );
+    assert_same("log compression", &cxx, &ours);
 }
 
 const TRACES: &str = r##"

@@ -101,7 +101,7 @@ log() {
   l=$(guix build --log-file "$1"); echo "== log of $1: $l (status $?)"
   [ -f "$l" ] || return 0
   stat -c '%A %U %G' "$l"
-  case $l in *.gz) zcat "$l";; *.bz2) bzcat "$l";; *) cat "$l";; esac
+  case $l in *.gz) zcat "$l";; *.bz2) busybox bzcat "$l";; *) cat "$l";; esac
 }
 "#;
 

@@ -46,11 +46,11 @@
 (define bb (string-append bbdir "/bin/busybox"))
 
 (define* (mk name script #:key (outputs '("out")) hash (hash-algo 'sha256) recursive?
-             (inputs '()) (env '()) disallowed)
+             (inputs '()) (env '()) disallowed graphs)
   (derivation %store name bb (list "sh" "-c" (string-append "B=" bb "\n" script))
               #:sources (list bbdir) #:outputs outputs #:hash hash #:hash-algo hash-algo
               #:recursive? recursive? #:inputs (map derivation-input inputs) #:env-vars env
-              #:disallowed-references disallowed))
+              #:disallowed-references disallowed #:references-graphs graphs))
 
 ;;; Outputs (compat_builds): a chain of five, each reading its input and referring to it.
 (define c1 (mk "chain-1" "echo building chain-1; echo chain-1 stderr >&2; echo chain-1 > $out"))
@@ -93,6 +93,14 @@ $B printf '#!/bin/sh\\n' > $out/run; $B chmod 755 $out/run
 $B ln -s a $out/link"
       #:hash rec-hash #:recursive? #t))
 
+;; exportReferencesGraph: the closure of an output, and of a .drv (with its outputs).
+(define graph
+  (mk "graph" "echo building graph; $B cat out-graph > $out; echo == >> $out; $B cat drv-graph >> $out"
+      #:inputs (list c3)
+      #:graphs `(("out-graph" . ,(derivation->output-path c3)) ("drv-graph" . ,(derivation-file-name c3)))))
+;; The daemon's build-cores setting, as the builder sees it.
+(define cores (mk "cores" "echo $NIX_BUILD_CORES > $out"))
+
 ;;; Failures (compat_build_failures).
 (define fail3 (mk "will-fail" "echo to stdout; echo to stderr >&2; exit 3"))
 (define no-output (mk "no-output" "echo I make nothing"))
@@ -121,7 +129,7 @@ exit 3"))
 
 (define all-derivations
   `((c1 . ,c1) (c2 . ,c2) (c3 . ,c3) (c4 . ,c4) (c5 . ,c5) (multi . ,multi)
-    (fod_flat . ,fod-flat) (fod_rec . ,fod-rec)
+    (fod_flat . ,fod-flat) (fod_rec . ,fod-rec) (graph . ,graph) (cores . ,cores)
     (fail3 . ,fail3) (no_output . ,no-output) (fod_bad . ,fod-bad) (slow . ,slow)
     (loud . ,loud) (disallow . ,disallow) (outside . ,outside) (keep . ,keep)
     (cached . ,cached) (suspicious . ,suspicious) (fifo_out . ,fifo-out) (dep_fail . ,dep-fail)
