@@ -18,8 +18,10 @@
 //! * `cached_failures_match_cxx`: a daemon run with `--cache-failures`: the second build of a
 //!   failed derivation fails at once as cached, `guix gc --list-failures` / `--clear-failures`.
 //! * `keep_failed_matches_cxx`: `guix build -K` of a failing build: the note line, the kept
-//!   build directory (entries, modes, owners), a second `-K` run (next directory number), the
-//!   partial output left in the store (invalid) and the store's entries.
+//!   build directory (entries, modes, owners), a second `-K` run (next directory number), a
+//!   `-K` run by a client that is not root (`nobody`, through `setpriv`: the kept directory is
+//!   given to the client), the partial output left in the store (invalid) and the store's
+//!   entries.
 //!
 //! Normalised: the builder's PID in `@ build-started` (a process id of the daemon's machine);
 //! in "file `X' has an unsupported type", the part of X before the output's store path (the
@@ -179,6 +181,12 @@ b -K $keep
 echo "== kept twice"; list /tmp/guix-build-*
 b $keep
 echo "== not kept without -K"; list /tmp/guix-build-*
+echo "== a client that is not root (nobody)"
+mkdir -p /tmp/nobody-home && chown 65534:65534 /tmp/nobody-home
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp/nobody-home \
+  guix build --no-substitutes -K $keep
+echo "status: $?"
+list /tmp/guix-build-keep.drv-2
 echo "== left in the store"; list $keep_out
 cat $keep_out/p
 echo "== store"
@@ -203,9 +211,10 @@ fn keep_failed_matches_cxx() {
             "note: keeping build directory `/tmp/guix-build-keep.drv-0'\n",
             "note: keeping build directory `/tmp/guix-build-keep.drv-1'\n",
             "guixbuilder01 guixbuild '/tmp/guix-build-keep.drv-0/top/kept.txt'",
+            "nobody nogroup '/tmp/guix-build-keep.drv-2/kept.txt'",
         ],
     );
-    assert_cxx_has("keep failed (guix repl)", &cxx.1, &["note: keeping build directory `/tmp/guix-build-keep.drv-2'"]);
+    assert_cxx_has("keep failed (guix repl)", &cxx.1, &["note: keeping build directory `/tmp/guix-build-keep.drv-3'"]);
     assert_all_same(&[("keep failed (guix build)", &cxx.0, &ours.0), ("keep failed (guix repl)", &cxx.1, &ours.1)]);
 }
 

@@ -18,6 +18,9 @@
 //! * `log_compression_matches_cxx`: the daemon run with `--log-compression=bzip2`, `=none`, and
 //!   `--lose-logs`: the log's name, mode and contents (`guix build --log-file`), the log
 //!   directory's files.
+//! * `two_clients_build_one_derivation`: a second `guix build` of a derivation another client
+//!   is building (started 1 s into its 3 s build) waits for it and gets the output; each
+//!   client's transcript is compared.
 //! * `build_traces_match_cxx`: the raw `@ build-started/succeeded` traces and build output the
 //!   daemon sends to a client that asked for `print-build-trace`, plain and multiplexed
 //!   (`@ build-log`), through `guix repl`. The builder's PID (last field of `build-started`, and
@@ -92,6 +95,24 @@ fn log_compression_matches_cxx() {
         &["-chain-1.drv.bz2\n", "-chain-1.drv\n", "-chain-1.drv.gz\n", "building chain-1\n"],
     );
     assert_same("log compression", &cxx, &ours);
+}
+
+const TWO_CLIENTS_SH: &str = r##"
+guix build --no-substitutes $sleepy > /tmp/first.txt 2>&1 &
+sleep 1
+guix build --no-substitutes $sleepy > /tmp/second.txt 2>&1
+echo "second: status $?"
+wait $!
+echo "first: status $?"
+echo "== first client"; cat /tmp/first.txt
+echo "== second client"; cat /tmp/second.txt
+"##;
+
+#[test]
+fn two_clients_build_one_derivation() {
+    let (cxx, ours) = on_both("two clients, one derivation", |rig, d| sh(&session(rig, d, &[]), TWO_CLIENTS_SH));
+    assert_cxx_has("two clients", &cxx, &["== second client\n", "waiting for locks or build slots...\n"]);
+    assert_same("two clients building one derivation", &cxx, &ours);
 }
 
 const TRACES: &str = r##"

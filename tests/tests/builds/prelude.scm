@@ -98,6 +98,8 @@ $B ln -s a $out/link"
   (mk "graph" "echo building graph; $B cat out-graph > $out; echo == >> $out; $B cat drv-graph >> $out"
       #:inputs (list c3)
       #:graphs `(("out-graph" . ,(derivation->output-path c3)) ("drv-graph" . ,(derivation-file-name c3)))))
+;; Built by two clients at once (compat_builds).
+(define sleepy (mk "sleepy" "echo sleeping; $B sleep 3; echo done > $out"))
 ;; The daemon's build-cores setting, as the builder sees it.
 (define cores (mk "cores" "echo $NIX_BUILD_CORES > $out"))
 
@@ -130,6 +132,7 @@ exit 3"))
 (define all-derivations
   `((c1 . ,c1) (c2 . ,c2) (c3 . ,c3) (c4 . ,c4) (c5 . ,c5) (multi . ,multi)
     (fod_flat . ,fod-flat) (fod_rec . ,fod-rec) (graph . ,graph) (cores . ,cores)
+    (sleepy . ,sleepy)
     (fail3 . ,fail3) (no_output . ,no-output) (fod_bad . ,fod-bad) (slow . ,slow)
     (loud . ,loud) (disallow . ,disallow) (outside . ,outside) (keep . ,keep)
     (cached . ,cached) (suspicious . ,suspicious) (fifo_out . ,fifo-out) (dep_fail . ,dep-fail)
