@@ -28,10 +28,9 @@ use crate::outputs::{self, OutputsSpec};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
 
-/// C++ `lvlError`, `lvlInfo`, `lvlChatty`.
+/// C++ `lvlError`, `lvlInfo`.
 const LVL_ERROR: u32 = 0;
 const LVL_INFO: u32 = 1;
-const LVL_CHATTY: u32 = 3;
 
 /// Builds `drv` (its outputs that are not valid) for the requests waiting on its goal; `job`
 /// is the request that started the goal (its settings) and the sink of its events.
@@ -77,6 +76,8 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     // Inputs first: every input derivation's used outputs, and the input sources.
     let inputs = realise_inputs(b, job, drv_path, &drv).await?;
 
+    let extra_files = references_graphs(b, &drv).await?;
+
     // A build slot, then a build user (we wait for one instead of failing as C++ does).
     if job.settings.max_jobs == 0 {
         return Err(Error::build(
@@ -110,7 +111,7 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
         outputs: outputs.clone(),
         input_paths: inputs.clone(),
         user: user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
-        extra_files: Vec::new(),
+        extra_files,
         settings,
     };
     let what = to_build.values().map(|p| format!("`{}'", b.store.display(p))).collect::<Vec<_>>().join(", ");
@@ -246,6 +247,44 @@ async fn realise_inputs(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, 
             }
         }
         closure_of(r, start)
+    })
+    .await
+}
+
+/// `exportReferencesGraph`: for each (file, path), the validity registration of the path's
+/// closure and of the outputs of every derivation in it (C++ `startBuilder`).
+async fn references_graphs(b: &Arc<Builder>, drv: &Derivation) -> Result<Vec<(String, Vec<u8>)>> {
+    let graph = sandbox::export_references_graph(drv, &b.store)?;
+    if graph.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = b.store.clone();
+    b.read(move |r| {
+        let mut files = Vec::new();
+        for (name, path) in graph {
+            if !r.is_valid(&path)? {
+                return Err(Error::build(
+                    FailureKind::InputRejected,
+                    format!("`exportReferencesGraph' contains an invalid path `{}'", store.display(&path)),
+                ));
+            }
+            let mut paths = closure_of(r, BTreeSet::from([path]))?;
+            let drvs: Vec<StorePath> = paths.iter().filter(|p| p.is_derivation()).cloned().collect();
+            for d in drvs {
+                for (_, out) in r.query_derivation_output_map(&d)? {
+                    if r.is_valid(&out)? {
+                        paths.extend(closure_of(r, BTreeSet::from([out]))?);
+                    }
+                }
+            }
+            let mut graph = BTreeMap::new();
+            for p in paths {
+                let refs = r.query_references(&p)?;
+                graph.insert(p, refs);
+            }
+            files.push((name, sandbox::validity_registration(&store, &graph).into_bytes()));
+        }
+        Ok(files)
     })
     .await
 }
