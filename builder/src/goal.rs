@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use guix_formats::derivation::Derivation;
+use guix_formats::derivation::{drv_name, Derivation};
 use guix_formats::StorePath;
 use guix_ipc::builder::{BuildEvent, BuildMode};
 use guix_store::files::{lock_file, LockType};
@@ -27,6 +27,7 @@ use crate::log::BuildLog;
 use crate::outputs::{self, OutputsSpec};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
+use crate::slots::Preparing;
 
 /// C++ `lvlError`, `lvlInfo`.
 const LVL_ERROR: u32 = 0;
@@ -34,9 +35,9 @@ const LVL_INFO: u32 = 1;
 
 /// Builds `drv` (its outputs that are not valid) for the requests waiting on its goal; `job`
 /// is the request that started the goal (its settings) and the sink of its events.
-pub async fn run(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode) -> Result<()> {
+pub async fn run(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode, prep: Preparing) -> Result<()> {
     let shown = b.store.display(drv_path);
-    let result = build(b, job, drv_path, mode).await;
+    let result = build(b, job, drv_path, mode, prep).await;
     if let Err(Error::Build { kind, message }) = &result {
         if !message.is_empty() {
             job.message(LVL_ERROR, message.clone());
@@ -50,7 +51,9 @@ pub async fn run(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: B
     result
 }
 
-async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode) -> Result<()> {
+/// `prep` is held while the goal prepares (see `slots`): until it waits for its inputs, and
+/// again from their end to its place in the slot queue.
+async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode, prep: Preparing) -> Result<()> {
     let shown = b.store.display(drv_path);
     let drv = load(b, drv_path).await?;
     let outputs: BTreeMap<String, StorePath> = drv
@@ -74,7 +77,9 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     }
 
     // Inputs first: every input derivation's used outputs, and the input sources.
+    drop(prep);
     let inputs = realise_inputs(b, job, drv_path, &drv).await?;
+    let prep = job.slots.preparing();
 
     let extra_files = references_graphs(b, &drv).await?;
 
@@ -85,7 +90,8 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
             "unable to start any build; either increase `--max-jobs' or enable distributed builds",
         ));
     }
-    let _slot = job.slots.clone().acquire_owned().await.map_err(|_| Error::build(FailureKind::Misc, "build slots closed"))?;
+    let key = (drv_name(drv_path).unwrap_or_default().to_owned(), drv_path.clone());
+    let _slot = job.slots.acquire(key, prep).await;
     let user = match &b.users {
         Some(Ok(pool)) => Some(pool.acquire().await?),
         Some(Err(e)) => return Err(Error::Setup(e.clone())),

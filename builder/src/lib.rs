@@ -14,6 +14,7 @@
 //! - [`goal`] — one derivation's build, from loading it to registering its outputs.
 //! - [`schedule`] — goals shared by every request (one build per output), input derivations
 //!   first, build slots (`--max-jobs`), cancellation when no request wants a goal any more.
+//! - [`slots`] — build slots, given to ready builds in the C++ Worker's order.
 //! - [`server`] — the `builder` link: jobs, events, replies.
 //! - [`service`] — the process: startup clean-up, the serving loop.
 
@@ -25,6 +26,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod server;
 pub mod service;
+pub mod slots;
 pub mod users;
 
 pub use error::{Error, FailureKind, Result};

@@ -29,10 +29,11 @@ use guix_ipc::store_db::ConnId;
 use guix_store::scratch::Scratch;
 use guix_store::storedb::StoreDb;
 use guix_store::DbReader;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, FailureKind, Result};
+use crate::slots::Slots;
 use crate::users::UserPool;
 
 /// The builder's name as a temp-root holder (one of `ROOT_HOLDERS`).
@@ -102,7 +103,7 @@ pub struct Job {
     pub settings: JobSettings,
     pub mode: BuildMode,
     /// Its builds running at once (`build-max-jobs`).
-    pub slots: Arc<Semaphore>,
+    pub slots: Arc<Slots>,
     pub conn: ConnId,
     emit: Box<dyn Fn(BuildEvent) + Send + Sync>,
 }
@@ -235,7 +236,7 @@ impl Builder {
         let ctx = Arc::new(ctx);
         let emitter = ctx.clone();
         let job = Arc::new(Job {
-            slots: Arc::new(Semaphore::new(settings.max_jobs as usize)),
+            slots: Slots::new(settings.max_jobs as usize),
             settings,
             mode,
             conn,
@@ -297,6 +298,9 @@ impl Builder {
     /// normal mode), else through the derivation's goal.
     pub fn realise<'a>(self: &'a Arc<Self>, job: &'a Arc<Job>, drv: StorePath, wanted: Vec<String>) -> Realising<'a> {
         Box::pin(async move {
+            // Until its goal exists (or it needs none), this target may still become a ready
+            // build: no slot is given meanwhile (`slots`).
+            let prep = job.slots.preparing();
             let mode = job.mode;
             let q = drv.clone();
             let outputs = self.read(move |r| Ok(r.query_derivation_output_map(&q)?)).await;
@@ -322,6 +326,7 @@ impl Builder {
                 }
             }
             let goal = self.goal(job, drv, mode);
+            drop(prep);
             let want = Want(goal.clone());
             let mut events = goal.events.subscribe();
             let mut outcome = goal.outcome.clone();
@@ -365,6 +370,7 @@ impl Builder {
         goals.insert(key, Arc::downgrade(&goal));
         drop(goals);
         let (me, g, job) = (self.clone(), goal.clone(), job.clone());
+        let prep = job.slots.preparing();
         tokio::spawn(async move {
             let events = g.events.clone();
             let sink = Arc::new(Job {
@@ -377,7 +383,7 @@ impl Builder {
                 }),
             });
             let result = tokio::select! {
-                r = crate::goal::run(&me, &sink, &g.drv, g.mode) => r,
+                r = crate::goal::run(&me, &sink, &g.drv, g.mode, prep) => r,
                 _ = g.cancel.cancelled() => Err(Error::build(FailureKind::Misc, "build cancelled")),
             };
             let _ = tx.send(Some(Outcome::from_result(result)));
