@@ -612,3 +612,22 @@ async fn bytes_sent_during_a_build_are_the_next_request() {
     assert!(builder.cancelled().is_empty());
     s.close().await;
 }
+
+#[tokio::test]
+async fn a_builder_killed_for_good_fails_the_build_within_the_bound() {
+    let rig = Rig::with_builder(limits(10_000, 1_000));
+    let (drv, _) = derivation(&rig, "dead", false);
+    let mut builder = serve_builder(&rig.builder_socket(), vec![vec![log(1, "started\n"), Step::AwaitCancel]]);
+    let mut s = Session::open(&rig, UNTRUSTED, options(0, 0, &[])).await;
+    s.send(&Request::BuildPaths { paths: vec![all(&drv)], mode: WireMode::Normal }).await;
+    let first = tokio::time::timeout(DEADLINE, read_stderr(&mut s.rd, V, &Limits::DEFAULT)).await.unwrap().unwrap();
+    assert_eq!(first, next("started\n"));
+    let killed = Instant::now();
+    builder.kill();
+    let last = tokio::time::timeout(DEADLINE, read_stderr(&mut s.rd, V, &Limits::DEFAULT)).await.unwrap().unwrap();
+    let waited = killed.elapsed();
+    let StderrMsg::Error { msg, status: 1 } = last else { panic!("{last:?}") };
+    assert!(msg.starts_with("builder is unavailable: no answer within 1s (the stream was cut"), "{msg}");
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
+    s.close().await;
+}
