@@ -285,10 +285,10 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                             }
                             Ok(BuildReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
                             Ok(BuildReply::Error(e)) => return Err(Failure::Op(e.client_text(BUILDER_LINK.name))),
-                            Err(e) => break e.to_string(),
+                            Err(e) => break LinkError::from(e).message,
                         },
                         // The stream broke: the builder restarted, was killed, or is gone.
-                        Ok(Err(e)) => break e.to_string(),
+                        Ok(Err(e)) => break LinkError::from(e).message,
                         Err(_) if away.is_none() => break format!("no event for {}s", limits.idle.as_secs_f64()),
                         Err(_) => return Err(unavailable(limits.unavailable, why.as_deref())),
                     }

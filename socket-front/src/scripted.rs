@@ -439,12 +439,19 @@ async fn written(mut out: &[u8]) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
+/// "exporting path `P'": at `lvlInfo`, so sent to a client that did not lower the verbosity
+/// with SetOptions (the worker's verbosity is the daemon's, `lvlInfo`, until then).
+async fn exporting(store: &StoreDir, path: &StorePath) -> Vec<u8> {
+    frame(&StderrMsg::Next(format!("exporting path `{}'\n", store.display(path)).into_bytes())).await
+}
+
 /// ExportPath of `path` with `sign` on a fresh connection: the exported record.
 async fn export(rig: &Rig, path: &StorePath, sign: bool) -> Vec<u8> {
     let store = rig.store();
     let input = cat([hello(V), request(store, &Request::ExportPath { path: path.clone(), sign }).await]);
     let out = rig.exchange(&input).await;
     let rest = out.strip_prefix(&server_hello()[..]).expect("handshake");
+    let rest = rest.strip_prefix(&exporting(store, path).await[..]).expect("exporting path");
     let (record, after) = written(rest).await;
     assert_eq!(after, reply(store, Opcode::ExportPath, &Reply::Done).await);
     record
@@ -463,7 +470,11 @@ async fn export_sends_the_record_through_stderr_write() {
     let invalid = rig.store().make_text_path("invalid", b"", []).unwrap();
     let input =
         cat([hello(V), request(rig.store(), &Request::ExportPath { path: invalid.clone(), sign: false }).await]);
-    let want = cat([server_hello(), error(&format!("path `{}' is not valid", rig.store().display(&invalid))).await]);
+    let want = cat([
+        server_hello(),
+        exporting(rig.store(), &invalid).await,
+        error(&format!("path `{}' is not valid", rig.store().display(&invalid))).await,
+    ]);
     assert_eq!(rig.exchange(&input).await, want);
 }
 

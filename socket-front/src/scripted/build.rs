@@ -24,6 +24,7 @@ enum Step {
     Send(BuildEvent),
     /// Tells the test (through [`StandIn::notes`]) and goes on.
     Notify,
+    Sleep(Duration),
     /// Waits until the call is cancelled (recorded), and ends without a reply.
     AwaitCancel,
     Reply(BuildReply),
@@ -66,6 +67,7 @@ impl Handler for StandIn {
                     Step::Notify => {
                         let _ = me.notes.send(n);
                     }
+                    Step::Sleep(d) => tokio::time::sleep(d).await,
                     Step::AwaitCancel => {
                         call.token().cancelled().await;
                         me.cancelled.lock().unwrap().push(n);
@@ -553,4 +555,79 @@ async fn repair_by_an_untrusted_client_is_refused_and_closes() {
     assert!(builder.calls().is_empty());
     // Closed by the daemon.
     tokio::time::timeout(DEADLINE, s.task).await.expect("the connection was kept").unwrap();
+}
+
+#[tokio::test]
+async fn a_builder_that_says_try_again_is_asked_again() {
+    let rig = Rig::with_builder(limits(10_000, 10_000));
+    let (drv, _) = derivation(&rig, "retry", false);
+    let scripts = vec![
+        vec![Step::Reply(BuildReply::Error(LinkError::retryable("shutting down")))],
+        vec![Step::Reply(BuildReply::Done)],
+    ];
+    let builder = serve_builder(&rig.builder_socket(), scripts);
+    let mut s = Session::open(&rig, UNTRUSTED, options(0, 0, &[])).await;
+    assert_eq!(s.build(&[all(&drv)], WireMode::Normal).await, done(rig.store()).await);
+    assert_eq!(builder.calls().len(), 2);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_client_error_from_the_builder_is_shown_as_it_is() {
+    let rig = Rig::new();
+    let (drv, _) = derivation(&rig, "bad", false);
+    let scripts = vec![vec![Step::Reply(BuildReply::Error(LinkError::client("path `x' is not valid")))]];
+    let builder = serve_builder(&rig.builder_socket(), scripts);
+    let mut s = Session::open(&rig, UNTRUSTED, options(0, 0, &[])).await;
+    assert_eq!(s.build(&[all(&drv)], WireMode::Normal).await, error("path `x' is not valid").await);
+    let internal = vec![vec![Step::Reply(BuildReply::Error(LinkError::internal("EIO")))]];
+    drop(builder);
+    let _builder = serve_builder(&rig.builder_socket(), internal);
+    assert_eq!(s.build(&[all(&drv)], WireMode::Normal).await, error("internal error in builder: EIO").await);
+    s.close().await;
+}
+
+/// A client that sends its next request before the build's answer (pipelining, which the
+/// C++ daemon serves from its read buffer) is not taken for gone: the build goes on, and the
+/// next request is answered after it.
+#[tokio::test]
+async fn bytes_sent_during_a_build_are_the_next_request() {
+    let rig = Rig::new();
+    let (drv, out) = derivation(&rig, "pipelined", false);
+    // The next request reaches socket-front while the build runs.
+    let script = vec![
+        Step::Notify,
+        Step::Sleep(Duration::from_millis(300)),
+        log(8, "still building\n"),
+        Step::Reply(BuildReply::Done),
+    ];
+    let mut builder = serve_builder(&rig.builder_socket(), vec![script]);
+    let mut s = Session::open(&rig, UNTRUSTED, options(0, 0, &[])).await;
+    s.send(&Request::BuildPaths { paths: vec![all(&drv)], mode: WireMode::Normal }).await;
+    tokio::time::timeout(DEADLINE, builder.notes.recv()).await.unwrap();
+    s.send(&Request::IsValidPath(rig.store().display(&out))).await;
+    let got = s.answer_with_reply().await;
+    assert_eq!(got, cat([frames(&[next("still building\n")]).await, done(rig.store()).await]));
+    assert_eq!(s.answer_with_reply().await, reply(rig.store(), Opcode::IsValidPath, &Reply::Bool(false)).await);
+    assert!(builder.cancelled().is_empty());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_builder_killed_for_good_fails_the_build_within_the_bound() {
+    let rig = Rig::with_builder(limits(10_000, 1_000));
+    let (drv, _) = derivation(&rig, "dead", false);
+    let mut builder = serve_builder(&rig.builder_socket(), vec![vec![log(1, "started\n"), Step::AwaitCancel]]);
+    let mut s = Session::open(&rig, UNTRUSTED, options(0, 0, &[])).await;
+    s.send(&Request::BuildPaths { paths: vec![all(&drv)], mode: WireMode::Normal }).await;
+    let first = tokio::time::timeout(DEADLINE, read_stderr(&mut s.rd, V, &Limits::DEFAULT)).await.unwrap().unwrap();
+    assert_eq!(first, next("started\n"));
+    let killed = Instant::now();
+    builder.kill();
+    let last = tokio::time::timeout(DEADLINE, read_stderr(&mut s.rd, V, &Limits::DEFAULT)).await.unwrap().unwrap();
+    let waited = killed.elapsed();
+    let StderrMsg::Error { msg, status: 1 } = last else { panic!("{last:?}") };
+    assert!(msg.starts_with("builder is unavailable: no answer within 1s (the stream was cut"), "{msg}");
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
+    s.close().await;
 }
