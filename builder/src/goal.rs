@@ -78,8 +78,7 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
 
     // Inputs first: every input derivation's used outputs, and the input sources.
     drop(prep);
-    let inputs = realise_inputs(b, job, drv_path, &drv).await?;
-    let prep = job.slots.preparing();
+    let (inputs, prep) = realise_inputs(b, job, drv_path, &drv).await?;
 
     let extra_files = references_graphs(b, &drv).await?;
 
@@ -218,14 +217,21 @@ async fn check_cached_failures(b: &Arc<Builder>, job: &Arc<Job>, missing: &BTree
 }
 
 /// Realises the input derivations (concurrently) and checks the input sources; returns the
-/// closure of everything the build may use.
-async fn realise_inputs(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, drv: &Derivation) -> Result<BTreeSet<StorePath>> {
+/// closure of everything the build may use, and the goal's preparing guard again (taken as
+/// soon as the inputs are done).
+async fn realise_inputs(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+) -> Result<(BTreeSet<StorePath>, Preparing)> {
     let mut tasks = Vec::new();
     for (input, outs) in &drv.input_drvs {
         let wanted: Vec<String> = outs.iter().map(|o| o.as_str().to_owned()).collect();
         tasks.push(b.realise(job, input.clone(), wanted));
     }
     let results = futures_join_all(tasks).await;
+    let prep = job.slots.preparing();
     let mut failed = results.iter().filter(|o| matches!(o, Outcome::Failed { .. })).count();
     // Input sources must be valid: there is no substituter to fetch them.
     let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
@@ -255,6 +261,7 @@ async fn realise_inputs(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, 
         closure_of(r, start)
     })
     .await
+    .map(|inputs| (inputs, prep))
 }
 
 /// `exportReferencesGraph`: for each (file, path), the validity registration of the path's

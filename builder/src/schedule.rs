@@ -267,9 +267,12 @@ impl Builder {
         let mut running: tokio::task::JoinSet<(StorePath, Outcome)> = tokio::task::JoinSet::new();
         for t in targets {
             let (me, job) = (self.clone(), job.clone());
+            // Held until the task's `realise` holds its own (see `slots`).
+            let prep = job.slots.preparing();
             running.spawn(async move {
-                let out = me.realise(&job, t.drv.clone(), t.outputs).await;
-                (t.drv, out)
+                let realising = me.realise(&job, t.drv.clone(), t.outputs);
+                drop(prep);
+                (t.drv, realising.await)
             });
         }
         let mut failed: BTreeMap<StorePath, FailureKind> = BTreeMap::new();
@@ -297,10 +300,10 @@ impl Builder {
     /// Makes the `wanted` outputs of `drv` (all when empty) valid: nothing when they are (in
     /// normal mode), else through the derivation's goal.
     pub fn realise<'a>(self: &'a Arc<Self>, job: &'a Arc<Job>, drv: StorePath, wanted: Vec<String>) -> Realising<'a> {
+        // Until its goal exists (or it needs none), this target may still become a ready
+        // build: no slot is given meanwhile (`slots`). Taken when called, not when polled.
+        let prep = job.slots.preparing();
         Box::pin(async move {
-            // Until its goal exists (or it needs none), this target may still become a ready
-            // build: no slot is given meanwhile (`slots`).
-            let prep = job.slots.preparing();
             let mode = job.mode;
             let q = drv.clone();
             let outputs = self.read(move |r| Ok(r.query_derivation_output_map(&q)?)).await;
@@ -325,24 +328,34 @@ impl Builder {
                     return Outcome::Valid;
                 }
             }
-            let goal = self.goal(job, drv, mode);
+            let (goal, created) = self.goal(job, drv, mode);
             drop(prep);
             let want = Want(goal.clone());
+            // A request that finds the build already running waits for it as a C++ worker
+            // waits for the output lock another process holds: it says so, and sees nothing of
+            // that build.
             let mut events = goal.events.subscribe();
+            if !created {
+                job.message(0, "waiting for locks or build slots...");
+            }
             let mut outcome = goal.outcome.clone();
             loop {
                 if let Some(o) = outcome.borrow_and_update().clone() {
                     // What the goal emitted before it ended is in the channel: pass it on.
                     while let Ok(e) = events.try_recv() {
-                        job.emit(e);
+                        if created {
+                            job.emit(e);
+                        }
                     }
                     drop(want);
                     return o;
                 }
                 tokio::select! {
                     e = events.recv() => match e {
-                        Ok(e) => job.emit(e),
-                        Err(broadcast::error::RecvError::Lagged(n)) => job.emit(BuildEvent::Skipped(n)),
+                        Ok(e) if created => job.emit(e),
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(n)) if created => job.emit(BuildEvent::Skipped(n)),
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => {}
                     },
                     r = outcome.changed() => if r.is_err() && outcome.borrow().is_none() {
@@ -353,14 +366,15 @@ impl Builder {
         })
     }
 
-    /// The running goal for `drv` in `mode`, or a new one started with `job`'s settings.
-    fn goal(self: &Arc<Self>, job: &Arc<Job>, drv: StorePath, mode: BuildMode) -> Arc<Goal> {
+    /// The running goal for `drv` in `mode`, or a new one started with `job`'s settings; and
+    /// whether it is new.
+    fn goal(self: &Arc<Self>, job: &Arc<Job>, drv: StorePath, mode: BuildMode) -> (Arc<Goal>, bool) {
         let key = (drv.clone(), BuildModeKey::from(mode));
         let mut goals = self.goals.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = goals.get(&key).and_then(Weak::upgrade) {
             if g.outcome.borrow().is_none() && !g.cancel.is_cancelled() {
                 g.wanted.fetch_add(1, Ordering::AcqRel);
-                return g;
+                return (g, false);
             }
         }
         goals.retain(|_, g| g.strong_count() > 0);
@@ -388,7 +402,7 @@ impl Builder {
             };
             let _ = tx.send(Some(Outcome::from_result(result)));
         });
-        goal
+        (goal, true)
     }
 
     /// The closure of `paths` (every path they refer to, transitively, themselves included).
