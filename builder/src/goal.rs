@@ -27,7 +27,7 @@ use crate::log::BuildLog;
 use crate::outputs::{self, OutputsSpec};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
-use crate::slots::Preparing;
+use crate::slots::{Preparing, SlotKey};
 
 /// C++ `lvlError`, `lvlInfo`.
 const LVL_ERROR: u32 = 0;
@@ -35,27 +35,75 @@ const LVL_INFO: u32 = 1;
 
 /// Builds `drv` (its outputs that are not valid) for the requests waiting on its goal; `job`
 /// is the request that started the goal (its settings) and the sink of its events.
-pub async fn run(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode, prep: Preparing) -> Result<()> {
+pub async fn run(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    drv_path: &StorePath,
+    mode: BuildMode,
+    depth: u32,
+    prep: Preparing,
+) -> Result<()> {
     let shown = b.store.display(drv_path);
-    let result = build(b, job, drv_path, mode, prep).await;
-    if let Err(Error::Build { kind, message }) = &result {
-        if !message.is_empty() {
-            job.message(LVL_ERROR, message.clone());
-        }
-        job.trace(|| match kind {
-            FailureKind::TimedOut => format!("@ build-failed {shown} - timeout"),
-            FailureKind::Cached => format!("@ build-failed {shown} - cached"),
-            _ => format!("@ build-failed {shown} - 1 {message}"),
-        });
+    // The goal's turn or preparing guard, if it holds one when it ends (see `slots`): its
+    // failure is reported before the next goal acts.
+    let mut step = Some(prep);
+    let key = (depth, drv_name(drv_path).unwrap_or_default().to_owned(), drv_path.clone());
+    let result = build(b, job, drv_path, mode, &key, &mut step).await;
+    if let Err(e) = &result {
+        report(job, &shown, e);
     }
+    drop(step);
     result
 }
 
-/// `prep` is held while the goal prepares (see `slots`): until it waits for its inputs, and
-/// again from their end to its place in the slot queue.
-async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: BuildMode, prep: Preparing) -> Result<()> {
+/// Waits for the goal's turn (see `slots`), holding it in `step`.
+async fn take_turn(job: &Arc<Job>, key: &SlotKey, step: &mut Option<Preparing>) {
+    let prep = step.take().unwrap_or_else(|| job.slots.preparing());
+    *step = Some(job.slots.turn(key.clone(), prep).await);
+}
+
+/// What C++ prints when a goal fails: the message (`printMsg(lvlError, …)`) and, with
+/// `print-build-trace`, the `@ build-failed` trace — except for failures that are no
+/// `BuildError` in C++ ([`FailureKind::Misc`] and our own errors), which escape the worker and
+/// become the request's error, and for a failed dependency, which has no trace.
+fn report(job: &Arc<Job>, shown: &str, e: &Error) {
+    let message = e.to_string();
+    if let Error::HashMismatch(h) = e {
+        job.trace(|| h.trace());
+    }
+    match e.failure_kind() {
+        None | Some(FailureKind::Misc) => {}
+        Some(FailureKind::DependencyFailed) => job.message(LVL_ERROR, message),
+        Some(kind) => {
+            job.message(LVL_ERROR, message.clone());
+            job.trace(|| match kind {
+                FailureKind::TimedOut => format!("@ build-failed {shown} - timeout"),
+                FailureKind::Cached => format!("@ build-failed {shown} - cached"),
+                _ => format!("@ build-failed {shown} - 1 {message}"),
+            });
+        }
+    }
+}
+
+/// `step` holds the goal's preparing guard (see `slots`) while it prepares: until it waits
+/// for its inputs, and again from their end to its place in the slot queue; then the guard of
+/// its slot until the build started, or its turn to report a failure.
+async fn build(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    drv_path: &StorePath,
+    mode: BuildMode,
+    key: &SlotKey,
+    step: &mut Option<Preparing>,
+) -> Result<()> {
     let shown = b.store.display(drv_path);
-    let drv = load(b, drv_path).await?;
+    let drv = match load(b, drv_path).await {
+        Ok(d) => d,
+        Err(e) => {
+            take_turn(job, key, step).await;
+            return Err(e);
+        }
+    };
     let outputs: BTreeMap<String, StorePath> = drv
         .output_paths()
         .filter_map(|(n, p)| Some((n.as_str().to_owned(), p?.clone())))
@@ -64,6 +112,7 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     // Which outputs to build (check mode: all, which must be valid).
     let missing = missing_outputs(b, &outputs).await?;
     if mode == BuildMode::Check && !missing.is_empty() {
+        take_turn(job, key, step).await;
         return Err(Error::build(
             FailureKind::Misc,
             format!("`{shown}' is missing outputs; build it normally before using `--check'"),
@@ -73,24 +122,43 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
         return Ok(());
     }
     if job.settings.cache_failures {
-        check_cached_failures(b, job, &missing).await?;
+        if let Err(e) = check_cached_failures(b, job, &missing).await {
+            take_turn(job, key, step).await;
+            return Err(e);
+        }
     }
 
     // Inputs first: every input derivation's used outputs, and the input sources.
-    drop(prep);
-    let (inputs, prep) = realise_inputs(b, job, drv_path, &drv).await?;
-
-    let extra_files = references_graphs(b, &drv).await?;
+    let prep = step.take().unwrap_or_else(|| job.slots.preparing());
+    let inputs = match realise_inputs(b, job, drv_path, &drv, prep).await {
+        Ok((inputs, prep)) => {
+            *step = Some(prep);
+            inputs
+        }
+        Err(e) => {
+            take_turn(job, key, step).await;
+            return Err(e);
+        }
+    };
+    let extra_files = match references_graphs(b, &drv).await {
+        Ok(f) => f,
+        Err(e) => {
+            take_turn(job, key, step).await;
+            return Err(e);
+        }
+    };
 
     // A build slot, then a build user (we wait for one instead of failing as C++ does).
     if job.settings.max_jobs == 0 {
+        take_turn(job, key, step).await;
         return Err(Error::build(
             FailureKind::Misc,
             "unable to start any build; either increase `--max-jobs' or enable distributed builds",
         ));
     }
-    let key = (drv_name(drv_path).unwrap_or_default().to_owned(), drv_path.clone());
-    let _slot = job.slots.acquire(key, prep).await;
+    let prep = step.take().unwrap_or_else(|| job.slots.preparing());
+    let (_slot, starting) = job.slots.acquire(key.clone(), prep).await;
+    *step = Some(starting);
     let user = match &b.users {
         Some(Ok(pool)) => Some(pool.acquire().await?),
         Some(Err(e)) => return Err(Error::Setup(e.clone())),
@@ -98,7 +166,7 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     };
 
     // The output locks, then validity again: someone may have built them meanwhile.
-    let locks = lock_outputs(b, job, &outputs).await?;
+    let locks = lock_outputs(b, job, &outputs, step).await?;
     let missing = missing_outputs(b, &outputs).await?;
     if missing.is_empty() && mode == BuildMode::Normal {
         locks.release(true);
@@ -135,6 +203,8 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     }
     let system = String::from_utf8_lossy(&drv.platform).into_owned();
     job.trace(|| format!("@ build-started {shown} - {system} {} {}", log.trace_path(), started.pid));
+    // Started: the next goal of the request may act.
+    *step = None;
 
     let ended = supervise(job, &shown, &mut started, &mut log).await;
     let _ = log.finish();
@@ -156,6 +226,9 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
     if !status.success() {
         let message = format!("builder for `{shown}' {}", sandbox::status_to_string(&status));
         let kind = if drv.is_fixed_output() { FailureKind::Transient } else { FailureKind::Permanent };
+        if mode == BuildMode::Normal {
+            keep_failed_outputs(b, &started.layout, &to_build);
+        }
         if let Some(note) = started.layout.cleanup(job.settings.keep_failed, job.settings.client_uid)? {
             job.message(LVL_ERROR, note);
         }
@@ -175,10 +248,40 @@ async fn build(b: &Arc<Builder>, job: &Arc<Job>, drv_path: &StorePath, mode: Bui
         job.message(LVL_ERROR, note);
     }
     drop(user);
-    registered?;
+    if let Err(e) = registered {
+        // C++ caches every `BuildError` of a build that is not fixed-output.
+        let cached = e.failure_kind().is_some_and(|k| k != FailureKind::Misc);
+        if cached && job.settings.cache_failures && !crate::outputs::all_outputs_fixed(&drv) {
+            let paths = to_build.values().cloned().collect();
+            if let Err(e) = b.storedb.register_failed_paths(paths).await {
+                job.message(LVL_ERROR, format!("cannot record the failure: {}", e.client_text("store-db")));
+            }
+        }
+        return Err(e);
+    }
     locks.release(true);
     job.trace(|| format!("@ build-succeeded {shown} -"));
     Ok(())
+}
+
+/// C++ `buildDone` after a failed builder in a chroot: what the build left of each output is
+/// moved into the store, invalid and unregistered, for debugging (setuid, setgid and
+/// world-writable bits stripped; the next collection removes it). Only where nothing is at
+/// the store name (store-db deletes an invalid leftover before it moves a new item there).
+fn keep_failed_outputs(b: &Arc<Builder>, layout: &sandbox::BuildLayout, outputs: &BTreeMap<String, StorePath>) {
+    if layout.chroot_root.is_none() {
+        return;
+    }
+    for p in outputs.values() {
+        let from = layout.output_location(p);
+        let to = b.config.paths.store_dir.join(p.base_name());
+        if fs::symlink_metadata(&from).is_err() || fs::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        if sandbox::secure_file_perms(&from).is_ok() {
+            let _ = fs::rename(&from, &to);
+        }
+    }
 }
 
 /// Reads and parses the `.drv` file.
@@ -224,14 +327,24 @@ async fn realise_inputs(
     job: &Arc<Job>,
     drv_path: &StorePath,
     drv: &Derivation,
+    prep: Preparing,
 ) -> Result<(BTreeSet<StorePath>, Preparing)> {
     let mut tasks = Vec::new();
     for (input, outs) in &drv.input_drvs {
         let wanted: Vec<String> = outs.iter().map(|o| o.as_str().to_owned()).collect();
         tasks.push(b.realise(job, input.clone(), wanted));
     }
+    // Each input holds its own guard from here (taken when its future was made).
+    drop(prep);
     let results = futures_join_all(tasks).await;
     let prep = job.slots.preparing();
+    // An input's error that is no build failure escapes the worker in C++: pass it on.
+    if let Some(message) = results.iter().find_map(|o| match o {
+        Outcome::Failed { kind: FailureKind::Misc, message } => Some(message.clone()),
+        _ => None,
+    }) {
+        return Err(Error::build(FailureKind::Misc, message));
+    }
     let mut failed = results.iter().filter(|o| matches!(o, Outcome::Failed { .. })).count();
     // Input sources must be valid: there is no substituter to fetch them.
     let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
@@ -392,7 +505,9 @@ fn limits(s: &crate::schedule::JobSettings, name: &str, begun: Instant, last_out
     if s.timeout > 0 {
         let at = begun + Duration::from_secs(s.timeout);
         if now >= at {
-            return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds", s.timeout)));
+            // Sic: the C++ daemon 1.5.0 prints its format directive (`%2%`) instead of the
+            // number here, and clients see that text.
+            return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after %2% seconds")));
         }
         next = next.min(at);
     }
@@ -480,7 +595,12 @@ impl Drop for OutputLocks {
 
 /// Takes `<out>.lock` for every output, waiting (and saying so once) while another build,
 /// ours or another process's, holds one.
-async fn lock_outputs(b: &Arc<Builder>, job: &Arc<Job>, outputs: &BTreeMap<String, StorePath>) -> Result<OutputLocks> {
+async fn lock_outputs(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    outputs: &BTreeMap<String, StorePath>,
+    step: &mut Option<Preparing>,
+) -> Result<OutputLocks> {
     let paths: Vec<PathBuf> = outputs
         .values()
         .map(|p| b.config.paths.store_dir.join(format!("{}.lock", p.base_name())))
@@ -494,6 +614,8 @@ async fn lock_outputs(b: &Arc<Builder>, job: &Arc<Job>, outputs: &BTreeMap<Strin
                     job.message(LVL_ERROR, "waiting for locks or build slots...");
                     said = true;
                 }
+                // Waiting: the other goals of the request go on meanwhile.
+                *step = None;
                 tokio::time::sleep(LOCK_POLL).await;
             }
         }

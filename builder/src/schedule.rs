@@ -51,8 +51,7 @@ impl Outcome {
     fn from_result(r: Result<()>) -> Outcome {
         match r {
             Ok(()) => Outcome::Valid,
-            Err(Error::Build { kind, message }) => Outcome::Failed { kind, message },
-            Err(e) => Outcome::Failed { kind: FailureKind::Misc, message: e.to_string() },
+            Err(e) => Outcome::Failed { kind: e.failure_kind().unwrap_or(FailureKind::Misc), message: e.to_string() },
         }
     }
 }
@@ -105,6 +104,11 @@ pub struct Job {
     /// Its builds running at once (`build-max-jobs`).
     pub slots: Arc<Slots>,
     pub conn: ConnId,
+    /// The depth of the goals this job (or goal) realises: 0 for the request's targets, one
+    /// more for each goal's inputs (see `slots`).
+    pub depth: u32,
+    /// How every goal this request waited for failed (its exit status counts them all).
+    pub failures: Arc<Mutex<Vec<FailureKind>>>,
     emit: Box<dyn Fn(BuildEvent) + Send + Sync>,
 }
 
@@ -240,6 +244,8 @@ impl Builder {
             settings,
             mode,
             conn,
+            depth: 0,
+            failures: Arc::default(),
             emit: Box::new(move |e| emitter.emit(e)),
         });
         let heartbeat = {
@@ -265,10 +271,11 @@ impl Builder {
     async fn realise_targets(self: &Arc<Self>, job: &Arc<Job>, targets: Vec<BuildTarget>) -> BuildReply {
         let keep_going = job.settings.keep_going;
         let mut running: tokio::task::JoinSet<(StorePath, Outcome)> = tokio::task::JoinSet::new();
-        for t in targets {
+        // Every target prepares before any of them may be granted (see `slots`): each guard is
+        // held until its task's `realise` holds its own.
+        let preparing: Vec<_> = targets.into_iter().map(|t| (t, job.slots.preparing())).collect();
+        for (t, prep) in preparing {
             let (me, job) = (self.clone(), job.clone());
-            // Held until the task's `realise` holds its own (see `slots`).
-            let prep = job.slots.preparing();
             running.spawn(async move {
                 let realising = me.realise(&job, t.drv.clone(), t.outputs);
                 drop(prep);
@@ -279,20 +286,33 @@ impl Builder {
         while let Some(r) = running.join_next().await {
             let (drv, outcome) = match r {
                 Ok(x) => x,
+                // Stopped by a failure without keep-going (below).
+                Err(e) if e.is_cancelled() => continue,
                 Err(e) => return BuildReply::Error(guix_ipc::LinkError::internal(format!("a build task failed: {e}"))),
             };
-            if let Outcome::Failed { kind, .. } = outcome {
-                failed.insert(drv, kind);
-                if !keep_going {
-                    // C++: a failed top goal stops the others unless keep-going.
+            match outcome {
+                Outcome::Valid => {}
+                // Not a `BuildError` in C++: it escapes the worker, and the request fails
+                // with its message.
+                Outcome::Failed { kind: FailureKind::Misc, message } => {
                     running.abort_all();
+                    return BuildReply::Failed { status: 1, message };
+                }
+                Outcome::Failed { kind, .. } => {
+                    failed.insert(drv, kind);
+                    if !keep_going {
+                        // C++: a failed top goal stops the others unless keep-going.
+                        running.abort_all();
+                    }
                 }
             }
         }
         if failed.is_empty() {
             return BuildReply::Done;
         }
-        let status = FailureKind::exit_status(failed.values());
+        // C++ `Worker::exitStatus`: over every goal of the request, not only the top ones.
+        let seen = job.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        let status = FailureKind::exit_status(failed.values().chain(seen.iter()));
         let shown: Vec<String> = failed.keys().map(|p| format!("`{}'", self.store.display(p))).collect();
         BuildReply::Failed { status, message: format!("build of {} failed", shown.join(", ")) }
     }
@@ -348,6 +368,9 @@ impl Builder {
                         }
                     }
                     drop(want);
+                    if let (Outcome::Failed { kind, .. }, Ok(mut f)) = (&o, job.failures.lock()) {
+                        f.push(*kind);
+                    }
                     return o;
                 }
                 tokio::select! {
@@ -392,12 +415,14 @@ impl Builder {
                 mode: job.mode,
                 slots: job.slots.clone(),
                 conn: job.conn,
+                depth: job.depth + 1,
+                failures: job.failures.clone(),
                 emit: Box::new(move |e| {
                     let _ = events.send(e);
                 }),
             });
             let result = tokio::select! {
-                r = crate::goal::run(&me, &sink, &g.drv, g.mode, prep) => r,
+                r = crate::goal::run(&me, &sink, &g.drv, g.mode, job.depth, prep) => r,
                 _ = g.cancel.cancelled() => Err(Error::build(FailureKind::Misc, "build cancelled")),
             };
             let _ = tx.send(Some(Outcome::from_result(result)));

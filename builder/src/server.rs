@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use guix_ipc::builder::{BuildEvent, BuildReply, BuilderRequest};
-use guix_ipc::job::{JobId, JobStatus, JobTable, Progress};
+use guix_ipc::job::{forward_attached, JobId, JobStatus, JobTable, Progress};
 use guix_ipc::{Call, Handler, LinkError};
 
 use crate::schedule::Builder;
@@ -52,13 +52,19 @@ impl Handler for Server {
             me.attach(&job, 1);
             let b = me.builder.clone();
             let panicked = BuildReply::Error(LinkError::internal("the build job failed unexpectedly"));
-            me.jobs.start(Some(job.clone()), panicked, move |ctx| b.run_job(ctx, targets, mode, options));
-            let status = tokio::select! {
-                s = me.jobs.forward(&job, &call, |p| match p {
-                    Progress::Output(e) => e,
-                    Progress::Skipped(n) => BuildEvent::Skipped(n),
-                }) => s,
-                _ = call.token().cancelled() => JobStatus::Running,
+            // Attached from the start: a job's first events come before any later attach.
+            let (_, _, attached) =
+                me.jobs.start_attached(Some(job.clone()), panicked, move |ctx| b.run_job(ctx, targets, mode, options));
+            let item = |p| match p {
+                Progress::Output(e) => e,
+                Progress::Skipped(n) => BuildEvent::Skipped(n),
+            };
+            let status = match attached {
+                None => JobStatus::Unknown,
+                Some(attached) => tokio::select! {
+                    s = forward_attached(attached, &call, item) => s,
+                    _ = call.token().cancelled() => JobStatus::Running,
+                },
             };
             if me.attach(&job, -1) == 0 && matches!(status, JobStatus::Running) {
                 // Nobody follows it any more: its client went away.

@@ -196,13 +196,32 @@ where
         F: FnOnce(JobContext<Item>) -> Fut,
         Fut: Future<Output = Out> + Send + 'static,
     {
+        let (id, started, _) = self.start_attached(id, on_panic, work);
+        (id, started)
+    }
+
+    /// [`JobTable::start`], attached to the job from before its work runs, so the caller sees
+    /// every item it emits (a later [`JobTable::attach`] sees only what comes after it).
+    /// `None` if the job is unknown after all (the table's lock was poisoned).
+    pub fn start_attached<F, Fut>(
+        self: &Arc<Self>,
+        id: Option<JobId>,
+        on_panic: Out,
+        work: F,
+    ) -> (JobId, bool, Option<Attached<Item, Out>>)
+    where
+        F: FnOnce(JobContext<Item>) -> Fut,
+        Fut: Future<Output = Out> + Send + 'static,
+    {
         let id = id.unwrap_or_else(|| self.new_id());
-        let Ok(mut jobs) = self.jobs.lock() else { return (id, false) };
-        if jobs.by_id.contains_key(&id) {
-            return (id, false);
+        let Ok(mut jobs) = self.jobs.lock() else { return (id, false, None) };
+        if let Some(job) = jobs.by_id.get(&id) {
+            let attached = Attached { output: job.output.subscribe(), result: job.result.clone() };
+            return (id, false, Some(attached));
         }
-        let (output, _) = broadcast::channel(self.buffer);
+        let (output, first) = broadcast::channel(self.buffer);
         let (result_tx, result) = watch::channel(None);
+        let attached = Attached { output: first, result: result.clone() };
         let cancel = CancellationToken::new();
         let ctx = JobContext { id: id.clone(), output: output.clone(), cancel: cancel.clone() };
         jobs.by_id.insert(id.clone(), Job { output, result, cancel });
@@ -218,7 +237,7 @@ where
                 table.finished(job_id);
             }
         });
-        (id, true)
+        (id, true, Some(attached))
     }
 
     fn finished(&self, id: JobId) {
@@ -262,22 +281,39 @@ where
         &self,
         id: &JobId,
         call: &Call<I>,
-        mut item: impl FnMut(Progress<Item>) -> I,
+        item: impl FnMut(Progress<Item>) -> I,
     ) -> JobStatus<Out>
     where
         I: Serialize,
     {
-        let Some(mut attached) = self.attach(id) else { return JobStatus::Unknown };
-        loop {
-            match attached.next().await {
-                Next::Progress(p) => {
-                    if call.send(item(p)).await.is_err() {
-                        return JobStatus::Running;
-                    }
+        match self.attach(id) {
+            Some(attached) => forward_attached(attached, call, item).await,
+            None => JobStatus::Unknown,
+        }
+    }
+}
+
+/// [`JobTable::forward`] from an [`Attached`] the caller already holds (e.g. from
+/// [`JobTable::start_attached`]).
+pub async fn forward_attached<Item, Out, I>(
+    mut attached: Attached<Item, Out>,
+    call: &Call<I>,
+    mut item: impl FnMut(Progress<Item>) -> I,
+) -> JobStatus<Out>
+where
+    Item: Clone,
+    Out: Clone,
+    I: Serialize,
+{
+    loop {
+        match attached.next().await {
+            Next::Progress(p) => {
+                if call.send(item(p)).await.is_err() {
+                    return JobStatus::Running;
                 }
-                Next::Finished(out) => return JobStatus::Finished(out),
-                Next::Lost => return JobStatus::Unknown,
             }
+            Next::Finished(out) => return JobStatus::Finished(out),
+            Next::Lost => return JobStatus::Unknown,
         }
     }
 }
@@ -328,6 +364,24 @@ mod tests {
                 Next::Progress(_) => {}
             }
         }
+    }
+
+    #[tokio::test]
+    async fn start_attached_sees_what_the_job_emits_at_once() {
+        let t: Arc<JobTable<u32, u32>> = JobTable::new(16, 4);
+        let (id, started, attached) = t.start_attached(None, 0, |ctx| async move {
+            // Emitted before anyone could attach with `attach`.
+            ctx.emit(7);
+            1
+        });
+        assert!(started);
+        let mut a = attached.unwrap();
+        assert_eq!(a.next().await, Next::Progress(Progress::Output(7)));
+        assert_eq!(a.next().await, Next::Finished(1));
+        // The same id again: attached to the known job, nothing started.
+        let (_, again, attached) = t.start_attached(Some(id), 0, |_| async { 2 });
+        assert!(!again);
+        assert_eq!(attached.unwrap().next().await, Next::Finished(1));
     }
 
     #[tokio::test]

@@ -170,7 +170,14 @@ impl BuildLayout {
         fs::set_permissions(&self.top, fs::Permissions::from_mode(0o755))
             .map_err(|e| sys(format!("changing mode of `{}'", self.top.display()), &e))?;
         if let Some(uid) = client_uid.filter(|&u| u != 0) {
-            secure_and_chown(&self.top, uid)?;
+            // C++ gives it the client's gid too (its peer credentials); we have its uid: its
+            // primary group.
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.gid.as_raw())
+                .filter(|&g| g != 0);
+            secure_and_chown(&self.top, uid, gid)?;
             if self.top != self.tmp_dir {
                 let pivot = PathBuf::from(format!("{}.pivot", self.tmp_dir.display()));
                 fs::rename(&self.tmp_dir, &pivot).map_err(|e| sys("pivoting failed build tree".into(), &e))?;
@@ -183,8 +190,18 @@ impl BuildLayout {
     }
 }
 
-/// Strips setuid, setgid and world-writable bits, then `lchown`s to `uid`, recursively.
-fn secure_and_chown(path: &Path, uid: u32) -> Result<()> {
+/// C++ `secureFilePerms`: strips setuid, setgid and world-writable bits, recursively.
+pub fn secure_file_perms(path: &Path) -> Result<()> {
+    secure(path, None)
+}
+
+/// Strips setuid, setgid and world-writable bits, then `lchown`s to `uid` (and `gid`),
+/// recursively.
+fn secure_and_chown(path: &Path, uid: u32, gid: Option<u32>) -> Result<()> {
+    secure(path, Some((uid, gid)))
+}
+
+fn secure(path: &Path, owner: Option<(u32, Option<u32>)>) -> Result<()> {
     let md = fs::symlink_metadata(path).map_err(|e| sys(format!("getting status of `{}'", path.display()), &e))?;
     if !md.file_type().is_symlink() {
         let mode = md.permissions().mode() & 0o7777;
@@ -194,12 +211,14 @@ fn secure_and_chown(path: &Path, uid: u32) -> Result<()> {
                 .map_err(|e| sys(format!("changing mode of `{}'", path.display()), &e))?;
         }
     }
-    std::os::unix::fs::lchown(path, Some(uid), None)
-        .map_err(|e| sys(format!("cannot change ownership of `{}'", path.display()), &e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), gid)
+            .map_err(|e| sys(format!("cannot change ownership of `{}'", path.display()), &e))?;
+    }
     if md.is_dir() {
         for entry in fs::read_dir(path).map_err(|e| sys(format!("reading `{}'", path.display()), &e))? {
             let entry = entry.map_err(|e| sys(format!("reading `{}'", path.display()), &e))?;
-            secure_and_chown(&entry.path(), uid)?;
+            secure(&entry.path(), owner)?;
         }
     }
     Ok(())
