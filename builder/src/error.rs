@@ -70,6 +70,11 @@ pub enum Error {
     /// the C++ one, `strerror` included.
     #[error("{0}")]
     Setup(String),
+    /// A build failure of this kind whose message and trace were already shown (the C++
+    /// order puts something after them, e.g. the `--keep-failed` note of a `--rounds`
+    /// mismatch).
+    #[error("")]
+    Reported(FailureKind),
 }
 
 /// What a [`Error::HashMismatch`] carries: the output, its `outputHashAlgo` as the derivation
@@ -97,6 +102,7 @@ impl Error {
         match self {
             Error::Build { kind, .. } => Some(*kind),
             Error::HashMismatch(_) => Some(FailureKind::OutputRejected),
+            Error::Reported(kind) => Some(*kind),
             _ => None,
         }
     }

@@ -24,7 +24,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, FailureKind, IoContext, Result};
 use crate::log::BuildLog;
-use crate::outputs::{self, OutputsSpec};
+use crate::outputs::{self, OutputsSpec, ProcessedOutputs};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
 use crate::slots::{Preparing, SlotKey};
@@ -73,6 +73,8 @@ fn report(job: &Arc<Job>, shown: &str, e: &Error) {
     }
     match e.failure_kind() {
         None | Some(FailureKind::Misc) => {}
+        // Already reported where it happened.
+        Some(_) if matches!(e, Error::Reported(_)) => {}
         Some(FailureKind::DependencyFailed) => job.message(LVL_ERROR, message),
         Some(kind) => {
             job.message(LVL_ERROR, message.clone());
@@ -159,7 +161,7 @@ async fn build(
     let prep = step.take().unwrap_or_else(|| job.slots.preparing());
     let (_slot, starting) = job.slots.acquire(key.clone(), prep).await;
     *step = Some(starting);
-    let user = match &b.users {
+    let mut user = match &b.users {
         Some(Ok(pool)) => Some(pool.acquire().await?),
         Some(Err(e)) => return Err(Error::Setup(e.clone())),
         None => None,
@@ -177,91 +179,163 @@ async fn build(
         _ => outputs.clone(),
     };
 
-    let settings = sandbox_settings(b, job);
-    let spec = StartSpec {
-        drv_path: drv_path.clone(),
-        drv: drv.clone(),
-        outputs: outputs.clone(),
-        input_paths: inputs.clone(),
-        user: user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
-        extra_files,
-        settings,
-    };
+    // C++ `nrRounds`: `--rounds` (build-repeat + 1) for a normal build, one for a
+    // fixed-output derivation or a check.
+    let rounds = if mode == BuildMode::Normal && !crate::outputs::all_outputs_fixed(&drv) { job.settings.repeat + 1 } else { 1 };
     let what = to_build.values().map(|p| format!("`{}'", b.store.display(p))).collect::<Vec<_>>().join(", ");
-    job.message(
-        LVL_INFO,
-        match mode {
-            BuildMode::Repair => format!("repairing path(s) {what}"),
-            BuildMode::Check => format!("checking path(s) {what}"),
-            BuildMode::Normal => format!("building path(s) {what}"),
-        },
-    );
-    let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
-    let mut started = sandbox::start(spec).await?;
-    for note in started.notes.drain(..) {
-        job.message(LVL_ERROR, note);
-    }
     let system = String::from_utf8_lossy(&drv.platform).into_owned();
-    job.trace(|| format!("@ build-started {shown} - {system} {} {}", log.trace_path(), started.pid));
-    // Started: the next goal of the request may act.
-    *step = None;
-
-    let ended = supervise(job, &shown, &mut started, &mut log).await;
-    let _ = log.finish();
-    let status = match ended {
-        Ok(status) => status,
-        Err(e) => {
-            started.kill();
-            let _ = started.wait().await;
-            drop(user);
-            let _ = started.layout.cleanup(false, job.settings.client_uid);
-            return Err(e);
-        }
-    };
-    // Nothing of the build may run on once its builder ended (C++ `killUser`).
-    if let Some(u) = &user {
-        let _ = crate::users::kill_user(u.uid);
-    }
-
-    if !status.success() {
-        let message = format!("builder for `{shown}' {}", sandbox::status_to_string(&status));
-        let kind = if drv.is_fixed_output() { FailureKind::Transient } else { FailureKind::Permanent };
-        if mode == BuildMode::Normal {
-            keep_failed_outputs(b, &started.layout, &to_build);
-        }
-        if let Some(note) = started.layout.cleanup(job.settings.keep_failed, job.settings.client_uid)? {
+    let keep_failed = job.settings.keep_failed;
+    let mut previous: Option<ProcessedOutputs> = None;
+    for round in 1..=rounds {
+        let spec = StartSpec {
+            drv_path: drv_path.clone(),
+            drv: drv.clone(),
+            outputs: outputs.clone(),
+            input_paths: inputs.clone(),
+            user: user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
+            extra_files: extra_files.clone(),
+            settings: sandbox_settings(b, job),
+        };
+        job.message(
+            LVL_INFO,
+            match mode {
+                BuildMode::Repair => format!("repairing path(s) {what}"),
+                BuildMode::Check => format!("checking path(s) {what}"),
+                BuildMode::Normal if rounds > 1 => format!("building path(s) {what} (round {round}/{rounds})"),
+                BuildMode::Normal => format!("building path(s) {what}"),
+            },
+        );
+        let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
+        let mut started = sandbox::start(spec).await?;
+        for note in started.notes.drain(..) {
             job.message(LVL_ERROR, note);
         }
-        if kind == FailureKind::Permanent && job.settings.cache_failures {
-            let paths = to_build.values().cloned().collect();
-            if let Err(e) = b.storedb.register_failed_paths(paths).await {
-                job.message(LVL_ERROR, format!("cannot record the failure: {}", e.client_text("store-db")));
-            }
-        }
-        return Err(Error::build(kind, message));
-    }
+        job.trace(|| format!("@ build-started {shown} - {system} {} {}", log.trace_path(), started.pid));
+        // Started: the next goal of the request may act.
+        *step = None;
 
-    // The outputs: checked, scanned, moved to scratch space, registered in one transaction.
-    let registered = register(b, job, drv_path, &drv, &to_build, &outputs, &inputs, &started, user.as_ref().map(|u| u.uid)).await;
-    let keep = registered.is_err() && job.settings.keep_failed;
-    if let Some(note) = started.layout.cleanup(keep, job.settings.client_uid)? {
-        job.message(LVL_ERROR, note);
-    }
-    drop(user);
-    if let Err(e) = registered {
-        // C++ caches every `BuildError` of a build that is not fixed-output.
-        let cached = e.failure_kind().is_some_and(|k| k != FailureKind::Misc);
-        if cached && job.settings.cache_failures && !crate::outputs::all_outputs_fixed(&drv) {
-            let paths = to_build.values().cloned().collect();
-            if let Err(e) = b.storedb.register_failed_paths(paths).await {
-                job.message(LVL_ERROR, format!("cannot record the failure: {}", e.client_text("store-db")));
+        let ended = supervise(job, &shown, &mut started, &mut log).await;
+        let _ = log.finish();
+        let status = match ended {
+            Ok(status) => status,
+            Err(e) => {
+                started.kill();
+                let _ = started.wait().await;
+                let _ = started.layout.cleanup(false, job.settings.client_uid);
+                return Err(e);
+            }
+        };
+        // Nothing of the build may run on once its builder ended (C++ `killUser`).
+        if let Some(u) = &user {
+            let _ = crate::users::kill_user(u.uid);
+        }
+
+        if !status.success() {
+            let message = format!("builder for `{shown}' {}", sandbox::status_to_string(&status));
+            let kind = if drv.is_fixed_output() { FailureKind::Transient } else { FailureKind::Permanent };
+            if mode == BuildMode::Normal {
+                keep_failed_outputs(b, &started.layout, &to_build);
+            }
+            if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                job.message(LVL_ERROR, note);
+            }
+            if let Some(u) = user.take() {
+                u.release().await;
+            }
+            if kind == FailureKind::Permanent && job.settings.cache_failures {
+                cache_failure(b, job, &to_build).await;
+            }
+            return Err(Error::build(kind, message));
+        }
+        let build_uid = user.as_ref().map(|u| u.uid);
+
+        if mode == BuildMode::Check {
+            // Built again: compared with the valid outputs, nothing registered.
+            let checked = check(b, drv_path, &drv, &outputs, &started, build_uid, keep_failed).await;
+            let keep = checked.is_err() && keep_failed;
+            if let Some(note) = started.layout.cleanup(keep, job.settings.client_uid)? {
+                job.message(LVL_ERROR, note);
+            }
+            return match checked {
+                Ok(()) => {
+                    locks.release(true);
+                    // C++ reports a successful check twice (after the build and the check).
+                    job.trace(|| format!("@ build-succeeded {shown} -"));
+                    job.trace(|| format!("@ build-succeeded {shown} -"));
+                    Ok(())
+                }
+                // A plain `Error` in C++ (not a `BuildError`): the request fails with it.
+                Err(Error::Build { kind: FailureKind::NotDeterministic, message }) => Err(Error::build(FailureKind::Misc, message)),
+                Err(e) => Err(e),
+            };
+        }
+
+        // The outputs: checked, scanned, moved to scratch space.
+        let processed = process(b, drv_path, &drv, &to_build, &outputs, &inputs, &started, build_uid).await;
+        let processed = match processed {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                    job.message(LVL_ERROR, note);
+                }
+                // C++ caches every `BuildError` of a build that is not fixed-output.
+                let cached = e.failure_kind().is_some_and(|k| k != FailureKind::Misc);
+                if cached && job.settings.cache_failures && !crate::outputs::all_outputs_fixed(&drv) {
+                    cache_failure(b, job, &to_build).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(prev) = previous.take() {
+            if let Err(e) = crate::outputs::compare_rounds(&b.store, drv_path, &drv, prev, &processed, keep_failed) {
+                // C++ moved this round's outputs into the store before comparing: they stay
+                // there, invalid; the failure is reported before the kept directory's note.
+                leave_in_store(b, &processed);
+                report(job, &shown, &e);
+                if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                    job.message(LVL_ERROR, note);
+                }
+                if job.settings.cache_failures {
+                    cache_failure(b, job, &to_build).await;
+                }
+                return Err(Error::Reported(e.failure_kind().unwrap_or(FailureKind::NotDeterministic)));
             }
         }
-        return Err(e);
+        started.layout.cleanup(false, job.settings.client_uid)?;
+        if round < rounds {
+            previous = Some(processed);
+            continue;
+        }
+        // Every output in one transaction; they become temp roots of the request first.
+        let items = processed.hand_over();
+        b.storedb.add_items(job.conn, items).await.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
+    }
+    // Free for the next build before this one's slot is (C++ releases it in `buildDone`).
+    if let Some(u) = user.take() {
+        u.release().await;
     }
     locks.release(true);
     job.trace(|| format!("@ build-succeeded {shown} -"));
     Ok(())
+}
+
+/// `registerFailedPath` of the outputs (`--cache-failures`).
+async fn cache_failure(b: &Arc<Builder>, job: &Arc<Job>, outputs: &BTreeMap<String, StorePath>) {
+    let paths = outputs.values().cloned().collect();
+    if let Err(e) = b.storedb.register_failed_paths(paths).await {
+        job.message(LVL_ERROR, format!("cannot record the failure: {}", e.client_text("store-db")));
+    }
+}
+
+/// Moves processed outputs from scratch space to their store names, unregistered (where
+/// nothing is there yet), as a C++ round that failed its comparison leaves them.
+fn leave_in_store(b: &Arc<Builder>, processed: &ProcessedOutputs) {
+    for o in processed.outputs() {
+        let to = b.config.paths.store_dir.join(o.item.path.base_name());
+        if fs::symlink_metadata(&to).is_err() {
+            let _ = fs::rename(o.scratch_path(), &to);
+        }
+    }
 }
 
 /// C++ `buildDone` after a failed builder in a chroot: what the build left of each output is
@@ -334,10 +408,15 @@ async fn realise_inputs(
         let wanted: Vec<String> = outs.iter().map(|o| o.as_str().to_owned()).collect();
         tasks.push(b.realise(job, input.clone(), wanted));
     }
-    // Each input holds its own guard from here (taken when its future was made).
-    drop(prep);
-    let results = futures_join_all(tasks).await;
-    let prep = job.slots.preparing();
+    // With inputs to wait for, each holds its own guard from here (taken when its future was
+    // made) and ours goes while we wait; without, we go on preparing.
+    let (results, prep) = if tasks.is_empty() {
+        (Vec::new(), prep)
+    } else {
+        drop(prep);
+        let results = futures_join_all(tasks).await;
+        (results, job.slots.preparing())
+    };
     // An input's error that is no build failure escapes the worker in C++: pass it on.
     if let Some(message) = results.iter().find_map(|o| match o {
         Outcome::Failed { kind: FailureKind::Misc, message } => Some(message.clone()),
@@ -515,9 +594,10 @@ fn limits(s: &crate::schedule::JobSettings, name: &str, begun: Instant, last_out
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn register(
+/// [`outputs::process_outputs_kept`] on the blocking pool: the outputs in scratch space,
+/// described for store-db.
+async fn process(
     b: &Arc<Builder>,
-    job: &Arc<Job>,
     drv_path: &StorePath,
     drv: &Derivation,
     to_build: &BTreeMap<String, StorePath>,
@@ -525,14 +605,14 @@ async fn register(
     inputs: &BTreeSet<StorePath>,
     started: &sandbox::Started,
     build_uid: Option<u32>,
-) -> Result<()> {
+) -> Result<ProcessedOutputs> {
     let mut candidates = inputs.clone();
     candidates.extend(all_outputs.values().cloned());
     let locations: BTreeMap<StorePath, PathBuf> =
         to_build.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, to_build2) = (b.clone(), drv_path.clone(), drv.clone(), to_build.clone());
     let db_dir = b.config.paths.db_dir.clone();
-    let items = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
         let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
         let store_dir = b2.config.paths.store_dir.clone();
@@ -548,12 +628,53 @@ async fn register(
             closure: &closure,
             scratch: &b2.scratch,
         };
-        outputs::process_outputs(&spec)
+        outputs::process_outputs_kept(&spec)
     })
     .await
-    .map_err(|e| Error::io("processing the outputs", std::io::Error::other(e.to_string())))??;
-    // One transaction for every output; they become temp roots of the request first.
-    b.storedb.add_items(job.conn, items).await.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))
+    .map_err(|e| Error::io("processing the outputs", std::io::Error::other(e.to_string())))?
+}
+
+/// `--check`: [`outputs::check_outputs`] of every output against its valid NAR hash.
+async fn check(
+    b: &Arc<Builder>,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    all_outputs: &BTreeMap<String, StorePath>,
+    started: &sandbox::Started,
+    build_uid: Option<u32>,
+    keep_failed: bool,
+) -> Result<()> {
+    let locations: BTreeMap<StorePath, PathBuf> =
+        all_outputs.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
+    let (b2, drv_path2, drv2, outputs2) = (b.clone(), drv_path.clone(), drv.clone(), all_outputs.clone());
+    let db_dir = b.config.paths.db_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
+        let mut valid = BTreeMap::new();
+        for p in outputs2.values() {
+            if let Some(info) = reader.try_query_path_info(p)? {
+                valid.insert(p.clone(), info.nar_hash);
+            }
+        }
+        let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
+        let store_dir = b2.config.paths.store_dir.clone();
+        let locate = |p: &StorePath| locations.get(p).cloned().unwrap_or_else(|| store_dir.join(p.base_name()));
+        let no_candidates = BTreeSet::new();
+        let spec = OutputsSpec {
+            store: &b2.store,
+            drv_path: &drv_path2,
+            drv: &drv2,
+            outputs: &outputs2,
+            locate: &locate,
+            build_uid,
+            candidates: &no_candidates,
+            closure: &closure,
+            scratch: &b2.scratch,
+        };
+        outputs::check_outputs(&spec, &valid, keep_failed).map(drop)
+    })
+    .await
+    .map_err(|e| Error::io("checking the outputs", std::io::Error::other(e.to_string())))?
 }
 
 /// The output `.lock` files held by this process (POSIX locks are per process: a second lock

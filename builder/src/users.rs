@@ -179,6 +179,18 @@ pub struct BuildUser {
 }
 
 impl BuildUser {
+    /// Kills the user's processes and releases it, returning once it is free for the next
+    /// build (dropping it does the same in the background).
+    pub async fn release(mut self) {
+        let Some(lock) = self.lock.take() else { return };
+        let (uid, pool) = (self.uid, Arc::clone(&self.pool));
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = kill_user(uid);
+            pool.release(uid, lock);
+        })
+        .await;
+    }
+
     /// `(uid, gid, groups)`, as [`crate::sandbox::StartSpec::user`] takes it.
     pub fn ids(&self) -> (u32, u32, Vec<u32>) {
         (self.uid, self.gid, self.groups.clone())
