@@ -29,7 +29,7 @@ use guix_ipc::store_db::ConnId;
 use guix_store::scratch::Scratch;
 use guix_store::storedb::StoreDb;
 use guix_store::DbReader;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, FailureKind, Result};
@@ -109,7 +109,7 @@ pub struct Job {
     pub depth: u32,
     /// How every goal this request waited for failed (its exit status counts them all).
     pub failures: Arc<Mutex<Vec<FailureKind>>>,
-    emit: Box<dyn Fn(BuildEvent) + Send + Sync>,
+    emit: Arc<dyn Fn(BuildEvent) + Send + Sync>,
 }
 
 impl Job {
@@ -130,11 +130,13 @@ impl Job {
     }
 }
 
-/// What a goal publishes: its events (shared by every request waiting) and its outcome.
+/// A goal: its outcome, for every request waiting for it. Its events go straight to the
+/// request that started it (through its `Job`, synchronously, so they keep the order in which
+/// goals emit them); a request that joins it later sees none of them, as a C++ worker waiting
+/// for another process's output lock sees nothing of that build.
 pub struct Goal {
     pub drv: StorePath,
     pub mode: BuildMode,
-    events: broadcast::Sender<BuildEvent>,
     outcome: watch::Receiver<Option<Outcome>>,
     wanted: AtomicUsize,
     cancel: CancellationToken,
@@ -246,7 +248,7 @@ impl Builder {
             conn,
             depth: 0,
             failures: Arc::default(),
-            emit: Box::new(move |e| emitter.emit(e)),
+            emit: Arc::new(move |e| emitter.emit(e)),
         });
         let heartbeat = {
             let ctx = ctx.clone();
@@ -351,39 +353,20 @@ impl Builder {
             let (goal, created) = self.goal(job, drv, mode);
             drop(prep);
             let want = Want(goal.clone());
-            // A request that finds the build already running waits for it as a C++ worker
-            // waits for the output lock another process holds: it says so, and sees nothing of
-            // that build.
-            let mut events = goal.events.subscribe();
             if !created {
                 job.message(0, "waiting for locks or build slots...");
             }
             let mut outcome = goal.outcome.clone();
             loop {
                 if let Some(o) = outcome.borrow_and_update().clone() {
-                    // What the goal emitted before it ended is in the channel: pass it on.
-                    while let Ok(e) = events.try_recv() {
-                        if created {
-                            job.emit(e);
-                        }
-                    }
                     drop(want);
                     if let (Outcome::Failed { kind, .. }, Ok(mut f)) = (&o, job.failures.lock()) {
                         f.push(*kind);
                     }
                     return o;
                 }
-                tokio::select! {
-                    e = events.recv() => match e {
-                        Ok(e) if created => job.emit(e),
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(n)) if created => job.emit(BuildEvent::Skipped(n)),
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {}
-                    },
-                    r = outcome.changed() => if r.is_err() && outcome.borrow().is_none() {
-                        return Outcome::Failed { kind: FailureKind::Misc, message: "the build task ended without a result".into() };
-                    },
+                if outcome.changed().await.is_err() && outcome.borrow().is_none() {
+                    return Outcome::Failed { kind: FailureKind::Misc, message: "the build task ended without a result".into() };
                 }
             }
         })
@@ -401,15 +384,13 @@ impl Builder {
             }
         }
         goals.retain(|_, g| g.strong_count() > 0);
-        let (events, _) = broadcast::channel(256);
         let (tx, outcome) = watch::channel(None);
-        let goal = Arc::new(Goal { drv, mode, events, outcome, wanted: AtomicUsize::new(1), cancel: CancellationToken::new() });
+        let goal = Arc::new(Goal { drv, mode, outcome, wanted: AtomicUsize::new(1), cancel: CancellationToken::new() });
         goals.insert(key, Arc::downgrade(&goal));
         drop(goals);
         let (me, g, job) = (self.clone(), goal.clone(), job.clone());
         let prep = job.slots.preparing();
         tokio::spawn(async move {
-            let events = g.events.clone();
             let sink = Arc::new(Job {
                 settings: job.settings.clone(),
                 mode: job.mode,
@@ -417,9 +398,7 @@ impl Builder {
                 conn: job.conn,
                 depth: job.depth + 1,
                 failures: job.failures.clone(),
-                emit: Box::new(move |e| {
-                    let _ = events.send(e);
-                }),
+                emit: job.emit.clone(),
             });
             let result = tokio::select! {
                 r = crate::goal::run(&me, &sink, &g.drv, g.mode, job.depth, prep) => r,
