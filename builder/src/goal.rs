@@ -207,6 +207,10 @@ async fn build(
         );
         let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
         let mut started = sandbox::start(spec).await?;
+        // Noted until the end of this round, so that a builder killed meanwhile has its
+        // successor remove the directory.
+        let mut journal = crate::schedule::JournalEntry::note(&b.config, &started.layout.tmp_dir)
+            .context(|| "noting the build directory".to_owned())?;
         for note in started.notes.drain(..) {
             job.message(LVL_ERROR, note);
         }
@@ -237,6 +241,7 @@ async fn build(
                 keep_failed_outputs(b, &started.layout, &to_build);
             }
             if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                journal.kept();
                 job.message(LVL_ERROR, note);
             }
             if let Some(u) = user.take() {
@@ -254,6 +259,7 @@ async fn build(
             let checked = check(b, drv_path, &drv, &outputs, &started, build_uid, keep_failed).await;
             let keep = checked.is_err() && keep_failed;
             if let Some(note) = started.layout.cleanup(keep, job.settings.client_uid)? {
+                journal.kept();
                 job.message(LVL_ERROR, note);
             }
             return match checked {
@@ -276,6 +282,7 @@ async fn build(
             Ok(p) => p,
             Err(e) => {
                 if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                    journal.kept();
                     job.message(LVL_ERROR, note);
                 }
                 // C++ caches every `BuildError` of a build that is not fixed-output.
@@ -293,6 +300,7 @@ async fn build(
                 leave_in_store(b, &processed);
                 report(job, &shown, &e);
                 if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
+                    journal.kept();
                     job.message(LVL_ERROR, note);
                 }
                 if job.settings.cache_failures {

@@ -415,6 +415,64 @@ impl Builder {
     }
 }
 
+/// The directory where the builder notes the build directories of builds in progress
+/// (`$state/daemon-rs/builds`): one symlink each, to the build directory, removed once the
+/// build has cleaned up. A builder that starts finds there the directories of the builds its
+/// dead predecessor left, and removes them (kept `--keep-failed` directories are not noted).
+pub fn build_dirs_journal(config: &DaemonConfig) -> std::path::PathBuf {
+    config.runtime_dir.join("builds")
+}
+
+/// A build directory noted in [`build_dirs_journal`]. Dropped, the note goes if the directory
+/// is gone (cleaned up) or was kept on purpose ([`JournalEntry::kept`]); a directory left
+/// otherwise (the builder stopping in the middle) keeps its note for the next builder.
+pub struct JournalEntry {
+    link: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    kept: bool,
+}
+
+impl JournalEntry {
+    pub fn note(config: &DaemonConfig, build_dir: &std::path::Path) -> std::io::Result<JournalEntry> {
+        let dir = build_dirs_journal(config);
+        std::fs::create_dir_all(&dir)?;
+        let name = build_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let link = dir.join(format!("{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(build_dir, &link)?;
+        Ok(JournalEntry { link, dir: build_dir.to_owned(), kept: false })
+    }
+
+    /// The directory is kept for the user (`--keep-failed`): not to be removed.
+    pub fn kept(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for JournalEntry {
+    fn drop(&mut self) {
+        if self.kept || std::fs::symlink_metadata(&self.dir).is_err() {
+            let _ = std::fs::remove_file(&self.link);
+        }
+    }
+}
+
+/// Removes the build directories noted in the journal (a dead builder's), and the notes.
+pub fn remove_journalled_build_dirs(config: &DaemonConfig) {
+    let Ok(entries) = std::fs::read_dir(build_dirs_journal(config)) else { return };
+    for e in entries.flatten() {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            let ours = target.file_name().is_some_and(|n| n.to_string_lossy().starts_with("guix-build-"));
+            if ours {
+                if let Err(err) = guix_store::files::delete_tree(&target) {
+                    eprintln!("guix-builder: removing `{}': {err}", target.display());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
 /// [`Builder::closure`] on a reader (blocking).
 pub fn closure_of(r: &DbReader, paths: BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>> {
     let mut seen = BTreeSet::new();

@@ -2,7 +2,8 @@
 //!
 //! At startup, before serving, it clears what a builder killed in the middle of builds left:
 //! the processes of every build user (its builds die with it, but a stray one must not run on)
-//! and the `<drv>.chroot` directories in the store. Then it holds temp roots as a holder of its
+//! the `<drv>.chroot` directories in the store, and the build directories it had noted
+//! (`schedule::build_dirs_journal`). Then it holds temp roots as a holder of its
 //! own (`builder`), synced with store-db like socket-front's.
 
 use std::path::Path;
@@ -51,6 +52,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         drop(held);
     }
     remove_stale_chroots(&config.paths.store_dir);
+    crate::schedule::remove_journalled_build_dirs(&config);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(listener, Arc::new(Builder::new(config, store, users))))?;
     Ok(())

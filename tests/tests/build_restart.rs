@@ -178,8 +178,9 @@ fn builds_survive_builder_restarts() {
                 let out = s.exec(&["/opt/guix-daemon-rs/guix-daemon-rs", "ctl", "restart", "builder"]).unwrap();
                 assert!(out.status.success(), "ctl restart: {}", String::from_utf8_lossy(&out.stderr));
             } else {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-                    .unwrap_or_else(|e| panic!("kill {pid}: {e}"));
+                // The pid is the session's (its own PID namespace): killed from inside.
+                let out = s.exec(&["sh", "-c", &format!("kill -9 {pid}")]).unwrap();
+                assert!(out.status.success(), "kill -9 {pid}: {}", String::from_utf8_lossy(&out.stderr));
             }
             wait_for_pid(&s, "builder", Some(pid));
             std::thread::sleep(Duration::from_millis(1500));
