@@ -53,7 +53,14 @@ fn run_once(rig: &Rig, kind: &(DaemonKind, SessionOptions), n: usize, rep: usize
 }
 
 /// `reps` repetitions of each daemon, alternating; the median seconds of each.
-pub fn alternate(rig: &Rig, cxx: &Kind, ours: &Kind, only: Option<&str>, n: usize, reps: usize) -> (Res<f64>, Res<f64>) {
+pub fn alternate(
+    rig: &Rig,
+    cxx: &Kind,
+    ours: &Kind,
+    only: Option<&str>,
+    n: usize,
+    reps: usize,
+) -> (Res<f64>, Res<f64>) {
     let mut runs: [Vec<Res<f64>>; 2] = [Vec::new(), Vec::new()];
     for rep in 0..reps {
         let mut order = [(0, cxx, "cxx"), (1, ours, "ours")];

@@ -106,10 +106,8 @@ async fn build(
             return Err(e);
         }
     };
-    let outputs: BTreeMap<String, StorePath> = drv
-        .output_paths()
-        .filter_map(|(n, p)| Some((n.as_str().to_owned(), p?.clone())))
-        .collect();
+    let outputs: BTreeMap<String, StorePath> =
+        drv.output_paths().filter_map(|(n, p)| Some((n.as_str().to_owned(), p?.clone()))).collect();
 
     // Which outputs to build (check mode: all, which must be valid).
     let missing = missing_outputs(b, &outputs).await?;
@@ -181,7 +179,8 @@ async fn build(
 
     // C++ `nrRounds`: `--rounds` (build-repeat + 1) for a normal build, one for a
     // fixed-output derivation or a check.
-    let rounds = if mode == BuildMode::Normal && !crate::outputs::all_outputs_fixed(&drv) { job.settings.repeat + 1 } else { 1 };
+    let rounds =
+        if mode == BuildMode::Normal && !crate::outputs::all_outputs_fixed(&drv) { job.settings.repeat + 1 } else { 1 };
     let what = to_build.values().map(|p| format!("`{}'", b.store.display(p))).collect::<Vec<_>>().join(", ");
     let system = String::from_utf8_lossy(&drv.platform).into_owned();
     let keep_failed = job.settings.keep_failed;
@@ -271,7 +270,9 @@ async fn build(
                     Ok(())
                 }
                 // A plain `Error` in C++ (not a `BuildError`): the request fails with it.
-                Err(Error::Build { kind: FailureKind::NotDeterministic, message }) => Err(Error::build(FailureKind::Misc, message)),
+                Err(Error::Build { kind: FailureKind::NotDeterministic, message }) => {
+                    Err(Error::build(FailureKind::Misc, message))
+                }
                 Err(e) => Err(e),
             };
         }
@@ -316,7 +317,10 @@ async fn build(
         }
         // Every output in one transaction; they become temp roots of the request first.
         let items = processed.hand_over();
-        b.storedb.add_items(job.conn, items).await.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
+        b.storedb
+            .add_items(job.conn, items)
+            .await
+            .map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
     }
     // Free for the next build before this one's slot is (C++ releases it in `buildDone`).
     if let Some(u) = user.take() {
@@ -370,11 +374,16 @@ fn keep_failed_outputs(b: &Arc<Builder>, layout: &sandbox::BuildLayout, outputs:
 async fn load(b: &Arc<Builder>, drv_path: &StorePath) -> Result<Derivation> {
     let file = b.config.paths.store_dir.join(drv_path.base_name());
     let text = tokio::fs::read(&file).await.context(|| format!("opening file `{}'", file.display()))?;
-    Derivation::parse(&b.store, &text).map_err(|e| Error::build(FailureKind::Misc, format!("error parsing derivation `{}': {e}", b.store.display(drv_path))))
+    Derivation::parse(&b.store, &text).map_err(|e| {
+        Error::build(FailureKind::Misc, format!("error parsing derivation `{}': {e}", b.store.display(drv_path)))
+    })
 }
 
 /// The outputs that are not valid.
-async fn missing_outputs(b: &Arc<Builder>, outputs: &BTreeMap<String, StorePath>) -> Result<BTreeMap<String, StorePath>> {
+async fn missing_outputs(
+    b: &Arc<Builder>,
+    outputs: &BTreeMap<String, StorePath>,
+) -> Result<BTreeMap<String, StorePath>> {
     let outputs = outputs.clone();
     b.read(move |r| {
         let mut missing = BTreeMap::new();
@@ -396,7 +405,10 @@ async fn check_cached_failures(b: &Arc<Builder>, job: &Arc<Job>, missing: &BTree
         None => Ok(()),
         Some(p) => {
             let _ = job;
-            Err(Error::build(FailureKind::Cached, format!("builder for `{}' failed previously (cached)", b.store.display(&p))))
+            Err(Error::build(
+                FailureKind::Cached,
+                format!("builder for `{}' failed previously (cached)", b.store.display(&p)),
+            ))
         }
     }
 }
@@ -435,9 +447,13 @@ async fn realise_inputs(
     let mut failed = results.iter().filter(|o| matches!(o, Outcome::Failed { .. })).count();
     // Input sources must be valid: there is no substituter to fetch them.
     let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
-    let invalid = b.read(move |r| Ok(srcs.into_iter().filter(|p| !r.is_valid(p).unwrap_or(false)).collect::<Vec<_>>())).await?;
+    let invalid =
+        b.read(move |r| Ok(srcs.into_iter().filter(|p| !r.is_valid(p).unwrap_or(false)).collect::<Vec<_>>())).await?;
     for p in &invalid {
-        job.message(LVL_ERROR, format!("path `{}' is required, but there is no substituter that can build it", b.store.display(p)));
+        job.message(
+            LVL_ERROR,
+            format!("path `{}' is required, but there is no substituter that can build it", b.store.display(p)),
+        );
         failed += 1;
     }
     if failed > 0 {
@@ -585,7 +601,10 @@ fn limits(s: &crate::schedule::JobSettings, name: &str, begun: Instant, last_out
     if s.max_silent_time > 0 {
         let at = last_output + Duration::from_secs(s.max_silent_time);
         if now >= at {
-            return Err(Error::build(FailureKind::TimedOut, format!("{name} timed out after {} seconds of silence", s.max_silent_time)));
+            return Err(Error::build(
+                FailureKind::TimedOut,
+                format!("{name} timed out after {} seconds of silence", s.max_silent_time),
+            ));
         }
         next = next.min(at);
     }
@@ -730,10 +749,8 @@ async fn lock_outputs(
     outputs: &BTreeMap<String, StorePath>,
     step: &mut Option<Preparing>,
 ) -> Result<OutputLocks> {
-    let paths: Vec<PathBuf> = outputs
-        .values()
-        .map(|p| b.config.paths.store_dir.join(format!("{}.lock", p.base_name())))
-        .collect();
+    let paths: Vec<PathBuf> =
+        outputs.values().map(|p| b.config.paths.store_dir.join(format!("{}.lock", p.base_name()))).collect();
     let mut said = false;
     loop {
         match try_lock_all(&paths)? {

@@ -44,7 +44,10 @@ pub const HOLDER: &str = "builder";
 pub enum Outcome {
     /// Every output is valid (built now, or already).
     Valid,
-    Failed { kind: FailureKind, message: String },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -78,7 +81,9 @@ impl JobSettings {
     /// The daemon's settings overridden by the request's (socket-front checked the syntax;
     /// a value that does not parse keeps the daemon's).
     pub fn new(config: &DaemonConfig, o: &BuildOptions) -> JobSettings {
-        let int = |k: &str, d: u64| o.settings.get(k).and_then(|v| v.trim().parse::<i64>().ok()).map_or(d, |v| v.max(0) as u64);
+        let int = |k: &str, d: u64| {
+            o.settings.get(k).and_then(|v| v.trim().parse::<i64>().ok()).map_or(d, |v| v.max(0) as u64)
+        };
         let boolean = |k: &str, d: bool| o.settings.get(k).map_or(d, |v| v == "true");
         JobSettings {
             max_jobs: int("build-max-jobs", u64::from(config.max_build_jobs)) as u32,
@@ -188,7 +193,11 @@ impl From<BuildMode> for BuildModeKey {
 type Realising<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
 impl Builder {
-    pub fn new(config: DaemonConfig, store: StoreDir, users: Option<std::result::Result<Arc<UserPool>, String>>) -> Builder {
+    pub fn new(
+        config: DaemonConfig,
+        store: StoreDir,
+        users: Option<std::result::Result<Arc<UserPool>, String>>,
+    ) -> Builder {
         let storedb = StoreDb::new(&config, HOLDER);
         let scratch = Scratch::new(&config.paths.store_dir);
         Builder {
@@ -345,7 +354,9 @@ impl Builder {
                     .filter(|(n, _)| wanted.is_empty() || wanted.contains(n))
                     .map(|(_, p)| p.clone())
                     .collect();
-                let all_valid = self.read(move |r| Ok(wanted_paths.iter().try_fold(true, |acc, p| r.is_valid(p).map(|v| acc && v))?)).await;
+                let all_valid = self
+                    .read(move |r| Ok(wanted_paths.iter().try_fold(true, |acc, p| r.is_valid(p).map(|v| acc && v))?))
+                    .await;
                 if let Ok(true) = all_valid {
                     return Outcome::Valid;
                 }
@@ -366,7 +377,10 @@ impl Builder {
                     return o;
                 }
                 if outcome.changed().await.is_err() && outcome.borrow().is_none() {
-                    return Outcome::Failed { kind: FailureKind::Misc, message: "the build task ended without a result".into() };
+                    return Outcome::Failed {
+                        kind: FailureKind::Misc,
+                        message: "the build task ended without a result".into(),
+                    };
                 }
             }
         })

@@ -45,7 +45,11 @@ impl Handler for Server {
     type Resp = BuildReply;
     type Item = BuildEvent;
 
-    fn handle(self: &Arc<Self>, call: Call<BuildEvent>, req: BuilderRequest) -> impl Future<Output = BuildReply> + Send + 'static {
+    fn handle(
+        self: &Arc<Self>,
+        call: Call<BuildEvent>,
+        req: BuilderRequest,
+    ) -> impl Future<Output = BuildReply> + Send + 'static {
         let me = self.clone();
         async move {
             let BuilderRequest::Build { job, targets, mode, options } = req;

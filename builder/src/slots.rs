@@ -168,7 +168,8 @@ mod tests {
     use std::time::Duration;
 
     fn key(name: &str) -> SlotKey {
-        let p = StoreDir::default().make_text_path(&format!("{name}.drv"), b"", std::iter::empty::<&StorePath>()).unwrap();
+        let p =
+            StoreDir::default().make_text_path(&format!("{name}.drv"), b"", std::iter::empty::<&StorePath>()).unwrap();
         (0, name.to_owned(), p)
     }
 

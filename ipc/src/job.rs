@@ -277,12 +277,7 @@ where
     /// Serves an `Attach` request: sends the job's further output to `call` as stream items
     /// (made by `item`) and returns its status (`Finished`, `Unknown`, or `Running` if the
     /// caller went away first).
-    pub async fn forward<I>(
-        &self,
-        id: &JobId,
-        call: &Call<I>,
-        item: impl FnMut(Progress<Item>) -> I,
-    ) -> JobStatus<Out>
+    pub async fn forward<I>(&self, id: &JobId, call: &Call<I>, item: impl FnMut(Progress<Item>) -> I) -> JobStatus<Out>
     where
         I: Serialize,
     {
