@@ -99,6 +99,11 @@ async fn build(
     step: &mut Option<Preparing>,
 ) -> Result<()> {
     let shown = b.store.display(drv_path);
+    if mode == BuildMode::Repair {
+        // Replacing a valid path needs store-db's help (C++ `replaceValidPath`), not built yet.
+        take_turn(job, key, step).await;
+        return Err(Error::build(FailureKind::Misc, "repairing is not implemented yet in guix-daemon-rs"));
+    }
     let drv = match load(b, drv_path).await {
         Ok(d) => d,
         Err(e) => {

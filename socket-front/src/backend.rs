@@ -246,7 +246,10 @@ mod storedb_tests {
     fn serve(path: &Path, sync_delay: Duration) -> (Arc<StandIn>, tokio::task::JoinHandle<()>) {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let me = Arc::new(StandIn { roots: TempRoots::default(), sync_delay });
+        let roots = TempRoots::default();
+        // Only socket-front's sync is under test: the builder is not running.
+        roots.holder_not_running("builder");
+        let me = Arc::new(StandIn { roots, sync_delay });
         let s = me.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();

@@ -31,7 +31,10 @@ fn kind(which: Which) -> DaemonKind {
 /// Adds, under tag `TAG`: a text, a text referring to it and to `PREV` (paths added under an
 /// earlier daemon), a directory tree (file, executable, symlink, subdirectory), a text with
 /// the empty name, and a
-/// two-output derivation whose inputs are the builder text and the tree. Prints the paths.
+/// two-output derivation whose inputs are the builder text and the tree; then builds (in a
+/// chroot, with the rig's static busybox) a derivation whose inputs are `BUILT`, the outputs
+/// built under earlier daemons (used, not built again: their descriptions, registration time
+/// included, must not change), and whose output refers to them. Prints the paths.
 const ADD: &str = r##"
 (use-modules (guix store) (guix derivations))
 (define tag "TAG")
@@ -45,6 +48,11 @@ const ADD: &str = r##"
   (write-file (string-append dir "/sub/exe") "#!/bin/sh\necho hi\n")
   (chmod (string-append dir "/sub/exe") #o755)
   (symlink "../file" (string-append dir "/sub/link")))
+(define built '(BUILT))
+(define bbsrc (string-append "/tmp/swap-busybox-" tag))
+(mkdir bbsrc) (mkdir (string-append bbsrc "/bin"))
+(copy-file "/bin/busybox" (string-append bbsrc "/bin/busybox"))
+(chmod (string-append bbsrc "/bin/busybox") #o555)
 (with-store store
   (let* ((dir (string-append "/tmp/swap-tree-" tag))
          (_ (make-tree dir))
@@ -58,9 +66,19 @@ const ADD: &str = r##"
          (builder (add-text-to-store store (string-append "swap-builder-" tag ".sh") "echo hi > $out\n"))
          (drv (derivation store (string-append "swap-thing-" tag) "/bin/sh" (list builder)
                           #:sources (list builder d)
-                          #:outputs '("out" "dev"))))
+                          #:outputs '("out" "dev")))
+         (bbdir (add-to-store store "busybox-static" #t "sha256" bbsrc))
+         (bb (string-append bbdir "/bin/busybox"))
+         (step (derivation store (string-append "swap-built-" tag) bb
+                           (list "sh" "-c"
+                                 (string-append "for i in " (string-join built " ") "; do "
+                                                bb " cat $i >> $out; done; echo " tag " $in >> $out"))
+                           #:sources (cons* bbdir a built)
+                           #:env-vars `(("in" . ,a))))
+         (step-out (derivation->output-path step)))
+    (build-derivations store (list step))
     (for-each (lambda (p) (display p) (newline))
-              (list a b d no-name builder (derivation-file-name drv)))))
+              (list a b d no-name builder (derivation-file-name drv) bbdir (derivation-file-name step) step-out))))
 "##;
 
 /// For each of `PATHS`, everything the daemon says about it plus its contents as read in the
@@ -105,11 +123,11 @@ fn scheme_list(paths: &[String]) -> String {
     paths.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(" ")
 }
 
-fn add(s: &Session, tag: &str, prev: &[String]) -> Vec<String> {
-    let script = ADD.replace("TAG", tag).replace("PREV", &scheme_list(prev));
+fn add(s: &Session, tag: &str, prev: &[String], built: &[String]) -> Vec<String> {
+    let script = ADD.replace("TAG", tag).replace("PREV", &scheme_list(prev)).replace("BUILT", &scheme_list(built));
     let out = s.repl_ok(&script).unwrap_or_else(|e| panic!("adding {tag}: {e}"));
     let paths: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert_eq!(paths.len(), 6, "{out}");
+    assert_eq!(paths.len(), 9, "{out}");
     paths
 }
 
@@ -177,7 +195,10 @@ fn chain(daemons: &[Which]) {
         }
         // Link the new items to the previous step's text items.
         let prev: Vec<String> = all.iter().filter(|p| p.contains("-swap-a-")).cloned().collect();
-        let new = add(&s, &format!("{i}{which:?}"), &prev);
+        // And build on the outputs built under the earlier daemons.
+        let built: Vec<String> =
+            all.iter().filter(|p| p.contains("-swap-built-") && !p.ends_with(".drv")).cloned().collect();
+        let new = add(&s, &format!("{i}{which:?}"), &prev, &built);
         all.extend(new);
         seen = describe(&s, &all);
         check_after_swap(&s, &format!("{step} after adding"), &all);
@@ -205,7 +226,7 @@ fn cxx_gc_after_ours() {
     let rig = Rig::discover().unwrap_or_else(|e| panic!("{e}"));
     let (ours, opts) = ours_kind(&[]);
     let mut s = Session::start_with(&rig, ours.clone(), &opts).unwrap_or_else(|e| panic!("{e}"));
-    let paths: BTreeSet<String> = add(&s, "gc", &[]).into_iter().collect();
+    let paths: BTreeSet<String> = add(&s, "gc", &[], &[]).into_iter().collect();
     s.restart_daemon(DaemonKind::Cxx).unwrap_or_else(|e| panic!("{e}"));
     let out = s.exec_guix(&["gc", "--list-dead"]).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -217,7 +238,7 @@ fn cxx_gc_after_ours() {
     check_after_swap(&s, "after the C++ GC", &[]);
 
     s.restart_daemon(ours).unwrap_or_else(|e| panic!("{e}"));
-    let again = add(&s, "gc2", &[]);
+    let again = add(&s, "gc2", &[], &[]);
     check_after_swap(&s, "ours after the C++ GC", &again);
     s.stop().unwrap_or_else(|e| panic!("{e}"));
 }
