@@ -187,13 +187,12 @@ async fn build(
     // A check without a chroot (a builtin, or `--disable-chroot`) must not touch the valid
     // outputs: the build makes them at other paths (C++ `addHashRewrite`).
     let settings = sandbox_settings(b, job);
-    let redirects: BTreeMap<StorePath, StorePath> = if mode == BuildMode::Check
-        && !(settings.use_chroot && !drv.is_builtin())
-    {
-        outputs.values().filter_map(|p| Some((p.clone(), sandbox::rewrite_path(&b.store, drv_path, p)?))).collect()
-    } else {
-        BTreeMap::new()
-    };
+    let redirects: BTreeMap<StorePath, StorePath> =
+        if mode == BuildMode::Check && (!settings.use_chroot || drv.is_builtin()) {
+            outputs.values().filter_map(|p| Some((p.clone(), sandbox::rewrite_path(&b.store, drv_path, p)?))).collect()
+        } else {
+            BTreeMap::new()
+        };
     let mut previous: Option<ProcessedOutputs> = None;
     for round in 1..=rounds {
         let spec = StartSpec {
@@ -268,7 +267,10 @@ async fn build(
             // Built again: compared with the valid outputs, nothing registered.
             for p in outputs.values().filter(|p| redirects.contains_key(p)) {
                 if fs::symlink_metadata(started.layout.output_location(p)).is_ok() {
-                    job.message(LVL_ERROR, format!("warning: rewriting hashes in `{}'; cross fingers", b.store.display(p)));
+                    job.message(
+                        LVL_ERROR,
+                        format!("warning: rewriting hashes in `{}'; cross fingers", b.store.display(p)),
+                    );
                 }
             }
             let checked = check(b, drv_path, &drv, &outputs, &started, build_uid, keep_failed).await;
@@ -664,6 +666,7 @@ async fn process(
         to_build.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, to_build2) = (b.clone(), drv_path.clone(), drv.clone(), to_build.clone());
     let db_dir = b.config.paths.db_dir.clone();
+    let in_place = started.layout.chroot_root.is_none();
     tokio::task::spawn_blocking(move || {
         let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
         let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
@@ -679,6 +682,7 @@ async fn process(
             candidates: &candidates,
             closure: &closure,
             scratch: &b2.scratch,
+            in_place,
         };
         outputs::process_outputs_kept(&spec)
     })
@@ -700,6 +704,7 @@ async fn check(
         all_outputs.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, outputs2) = (b.clone(), drv_path.clone(), drv.clone(), all_outputs.clone());
     let db_dir = b.config.paths.db_dir.clone();
+    let in_place = started.layout.chroot_root.is_none();
     tokio::task::spawn_blocking(move || {
         let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
         let mut valid = BTreeMap::new();
@@ -722,6 +727,7 @@ async fn check(
             candidates: &no_candidates,
             closure: &closure,
             scratch: &b2.scratch,
+            in_place,
         };
         outputs::check_outputs(&spec, &valid, keep_failed).map(drop)
     })

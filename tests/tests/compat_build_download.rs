@@ -21,9 +21,24 @@
 //!   and of a hash mismatch (`@ hash-mismatch`, `@ build-failed`, the error and its status), and
 //!   the `BuiltinBuilders` the daemon reports.
 //!
+//! C++ facts this relies on (checked in its transcripts): the log holds perform-download's
+//! `@ download-*` traces even for `guix build` (the client asks for extended traces, which
+//! reach perform-download in `_NIX_OPTIONS`); a hash mismatch is `@ hash-mismatch PATH sha256
+//! EXPECTED ACTUAL`, "hash mismatch for store item 'P'", status 1, and the downloaded file stays
+//! in the store, invalid, as the build user made it (0644, owned by the build user); a check
+//! downloads to the redirected path (`addHashRewrite`: the hash part from `rewrite:DRV:PATH`),
+//! warns "rewriting hashes in `P'; cross fingers" and reports success twice; `BuiltinBuilders`
+//! is `("download" "git-download")`.
+//!
+//! Not compared: the mtime of the valid output after `--check`. The C++ daemon makes a fresh
+//! copy of every fixed output of a build without a chroot at its store path before checking
+//! (the CVE-2024-27297 copy in `buildDone`, which in check mode copies the *valid* output, not
+//! the redirected one), so after a check its valid output has the time of the check as mtime
+//! instead of 1. Our daemon leaves the valid output alone.
+//!
 //! Normalised: the builder's PID in `@ build-started`/`@ build-log` (a process id of the daemon's
 //! machine), the transfer rates of perform-download's progress bar (`58KiB/s`, right-aligned,
-//! so the padding before them too) and the `download-progress` traces' rate fields (timing).
+//! so the padding before them too), mtimes other than 1 (a time of the run).
 //! Left out of store listings: `.lock` files (our daemon takes no C++ path locks), `.links`
 //! (deduplication) and our `.rs-scratch`.
 //!
@@ -127,19 +142,28 @@ const DEFS: &str = r##"
 
 const DOWNLOADS_SH: &str = r##"
 . /tmp/dl-vars
+# Mode, owner, group, links, mtime (1, or `<clock>' for any other: a time of the run), name.
+files() {
+  for p in "$@"; do
+    if [ -e $p ]; then
+      m=$(stat -c %Y $p); [ "$m" = 1 ] || m='<clock>'
+      echo "$(stat -c '%A %U %G %h' $p) $m $(stat -c %N $p)"
+    else echo "absent: $p"; fi
+  done
+}
 echo "== the derivation"; cat $dl_list; echo
 b $dl_file
 b $dl_tool
 b $dl_list
 b $dl_bad
+echo "== files of the outputs"
+files $dl_file_out $dl_tool_out $dl_list_out $dl_bad_out
 b --check $dl_file
+echo "== after the check (no mtime: see the module doc)"
+stat -c '%A %U %G %h %N' $dl_file_out
 echo "== again (nothing to build)"
 b $dl_file $dl_tool
 for d in $dl_file $dl_tool $dl_list $dl_bad; do log $d; done
-echo "== files of the outputs"
-for p in $dl_file_out $dl_tool_out $dl_list_out $dl_bad_out; do
-  if [ -e $p ]; then stat -c '%A %U %G %h %Y %N' $p; else echo "absent: $p"; fi
-done
 echo "== contents"
 cat $dl_file_out $dl_tool_out $dl_list_out
 echo "== store"
@@ -203,6 +227,8 @@ fn downloads_match_cxx() {
             "hash mismatch for store item '/gnu/store/",
             "-r--r--r-- root root 1 1 '/gnu/store/",
             "-r-xr-xr-x root root 1 1 '/gnu/store/",
+            "-rw-r--r-- guixbuilder01 guixbuild 1 <clock> '/gnu/store/",
+            "warning: rewriting hashes in `/gnu/store/",
             "hello from the test server\n#!/bin/sh\necho downloaded tool\nhello from the test server\n",
         ],
     );
@@ -234,7 +260,10 @@ mod tests {
     fn rates_are_normalised() {
         let bar = "\x1b[K file.txt  27B                            0B/s 00:00 |  0.0%\
                    \x1b[K file.txt  27B                         58KiB/s 00:00 | 100.0%";
-        assert_eq!(normalise_rates(bar), "\x1b[K file.txt  27B <rate> 00:00 |  0.0%\x1b[K file.txt  27B <rate> 00:00 | 100.0%");
+        assert_eq!(
+            normalise_rates(bar),
+            "\x1b[K file.txt  27B <rate> 00:00 |  0.0%\x1b[K file.txt  27B <rate> 00:00 | 100.0%"
+        );
         assert_eq!(normalise_rates("no B/s here, 1.5MiB/s"), "no B/s here, <rate>");
     }
 }

@@ -935,10 +935,7 @@ mod tests {
         let to = rewrite_path(&store, &drv, &out).expect("redirected");
         assert_eq!(store.display(&to), "/gnu/store/0m2p3is4nisjwzjm499ab34cgnzsgkwb-file.txt");
         let rewrites = vec![(out.hash_part().as_str().to_owned(), to.hash_part().as_str().to_owned())];
-        assert_eq!(
-            rewrite_hashes(store.display(&out).as_bytes(), &rewrites),
-            store.display(&to).into_bytes()
-        );
+        assert_eq!(rewrite_hashes(store.display(&out).as_bytes(), &rewrites), store.display(&to).into_bytes());
         assert_eq!(rewrite_hashes(b"nothing", &rewrites), b"nothing".to_vec());
     }
 
