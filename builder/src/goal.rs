@@ -274,9 +274,10 @@ async fn build(
                 }
             }
             let checked = check(b, drv_path, &drv, &outputs, &started, build_uid, keep_failed).await;
-            // What the build made at the redirected paths is not kept.
+            // C++ `buildDone` deletes what the build made at the redirected paths once the
+            // check passed; a failed check leaves it in the store, invalid.
             for p in outputs.values() {
-                if redirects.contains_key(p) {
+                if checked.is_ok() && redirects.contains_key(p) {
                     let at = started.layout.output_location(p);
                     if fs::symlink_metadata(&at).is_ok() {
                         let _ = guix_store::files::delete_tree(&at);
