@@ -6,7 +6,8 @@
 //!
 //! 1. Fixed-output derivations only, for every output first: a fresh recursive copy
 //!    replaces what the build left (CVE-2024-27297: no descriptor leaked out of the build may
-//!    still point at the registered files). Ours goes straight into scratch space.
+//!    still point at the registered files). Ours goes straight into scratch space, or after a
+//!    build without a chroot back to the store path it was copied from.
 //! 2. `lstat` ("builder for `D' failed to produce output path `P'").
 //! 3. Not group/world-writable (unless a symlink) and owned by the build user ("suspicious
 //!    ownership or permission on `P'; rejecting this build output").
@@ -70,6 +71,10 @@ pub struct OutputsSpec<'a> {
     /// caller passes a DB-backed closure.
     pub closure: &'a dyn Fn(&BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>>,
     pub scratch: &'a Scratch,
+    /// The build ran without a chroot, so its outputs are in the store directory already:
+    /// step 1's fresh copy replaces each one where it is (C++ copies to `P.tmp` and renames it
+    /// over `P`), and an output that then fails a check stays there, invalid, as in C++.
+    pub in_place: bool,
 }
 
 /// One output, processed: its registration and its tree in scratch space.
@@ -304,7 +309,13 @@ fn acquire(spec: &OutputsSpec) -> Result<Vec<Held>> {
         if fixed && fs::symlink_metadata(&out.location).is_ok() {
             let entry = spec.scratch.allocate_build(path).context(|| "allocating scratch space".to_owned())?;
             copy_recursively(&out.location, entry.path())?;
-            out.entry = Some(entry);
+            if spec.in_place {
+                fs::rename(entry.path(), &out.location)
+                    .context(|| format!("renaming `{}' to `{}'", entry.path().display(), out.location.display()))?;
+                entry.handed_over();
+            } else {
+                out.entry = Some(entry);
+            }
         }
         held.push(out);
     }

@@ -131,6 +131,7 @@ impl TestStore {
             drv_path,
             drv,
             outputs: BTreeMap::from([("out".to_owned(), out)]),
+            redirects: BTreeMap::new(),
             input_paths: BTreeSet::from([self.busybox.clone()]),
             user: Some((BUILD_UID, BUILD_GID, vec![BUILD_GID])),
             extra_files: vec![],

@@ -32,6 +32,8 @@ struct World {
     build_uid: Option<u32>,
     /// What the requisites closure gives for each path (itself plus these).
     closures: BTreeMap<StorePath, BTreeSet<StorePath>>,
+    /// [`OutputsSpec::in_place`].
+    in_place: bool,
 }
 
 impl World {
@@ -76,6 +78,7 @@ impl World {
             candidates,
             build_uid: Some(BUILD_UID),
             closures,
+            in_place: false,
         }
     }
 
@@ -114,6 +117,7 @@ impl World {
             candidates: &self.candidates,
             closure,
             scratch: &self.scratch,
+            in_place: self.in_place,
         }
     }
 
@@ -369,6 +373,32 @@ fn fixed_output_hash_mismatch_says_what_it_got() {
     w.file(&w.loc(&w.out("out")), b"actual", 0o644);
     let Error::HashMismatch(m) = w.process().unwrap_err() else { panic!() };
     assert_eq!(m.actual, HashAlgo::Md5.digest(b"actual").to_base16());
+}
+
+#[test]
+fn fixed_output_built_in_place_is_copied_afresh_where_it_is() {
+    let announced = HashAlgo::Sha256.digest(b"expected");
+    let mut w = World::fixed("sha256", &announced);
+    w.in_place = true;
+    let loc = w.loc(&w.out("out"));
+    w.file(&loc, b"actual", 0o644);
+    let before = fs::symlink_metadata(&loc).unwrap().ino();
+    // A hash mismatch leaves the fresh copy where the build made it (the store, without a
+    // chroot), as C++ does.
+    let Error::HashMismatch(_) = w.process().unwrap_err() else { panic!() };
+    assert_ne!(fs::symlink_metadata(&loc).unwrap().ino(), before);
+    assert_eq!(fs::read(&loc).unwrap(), b"actual");
+    assert!(w.scratch_entries().is_empty());
+    // The right contents go on into scratch space.
+    let w2 = {
+        let mut w = World::fixed("sha256", &HashAlgo::Sha256.digest(b"actual"));
+        w.in_place = true;
+        w
+    };
+    w2.file(&w2.loc(&w2.out("out")), b"actual", 0o644);
+    let processed = w2.process().unwrap();
+    assert_eq!(processed.outputs().len(), 1);
+    assert!(fs::symlink_metadata(w2.loc(&w2.out("out"))).is_err());
 }
 
 #[test]

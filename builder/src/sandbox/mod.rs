@@ -35,6 +35,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use guix_formats::derivation::Derivation;
+use guix_formats::store_path::HashPart;
 use guix_formats::{StoreDir, StorePath};
 use guix_store::strerror;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -110,6 +111,11 @@ pub struct StartSpec {
     /// Every output of the derivation (for check builds: the redirected paths are the
     /// caller's business; these are erased from the chroot's bind mounts).
     pub outputs: BTreeMap<String, StorePath>,
+    /// C++ `redirectedOutputs`: for a `--check` build without a chroot (`--disable-chroot`, or
+    /// a builtin), each valid output → where the build makes it instead ([`rewrite_path`]);
+    /// their hash parts are rewritten in the builder's environment and arguments. Empty
+    /// otherwise.
+    pub redirects: BTreeMap<StorePath, StorePath>,
     /// The closure of the inputs: bind-mounted read-only into the chroot.
     pub input_paths: BTreeSet<StorePath>,
     /// The build user's uid, gid and groups; `None` without build users.
@@ -131,11 +137,14 @@ pub struct BuildLayout {
     /// `<store>/<drv>.chroot/top`, with a chroot.
     pub chroot_root: Option<PathBuf>,
     store_dir: PathBuf,
+    /// [`StartSpec::redirects`].
+    redirects: BTreeMap<StorePath, StorePath>,
 }
 
 impl BuildLayout {
     /// Where output `path` is on the host after the build.
     pub fn output_location(&self, path: &StorePath) -> PathBuf {
+        let path = self.redirects.get(path).unwrap_or(path);
         let in_store = self.store_dir.join(path.base_name());
         match &self.chroot_root {
             Some(root) => {
@@ -479,6 +488,34 @@ impl Drop for Prepared {
     }
 }
 
+/// C++ `addHashRewrite`: where a check build without a chroot makes the valid output `path`
+/// of `drv_path` instead: the same name, with the hash part the first 32 characters of the
+/// Nix base32 SHA-256 of `rewrite:DRV:PATH` (full paths).
+pub fn rewrite_path(store: &StoreDir, drv_path: &StorePath, path: &StorePath) -> Option<StorePath> {
+    let text = format!("rewrite:{}:{}", store.display(drv_path), store.display(path));
+    let hash = guix_formats::base32::encode(&guix_formats::hash::sha256(text.as_bytes()));
+    let part = HashPart::parse(hash.get(..32)?).ok()?;
+    StorePath::from_parts(part, path.name()).ok()
+}
+
+/// C++ `rewriteHashes`: every occurrence of each `from` replaced by its `to` (same length).
+fn rewrite_hashes(value: &[u8], rewrites: &[(String, String)]) -> Vec<u8> {
+    let mut out = value.to_vec();
+    for (from, to) in rewrites {
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut i = 0;
+        while i + from.len() <= out.len() {
+            if &out[i..i + from.len()] == from {
+                out[i..i + from.len()].copy_from_slice(to);
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The parent's part of `startBuilder`: environment, directories, chroot contents, the plan.
 fn prepare(spec: &StartSpec) -> Result<Prepared> {
     let s = &spec.settings;
@@ -496,8 +533,20 @@ fn prepare(spec: &StartSpec) -> Result<Prepared> {
     env.insert(b"HOME".to_vec(), home.into());
     env.insert(b"NIX_STORE".to_vec(), store.clone());
     env.insert(b"NIX_BUILD_CORES".to_vec(), s.build_cores.to_string().into_bytes());
+    let rewrites: Vec<(String, String)> = spec
+        .redirects
+        .iter()
+        .map(|(from, to)| (from.hash_part().as_str().to_owned(), to.hash_part().as_str().to_owned()))
+        .collect();
     for (k, v) in &drv.env {
-        env.insert(k.clone(), v.clone());
+        env.insert(k.clone(), rewrite_hashes(v, &rewrites));
+    }
+    // C++ `addHashRewrite`: nothing may be at a redirected output's path.
+    for to in spec.redirects.values() {
+        let p = store_dir.join(to.base_name());
+        if fs::symlink_metadata(&p).is_ok() {
+            guix_store::files::delete_tree(&p).map_err(|e| sys(format!("deleting `{}'", p.display()), &e))?;
+        }
     }
 
     let tmp_dir = create_temp_dir(&s.tmp_dir, &format!("guix-build-{drv_name}"))?;
@@ -507,6 +556,7 @@ fn prepare(spec: &StartSpec) -> Result<Prepared> {
         tmp_dir,
         chroot_root: None,
         store_dir: store_dir.clone(),
+        redirects: spec.redirects.clone(),
     };
     // From here on, a failure removes what was made.
     let result = prepare_in(spec, &mut layout, env, use_chroot, fixed_output, builtin, home);
@@ -585,6 +635,8 @@ fn prepare_in(
                 .outputs
                 .get("out")
                 .ok_or_else(|| Error::build(FailureKind::InputRejected, "builtin derivation has no `out' output"))?;
+            // A check build downloads to the redirected path.
+            let out = spec.redirects.get(out).unwrap_or(out);
             let pack: String = s.nix_options.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
             Exec::Download {
                 guix: bytes(&s.guix_program).to_vec(),
@@ -597,8 +649,13 @@ fn prepare_in(
         Some(other) => Exec::UnsupportedBuiltin { name: other.to_vec() },
         None => {
             let base = drv.builder.rsplit(|&c| c == b'/').next().unwrap_or_default().to_vec();
+            let rewrites: Vec<(String, String)> = spec
+                .redirects
+                .iter()
+                .map(|(from, to)| (from.hash_part().as_str().to_owned(), to.hash_part().as_str().to_owned()))
+                .collect();
             let mut args = vec![base];
-            args.extend(drv.args.iter().cloned());
+            args.extend(drv.args.iter().map(|a| rewrite_hashes(a, &rewrites)));
             Exec::Builder {
                 program: drv.builder.clone(),
                 args,
@@ -867,6 +924,19 @@ mod tests {
         assert_eq!(status_to_string(&ExitStatus::from_raw(0)), "succeeded");
         assert_eq!(status_to_string(&ExitStatus::from_raw(9)), "failed due to signal 9 (Killed)");
         assert_eq!(status_to_string(&ExitStatus::from_raw(15)), "failed due to signal 15 (Terminated)");
+    }
+
+    #[test]
+    fn check_builds_without_chroot_are_redirected_as_cxx() {
+        // Observed: the C++ daemon 1.5.0 checking a `builtin:download` derivation.
+        let store = StoreDir::default();
+        let drv = store.parse("/gnu/store/adk7f5yj8vi0nd3ck8pl26jvk85d4qg2-file.txt.drv").expect("drv");
+        let out = store.parse("/gnu/store/6cp4dps094ian9f9gmpl4s7w9aiw9jcr-file.txt").expect("out");
+        let to = rewrite_path(&store, &drv, &out).expect("redirected");
+        assert_eq!(store.display(&to), "/gnu/store/0m2p3is4nisjwzjm499ab34cgnzsgkwb-file.txt");
+        let rewrites = vec![(out.hash_part().as_str().to_owned(), to.hash_part().as_str().to_owned())];
+        assert_eq!(rewrite_hashes(store.display(&out).as_bytes(), &rewrites), store.display(&to).into_bytes());
+        assert_eq!(rewrite_hashes(b"nothing", &rewrites), b"nothing".to_vec());
     }
 
     #[test]
