@@ -164,6 +164,10 @@ async fn build(
     let prep = step.take().unwrap_or_else(|| job.slots.preparing());
     let (_slot, starting) = job.slots.acquire(key.clone(), prep).await;
     *step = Some(starting);
+    // The daemon's own time per build, printed with `--debug` (bench/README.md).
+    let granted = Instant::now();
+    let mut started_in = Duration::ZERO;
+    let mut exited_at = Instant::now();
     let mut user = match &b.users {
         Some(Ok(pool)) => Some(pool.acquire().await?),
         Some(Err(e)) => return Err(Error::Setup(e.clone())),
@@ -221,6 +225,9 @@ async fn build(
         );
         let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
         let mut started = sandbox::start(spec).await?;
+        if round == 1 {
+            started_in = granted.elapsed();
+        }
         // Noted until the end of this round, so that a builder killed meanwhile has its
         // successor remove the directory.
         let mut journal = crate::schedule::JournalEntry::note(&b.config, &started.layout.tmp_dir)
@@ -233,6 +240,7 @@ async fn build(
         *step = None;
 
         let ended = supervise(job, &shown, &mut started, &mut log).await;
+        exited_at = Instant::now();
         let _ = log.finish();
         let status = match ended {
             Ok(status) => status,
@@ -360,6 +368,13 @@ async fn build(
         u.release().await;
     }
     locks.release(true);
+    if b.config.debug {
+        eprintln!(
+            "guix-builder: timing {shown}: {:.2} ms from slot to builder start, {:.2} ms from builder exit to valid outputs",
+            started_in.as_secs_f64() * 1e3,
+            exited_at.elapsed().as_secs_f64() * 1e3
+        );
+    }
     job.trace(|| format!("@ build-succeeded {shown} -"));
     Ok(())
 }
