@@ -686,11 +686,9 @@ async fn process(
     let locations: BTreeMap<StorePath, PathBuf> =
         to_build.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, to_build2) = (b.clone(), drv_path.clone(), drv.clone(), to_build.clone());
-    let db_dir = b.config.paths.db_dir.clone();
     let in_place = started.layout.chroot_root.is_none();
-    tokio::task::spawn_blocking(move || {
-        let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
-        let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
+    b.read(move |reader| {
+        let closure = |paths: &BTreeSet<StorePath>| closure_of(reader, paths.clone());
         let store_dir = b2.config.paths.store_dir.clone();
         let locate = |p: &StorePath| locations.get(p).cloned().unwrap_or_else(|| store_dir.join(p.base_name()));
         let spec = OutputsSpec {
@@ -708,7 +706,6 @@ async fn process(
         outputs::process_outputs_kept(&spec)
     })
     .await
-    .map_err(|e| Error::io("processing the outputs", std::io::Error::other(e.to_string())))?
 }
 
 /// `--check`: [`outputs::check_outputs`] of every output against its valid NAR hash.
@@ -724,17 +721,15 @@ async fn check(
     let locations: BTreeMap<StorePath, PathBuf> =
         all_outputs.values().map(|p| (p.clone(), started.layout.output_location(p))).collect();
     let (b2, drv_path2, drv2, outputs2) = (b.clone(), drv_path.clone(), drv.clone(), all_outputs.clone());
-    let db_dir = b.config.paths.db_dir.clone();
     let in_place = started.layout.chroot_root.is_none();
-    tokio::task::spawn_blocking(move || {
-        let reader = guix_store::DbReader::open(&db_dir, b2.store.clone())?;
+    b.read(move |reader| {
         let mut valid = BTreeMap::new();
         for p in outputs2.values() {
             if let Some(info) = reader.try_query_path_info(p)? {
                 valid.insert(p.clone(), info.nar_hash);
             }
         }
-        let closure = |paths: &BTreeSet<StorePath>| closure_of(&reader, paths.clone());
+        let closure = |paths: &BTreeSet<StorePath>| closure_of(reader, paths.clone());
         let store_dir = b2.config.paths.store_dir.clone();
         let locate = |p: &StorePath| locations.get(p).cloned().unwrap_or_else(|| store_dir.join(p.base_name()));
         let no_candidates = BTreeSet::new();
@@ -753,7 +748,6 @@ async fn check(
         outputs::check_outputs(&spec, &valid, keep_failed).map(drop)
     })
     .await
-    .map_err(|e| Error::io("checking the outputs", std::io::Error::other(e.to_string())))?
 }
 
 /// The output `.lock` files held by this process (POSIX locks are per process: a second lock
