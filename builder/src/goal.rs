@@ -228,10 +228,6 @@ async fn build(
         if round == 1 {
             started_in = granted.elapsed();
         }
-        // Noted until the end of this round, so that a builder killed meanwhile has its
-        // successor remove the directory.
-        let mut journal = crate::schedule::JournalEntry::note(&b.config, &started.layout.tmp_dir)
-            .context(|| "noting the build directory".to_owned())?;
         for note in started.notes.drain(..) {
             job.message(LVL_ERROR, note);
         }
@@ -263,7 +259,6 @@ async fn build(
                 keep_failed_outputs(b, &started.layout, &to_build);
             }
             if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
-                journal.kept();
                 job.message(LVL_ERROR, note);
             }
             if let Some(u) = user.take() {
@@ -299,7 +294,6 @@ async fn build(
             }
             let keep = checked.is_err() && keep_failed;
             if let Some(note) = started.layout.cleanup(keep, job.settings.client_uid)? {
-                journal.kept();
                 job.message(LVL_ERROR, note);
             }
             return match checked {
@@ -324,7 +318,6 @@ async fn build(
             Ok(p) => p,
             Err(e) => {
                 if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
-                    journal.kept();
                     job.message(LVL_ERROR, note);
                 }
                 // C++ caches every `BuildError` of a build that is not fixed-output.
@@ -342,7 +335,6 @@ async fn build(
                 leave_in_store(b, &processed);
                 report(job, &shown, &e);
                 if let Some(note) = started.layout.cleanup(keep_failed, job.settings.client_uid)? {
-                    journal.kept();
                     job.message(LVL_ERROR, note);
                 }
                 if job.settings.cache_failures {
@@ -594,6 +586,7 @@ fn sandbox_settings(b: &Arc<Builder>, job: &Arc<Job>) -> SandboxSettings {
     let mut settings = SandboxSettings::from_config(&b.config);
     settings.build_cores = job.settings.cores;
     settings.nix_options = job.settings.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    settings.journal_dir = Some(crate::schedule::build_dirs_journal(&b.config));
     settings
 }
 

@@ -440,6 +440,7 @@ pub fn build_dirs_journal(config: &DaemonConfig) -> std::path::PathBuf {
 /// A build directory noted in [`build_dirs_journal`]. Dropped, the note goes if the directory
 /// is gone (cleaned up) or was kept on purpose ([`JournalEntry::kept`]); a directory left
 /// otherwise (the builder stopping in the middle) keeps its note for the next builder.
+#[derive(Debug)]
 pub struct JournalEntry {
     link: std::path::PathBuf,
     dir: std::path::PathBuf,
@@ -447,9 +448,9 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    pub fn note(config: &DaemonConfig, build_dir: &std::path::Path) -> std::io::Result<JournalEntry> {
-        let dir = build_dirs_journal(config);
-        std::fs::create_dir_all(&dir)?;
+    /// Notes `build_dir` in the journal directory `dir` ([`build_dirs_journal`]).
+    pub fn note(dir: &std::path::Path, build_dir: &std::path::Path) -> std::io::Result<JournalEntry> {
+        std::fs::create_dir_all(dir)?;
         let name = build_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let link = dir.join(format!("{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&link);

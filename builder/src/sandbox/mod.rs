@@ -81,6 +81,10 @@ pub struct SandboxSettings {
     /// The program run as the sandbox helper with [`HELPER_FLAG`]: `None` is
     /// `/proc/self/exe` (the running `guix-builder`); tests name the binary.
     pub helper_program: Option<PathBuf>,
+    /// Where to note the build directory as soon as it exists
+    /// (`crate::schedule::build_dirs_journal`), so that a builder killed at any moment has
+    /// its successor remove it; `None`: not noted (tests).
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl SandboxSettings {
@@ -99,6 +103,7 @@ impl SandboxSettings {
             guix_program: cfg.paths.guix_program.clone(),
             nix_options: Vec::new(),
             helper_program: None,
+            journal_dir: None,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct BuildLayout {
     pub top_in_sandbox: PathBuf,
     /// `<store>/<drv>.chroot/top`, with a chroot.
     pub chroot_root: Option<PathBuf>,
+    /// The build directory's note, while it is one of a build in progress.
+    journal: Option<crate::schedule::JournalEntry>,
     store_dir: PathBuf,
     /// [`StartSpec::redirects`].
     redirects: BTreeMap<StorePath, StorePath>,
@@ -166,7 +173,12 @@ impl BuildLayout {
     /// 0755 and, for a client that is not root, stripped of setuid/setgid/world-writable
     /// bits, given to the client, and (with a chroot) moved up to be the build directory
     /// itself. Returns the note to show the client.
-    pub fn cleanup(self, keep: bool, client_uid: Option<u32>) -> Result<Option<String>> {
+    pub fn cleanup(mut self, keep: bool, client_uid: Option<u32>) -> Result<Option<String>> {
+        if keep {
+            if let Some(j) = &mut self.journal {
+                j.kept();
+            }
+        }
         if let Some(c) = self.chroot_container() {
             guix_store::files::delete_tree(c).map_err(|e| sys(format!("deleting `{}'", c.display()), &e))?;
         }
@@ -550,11 +562,23 @@ fn prepare(spec: &StartSpec) -> Result<Prepared> {
     }
 
     let tmp_dir = create_temp_dir(&s.tmp_dir, &format!("guix-build-{drv_name}"))?;
+    // Noted at once: from here a killed builder's successor removes it.
+    let journal = match &s.journal_dir {
+        Some(dir) => match crate::schedule::JournalEntry::note(dir, &tmp_dir) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                let _ = guix_store::files::delete_tree(&tmp_dir);
+                return Err(sys("noting the build directory".into(), &e));
+            }
+        },
+        None => None,
+    };
     let mut layout = BuildLayout {
         top: tmp_dir.clone(),
         top_in_sandbox: tmp_dir.clone(),
         tmp_dir,
         chroot_root: None,
+        journal,
         store_dir: store_dir.clone(),
         redirects: spec.redirects.clone(),
     };
