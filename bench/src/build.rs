@@ -77,21 +77,23 @@ fn count_items(store: &Path) -> Res<usize> {
         .count())
 }
 
-type Kind = Result<(DaemonKind, SessionOptions), String>;
+pub type Kind = Result<(DaemonKind, SessionOptions), String>;
 
-/// `p.reps` repetitions, each a C++ run and one of ours, in turn first (or only one of them
-/// with `only`);
-/// the medians of wall time, daemon CPU and items, per daemon. Prints each pair's wall-time
-/// ratio on stderr as it goes. A failed run fails that daemon's figures.
-pub fn alternate(
+/// `reps` repetitions, each a C++ run (`runs[0]`) and one of ours (`runs[1]`), who goes first
+/// alternating (or only one of them with `only`). After each pair, `pair(rep, c, o)` may print
+/// it and return an error that replaces ours (the daemons disagree). Shared by the scenarios
+/// that need a fresh session per run.
+pub fn alternate_runs<T>(
     rig: &Rig,
     cxx: &Kind,
     ours: &Kind,
     only: Option<&str>,
-    p: &crate::scenarios::Params,
-) -> (Vec<Res<f64>>, Vec<Res<f64>>) {
-    let mut runs: [Vec<Res<BuildRun>>; 2] = [Vec::new(), Vec::new()];
-    for rep in 0..p.reps {
+    reps: usize,
+    mut run: impl FnMut(&Rig, &(DaemonKind, SessionOptions), usize) -> Res<T>,
+    mut pair: impl FnMut(usize, &T, &T) -> Option<String>,
+) -> [Vec<Res<T>>; 2] {
+    let mut runs: [Vec<Res<T>>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..reps {
         // Who goes first alternates too: the first run of a pair may find colder caches.
         let mut order = [(0, cxx, "cxx"), (1, ours, "ours")];
         if rep % 2 == 1 {
@@ -102,10 +104,36 @@ pub fn alternate(
                 runs[i].push(Err("skipped (--only)".into()));
                 continue;
             }
-            let r = kind.as_ref().map_err(Clone::clone).and_then(|k| run_once(rig, k, p.package));
+            let r = kind.as_ref().map_err(Clone::clone).and_then(|k| run(rig, k, rep));
             runs[i].push(r);
         }
         if let (Some(Ok(c)), Some(Ok(o))) = (runs[0].last(), runs[1].last()) {
+            if let Some(e) = pair(rep, c, o) {
+                runs[1].push(Err(e));
+            }
+        }
+    }
+    runs
+}
+
+/// `p.reps` repetitions ([`alternate_runs`]); the medians of wall time, daemon CPU and items,
+/// per daemon. Prints each pair's wall-time ratio on stderr as it goes. A failed run fails that
+/// daemon's figures.
+pub fn alternate(
+    rig: &Rig,
+    cxx: &Kind,
+    ours: &Kind,
+    only: Option<&str>,
+    p: &crate::scenarios::Params,
+) -> (Vec<Res<f64>>, Vec<Res<f64>>) {
+    let runs = alternate_runs(
+        rig,
+        cxx,
+        ours,
+        only,
+        p.reps,
+        |rig, k, _| run_once(rig, k, p.package),
+        |rep, c: &BuildRun, o: &BuildRun| {
             eprintln!(
                 "guix-bench: build-derivations rep {}: C++ {:.2} s, ours {:.2} s ({:.2}x); daemon CPU {:.2} s / {:.2} s",
                 rep + 1,
@@ -115,12 +143,9 @@ pub fn alternate(
                 c.daemon_cpu,
                 o.daemon_cpu
             );
-            if c.drv != o.drv {
-                let e = format!("the daemons disagree: C++ printed `{}', ours `{}'", c.drv, o.drv);
-                runs[1].push(Err(e));
-            }
-        }
-    }
+            (c.drv != o.drv).then(|| format!("the daemons disagree: C++ printed `{}', ours `{}'", c.drv, o.drv))
+        },
+    );
     let medians = |v: &[Res<BuildRun>]| -> Vec<Res<f64>> {
         let field =
             |f: fn(&BuildRun) -> f64| median(v.iter().map(|r| r.as_ref().map(f).map_err(Clone::clone)).collect());

@@ -9,10 +9,10 @@
 
 use guix_tests::{DaemonKind, Rig, Session, SessionOptions};
 
+use crate::build::Kind;
 use crate::scenarios::median;
 
 type Res<T> = Result<T, String>;
-type Kind = Result<(DaemonKind, SessionOptions), String>;
 
 /// How many derivations.
 pub const BUILDS: usize = 200;
@@ -52,7 +52,8 @@ fn run_once(rig: &Rig, kind: &(DaemonKind, SessionOptions), n: usize, rep: usize
     out.trim().lines().last().and_then(|l| l.trim().parse::<f64>().ok()).ok_or_else(|| format!("no time in `{out}'"))
 }
 
-/// `reps` repetitions of each daemon, alternating; the median seconds of each.
+/// `reps` repetitions of each daemon, alternating ([`crate::build::alternate_runs`]); the
+/// median seconds of each.
 pub fn alternate(
     rig: &Rig,
     cxx: &Kind,
@@ -61,23 +62,17 @@ pub fn alternate(
     n: usize,
     reps: usize,
 ) -> (Res<f64>, Res<f64>) {
-    let mut runs: [Vec<Res<f64>>; 2] = [Vec::new(), Vec::new()];
-    for rep in 0..reps {
-        let mut order = [(0, cxx, "cxx"), (1, ours, "ours")];
-        if rep % 2 == 1 {
-            order.reverse();
-        }
-        for (i, kind, name) in order {
-            if only.is_some_and(|o| o != name) {
-                runs[i].push(Err("skipped (--only)".into()));
-                continue;
-            }
-            runs[i].push(kind.as_ref().map_err(Clone::clone).and_then(|k| run_once(rig, k, n, rep)));
-        }
-        if let (Some(Ok(c)), Some(Ok(o))) = (runs[0].last(), runs[1].last()) {
+    let [c, o] = crate::build::alternate_runs(
+        rig,
+        cxx,
+        ours,
+        only,
+        reps,
+        |rig, k, rep| run_once(rig, k, n, rep),
+        |rep, c, o| {
             eprintln!("guix-bench: trivial-builds rep {}: C++ {c:.2} s, ours {o:.2} s ({:.2}x)", rep + 1, o / c);
-        }
-    }
-    let [c, o] = runs;
+            None
+        },
+    );
     (median(c), median(o))
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, FailureKind, IoContext, Result};
 use crate::log::BuildLog;
 use crate::outputs::{self, OutputsSpec, ProcessedOutputs};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
-use crate::schedule::{closure_of, Builder, Job, Outcome, LOCK_POLL};
+use crate::schedule::{closure_of, Builder, Job, Outcome};
 use crate::slots::{Preparing, SlotKey};
 
 /// C++ `lvlError`, `lvlInfo`.
@@ -127,7 +127,7 @@ async fn build(
         return Ok(());
     }
     if job.settings.cache_failures {
-        if let Err(e) = check_cached_failures(b, job, &missing).await {
+        if let Err(e) = check_cached_failures(b, &missing).await {
             take_turn(job, key, step).await;
             return Err(e);
         }
@@ -438,18 +438,15 @@ async fn missing_outputs(
 }
 
 /// `pathFailed`: with `--cache-failures`, an output that failed before fails at once.
-async fn check_cached_failures(b: &Arc<Builder>, job: &Arc<Job>, missing: &BTreeMap<String, StorePath>) -> Result<()> {
+async fn check_cached_failures(b: &Arc<Builder>, missing: &BTreeMap<String, StorePath>) -> Result<()> {
     let paths: Vec<StorePath> = missing.values().cloned().collect();
     let failed = b.read(move |r| Ok(paths.into_iter().find(|p| r.has_path_failed(p).unwrap_or(false)))).await?;
     match failed {
         None => Ok(()),
-        Some(p) => {
-            let _ = job;
-            Err(Error::build(
-                FailureKind::Cached,
-                format!("builder for `{}' failed previously (cached)", b.store.display(&p)),
-            ))
-        }
+        Some(p) => Err(Error::build(
+            FailureKind::Cached,
+            format!("builder for `{}' failed previously (cached)", b.store.display(&p)),
+        )),
     }
 }
 
@@ -742,6 +739,10 @@ async fn check(
     })
     .await
 }
+
+/// Polling interval while an output lock is held by another process (C++ `pollInterval`
+/// is 5 s; a shorter one costs nothing here).
+const LOCK_POLL: Duration = Duration::from_millis(500);
 
 /// The output `.lock` files held by this process (POSIX locks are per process: a second lock
 /// of ours would succeed, so we keep the set, as C++ keeps `lockedPaths`).

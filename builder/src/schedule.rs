@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::builder::{BuildEvent, BuildMode, BuildOptions, BuildReply, BuildTarget, HEARTBEAT};
@@ -502,7 +501,3 @@ pub fn closure_of(r: &DbReader, paths: BTreeSet<StorePath>) -> Result<BTreeSet<S
     }
     Ok(seen)
 }
-
-/// Polling interval while an output lock is held by another process (C++ `pollInterval`
-/// is 5 s; a shorter one costs nothing here).
-pub const LOCK_POLL: Duration = Duration::from_millis(500);

@@ -43,8 +43,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     if let Some(Ok(pool)) = &users {
-        // Every free build user once: taking one kills its processes (a dead builder's
-        // builds); users locked by another process are left alone.
+        // Every free build user once: releasing one kills its processes (a dead builder's
+        // builds; `BuildUser`'s drop, synchronous here, outside the runtime); users locked by
+        // another process are left alone.
         let mut held = Vec::new();
         while let Ok(Some(u)) = pool.try_acquire() {
             held.push(u);

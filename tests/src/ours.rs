@@ -1,6 +1,7 @@
 //! Starting OUR daemon in the rig: the supervisor binary plus its component binaries, taken from
 //! the target directory of the running test (build them first: `cargo build --workspace`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::{DaemonKind, Rig, RigError, Session, SessionOptions};
@@ -35,4 +36,25 @@ pub fn ours_kind_in(dir: &Path, extra_args: &[&str]) -> (DaemonKind, SessionOpti
 pub fn start_ours(rig: &Rig) -> Result<Session, RigError> {
     let (kind, opts) = ours_kind(&[]);
     Session::start_with(rig, kind, &opts)
+}
+
+/// `guix-daemon-rs ctl status` run in the session's chroot: component → (pid, restarts).
+/// The pids are the session's (its own PID namespace). Panics if `ctl` fails.
+pub fn ctl_status(s: &Session) -> BTreeMap<String, (Option<u32>, u64)> {
+    let ctl = format!("{LIBEXEC_IN_CHROOT}/guix-daemon-rs");
+    let out = s.exec(&[ctl.as_str(), "ctl", "status"]).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl status: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    let mut map = BTreeMap::new();
+    for line in text.lines().skip(2) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let pid = f[1].parse().ok();
+        // Columns: COMPONENT PID UPTIME RESTARTS …; UPTIME may be two words ("in 0.1s").
+        let restarts = if f[2] == "in" { f[4] } else { f[3] };
+        map.insert(f[0].to_owned(), (pid, restarts.parse().unwrap_or(0)));
+    }
+    map
 }

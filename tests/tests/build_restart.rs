@@ -15,13 +15,12 @@
 //! Needs root, `scripts/rig setup`, and the workspace built in release mode
 //! (`cargo build --release --workspace`, then `cargo test --release -p guix-tests`).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use guix_tests::ours::ours_kind;
+use guix_tests::ours::{ctl_status, ours_kind};
 use guix_tests::{Rig, Session};
 
 /// A client script: adds the rig's static busybox, then builds `n` derivations named
@@ -55,23 +54,6 @@ fn client_script(prefix: &str, n: usize, secs: u32) -> String {
 
 fn expected(prefix: &str, n: usize) -> String {
     (0..n).map(|i| format!("built {prefix}-{i}\n")).collect()
-}
-
-/// `ctl status`: component → (pid, restarts).
-fn ctl_status(s: &Session) -> BTreeMap<String, (Option<u32>, u64)> {
-    let out = s.exec(&["/opt/guix-daemon-rs/guix-daemon-rs", "ctl", "status"]).unwrap_or_else(|e| panic!("{e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ctl status: {}{}", text, String::from_utf8_lossy(&out.stderr));
-    let mut map = BTreeMap::new();
-    for line in text.lines().skip(2) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let restarts = if f[2] == "in" { f[4] } else { f[3] };
-        map.insert(f[0].to_owned(), (f[1].parse().ok(), restarts.parse().unwrap_or(0)));
-    }
-    map
 }
 
 /// The uids of the rig's build users (`guixbuild` members in the rootfs's `/etc/group`).

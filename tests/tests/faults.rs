@@ -27,6 +27,7 @@ use guix_client::{ClientError, DaemonClient};
 use guix_formats::hash::HashAlgo;
 use guix_formats::nar;
 use guix_formats::store_path::StorePath;
+use guix_tests::ours::ctl_status;
 use guix_tests::store_check::{check_store, integrity_check};
 use guix_tests::{start_ours, Rig, Session};
 
@@ -60,25 +61,6 @@ struct Record {
     /// Whether socket-front had been killed at least once when the operation ended.
     after_front_kill: bool,
     took: Duration,
-}
-
-/// `ctl status` run in the chroot: component → (pid, restarts).
-fn ctl_status(s: &Session) -> BTreeMap<String, (Option<u32>, u64)> {
-    let out = s.exec(&["/opt/guix-daemon-rs/guix-daemon-rs", "ctl", "status"]).unwrap_or_else(|e| panic!("{e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ctl status: {}{}", text, String::from_utf8_lossy(&out.stderr));
-    let mut map = BTreeMap::new();
-    for line in text.lines().skip(2) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let pid = f[1].parse().ok();
-        // Columns: COMPONENT PID UPTIME RESTARTS …; UPTIME may be two words ("in 0.1s").
-        let restarts = if f[2] == "in" { f[4] } else { f[3] };
-        map.insert(f[0].to_owned(), (pid, restarts.parse().unwrap_or(0)));
-    }
-    map
 }
 
 /// Kills `component` with SIGKILL and waits until the supervisor has started it again.
