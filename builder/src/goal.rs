@@ -262,7 +262,7 @@ async fn build(
                 job.message(LVL_ERROR, note);
             }
             if let Some(u) = user.take() {
-                u.release().await;
+                u.release_killed();
             }
             if kind == FailureKind::Permanent && job.settings.cache_failures {
                 cache_failure(b, job, &to_build).await;
@@ -357,7 +357,7 @@ async fn build(
     }
     // Free for the next build before this one's slot is (C++ releases it in `buildDone`).
     if let Some(u) = user.take() {
-        u.release().await;
+        u.release_killed();
     }
     locks.release(true);
     if b.config.debug {

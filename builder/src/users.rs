@@ -179,16 +179,14 @@ pub struct BuildUser {
 }
 
 impl BuildUser {
-    /// Kills the user's processes and releases it, returning once it is free for the next
-    /// build (dropping it does the same in the background).
-    pub async fn release(mut self) {
-        let Some(lock) = self.lock.take() else { return };
-        let (uid, pool) = (self.uid, Arc::clone(&self.pool));
-        let _ = tokio::task::spawn_blocking(move || {
-            let _ = kill_user(uid);
-            pool.release(uid, lock);
-        })
-        .await;
+    /// Releases the user at once, for a caller that has just killed its processes (C++
+    /// `killUser` in `buildDone`, after the builder exited): free for the next build when this
+    /// returns, without killing a second time. Dropping it instead kills them again, then
+    /// releases it in the background.
+    pub fn release_killed(mut self) {
+        if let Some(lock) = self.lock.take() {
+            self.pool.release(self.uid, lock);
+        }
     }
 
     /// `(uid, gid, groups)`, as [`crate::sandbox::StartSpec::user`] takes it.
