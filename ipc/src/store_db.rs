@@ -3,11 +3,12 @@
 //! store-db is the only writer of the database and the only process that renames items into the
 //! store.
 //!
-//! Idempotency ([`LinkRequest`]): every request is, so [`crate::Client`] resends it after a
+//! Idempotency ([`LinkRequest`]): every request but `BeginCollection` is, so [`crate::Client`] resends it after a
 //! store-db restart: adding a path that is already valid returns it unchanged (and the retry
 //! of an `AddItems` whose rename happened but whose commit did not accepts the renamed item),
 //! temp-root messages may be applied twice, late, or in any order (below), an indirect root
-//! is made by renaming over its name, and `InvalidateMissing` checks again before removing.
+//! is made by renaming over its name, `InvalidateMissing` checks again before removing, and
+//! `DeleteDead` finds what it deleted gone (`KeptBecause::Gone`).
 //!
 //! Failures are [`LinkError`]s: `Client` for what the guix client is told (the C++ daemon's
 //! wording), `Internal` for store-db's own faults.
@@ -33,9 +34,10 @@ use std::fs;
 use guix_formats::{Hash, StorePath};
 use serde::{Deserialize, Serialize};
 
+use crate::gc::KeepRules;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 6 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 7 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
@@ -178,20 +180,124 @@ pub enum StoreDbRequest {
     InvalidateMissing {
         paths: Vec<StorePath>,
     },
+    /// The gc starts a collection: answers [`StoreDbReply::CollectionBegun`] with every temp
+    /// root at this instant; from then on every path made a temp root is recorded for the
+    /// collection, until [`StoreDbRequest::EndCollection`] or until the collection has been
+    /// idle (no request naming it) for [`COLLECTION_LEASE`]. Refused (a retryable error naming
+    /// the holders waited for) until every component of [`ROOT_HOLDERS`] has synced after a
+    /// store-db start. Not idempotent: a resent one begins a second collection, which expires.
+    BeginCollection,
+    /// Deletes store entries the gc found dead, each only if it is still dead now (see
+    /// [`DeadEntry`] and ARCHITECTURE.md, "Garbage collection"). For each entry accepted, in
+    /// order: a valid path is invalidated (all the batch's in one transaction), then the entry
+    /// is renamed into `<store>/trash` (created if missing) so that the gc can delete its files
+    /// outside the writer. Stops after the first entry that brings `freed_before` plus the
+    /// entries' [`Deleted::accounted`] bytes above `max_freed`. An unknown (expired, or begun
+    /// before a store-db restart) collection is an error: the gc begins again.
+    DeleteDead {
+        collection: CollectionId,
+        entries: Vec<DeadEntry>,
+        keep: KeepRules,
+        freed_before: u64,
+        max_freed: u64,
+        /// How many links a file may have for its deletion to count as freeing its size (C++
+        /// `linkThreshold`: 2 with automatic deduplication, where every file ≥ 8 KiB is also
+        /// in `.links`, else 1).
+        link_threshold: u64,
+    },
+    /// The collection is over: store-db stops recording new temp roots for it.
+    EndCollection {
+        collection: CollectionId,
+    },
+}
+
+/// A collection, as store-db numbers them.
+pub type CollectionId = u64;
+
+/// How long store-db keeps a collection that no request names any more (a gc that died).
+pub const COLLECTION_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A store directory entry a collection wants gone, in the order deletions must happen
+/// (for valid paths: every path that keeps it alive first, or in the same batch).
+///
+/// store-db refuses an entry ([`KeptBecause`]) when it is a temp root, or became one since the
+/// collection began (even if released again); when it is `<P>.lock` or `<P>.chroot` of such a
+/// path `P`; when its validity is not what the gc saw; when it is valid and something that
+/// keeps it alive (a valid referrer other than itself; with `keep.derivations` a valid output
+/// whose deriver it is; with `keep.outputs` a valid deriver of it) is valid and not deleted by
+/// the same batch; when an entry it keeps alive was refused; and when its name is one store-db
+/// owns (`.links`, `trash`, the scratch directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadEntry {
+    /// Its name in the store directory: one path component, not necessarily a store path's.
+    pub name: String,
+    /// Whether the gc saw it as a valid path.
+    pub valid: bool,
+}
+
+/// An entry store-db deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub name: String,
+    /// Its name under `<store>/trash` now (`None`: it was deleted in place, when it could not
+    /// be moved: no space for the trash directory, or another file system).
+    pub trashed_as: Option<String>,
+    /// What the C++ collector counts for it when it deletes it (`bytesInvalidated` for a
+    /// directory: its NAR size if it was valid, else 0; `bytesFreed` for anything else: its
+    /// size if it has at most `link_threshold` links), for "[SIZE] deleting" and `max_freed`.
+    pub accounted: u64,
+    /// Whether it was a directory (its bytes freed are counted when the trash is emptied).
+    pub is_dir: bool,
+    /// Bytes freed by deleting it in place (`trashed_as` is `None`), else 0.
+    pub freed_in_place: u64,
+}
+
+/// Why store-db did not delete an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeptBecause {
+    /// It is a temp root, became one during the collection, or is the lock or chroot of one.
+    TempRoot,
+    /// This valid path keeps it alive.
+    LiveReferrer(String),
+    /// Its validity changed since the gc looked.
+    ValidityChanged,
+    /// An entry of the batch that it keeps alive was kept.
+    KeepsKept,
+    /// Nothing is at that name any more.
+    Gone,
+    /// A name store-db owns.
+    Reserved,
+    /// Not reached: the batch stopped at `max_freed`.
+    NotReached,
+}
+
+/// What [`StoreDbRequest::DeleteDead`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteOutcome {
+    /// In the order deleted.
+    pub deleted: Vec<Deleted>,
+    pub kept: Vec<(String, KeptBecause)>,
+    /// The batch stopped because `max_freed` was exceeded.
+    pub limit_reached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreDbReply {
     Ok,
+    CollectionBegun {
+        id: CollectionId,
+        temp_roots: Vec<StorePath>,
+    },
+    Deleted(DeleteOutcome),
     /// The request failed; a `Client` error's message is what the client is told (the C++
     /// daemon's wording).
     Error(LinkError),
 }
 
 impl LinkRequest for StoreDbRequest {
-    /// Every request of this link is idempotent (module documentation).
+    /// Every request of this link but `BeginCollection` is idempotent (module documentation).
     fn idempotent(&self) -> bool {
-        true
+        !matches!(self, StoreDbRequest::BeginCollection)
     }
 }
 

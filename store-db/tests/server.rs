@@ -223,7 +223,7 @@ fn nar_of_node(n: &Node) -> guix_formats::Hash {
 fn error_of(r: StoreDbReply) -> String {
     match r {
         StoreDbReply::Error(e) => e.message,
-        StoreDbReply::Ok => panic!("expected an error"),
+        other => panic!("expected an error, got {other:?}"),
     }
 }
 

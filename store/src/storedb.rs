@@ -218,6 +218,7 @@ fn reply(res: Result<StoreDbReply, ClientError>) -> Result<(), LinkError> {
     match res {
         Ok(StoreDbReply::Ok) => Ok(()),
         Ok(StoreDbReply::Error(e)) => Err(e),
+        Ok(other) => Err(LinkError::internal(format!("unexpected store-db reply {other:?}"))),
         Err(e) => Err(LinkError::from(e)),
     }
 }

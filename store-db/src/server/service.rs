@@ -98,6 +98,9 @@ impl StoreDb {
             StoreDbRequest::InvalidateMissing { paths } => {
                 self.writer.run(|reply| Job::InvalidateMissing { paths, reply }).await
             }
+            StoreDbRequest::BeginCollection
+            | StoreDbRequest::DeleteDead { .. }
+            | StoreDbRequest::EndCollection { .. } => Err("garbage collection is not implemented yet".to_owned()),
         };
         match res {
             Ok(()) => StoreDbReply::Ok,
