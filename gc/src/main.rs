@@ -1,9 +1,6 @@
-//! The garbage collector, without a global lock.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-gc`: the garbage collector component, started by the supervisor (`guix-daemon-rs`);
+//! see [`guix_gc::service`].
 
-fn main() {
-    eprintln!("guix-gc: not implemented yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    guix_gc::service::main()
 }

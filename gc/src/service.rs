@@ -1,0 +1,164 @@
+//! The gc process: startup (configuration, the inherited `gc` listener, a lower CPU and I/O
+//! priority so that serving clients wins), the serving loop, SIGTERM; and its store-db client
+//! ([`StoreDbLink`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use guix_formats::{StoreDir, StorePath};
+use guix_ipc::component::{config_from_env, connect_link, inherited_listeners, InheritedListener};
+use guix_ipc::gc::{KeepRules, GC_LINK};
+use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_ipc::{Client, LinkError, DEFAULT_DEADLINE};
+
+use crate::collect::{Limits, Setup, StoreDbApi};
+use crate::error::{Error, Result};
+use crate::server::Server;
+
+/// The `store-db` link as the gc uses it (every call bounded by [`DEFAULT_DEADLINE`]).
+pub struct StoreDbLink {
+    client: Client<StoreDbRequest, StoreDbReply, ()>,
+}
+
+impl StoreDbLink {
+    pub fn new(client: Client<StoreDbRequest, StoreDbReply, ()>) -> StoreDbLink {
+        StoreDbLink { client }
+    }
+
+    async fn call(&self, req: StoreDbRequest) -> std::result::Result<StoreDbReply, LinkError> {
+        match self.client.call(req).await {
+            Ok(StoreDbReply::Error(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(e) => Err(LinkError::from(e)),
+        }
+    }
+}
+
+fn unexpected(r: StoreDbReply) -> LinkError {
+    LinkError::internal(format!("unexpected store-db reply {r:?}"))
+}
+
+impl StoreDbApi for StoreDbLink {
+    async fn begin(&self) -> std::result::Result<(CollectionId, Vec<StorePath>), LinkError> {
+        match self.call(StoreDbRequest::BeginCollection).await? {
+            StoreDbReply::CollectionBegun { id, temp_roots } => Ok((id, temp_roots)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn delete_dead(
+        &self,
+        collection: CollectionId,
+        entries: Vec<DeadEntry>,
+        keep: KeepRules,
+        freed_before: u64,
+        max_freed: u64,
+        link_threshold: u64,
+    ) -> std::result::Result<DeleteOutcome, LinkError> {
+        let req = StoreDbRequest::DeleteDead { collection, entries, keep, freed_before, max_freed, link_threshold };
+        match self.call(req).await? {
+            StoreDbReply::Deleted(o) => Ok(o),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn end(&self, collection: CollectionId) {
+        // A lost EndCollection only makes store-db record roots until the lease expires.
+        if let Err(e) = self.call(StoreDbRequest::EndCollection { collection }).await {
+            eprintln!("guix-gc: ending collection {collection}: {}", e.message);
+        }
+    }
+}
+
+/// OptimiseStore: every valid path, deduplicated ([`crate::optimise`]).
+pub fn optimise(setup: &Setup, log: &mut dyn FnMut(u32, String)) -> Result<()> {
+    let reader = guix_store::DbReader::open(&setup.db_dir, setup.store.clone())?;
+    let paths = reader.query_all_valid_paths()?;
+    let store = setup.store.clone();
+    let mut it = paths.into_iter().map(|p| std::path::PathBuf::from(store.display(&p)));
+    let links = setup.store_dir.join(".links");
+    crate::optimise::optimise_store(&setup.store_dir, &links, &mut it, log)
+        .map_err(|e| Error::Client(e.to_string()))?;
+    Ok(())
+}
+
+/// Nice 10 and the idle I/O class for this thread and every thread started after it (both
+/// are per thread on Linux and inherited): a collection yields to the components serving
+/// clients on a busy machine.
+pub fn lower_priority() {
+    // SAFETY: plain system calls about this thread's own scheduling.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0 as libc::c_long, IOPRIO_CLASS_IDLE << 13);
+    }
+}
+
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guix-gc: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let config = config_from_env()?;
+    let listener = inherited_listeners()?
+        .into_iter()
+        .find_map(|(name, l)| match l {
+            InheritedListener::Unix(u) if name == GC_LINK.name => Some(u),
+            _ => None,
+        })
+        .ok_or("no `gc' listener was passed")?;
+    let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
+    let setup = Setup {
+        store,
+        store_dir: config.paths.store_dir.clone(),
+        db_dir: config.paths.db_dir.clone(),
+        state_dir: config.paths.state_dir.clone(),
+        guix_program: Some(config.paths.guix_program.clone()),
+        auto_optimise: config.auto_optimise_store,
+    };
+    lower_priority();
+    let client = connect_link(&config, STORE_DB_LINK, "gc", DEFAULT_DEADLINE);
+    let server = Server::new(StoreDbLink::new(client), setup, Limits::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(listener, server))?;
+    Ok(())
+}
+
+/// Accepts connections until SIGTERM/SIGINT; a collection in flight stops with the process
+/// (store-db's lease ends its collection; what was trashed is deleted by the next one).
+async fn serve(listener: std::os::unix::net::UnixListener, server: Arc<Server<StoreDbLink>>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let who = format!("gc[{}]", std::process::id());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let (server, who) = (server.clone(), who.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = guix_ipc::serve_connection(stream, GC_LINK, &who, server).await {
+                            eprintln!("guix-gc: connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("guix-gc: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
