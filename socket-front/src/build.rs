@@ -96,25 +96,42 @@ impl Default for BuildLimits {
     }
 }
 
+/// Job names unique across restarts of socket-front and of the components running the jobs.
+pub struct JobNames {
+    /// `socket-front-PID-START`: this incarnation of socket-front (start time in ticks since
+    /// boot), so no job name is ever reused by a later one.
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl JobNames {
+    pub fn new() -> JobNames {
+        let me = HolderId::this_process(crate::backend::HOLDER);
+        JobNames { prefix: format!("{}-{}-{}", me.component, me.pid, me.started), next: AtomicU64::new(1) }
+    }
+
+    /// This incarnation, the connection and a counter.
+    pub fn next(&self, conn: ConnId) -> JobId {
+        JobId(format!("{}-{conn:x}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl Default for JobNames {
+    fn default() -> JobNames {
+        JobNames::new()
+    }
+}
+
 /// The builder link of this socket-front: its client, the bounds, and job names.
 pub struct BuilderLink {
     client: BuilderClient,
     limits: BuildLimits,
-    /// `socket-front-PID-START`: this incarnation of socket-front (start time in ticks since
-    /// boot), so no job name is ever reused by a later one.
-    job_prefix: String,
-    next_job: AtomicU64,
+    jobs: JobNames,
 }
 
 impl BuilderLink {
     pub fn new(client: BuilderClient, limits: BuildLimits) -> BuilderLink {
-        let me = HolderId::this_process(crate::backend::HOLDER);
-        BuilderLink {
-            client,
-            limits,
-            job_prefix: format!("{}-{}-{}", me.component, me.pid, me.started),
-            next_job: AtomicU64::new(1),
-        }
+        BuilderLink { client, limits, jobs: JobNames::new() }
     }
 
     /// The production link: the supervisor's `builder` socket.
@@ -127,18 +144,33 @@ impl BuilderLink {
     /// A job name unique across restarts of socket-front and of the builder: this
     /// incarnation, the connection and a counter.
     fn new_job(&self, conn: ConnId) -> JobId {
-        JobId(format!("{}-{conn:x}-{}", self.job_prefix, self.next_job.fetch_add(1, Ordering::Relaxed)))
+        self.jobs.next(conn)
     }
 }
 
-/// The message the client gets when the builder stayed away too long.
-fn unavailable(limit: Duration, why: Option<&str>) -> Failure {
+/// The message the client gets when the component serving `link` stayed away too long.
+fn unavailable(link: &str, limit: Duration, why: Option<&str>) -> Failure {
     let mut message = format!("no answer within {}s", limit.as_secs_f64());
     if let Some(why) = why {
         message.push_str(&format!(" ({why})"));
     }
-    Failure::Op(LinkError::retryable(message).client_text(BUILDER_LINK.name))
+    Failure::Op(LinkError::retryable(message).client_text(link))
 }
+
+/// A long job's link as [`Conn::run_job`] follows it: its client, bounds, and name.
+pub(crate) struct JobLink<'a, Req, Resp, Item> {
+    pub client: &'a Client<Req, Resp, Item>,
+    pub limits: BuildLimits,
+    pub name: &'static str,
+}
+
+/// What a job's final reply means: the operation's result, or (`Err`) a reason to send the
+/// request again (a retryable error: the component restarting).
+pub(crate) type Verdict<T> = Result<Result<T, Failure>, String>;
+
+/// Shows one event of a job to the client.
+pub(crate) type ShowFn<S, B, Item> =
+    for<'c> fn(&'c mut Conn<S, B>, Item) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'c>>;
 
 /// The note for events the builder dropped for this client.
 pub(crate) fn skipped_note(n: u64) -> String {
@@ -255,10 +287,35 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
     /// "Waits").
     async fn run_build(&mut self, req: BuilderRequest) -> Result<Reply, Failure> {
         let shared = self.shared.clone();
-        let link = &shared.builder;
+        let link = JobLink { client: &shared.builder.client, limits: shared.builder.limits, name: BUILDER_LINK.name };
+        let verdict = |r: BuildReply| match r {
+            BuildReply::Done => Ok(Ok(Reply::Done)),
+            BuildReply::Failed { status, message } => Ok(Err(Failure::Status { msg: message, status })),
+            BuildReply::Error(e) if e.kind == ErrorKind::Retryable => Err(e.message),
+            BuildReply::Error(e) => Ok(Err(Failure::Op(e.client_text(BUILDER_LINK.name)))),
+        };
+        self.run_job(link, req, |c, e| Box::pin(c.show(e)), verdict).await
+    }
+
+    /// Sends `req` (a job of another component: the builder, the gc) until it answers,
+    /// showing its events with `show`, the final reply judged by `verdict` (module
+    /// documentation, "Waits": idle limit, resend after a break, the unavailable bound, a
+    /// client that leaves).
+    pub(crate) async fn run_job<Req, Resp, Item, T>(
+        &mut self,
+        link: JobLink<'_, Req, Resp, Item>,
+        req: Req,
+        show: ShowFn<S, B, Item>,
+        verdict: impl Fn(Resp) -> Verdict<T>,
+    ) -> Result<T, Failure>
+    where
+        Req: guix_ipc::LinkRequest,
+        Resp: serde::de::DeserializeOwned + Send + 'static,
+        Item: serde::de::DeserializeOwned + Send + 'static,
+    {
         let limits = link.limits;
         let mut watching = true;
-        // Since when the builder has been away (at first: not heard from yet), and why.
+        // Since when the component has been away (at first: not heard from yet), and why.
         let mut away: Option<Instant> = Some(Instant::now());
         let mut why: Option<String> = None;
         loop {
@@ -269,28 +326,26 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                         None => limits.idle,
                         Some(since) => match limits.unavailable.checked_sub(since.elapsed()) {
                             Some(left) => left,
-                            None => return Err(unavailable(limits.unavailable, why.as_deref())),
+                            None => return Err(unavailable(link.name, limits.unavailable, why.as_deref())),
                         },
                     };
                     let next = self.unless_client_leaves(&mut watching, tokio::time::timeout(wait, call.next_item()));
                     match next.await? {
                         Ok(Ok(Some(event))) => {
                             away = None;
-                            self.show(event).await?;
+                            show(self, event).await?;
                         }
                         Ok(Ok(None)) => match call.reply().await {
-                            Ok(BuildReply::Done) => return Ok(Reply::Done),
-                            Ok(BuildReply::Failed { status, message }) => {
-                                return Err(Failure::Status { msg: message, status })
-                            }
-                            Ok(BuildReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
-                            Ok(BuildReply::Error(e)) => return Err(Failure::Op(e.client_text(BUILDER_LINK.name))),
+                            Ok(r) => match verdict(r) {
+                                Ok(done) => return done,
+                                Err(retry) => break retry,
+                            },
                             Err(e) => break LinkError::from(e).message,
                         },
-                        // The stream broke: the builder restarted, was killed, or is gone.
+                        // The stream broke: the component restarted, was killed, or is gone.
                         Ok(Err(e)) => break LinkError::from(e).message,
                         Err(_) if away.is_none() => break format!("no event for {}s", limits.idle.as_secs_f64()),
-                        Err(_) => return Err(unavailable(limits.unavailable, why.as_deref())),
+                        Err(_) => return Err(unavailable(link.name, limits.unavailable, why.as_deref())),
                     }
                 }
                 // The call is dropped here: if its request is still running, it is cancelled.
@@ -303,7 +358,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
 
     /// Waits for `fut` while watching the client's socket (module documentation): fails with
     /// [`Failure::Gone`] when the client leaves first.
-    async fn unless_client_leaves<T>(
+    pub(crate) async fn unless_client_leaves<T>(
         &mut self,
         watching: &mut bool,
         fut: impl Future<Output = T>,
@@ -380,7 +435,9 @@ mod tests {
 
     #[test]
     fn the_unavailable_message_names_the_builder() {
-        let Failure::Op(m) = unavailable(Duration::from_secs(60), Some("connection refused")) else { panic!() };
+        let Failure::Op(m) = unavailable("builder", Duration::from_secs(60), Some("connection refused")) else {
+            panic!()
+        };
         assert_eq!(m, "builder is unavailable: no answer within 60s (connection refused)");
     }
 }

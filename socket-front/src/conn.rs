@@ -40,6 +40,8 @@ pub struct Shared<B = DaemonBackend> {
     pub backend: B,
     /// The builder component (BuildPaths that need a build).
     pub builder: BuilderLink,
+    /// The gc component (CollectGarbage, OptimiseStore).
+    pub gc: crate::gc::GcLink,
     pub scratch: Scratch,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,

@@ -10,7 +10,8 @@
 //!   the `store-db` link (`guix_store::storedb`); new items are first written into scratch space on the
 //!   store's file system ([`scratch`]).
 //! * Builds go to the builder over the `builder` link; its events become the client's STDERR
-//!   stream ([`build`]).
+//!   stream ([`build`]). CollectGarbage and OptimiseStore go to the gc over the `gc` link
+//!   ([`gc`]).
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
 //!
@@ -30,6 +31,7 @@ pub mod build;
 pub mod conn;
 pub mod dbpool;
 pub mod error;
+pub mod gc;
 pub mod infocache;
 pub mod metrics;
 pub mod ops;
@@ -97,6 +99,7 @@ async fn run() -> Result<(), String> {
             storedb: guix_store::storedb::StoreDb::new(&config, backend::HOLDER),
         },
         builder: build::BuilderLink::from_config(&config),
+        gc: gc::GcLink::from_config(&config),
         scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,

@@ -1,7 +1,7 @@
 //! The operations that read the database or need no store change: each request decoded by
 //! `guix_formats::worker` becomes a [`Reply`] or a [`Failure`] with the C++ daemon's message.
 //! Additions live in [`crate::add`], export and import in [`crate::transfer`], builds in
-//! [`crate::build`].
+//! [`crate::build`], garbage collection and deduplication in [`crate::gc`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,6 @@ use crate::error::Failure;
 use guix_store::roots;
 
 /// Operations that would need a component not built yet.
-pub const GC_NOT_IMPLEMENTED: &str = "garbage collection is not implemented yet in guix-daemon-rs";
 pub const REPAIR_NOT_IMPLEMENTED: &str = "repairing is not implemented yet in guix-daemon-rs";
 
 impl<S: Stream, B: StoreBackend> Conn<S, B> {
@@ -88,8 +87,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             }
             Q::BuiltinBuilders => Ok(Reply::Strings(vec!["download".into(), "git-download".into()])),
             Q::SubstituteURLs => Ok(Reply::Strings(self.settings.substitute_urls())),
-            // Deduplication is not built yet: nothing to do, as on a store without duplicates.
-            Q::OptimiseStore => Ok(Reply::Done),
+            Q::OptimiseStore => self.optimise_store().await,
             Q::VerifyStore { check_contents, repair } => self.verify_store(check_contents, repair).await,
             Q::EnsurePath(p) => {
                 db.add_temp_roots(self.id, vec![p.clone()]).await?;
@@ -101,12 +99,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 }
             }
             Q::BuildPaths { paths, mode } => self.build_paths(paths, mode).await,
-            Q::CollectGarbage(g) => {
-                if g.ignore_liveness {
-                    return Err(Failure::op("you are not allowed to ignore liveness"));
-                }
-                Err(Failure::op(GC_NOT_IMPLEMENTED))
-            }
+            Q::CollectGarbage(g) => self.collect_garbage(g).await,
             Q::AddTextToStore { name, contents, references } => self.add_text(name, contents, references).await,
             Q::ExportPath { path, sign } => self.export_path(path, sign).await,
             Q::ImportPaths => self.import_paths().await,

@@ -75,6 +75,10 @@ impl Rig {
         let shared = Shared {
             backend: MemoryStore::new(store.clone(), config.paths.store_dir.clone()),
             builder: BuilderLink::new(builder, limits),
+            gc: crate::gc::GcLink::new(
+                Client::new(dir.path().join("gc.sock"), guix_ipc::gc::GC_LINK, "socket-front", limits.call),
+                limits,
+            ),
             scratch: Scratch::new(&config.paths.store_dir),
             metrics: Arc::new(Metrics::default()),
             limits: Limits::DEFAULT,

@@ -34,6 +34,8 @@ pub const COMPONENTS: &[ComponentSpec] = &[
     ComponentSpec { name: "store-db", sockets: &[SocketRole::Link("store-db")] },
     // Registers build outputs through store-db; socket-front sends it BuildPaths.
     ComponentSpec { name: "builder", sockets: &[SocketRole::Link("builder")] },
+    // Deletes through store-db; socket-front sends it CollectGarbage and OptimiseStore.
+    ComponentSpec { name: "gc", sockets: &[SocketRole::Link("gc")] },
     ComponentSpec { name: "socket-front", sockets: &[SocketRole::Clients] },
 ];
 
@@ -65,14 +67,15 @@ mod tests {
     #[test]
     fn table_is_consistent() {
         let l: Vec<_> = links(COMPONENTS).collect();
-        assert_eq!(l, vec!["store-db", "builder"]);
+        assert_eq!(l, vec!["store-db", "builder", "gc"]);
         assert_eq!(COMPONENTS[0].binary(Path::new("/x")), PathBuf::from("/x/guix-store-db"));
         assert_eq!(COMPONENTS[1].binary(Path::new("/x")), PathBuf::from("/x/guix-builder"));
-        // Servers of links start before their clients: store-db, then the builder (a client of
-        // store-db), then socket-front (a client of both).
+        // Servers of links start before their clients: store-db, then the builder and the gc
+        // (clients of store-db), then socket-front (a client of all three).
         let order: Vec<_> = COMPONENTS.iter().map(|c| c.name).collect();
-        assert_eq!(order, ["store-db", "builder", "socket-front"]);
+        assert_eq!(order, ["store-db", "builder", "gc", "socket-front"]);
         assert_eq!(guix_ipc::builder::BUILDER_LINK.name, "builder");
+        assert_eq!(guix_ipc::gc::GC_LINK.name, "gc");
         // Exactly one component serves the clients, and link names are unique.
         assert_eq!(COMPONENTS.iter().filter(|c| c.sockets.contains(&SocketRole::Clients)).count(), 1);
         let mut sorted = l.clone();

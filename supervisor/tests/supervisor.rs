@@ -40,6 +40,7 @@ impl Daemon {
         let components = [
             ("store-db", Program::Link(&fake)),
             ("builder", Program::Link(&fake)),
+            ("gc", Program::Link(&fake)),
             ("socket-front", Program::Link(&fake)),
         ];
         let d = Daemon { sup: Supervised::start(&daemon_bin(), &components, &["--build-users-group=nobody"]) };
