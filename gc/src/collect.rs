@@ -673,15 +673,14 @@ impl<A: StoreDbApi> Phase<'_, A> {
 }
 
 /// The C++ progress line before a deletion: a percentage of `max_freed`, or the bytes so far
-/// when there is no limit (`u64::MAX`; the Guile client always sends a limit, so it shows
-/// percentages).
+/// when there is no limit (`u64::MAX`: what the Guile client sends unless given `-C`/`-F`).
 pub fn progress(freed: u64, max_freed: u64, path: &str) -> String {
     if max_freed != u64::MAX {
         let fraction = freed as f64 / max_freed as f64;
         let pct = ((if fraction > 1.0 { 1.0 } else { fraction }) * 100.0) as u32;
         format!("[{pct}%] deleting '{path}'")
     } else {
-        format!("[{}] deleting '{path}'", show_bytes(freed))
+        format!("[{}] deleting '{path}'", show_bytes(freed as i64))
     }
 }
 
@@ -691,8 +690,8 @@ mod tests {
 
     #[test]
     fn progress_lines() {
-        assert_eq!(progress(0, u64::MAX, "/gnu/store/x"), "[0.00 MiB] deleting '/gnu/store/x'");
-        assert_eq!(progress(3 << 20, u64::MAX, "/x"), "[3.00 MiB] deleting '/x'");
+        assert_eq!(progress(0, u64::MAX, "/gnu/store/x"), "[   0  bytes] deleting '/gnu/store/x'");
+        assert_eq!(progress(3 << 20, u64::MAX, "/x"), "[   3.00 MiB] deleting '/x'");
         assert_eq!(progress(50, 200, "/x"), "[25%] deleting '/x'");
         assert_eq!(progress(500, 200, "/x"), "[100%] deleting '/x'");
         assert_eq!(progress(1 << 40, i64::MAX as u64, "/x"), "[0%] deleting '/x'");

@@ -1,57 +1,33 @@
 //! What the collector does to files itself (outside store-db's writer), counting bytes exactly
 //! as C++ does: deleting trees (`deletePath(path, bytesFreed, linkThreshold)` of
-//! `nix/libutil/util.cc`), the unused links of `.links` (`removeUnusedLinks`), `showBytes`.
+//! `nix/libutil/util.cc`, [`guix_store::files::delete_tree_counted`]), the unused links of
+//! `.links` (`removeUnusedLinks`), `showBytes`.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// C++ `deduplicationMinSize`: smaller files are never deduplicated, so their links go.
 pub const DEDUPLICATION_MIN_SIZE: u64 = 8192;
 
-/// `showBytes`: mebibytes with two decimals.
-pub fn show_bytes(bytes: u64) -> String {
-    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-/// `_deletePathAt`: deletes `path` (a file, symlink or tree; directories made writable first)
-/// and returns the bytes freed: the size of every non-directory with at most `link_threshold`
-/// links. Unlike C++ (which throws), a missing `path` frees 0 bytes.
-pub fn delete_counting(path: &Path, link_threshold: u64) -> io::Result<u64> {
-    let md = match fs::symlink_metadata(path) {
-        Ok(md) => md,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut freed = 0;
-    delete_at(path, &md, link_threshold, &mut freed)?;
-    Ok(freed)
-}
-
-fn delete_at(path: &Path, md: &fs::Metadata, link_threshold: u64, freed: &mut u64) -> io::Result<()> {
-    let what = |e: io::Error, verb: &str| io::Error::new(e.kind(), format!("{verb} `{}': {e}", path.display()));
-    if !md.is_dir() {
-        if md.nlink() <= link_threshold {
-            *freed += md.size();
-        }
-        return fs::remove_file(path).map_err(|e| what(e, "cannot unlink"));
-    }
-    if md.mode() & 0o200 == 0 {
-        fs::set_permissions(path, fs::Permissions::from_mode(md.mode() | 0o200))
-            .map_err(|e| what(e, "making writable"))?;
-    }
-    for e in fs::read_dir(path).map_err(|e| what(e, "opening"))? {
-        let e = e?;
-        let child = e.path();
-        match fs::symlink_metadata(&child) {
-            Ok(cmd) => delete_at(&child, &cmd, link_threshold, freed)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(what(e, "getting status of")),
+/// `showBytes` of the C++ daemon 1.5.0 (its strings: `{:7.2f} EiB` … `{:7.2f} KiB`,
+/// `{:4}  bytes`): the largest binary unit the amount reaches, else bytes, four wide with two
+/// spaces before "bytes". The amount is signed: "note: currently hard linking saves -4096
+/// bytes" is what C++ prints for an empty `.links` (verified in the rig).
+pub fn show_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 6] = ["EiB", "PiB", "TiB", "GiB", "MiB", "KiB"];
+    for (i, unit) in UNITS.iter().enumerate() {
+        let size = 1i64 << (10 * (UNITS.len() - i));
+        if bytes >= size {
+            return format!("{:7.2} {unit}", bytes as f64 / size as f64);
         }
     }
-    fs::remove_dir(path).map_err(|e| what(e, "cannot unlink"))
+    format!("{bytes:4}  bytes")
 }
+
+/// `deletePath(path, bytesFreed, linkThreshold)`: the store crate's, shared with store-db.
+pub use guix_store::files::delete_tree_counted as delete_counting;
 
 /// `removeUnusedLinks`: deletes every link in `links_dir` that nothing else uses (one link
 /// left) or that is smaller than [`DEDUPLICATION_MIN_SIZE`]; returns the bytes freed and what
@@ -81,23 +57,28 @@ pub fn remove_unused_links(links_dir: &Path, talk: &mut dyn FnMut(String)) -> io
     Ok((freed, unshared - actual - overhead))
 }
 
-/// The note C++ prints after removing unused links. `showBytes` takes an unsigned number, so
-/// a negative saving (an empty `.links`: minus the directory's own size) shows as a huge one,
-/// as in C++.
+/// The note C++ prints after removing unused links (negative for an empty `.links`: minus the
+/// directory's own size).
 pub fn hard_linking_note(saved: i64) -> String {
-    format!("note: currently hard linking saves {}", show_bytes(saved as u64))
+    format!("note: currently hard linking saves {}", show_bytes(saved))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn show_bytes_as_cxx() {
-        assert_eq!(show_bytes(0), "0.00 MiB");
-        assert_eq!(show_bytes(1024 * 1024 * 3 / 2), "1.50 MiB");
-        assert_eq!(show_bytes(5243), "0.01 MiB");
-        assert_eq!(hard_linking_note(-4096), "note: currently hard linking saves 17592186044416.00 MiB");
+        // The figures of the rig's C++ transcripts (ARCHITECTURE/spec: daemon.md).
+        assert_eq!(show_bytes(0), "   0  bytes");
+        assert_eq!(show_bytes(61), "  61  bytes");
+        assert_eq!(show_bytes(1023), "1023  bytes");
+        assert_eq!(show_bytes(1024), "   1.00 KiB");
+        assert_eq!(show_bytes(237_558), " 231.99 KiB");
+        assert_eq!(show_bytes(3 << 29), "   1.50 GiB");
+        assert_eq!(show_bytes(i64::MAX), "   8.00 EiB");
+        assert_eq!(hard_linking_note(-4096), "note: currently hard linking saves -4096  bytes");
     }
 
     #[test]
