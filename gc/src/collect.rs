@@ -451,12 +451,9 @@ impl Trasher {
                 self.tx = Some(tx);
             }
         }
-        match &self.tx {
-            Some(tx) => {
-                let _ = tx.send((path, is_dir));
-            }
-            // No thread: the entry stays in the trash, deleted at the end.
-            None => {}
+        // Without a thread the entry stays in the trash, deleted at the end.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((path, is_dir));
         }
     }
 
@@ -683,6 +680,10 @@ pub fn progress(freed: u64, max_freed: u64, path: &str) -> String {
         format!("[{}] deleting '{path}'", show_bytes(freed as i64))
     }
 }
+
+#[cfg(test)]
+#[path = "collect_tests.rs"]
+mod loop_tests;
 
 #[cfg(test)]
 mod tests {
