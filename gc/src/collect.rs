@@ -283,6 +283,11 @@ struct Totals {
     /// Deleted from the trash so far (counted into `freed` at the end, as C++ deletes the
     /// trash only then).
     trash_freed: u64,
+    /// For the daemon log: batches sent, entries in them, time waiting for them, the longest.
+    batches: u64,
+    sent: u64,
+    waited: Duration,
+    longest: Duration,
 }
 
 /// Why a deletion phase stopped early.
@@ -317,6 +322,7 @@ pub async fn collect<A: StoreDbApi>(
     let mut trasher = Trasher::new(threshold);
     let mut first = true;
     let mut restarts = 0;
+    let started = Instant::now();
     let result = loop {
         let (id, temp_roots) = begin(api, &limits, sink).await?;
         let analysis = {
@@ -345,7 +351,19 @@ pub async fn collect<A: StoreDbApi>(
         }
         let phase = Phase { api, setup, req: &req, id, a: &analysis, threshold, sink, first };
         first = false;
+        let analysed = started.elapsed();
         let r = phase.run(&mut totals, &mut trasher).await;
+        eprintln!(
+            "guix-gc: collection {id}: {} valid paths, {} entries analysed in {:.3}s; {} entries in {} batches, {:.3}s waiting for store-db (longest batch {:.1} ms), done at {:.3}s",
+            analysis.graph.len(),
+            analysis.valid_entries.len() + analysis.invalid_entries.len(),
+            analysed.as_secs_f64(),
+            totals.sent,
+            totals.batches,
+            totals.waited.as_secs_f64(),
+            totals.longest.as_secs_f64() * 1000.0,
+            started.elapsed().as_secs_f64()
+        );
         api.end(id).await;
         match r {
             Err(Stop::Restart(e)) if restarts < limits.restarts => {
@@ -361,6 +379,7 @@ pub async fn collect<A: StoreDbApi>(
     };
     let trashed = trasher.finish().await;
     totals.trash_freed += trashed;
+    let emptied = started.elapsed();
     result?;
     if !should_delete {
         totals.paths.sort();
@@ -386,6 +405,11 @@ pub async fn collect<A: StoreDbApi>(
     }
     totals.freed += freed;
     sink.say(INFO, hard_linking_note(saved));
+    eprintln!(
+        "guix-gc: trash emptied at {:.3}s, unused links removed at {:.3}s",
+        emptied.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     totals.paths.sort();
     Ok(Outcome { paths: totals.paths, bytes_freed: totals.freed })
 }
@@ -621,6 +645,7 @@ impl<A: StoreDbApi> Phase<'_, A> {
                 n += 1;
             }
             let batch: Vec<DeadEntry> = batches(&rest[..n], usize::MAX, |_| ()).into_iter().flatten().collect();
+            totals.sent += batch.len() as u64;
             rest = &rest[n..];
             let before = totals.freed + totals.invalidated;
             let t = Instant::now();
@@ -633,6 +658,9 @@ impl<A: StoreDbApi> Phase<'_, A> {
                     },
                 )?;
             let took = t.elapsed();
+            totals.batches += 1;
+            totals.waited += took;
+            totals.longest = totals.longest.max(took);
             if took > BATCH_TARGET {
                 size = (size / 2).max(1);
             } else if took < BATCH_TARGET / 4 {
