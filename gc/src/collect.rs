@@ -5,8 +5,8 @@
 //!    most [`Limits::begin`]).
 //! 2. The analysis ([`analyse`], on a blocking thread): the database in one read
 //!    ([`Graph::load`]), the permanent roots ([`guix_store::roots::scan_roots`], which removes
-//!    stale `gcroots/auto` links), the roots of running processes (`guix gc --list-busy`, as
-//!    C++ runs it), liveness ([`Graph::alive`]), then one `readdir` of the store.
+//!    stale `gcroots/auto` links), the store items running processes use (what C++ gets from
+//!    `guix gc --list-busy`, [`crate::busy`]), liveness ([`Graph::alive`]), then one `readdir` of the store.
 //! 3. The trash left by an earlier collection is deleted (its bytes count, as in C++).
 //! 4. Deletion: the invalid entries first, in `readdir` order, then the dead valid ones,
 //!    shuffled, ordered keepers first ([`crate::order`]), in batches of `DeleteDead`. store-db
@@ -26,7 +26,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guix_formats::{StoreDir, StorePath};
@@ -77,8 +77,9 @@ pub struct Setup {
     pub store_dir: PathBuf,
     pub db_dir: PathBuf,
     pub state_dir: PathBuf,
-    /// `settings.guixProgram`, run as `guix gc --list-busy` (`None`: no runtime roots; tests).
-    pub guix_program: Option<PathBuf>,
+    /// Where the processes are (`/proc`), for the store items they use
+    /// ([`crate::busy`]; `None`: none, in tests).
+    pub proc_dir: Option<PathBuf>,
     pub auto_optimise: bool,
 }
 
@@ -90,18 +91,11 @@ pub struct Limits {
     pub begin_pause: Duration,
     /// How many times a collection begins again after store-db went away.
     pub restarts: u32,
-    /// `guix gc --list-busy`.
-    pub busy: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            begin: Duration::from_secs(60),
-            begin_pause: Duration::from_millis(500),
-            restarts: 5,
-            busy: Duration::from_secs(120),
-        }
+        Limits { begin: Duration::from_secs(60), begin_pause: Duration::from_millis(500), restarts: 5 }
     }
 }
 
@@ -160,7 +154,7 @@ pub fn is_reserved(name: &str) -> bool {
 }
 
 /// Step 2 (module documentation).
-pub fn analyse(setup: &Setup, temp_roots: &[StorePath], req: &Request, limits: &Limits) -> Result<Analysis> {
+pub fn analyse(setup: &Setup, temp_roots: &[StorePath], req: &Request) -> Result<Analysis> {
     let graph = Graph::load(&setup.db_dir, &setup.store)?;
     let mut lines = Vec::new();
     let mut roots: HashSet<String> = HashSet::new();
@@ -172,8 +166,9 @@ pub fn analyse(setup: &Setup, temp_roots: &[StorePath], req: &Request, limits: &
         let prefix = format!("{}/", setup.store.as_str());
         roots.extend(scan.roots.values().filter_map(|t| t.strip_prefix(&prefix)).map(str::to_owned));
         unreadable = scan.unreadable;
-        if let Some(guix) = &setup.guix_program {
-            for p in busy_store_items(guix, &setup.store, limits.busy)? {
+        if let Some(proc_dir) = &setup.proc_dir {
+            // `addAdditionalRoots`: the valid ones.
+            for p in crate::busy::busy_store_items(proc_dir, setup.store.as_str())? {
                 if graph.id(&p).is_some() {
                     roots.insert(p);
                 }
@@ -212,66 +207,6 @@ pub fn analyse(setup: &Setup, temp_roots: &[StorePath], req: &Request, limits: &
 
 fn base_name(p: &StorePath) -> String {
     p.base_name()
-}
-
-/// `addAdditionalRoots`: runs `GUIX gc --list-busy` and returns the base names of the store
-/// items it prints (validity is the caller's business). A program that fails fails the
-/// collection, as in C++ (`runProgram`).
-pub fn busy_store_items(guix: &Path, store: &StoreDir, limit: Duration) -> Result<Vec<String>> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(guix)
-        .args(["gc", "--list-busy"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::Client(format!("executing `{}': {}", guix.display(), guix_store::strerror(&e))))?;
-    let mut out = String::new();
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut o) = stdout {
-            let _ = o.read_to_string(&mut s);
-        }
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Client(format!(
-                "program `{}' did not finish within {}s",
-                guix.display(),
-                limit.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if let Ok(s) = reader.join() {
-        out = s;
-    }
-    if !status.success() {
-        let why = match status.code() {
-            Some(c) => format!("failed with exit code {c}"),
-            None => "was killed by a signal".to_owned(),
-        };
-        return Err(Error::Client(format!("program `{}' {why}", guix.display())));
-    }
-    let prefix = format!("{}/", store.as_str());
-    let mut items: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter(|rest| !rest.is_empty())
-        .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned())
-        .collect();
-    items.sort();
-    items.dedup();
-    Ok(items)
 }
 
 /// The collection's running totals (C++ `results.bytesFreed`, `bytesInvalidated`).
@@ -327,7 +262,7 @@ pub async fn collect<A: StoreDbApi>(
         let (id, temp_roots) = begin(api, &limits, sink).await?;
         let analysis = {
             let (setup, req) = (setup.clone(), req.clone());
-            tokio::task::spawn_blocking(move || analyse(&setup, &temp_roots, &req, &limits))
+            tokio::task::spawn_blocking(move || analyse(&setup, &temp_roots, &req))
                 .await
                 .map_err(|e| Error::Client(format!("the analysis failed: {e}")))
         };

@@ -69,7 +69,7 @@ fn world(paths: &[(&str, &[&str], Option<&str>)], outputs: &[(&str, &str)]) -> W
         )
         .unwrap();
     }
-    let setup = Setup { store, store_dir, db_dir, state_dir, guix_program: None, auto_optimise: false };
+    let setup = Setup { store, store_dir, db_dir, state_dir, proc_dir: None, auto_optimise: false };
     World { _dir: dir, setup }
 }
 
@@ -373,7 +373,7 @@ async fn unreadable_roots_protect_every_valid_path() {
     let a = std::thread::spawn(move || {
         // SAFETY: this thread's own credentials.
         unsafe { libc::setfsuid(65534) };
-        analyse(&setup, &[], &r, &quick())
+        analyse(&setup, &[], &r)
     })
     .join()
     .unwrap()

@@ -7,6 +7,7 @@
 //! whatever became a temp root or got a live referrer meanwhile.
 //!
 //! - [`graph`] — the reference graph in memory and liveness (C++ `canReachRoot`).
+//! - [`busy`] — the store items running processes use (`guix gc --list-busy`).
 //! - [`order`] — keepers-first order and batches of the deletions.
 //! - [`files`] — deleting trees and unused links with C++'s byte counts, `showBytes`.
 //! - [`collect`] — one collection, its messages and results.
@@ -15,6 +16,7 @@
 //! - [`service`] — the process and its store-db client.
 //! - [`error`] — [`Error`].
 
+pub mod busy;
 pub mod collect;
 pub mod error;
 pub mod files;

@@ -96,8 +96,29 @@ pub fn lower_priority() {
 }
 
 pub fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--list-busy") {
+        return list_busy();
+    }
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guix-gc: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `guix-gc --list-busy`: what `guix gc --list-busy` prints, from [`crate::busy`] (the store
+/// is `$NIX_STORE_DIR`, else `/gnu/store`, as for Guile).
+fn list_busy() -> std::process::ExitCode {
+    let store = std::env::var("NIX_STORE_DIR").unwrap_or_else(|_| "/gnu/store".to_owned());
+    match crate::busy::busy_store_items(std::path::Path::new("/proc"), &store) {
+        Ok(items) => {
+            for i in items {
+                println!("{store}/{i}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("guix-gc: error: {e}");
             std::process::ExitCode::FAILURE
@@ -120,7 +141,7 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
         store_dir: config.paths.store_dir.clone(),
         db_dir: config.paths.db_dir.clone(),
         state_dir: config.paths.state_dir.clone(),
-        guix_program: Some(config.paths.guix_program.clone()),
+        proc_dir: Some(std::path::PathBuf::from("/proc")),
         auto_optimise: config.auto_optimise_store,
     };
     lower_priority();

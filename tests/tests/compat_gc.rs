@@ -111,8 +111,9 @@ fn verify_of_disappeared_items_matches_cxx() {
     assert_same("guix gc --verify after deletions", &cxx, &ours);
 }
 
-/// A collection on the graph: b is a root (so a is alive through it), the store holds an
-/// invalid directory and file, `gcroots/auto` a stale link. Each command's stdout and stderr
+/// A collection on the graph: b is a root (so a is alive through it), the shell holds `builder`
+/// open (a busy item: a root), the store holds an invalid directory and file, `gcroots/auto` a
+/// stale link. Each command's stdout and stderr
 /// are sorted: the C++ collector deletes valid paths in a random order, so its progress lines
 /// ("[N%] deleting '…'") come in a random order too; the set of lines, the paths and the
 /// bytes freed must be the same. Store paths in the output are those of the graph: the same
@@ -123,6 +124,7 @@ run() {
   echo "-- stdout"; sort /tmp/out; echo "-- stderr"; sort /tmp/err
 }
 ln -s $b /var/guix/gcroots/keep-b
+exec 3<$builder
 mkdir -p /var/guix/gcroots/auto && ln -s /tmp/nowhere /var/guix/gcroots/auto/stale
 mkdir -p /gnu/store/00000000000000000000000000000000-junk/sub
 echo junk > /gnu/store/00000000000000000000000000000000-junk/sub/f
@@ -150,4 +152,43 @@ fn collections_match_cxx() {
     assert!(cxx.contains("deleting unused links..."), "{cxx}");
     assert!(cxx.contains("-junk"), "{cxx}");
     assert_same("guix gc collections", &cxx, &ours);
+}
+
+/// Copies `sleep` into the store (a directory item), for a process mapping a store file.
+const SLEEPY: &str = r##"
+(use-modules (guix store))
+(with-store s (display (add-to-store s "sleepy" #t "sha256" "/tmp/bin")))
+"##;
+
+/// Our `guix-gc --list-busy` (the collector's native scan of /proc) prints what the Guile
+/// `guix gc --list-busy`, which the C++ daemon runs, prints: processes with a store item as
+/// their executable (so also mapped), an open file, their cwd and one in their environment.
+#[test]
+fn busy_items_are_those_of_guix_gc_list_busy() {
+    let rig = common::rig();
+    let s = start(&rig, Daemon::Ours);
+    sh(&s, "mkdir -p /tmp/bin && cp \"$(command -v sleep)\" /tmp/bin/sleep");
+    let bin = repl(&s, Daemon::Ours, SLEEPY);
+    let out = with_graph(
+        &s,
+        Daemon::Ours,
+        &format!(
+            r##"
+SOME=x:$c:y {bin}/sleep 30 >/dev/null 2>&1 & p1=$!
+sleep 30 < $a >/dev/null 2>&1 & p2=$!
+(cd {bin} && exec sleep 30) >/dev/null 2>&1 & p3=$!
+sleep 1
+echo "== guix"; guix gc --list-busy | sort
+echo "== ours"; /opt/guix-daemon-rs/guix-gc --list-busy | sort
+kill $p1 $p2 $p3
+"##
+        ),
+    );
+    let after = |m: &str| out.split_once(m).map(|(_, r)| r).unwrap_or_else(|| panic!("no {m} in:\n{out}"));
+    let guix = after("== guix\n").split("== ours\n").next().unwrap_or_default();
+    let ours = after("== ours\n").split("--- stderr ---").next().unwrap_or_default();
+    for want in ["-c.txt", "-a.txt", "-sleepy"] {
+        assert!(guix.contains(want), "guix gc --list-busy misses {want}:\n{out}");
+    }
+    assert_eq!(guix, ours, "{out}");
 }
