@@ -39,7 +39,7 @@ use guix_store::scratch::SCRATCH_DIR_NAME;
 use crate::error::{Error, Result};
 use crate::files::{delete_counting, hard_linking_note, remove_unused_links, show_bytes};
 use crate::graph::Graph;
-use crate::order::{batches, components, shuffle};
+use crate::order::{components, next_batch, shuffle};
 
 /// C++ `printMsg` levels.
 pub const ERROR: u32 = 0;
@@ -575,13 +575,8 @@ impl<A: StoreDbApi> Phase<'_, A> {
                 return Err(Stop::Cancelled);
             }
             // The next batch: whole groups, about `size` entries.
-            let mut n = 0;
-            let mut count = 0;
-            while n < rest.len() && (count == 0 || count + rest[n].len() <= size) {
-                count += rest[n].len();
-                n += 1;
-            }
-            let batch: Vec<DeadEntry> = batches(&rest[..n], usize::MAX, |_| ()).into_iter().flatten().collect();
+            let n = next_batch(rest, size);
+            let batch: Vec<DeadEntry> = rest[..n].iter().flatten().cloned().collect();
             totals.sent += batch.len() as u64;
             rest = &rest[n..];
             let before = totals.freed + totals.invalidated;

@@ -7,7 +7,8 @@
 //! both keep rules are on) are strongly connected components that no batch boundary may cut.
 //! Tarjan's algorithm, followed along incoming edges, emits each component after every
 //! component it can reach, i.e. keepers first; starting it from the entries in a shuffled
-//! order keeps the C++ collector's randomness (which matters with `--max-freed`).
+//! order keeps the C++ collector's randomness (which matters with `--max-freed`). Batches are
+//! runs of whole components ([`next_batch`]).
 
 use guix_ipc::gc::KeepRules;
 
@@ -99,24 +100,15 @@ impl Tarjan<'_> {
     }
 }
 
-/// Cuts a sequence of groups (components; a group is never split) into batches of about
-/// `size` items; `kind` of an item that changes from the previous one also starts a batch
-/// (items of one batch must share it: the link threshold).
-pub fn batches<T: Clone, K: PartialEq>(groups: &[Vec<T>], size: usize, kind: impl Fn(&T) -> K) -> Vec<Vec<T>> {
-    let mut out: Vec<Vec<T>> = Vec::new();
-    let mut cur: Vec<T> = Vec::new();
-    for g in groups {
-        let Some(first) = g.first() else { continue };
-        let switch = cur.last().is_some_and(|l| kind(l) != kind(first));
-        if !cur.is_empty() && (switch || cur.len() + g.len() > size.max(1)) {
-            out.push(std::mem::take(&mut cur));
-        }
-        cur.extend(g.iter().cloned());
+/// How many of `groups` (components: a group is never split) the next batch takes: whole
+/// groups while they fit in `size` entries, and at least one.
+pub fn next_batch<T>(groups: &[Vec<T>], size: usize) -> usize {
+    let (mut n, mut count) = (0, 0);
+    while n < groups.len() && (count == 0 || count + groups[n].len() <= size) {
+        count += groups[n].len();
+        n += 1;
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    n
 }
 
 /// A random permutation (Fisher–Yates over a xorshift generator seeded from the clock and
@@ -183,10 +175,16 @@ mod tests {
         // Without: out and dev (which refer to each other) only.
         let comps = components(&g, KeepRules::default(), &all, &|_| true);
         assert!(comps.iter().any(|c| c.len() == 2));
-        // A batch never cuts a component.
-        let b = batches(&comps, 1, |_| ());
-        assert!(b.iter().any(|b| b.len() == 2));
-        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), g.len());
+        // A batch never cuts a component: one of two entries, even when batches are of one.
+        let mut rest = &comps[..];
+        let mut sizes = Vec::new();
+        while !rest.is_empty() {
+            let n = next_batch(rest, 1);
+            sizes.push(rest[..n].iter().map(Vec::len).sum::<usize>());
+            rest = &rest[n..];
+        }
+        assert!(sizes.contains(&2));
+        assert_eq!(sizes.iter().sum::<usize>(), g.len());
     }
 
     #[test]
@@ -204,10 +202,13 @@ mod tests {
     }
 
     #[test]
-    fn batches_respect_size_and_kind() {
+    fn batches_respect_size_and_shuffles_permute() {
         let groups: Vec<Vec<u32>> = vec![vec![1], vec![2, 3], vec![4], vec![5], vec![6]];
-        assert_eq!(batches(&groups, 2, |_| ()), vec![vec![1], vec![2, 3], vec![4, 5], vec![6]]);
-        assert_eq!(batches(&groups, 10, |x| *x > 4), vec![vec![1, 2, 3, 4], vec![5, 6]]);
+        assert_eq!(next_batch(&groups, 2), 1);
+        assert_eq!(next_batch(&groups[1..], 2), 1);
+        assert_eq!(next_batch(&groups[1..], 1), 1);
+        assert_eq!(next_batch(&groups[2..], 2), 2);
+        assert_eq!(next_batch(&groups, 100), 5);
         let mut v: Vec<u32> = (0..100).collect();
         shuffle(&mut v);
         let mut s = v.clone();
