@@ -5,12 +5,11 @@
 //! [`GcEvent::Alive`] every [`HEARTBEAT`]. One collection runs at a time; the next waits for
 //! it, as a C++ collector waits for the GC lock.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use guix_ipc::gc::{GcEvent, GcReply, GcRequest, HEARTBEAT};
-use guix_ipc::job::{forward_attached, JobContext, JobId, JobStatus, JobTable, Progress};
+use guix_ipc::job::{JobContext, JobId, JobStatus, JobTable, Progress};
 use guix_ipc::{Call, Handler, LinkError};
 
 use crate::collect::{self, Limits, Request, Setup, Sink, StoreDbApi};
@@ -30,8 +29,6 @@ pub struct Server<A> {
     setup: Setup,
     limits: Limits,
     jobs: Arc<JobTable<GcEvent, GcReply>>,
-    /// Calls attached to each running job.
-    attached: Mutex<HashMap<JobId, usize>>,
     /// Held by the running collection.
     collecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -47,20 +44,8 @@ impl<A: StoreDbApi + 'static> Server<A> {
             // call (a few MB, allocated per job) so that a client reading at its usual pace
             // misses none (with 1,024, a 50,000-path collection lost a fifth of its lines).
             jobs: JobTable::new(1 << 16, 64),
-            attached: Mutex::new(HashMap::new()),
             collecting: Arc::new(tokio::sync::Mutex::new(())),
         })
-    }
-
-    fn attach(&self, job: &JobId, delta: isize) -> usize {
-        let mut a = self.attached.lock().unwrap_or_else(|p| p.into_inner());
-        let n = a.entry(job.clone()).or_insert(0);
-        *n = (*n as isize + delta).max(0) as usize;
-        let left = *n;
-        if left == 0 {
-            a.remove(job);
-        }
-        left
     }
 
     /// The work of one request.
@@ -134,24 +119,13 @@ impl<A: StoreDbApi + 'static> Handler for Server<A> {
         let me = self.clone();
         async move {
             let job = job_of(&req);
-            me.attach(&job, 1);
             let panicked = GcReply::Error(LinkError::internal("the gc job failed unexpectedly"));
-            let work = me.work(req);
-            let (_, _, attached) = me.jobs.start_attached(Some(job.clone()), panicked, work);
             let item = |p| match p {
                 Progress::Output(e) => e,
                 Progress::Skipped(n) => GcEvent::Skipped(n),
             };
-            let status = match attached {
-                None => JobStatus::Unknown,
-                Some(attached) => tokio::select! {
-                    s = forward_attached(attached, &call, item) => s,
-                    _ = call.token().cancelled() => JobStatus::Running,
-                },
-            };
-            if me.attach(&job, -1) == 0 && matches!(status, JobStatus::Running) {
-                me.jobs.cancel(&job);
-            }
+            let work = me.work(req);
+            let status = me.jobs.serve_call(&call, job, panicked, work, item).await;
             match status {
                 JobStatus::Finished(reply) => reply,
                 JobStatus::Running => GcReply::Error(LinkError::retryable("the request was cancelled")),

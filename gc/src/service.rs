@@ -3,7 +3,6 @@
 //! ([`StoreDbLink`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::component::{config_from_env, connect_link, inherited_listeners, InheritedListener};
@@ -155,31 +154,5 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
 /// Accepts connections until SIGTERM/SIGINT; a collection in flight stops with the process
 /// (store-db's lease ends its collection; what was trashed is deleted by the next one).
 async fn serve(listener: std::os::unix::net::UnixListener, server: Arc<Server<StoreDbLink>>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let who = format!("gc[{}]", std::process::id());
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let (server, who) = (server.clone(), who.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = guix_ipc::serve_connection(stream, GC_LINK, &who, server).await {
-                            eprintln!("guix-gc: connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    eprintln!("guix-gc: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    Ok(())
+    guix_ipc::server::serve_until_signalled(listener, GC_LINK, "guix-gc", server).await
 }

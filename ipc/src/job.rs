@@ -113,6 +113,8 @@ pub struct JobTable<Item, Out> {
     buffer: usize,
     keep_finished: usize,
     jobs: Mutex<Jobs<Item, Out>>,
+    /// How many calls of [`JobTable::serve_call`] follow each job.
+    followers: Mutex<HashMap<JobId, usize>>,
 }
 
 /// A caller attached to a job: its further output, then its result.
@@ -179,6 +181,7 @@ where
             buffer: buffer.max(1),
             keep_finished,
             jobs: Mutex::new(Jobs { by_id: HashMap::new(), finished: VecDeque::new() }),
+            followers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -272,6 +275,51 @@ where
     pub fn cancel(&self, id: &JobId) -> bool {
         let Ok(jobs) = self.jobs.lock() else { return false };
         jobs.by_id.get(id).map(|j| j.cancel.cancel()).is_some()
+    }
+
+    /// Serves a request that starts job `id` or, when it runs already (a resent request),
+    /// joins it: the job's output goes to `call` as stream items (made by `item`) and its
+    /// status is returned (`Running` if the call went away first). When the last call following
+    /// a running job goes away (its client disconnected), the job is cancelled.
+    pub async fn serve_call<I, F, Fut>(
+        self: &Arc<Self>,
+        call: &Call<I>,
+        id: JobId,
+        on_panic: Out,
+        work: F,
+        item: impl FnMut(Progress<Item>) -> I,
+    ) -> JobStatus<Out>
+    where
+        I: Serialize,
+        F: FnOnce(JobContext<Item>) -> Fut,
+        Fut: Future<Output = Out> + Send + 'static,
+    {
+        self.follow(&id, 1);
+        // Attached from the start: a job's first items come before any later attach.
+        let (_, _, attached) = self.start_attached(Some(id.clone()), on_panic, work);
+        let status = match attached {
+            None => JobStatus::Unknown,
+            Some(attached) => tokio::select! {
+                s = forward_attached(attached, call, item) => s,
+                _ = call.token().cancelled() => JobStatus::Running,
+            },
+        };
+        if self.follow(&id, -1) == 0 && matches!(status, JobStatus::Running) {
+            self.cancel(&id);
+        }
+        status
+    }
+
+    /// Counts a call following job `id` (`delta` 1) or leaving it (-1); returns how many are left.
+    fn follow(&self, id: &JobId, delta: isize) -> usize {
+        let mut f = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(id.clone()).or_insert(0);
+        *n = (*n as isize + delta).max(0) as usize;
+        let left = *n;
+        if left == 0 {
+            f.remove(id);
+        }
+        left
     }
 
     /// Serves an `Attach` request: sends the job's further output to `call` as stream items

@@ -125,6 +125,44 @@ struct Running {
 
 /// Serves one connection until the peer closes it. Requests run concurrently; returns once
 /// every handler started for it has returned.
+/// A component's serving loop: accepts connections on its inherited `listener` for link `spec`
+/// and serves each with `handler`, until SIGTERM or SIGINT. `program` (`guix-builder`, …)
+/// names the process in its messages.
+pub async fn serve_until_signalled<H: Handler>(
+    listener: std::os::unix::net::UnixListener,
+    spec: LinkSpec,
+    program: &str,
+    handler: Arc<H>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let who = format!("{}[{}]", program.trim_start_matches("guix-"), std::process::id());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let (handler, who, program) = (handler.clone(), who.clone(), program.to_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(stream, spec, &who, handler).await {
+                            eprintln!("{program}: connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("{program}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
+
 pub async fn serve_connection<H: Handler>(
     mut stream: UnixStream,
     spec: LinkSpec,
