@@ -43,7 +43,9 @@ impl<A: StoreDbApi + 'static> Server<A> {
             // (about 10,000 a second), and C++ shows every one: 65,536 events per attached
             // call (a few MB, allocated per job) so that a client reading at its usual pace
             // misses none (with 1,024, a 50,000-path collection lost a fifth of its lines).
-            jobs: JobTable::new(1 << 16, 64),
+            // A finished job keeps its buffer until it is forgotten: the last 4 are kept (a
+            // resent request comes within seconds), so at most ~50 MB stay allocated.
+            jobs: JobTable::new(1 << 16, 4),
             collecting: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
