@@ -14,8 +14,7 @@ pub enum Error {
     /// What the client is told, in the C++ daemon's wording.
     #[error("{0}")]
     Client(String),
-    /// store-db refused or failed; `retry`: beginning again may help (it restarted, or its
-    /// barrier is not ready yet).
+    /// store-db refused or failed (after the collection's own retries).
     #[error("{}", .0.message)]
     StoreDb(LinkError),
     /// The job was cancelled (its client went away).
@@ -30,6 +29,10 @@ impl Error {
     pub fn to_link(&self) -> LinkError {
         match self {
             Error::Client(m) => LinkError::client(m.clone()),
+            // The gc retried already (module `collect`): socket-front must not send it again.
+            Error::StoreDb(e) if e.kind == guix_ipc::ErrorKind::Retryable => {
+                LinkError::client(format!("store-db is unavailable: {}", e.message))
+            }
             Error::StoreDb(e) => e.clone(),
             Error::Cancelled => LinkError::retryable(self.to_string()),
             Error::Io(_) | Error::Db(_) | Error::Store(_) => LinkError::client(self.to_string()),
