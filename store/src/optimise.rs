@@ -418,6 +418,11 @@ impl<V> FileNarHashes<V> {
     pub fn into_hashes(self) -> KnownHashes {
         self.hashes
     }
+
+    /// The wrapped visitor and the hashes.
+    pub fn into_parts(self) -> (V, KnownHashes) {
+        (self.inner, self.hashes)
+    }
 }
 
 impl<V: Visitor> Visitor for FileNarHashes<V> {
