@@ -1,7 +1,7 @@
 //! What the collector does to files itself (outside store-db's writer), counting bytes exactly
 //! as C++ does: deleting trees (`deletePath(path, bytesFreed, linkThreshold)` of
 //! `nix/libutil/util.cc`, [`guix_store::files::delete_tree_counted`]), the unused links of
-//! `.links` (`removeUnusedLinks`), `showBytes`.
+//! `.links` (`removeUnusedLinks`), `showBytes` (`guix_store::optimise`'s).
 
 use std::fs;
 use std::io;
@@ -11,19 +11,10 @@ use std::path::Path;
 /// C++ `deduplicationMinSize`: smaller files are never deduplicated, so their links go.
 pub const DEDUPLICATION_MIN_SIZE: u64 = 8192;
 
-/// `showBytes` of the C++ daemon 1.5.0 (its strings: `{:7.2f} EiB` … `{:7.2f} KiB`,
-/// `{:4}  bytes`): the largest binary unit the amount reaches, else bytes, four wide with two
-/// spaces before "bytes". The amount is signed: "note: currently hard linking saves -4096
-/// bytes" is what C++ prints for an empty `.links` (verified in the rig).
+/// `showBytes` of the C++ daemon 1.5.0 (signed: "note: currently hard linking saves -4096
+/// bytes" is what C++ prints for an empty `.links`, verified in the rig).
 pub fn show_bytes(bytes: i64) -> String {
-    const UNITS: [&str; 6] = ["EiB", "PiB", "TiB", "GiB", "MiB", "KiB"];
-    for (i, unit) in UNITS.iter().enumerate() {
-        let size = 1i64 << (10 * (UNITS.len() - i));
-        if bytes >= size {
-            return format!("{:7.2} {unit}", bytes as f64 / size as f64);
-        }
-    }
-    format!("{bytes:4}  bytes")
+    guix_store::optimise::show_bytes(i128::from(bytes))
 }
 
 /// `deletePath(path, bytesFreed, linkThreshold)`: the store crate's, shared with store-db.

@@ -11,7 +11,6 @@
 //! - [`order`] — keepers-first order and batches of the deletions.
 //! - [`files`] — deleting trees and unused links with C++'s byte counts, `showBytes`.
 //! - [`collect`] — one collection, its messages and results.
-//! - [`optimise`] — OptimiseStore.
 //! - [`server`] — the link: jobs, heartbeats, one collection at a time.
 //! - [`service`] — the process and its store-db client.
 //! - [`error`] — [`Error`].
@@ -21,7 +20,6 @@ pub mod collect;
 pub mod error;
 pub mod files;
 pub mod graph;
-pub mod optimise;
 pub mod order;
 pub mod server;
 pub mod service;

@@ -69,14 +69,15 @@ impl StoreDbApi for StoreDbLink {
     }
 }
 
-/// OptimiseStore: every valid path, deduplicated ([`crate::optimise`]).
+/// OptimiseStore: every valid path, deduplicated (`guix_store::optimise::optimise_store`,
+/// which prints C++'s summary).
 pub fn optimise(setup: &Setup, log: &mut dyn FnMut(u32, String)) -> Result<()> {
     let reader = guix_store::DbReader::open(&setup.db_dir, setup.store.clone())?;
     let paths = reader.query_all_valid_paths()?;
     let store = setup.store.clone();
     let mut it = paths.into_iter().map(|p| std::path::PathBuf::from(store.display(&p)));
     let links = setup.store_dir.join(".links");
-    crate::optimise::optimise_store(&setup.store_dir, &links, &mut it, log)
+    guix_store::optimise::optimise_store(&setup.store_dir, &links, &mut it, log)
         .map_err(|e| Error::Client(e.to_string()))?;
     Ok(())
 }
