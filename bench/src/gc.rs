@@ -133,7 +133,12 @@ fn record(samples: &Mutex<Samples>, during: bool, took: Duration) {
 }
 
 /// QueryPathInfo of live items back to back until the run is over.
-async fn qpi_loop(mut c: DaemonClient, live: Vec<StorePath>, phase: Arc<Phase>, samples: Arc<Mutex<Samples>>) -> Res<()> {
+async fn qpi_loop(
+    mut c: DaemonClient,
+    live: Vec<StorePath>,
+    phase: Arc<Phase>,
+    samples: Arc<Mutex<Samples>>,
+) -> Res<()> {
     let mut n = 0usize;
     while !phase.done.load(Ordering::SeqCst) {
         let path = &live[(n * 7919) % live.len()];
