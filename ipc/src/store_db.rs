@@ -263,7 +263,8 @@ pub enum KeptBecause {
     ValidityChanged,
     /// An entry of the batch that it keeps alive was kept.
     KeepsKept,
-    /// Nothing is at that name any more.
+    /// Nothing is at that name any more (a valid path's row is removed all the same, as the
+    /// C++ collector does, without reporting it).
     Gone,
     /// A name store-db owns.
     Reserved,

@@ -225,6 +225,38 @@ impl DbWriter {
         })
     }
 
+    /// The collector's invalidation of a batch, in ONE transaction: removes every path of
+    /// `paths` (with its references and derivation outputs), refusing (and removing none) if a
+    /// valid path outside the batch still refers to one of them. Paths not valid are skipped.
+    pub fn invalidate_paths(&mut self, paths: &[StorePath]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let set: BTreeSet<&StorePath> = paths.iter().collect();
+        self.write(|c| {
+            let mut ids = Vec::with_capacity(paths.len());
+            for p in &set {
+                let Some(id) = c.path_id(p)? else { continue };
+                let outside: BTreeSet<StorePath> = c.referrers(p)?.into_iter().filter(|r| !set.contains(r)).collect();
+                if !outside.is_empty() {
+                    return Err(Error::PathInUse {
+                        path: c.store_dir.display(p),
+                        referrers: show_paths(c.store_dir, &outside),
+                    });
+                }
+                ids.push(id);
+            }
+            // The batch's own references first, so no row is left that restricts a deletion.
+            for id in &ids {
+                c.prepare(sql::DELETE_REFERENCES_OF)?.execute([id]).map_err(Error::sqlite(EXEC))?;
+            }
+            for id in &ids {
+                c.prepare(sql::INVALIDATE_PATH_ID)?.execute([id]).map_err(Error::sqlite(EXEC))?;
+            }
+            Ok(())
+        })
+    }
+
     /// `registerFailedPath`: records a failed build output (kept time: the first failure).
     pub fn register_failed_path(&mut self, path: &StorePath) -> Result<()> {
         let now = unix_now();

@@ -508,3 +508,88 @@ fn conn(n: u64) -> RootStamp {
     static HOLDER: std::sync::OnceLock<HolderId> = std::sync::OnceLock::new();
     RootStamp { holder: HOLDER.get_or_init(|| HolderId::this_process("test")).clone(), conn: n, seq: 1 }
 }
+
+/// Tells store-db that every root holder has synced (none holds anything): collections may
+/// begin.
+async fn release_barrier(c: &StoreDbClient, seq: u64) {
+    for component in guix_ipc::store_db::ROOT_HOLDERS {
+        let holder = HolderId::this_process(component);
+        let r = c.call(StoreDbRequest::SyncConnections { holder, seq, live: vec![], complete: true }).await;
+        assert_eq!(r.unwrap(), StoreDbReply::Ok);
+    }
+}
+
+async fn begin(c: &StoreDbClient) -> Result<(u64, Vec<StorePath>), String> {
+    match c.call(StoreDbRequest::BeginCollection).await.unwrap() {
+        StoreDbReply::CollectionBegun { id, temp_roots } => Ok((id, temp_roots)),
+        StoreDbReply::Error(e) => Err(e.message),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn delete(collection: u64, entries: &[(&StorePath, bool)]) -> StoreDbRequest {
+    StoreDbRequest::DeleteDead {
+        collection,
+        entries: entries
+            .iter()
+            .map(|(p, valid)| guix_ipc::store_db::DeadEntry { name: p.base_name(), valid: *valid })
+            .collect(),
+        keep: guix_ipc::gc::KeepRules::default(),
+        freed_before: 0,
+        max_freed: u64::MAX,
+        link_threshold: 1,
+    }
+}
+
+/// Through the link, with the real process: no collection before the holders synced (after
+/// every start), roots of a connection are refused, dead paths go to the trash, and a
+/// collection does not survive a store-db restart (kill -9): its next batch is refused.
+#[test]
+fn collections_wait_for_the_barrier_and_do_not_survive_a_restart() {
+    let d = Daemon::start();
+    let rt = rt();
+    let c = d.client();
+    let a = text_item(&d, "a", "I am a", vec![]);
+    let b = text_item(&d, "b", "I am b", vec![]);
+    let (pa, pb) = (a.path.clone(), b.path.clone());
+    rt.block_on(async {
+        assert_eq!(
+            c.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![a, b] }).await.unwrap(),
+            StoreDbReply::Ok
+        );
+        let refused = begin(&c).await.unwrap_err();
+        assert!(refused.contains("waiting for the temp roots of builder, socket-front"), "{refused}");
+        release_barrier(&c, 1).await;
+        // `conn(1)` of the holder "test" still holds both: AddItems made them temp roots.
+        let (id, roots) = begin(&c).await.unwrap();
+        assert!(roots.contains(&pa) && roots.contains(&pb));
+        let r = c.call(delete(id, &[(&pa, true)])).await.unwrap();
+        let StoreDbReply::Deleted(o) = r else { panic!("{r:?}") };
+        assert_eq!(o.kept, vec![(pa.base_name(), guix_ipc::store_db::KeptBecause::TempRoot)]);
+        let closed = StoreDbRequest::ConnectionClosed { conn: RootStamp { seq: 2, ..conn(1) } };
+        assert_eq!(c.call(closed).await.unwrap(), StoreDbReply::Ok);
+        assert_eq!(c.call(StoreDbRequest::EndCollection { collection: id }).await.unwrap(), StoreDbReply::Ok);
+        let (id, _) = begin(&c).await.unwrap();
+        let r = c.call(delete(id, &[(&pa, true)])).await.unwrap();
+        let StoreDbReply::Deleted(o) = r else { panic!("{r:?}") };
+        assert_eq!(o.deleted.len(), 1, "{o:?}");
+        assert!(!d.reader().is_valid(&pa).unwrap());
+        assert!(!d.dirs().store_path().join(pa.base_name()).exists());
+        assert!(d.dirs().store_path().join("trash").join(pa.base_name()).exists());
+
+        // kill -9: the collection is gone with the process, and the barrier is back.
+        let pid = d.store_db_pid().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "a new store-db");
+        let r = c.call(delete(id, &[(&pb, true)])).await.unwrap();
+        assert!(error_of(r).contains("unknown garbage collection"));
+        assert!(begin(&c).await.unwrap_err().contains("waiting for the temp roots"));
+        release_barrier(&c, 3).await;
+        let (id, _) = begin(&c).await.unwrap();
+        let r = c.call(delete(id, &[(&pb, true)])).await.unwrap();
+        let StoreDbReply::Deleted(o) = r else { panic!("{r:?}") };
+        assert_eq!(o.deleted.len(), 1, "{o:?}");
+    });
+    assert!(d.reader().query_all_valid_paths().unwrap().is_empty());
+    integrity_ok(&d);
+}

@@ -148,26 +148,39 @@ fn canonicalise_node(
 /// first (store and scratch directories are 0555). A path that does not exist is not an error.
 /// Shared by every component that removes scratch or store trees.
 pub fn delete_tree(path: &Path) -> io::Result<()> {
+    delete_tree_counted(path, 0).map(drop)
+}
+
+/// [`delete_tree`], returning the bytes it freed as the C++ `deletePath(path, bytesFreed,
+/// linkThreshold)` counts them: the size of every file or symlink that had at most
+/// `link_threshold` links (so with deduplication, threshold 2, a file also in `.links` counts
+/// once here and once more when its `.links` entry goes: the C++ figure, kept as it is).
+/// Directories count nothing.
+pub fn delete_tree_counted(path: &Path, link_threshold: u64) -> io::Result<u64> {
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
+    let mut freed = 0;
     if md.is_dir() {
         if md.mode() & 0o700 != 0o700 {
             fs::set_permissions(path, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777))?;
         }
         for entry in fs::read_dir(path)? {
-            delete_tree(&entry?.path())?;
+            freed += delete_tree_counted(&entry?.path(), link_threshold)?;
         }
         match fs::remove_dir(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => Ok(freed),
         }
     } else {
+        if md.nlink() <= link_threshold {
+            freed = md.size();
+        }
         match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => Ok(freed),
         }
     }
 }

@@ -13,6 +13,9 @@ pub const QUERY_PATH_INFO: &str = "select id, hash, registrationTime, deriver, n
 pub const QUERY_REFERENCES: &str = "select path from Refs join ValidPaths on reference = id where referrer = ?;";
 pub const QUERY_REFERRERS: &str = "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?);";
 pub const INVALIDATE_PATH: &str = "delete from ValidPaths where path = ?;";
+/// The collector's batch invalidation (not C++ statements).
+pub const INVALIDATE_PATH_ID: &str = "delete from ValidPaths where id = ?;";
+pub const DELETE_REFERENCES_OF: &str = "delete from Refs where referrer = ?;";
 pub const REGISTER_FAILED_PATH: &str = "insert or ignore into FailedPaths (path, time) values (?, ?);";
 pub const HAS_PATH_FAILED: &str = "select time from FailedPaths where path = ?;";
 pub const QUERY_FAILED_PATHS: &str = "select path from FailedPaths;";

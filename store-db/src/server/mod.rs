@@ -6,9 +6,11 @@
 //! - [`writer`] — the writer: file moves into the store, `.drv` checks, registration,
 //!   group commit, crash safety.
 //! - [`pathlock`] — per-path exclusion between requests (no C++ `.lock` files: see there).
-//! - [`roots`] — temp roots (in memory) and indirect roots.
+//! - [`roots`] — temp roots (in memory), the collections' journals, and indirect roots.
+//! - [`collect`] — the collector's "delete if still dead" (one writer job per batch).
 //! - [`fsops`] — `deletePath`, the scratch directory and its sweep.
 
+pub mod collect;
 pub mod fsops;
 pub mod pathlock;
 pub mod roots;

@@ -58,26 +58,32 @@
 //! refuses). A holder's complete sync lists every root it holds, and roots it adds later reach
 //! this store-db directly (or come with its next sync), so from then on the claim above holds.
 //!
-//! ## Roots added while the GC marks
-//! Temp-root changes and the GC's deletions meet at one lock, this module's. The GC (a later
-//! issue) calls [`TempRoots::begin_mark`] (every temp root at that instant; from then on every
-//! root added is also recorded), computes what is live from its roots, then deletes referrers
-//! before what they refer to. For each path, under [`TempRoots::deletion`] — the lock that
-//! additions take — [`DeletionGuard::may_delete`] refuses it if it is a temp root now, was
-//! made one since the mark began, or still has a valid referrer; the invalidation must happen
-//! under the same guard. So a root `R` added during the mark is refused; `R` stays valid, so
-//! each of its references still has a valid referrer and is refused, and so on down its
-//! closure: the whole closure survives. [`TempRoots::end_collection`] stops recording.
+//! ## Roots added while the GC collects
+//! Temp-root changes and the GC's deletions meet at one lock, this module's. The gc calls
+//! [`TempRoots::begin_collection`] (every temp root at that instant; from then on every root
+//! added is also recorded for the collection, even if released again), computes what is
+//! live, then asks for dead entries to be deleted, referrers first. The writer decides each
+//! batch holding [`TempRoots::deletion`] — the lock that temp-root additions take — and
+//! invalidates under it (`super::collect`): an entry is refused if it is a temp root now or
+//! became one since the collection began ([`DeletionGuard::rooted`]), or if something valid
+//! that is not deleted with it keeps it alive. So a root `R` added during the collection is
+//! refused; `R` stays valid, so each of its references still has a valid referrer and is
+//! refused, and so on down its closure: the whole closure survives.
+//!
+//! A collection ends with [`TempRoots::end_collection`], or expires when no request named
+//! it for [`COLLECTION_LEASE`] (a gc that died); a batch for an unknown collection is refused,
+//! so an expired collection can delete nothing more. After a store-db restart every
+//! collection is unknown, and none can begin before the barrier is ready.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use guix_formats::path::canon_path;
 use guix_formats::{HashAlgo, StorePath};
-use guix_ipc::store_db::{ConnId, HolderId, RootStamp, StoreDbRequest, ROOT_HOLDERS};
+use guix_ipc::store_db::{CollectionId, ConnId, HolderId, RootStamp, StoreDbRequest, COLLECTION_LEASE, ROOT_HOLDERS};
 
-use crate::DbReader;
 use guix_store::strerror;
 
 /// The temp roots of every holder's live connections, the barrier and the mark journal, under
@@ -93,8 +99,27 @@ struct Inner {
     /// Per component, the start time of its newest incarnation seen.
     newest: HashMap<String, u64>,
     barrier: RootsBarrier,
-    /// While the GC marks and deletes: every path made a temp root since the mark began.
-    marking: Option<HashSet<StorePath>>,
+    /// The collections in progress: for each, every path made a temp root since it began.
+    collections: HashMap<CollectionId, Collection>,
+    next_collection: CollectionId,
+}
+
+#[derive(Debug)]
+struct Collection {
+    journal: HashSet<StorePath>,
+    last_used: Instant,
+}
+
+/// Records `paths` as rooted in every collection in progress.
+fn journal<'a>(collections: &mut HashMap<CollectionId, Collection>, paths: impl IntoIterator<Item = &'a StorePath>) {
+    if collections.is_empty() {
+        return;
+    }
+    for p in paths {
+        for c in collections.values_mut() {
+            c.journal.insert(p.clone());
+        }
+    }
 }
 
 /// What store-db knows of one holder (see the module docs for the rules).
@@ -123,7 +148,7 @@ impl HolderRoots {
         conn: ConnId,
         seq: u64,
         paths: impl IntoIterator<Item = StorePath>,
-        journal: &mut Option<HashSet<StorePath>>,
+        collections: &mut HashMap<CollectionId, Collection>,
     ) {
         let mut paths = paths.into_iter().peekable();
         if paths.peek().is_none() || self.refuses(conn, seq) {
@@ -132,9 +157,7 @@ impl HolderRoots {
         let c = self.conns.entry(conn).or_insert_with(|| ConnRoots { first: seq, roots: HashSet::new() });
         c.first = c.first.min(seq);
         for p in paths {
-            if let Some(j) = journal.as_mut() {
-                j.insert(p.clone());
-            }
+            journal(collections, [&p]);
             c.roots.insert(p);
         }
     }
@@ -152,11 +175,11 @@ impl HolderRoots {
         &mut self,
         seq: u64,
         live: Vec<(ConnId, Vec<StorePath>)>,
-        journal: &mut Option<HashSet<StorePath>>,
+        collections: &mut HashMap<CollectionId, Collection>,
     ) -> bool {
         let ids: HashSet<ConnId> = live.iter().map(|(c, _)| *c).collect();
         for (conn, paths) in live {
-            self.add(conn, seq, paths, journal);
+            self.add(conn, seq, paths, collections);
         }
         if seq <= self.synced_seq {
             return false;
@@ -206,7 +229,13 @@ impl Default for TempRoots {
 impl TempRoots {
     pub fn new(barrier: RootsBarrier) -> TempRoots {
         TempRoots {
-            inner: Mutex::new(Inner { holders: HashMap::new(), newest: HashMap::new(), barrier, marking: None }),
+            inner: Mutex::new(Inner {
+                holders: HashMap::new(),
+                newest: HashMap::new(),
+                barrier,
+                collections: HashMap::new(),
+                next_collection: 1,
+            }),
         }
     }
 
@@ -231,9 +260,9 @@ impl TempRoots {
     /// Adds temp roots of a holder's connection.
     pub fn add(&self, stamp: &RootStamp, paths: impl IntoIterator<Item = StorePath>) {
         let mut inner = self.lock();
-        let Inner { holders, newest, marking, .. } = &mut *inner;
+        let Inner { holders, newest, collections, .. } = &mut *inner;
         if let Some(h) = holder(holders, newest, &stamp.holder) {
-            h.add(stamp.conn, stamp.seq, paths, marking);
+            h.add(stamp.conn, stamp.seq, paths, collections);
         }
     }
 
@@ -250,9 +279,9 @@ impl TempRoots {
     /// Whether it was newer than every sync of the holder applied before.
     pub fn sync(&self, id: &HolderId, seq: u64, live: Vec<(ConnId, Vec<StorePath>)>, complete: bool) -> bool {
         let mut inner = self.lock();
-        let Inner { holders, newest, marking, barrier } = &mut *inner;
+        let Inner { holders, newest, collections, barrier, .. } = &mut *inner;
         let Some(h) = holder(holders, newest, id) else { return false };
-        let newest = h.sync(seq, live, marking);
+        let newest = h.sync(seq, live, collections);
         if complete {
             barrier.release(&id.component);
         }
@@ -291,17 +320,30 @@ impl TempRoots {
         self.lock().holders.values().map(|h| h.conns.len()).sum()
     }
 
-    /// The GC starts marking: every temp root now; from now on every root added is recorded
-    /// until [`TempRoots::end_collection`].
-    pub fn begin_mark(&self) -> HashSet<StorePath> {
+    /// A collection begins: its id and every temp root now; from now on every root added
+    /// is recorded for it. Refused (with the components waited for) until the barrier is
+    /// ready. Collections idle for longer than [`COLLECTION_LEASE`] are forgotten here.
+    pub fn begin_collection(&self) -> Result<(CollectionId, HashSet<StorePath>), Vec<String>> {
         let mut inner = self.lock();
-        inner.marking = Some(HashSet::new());
-        inner.roots().cloned().collect()
+        if !inner.barrier.ready() {
+            return Err(inner.barrier.waiting_for().map(str::to_owned).collect());
+        }
+        let now = Instant::now();
+        inner.collections.retain(|_, c| now.duration_since(c.last_used) < COLLECTION_LEASE);
+        let id = inner.next_collection;
+        inner.next_collection += 1;
+        inner.collections.insert(id, Collection { journal: HashSet::new(), last_used: now });
+        Ok((id, inner.roots().cloned().collect()))
     }
 
-    /// The collection is over: stop recording new roots.
-    pub fn end_collection(&self) {
-        self.lock().marking = None;
+    /// The collection is over: stop recording new roots for it.
+    pub fn end_collection(&self, id: CollectionId) {
+        self.lock().collections.remove(&id);
+    }
+
+    /// Collections in progress (for tests and metrics).
+    pub fn collections(&self) -> usize {
+        self.lock().collections.len()
     }
 
     /// The lock temp-root additions take, for the GC's final check and its invalidation.
@@ -338,42 +380,37 @@ impl Inner {
     }
 }
 
-/// Why the GC may not delete a path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Keep {
-    /// Some root holder has not synced since store-db started.
-    NotReady,
-    /// No mark is in progress ([`TempRoots::begin_mark`]).
-    NoMark,
-    TempRoot,
-    /// It became a temp root after the mark began (maybe since released).
-    RootedDuringMark,
-    /// This valid path still refers to it.
-    Referrer(StorePath),
-}
+/// The collection named is not (or no longer) in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCollection;
 
-/// Held while the GC checks and invalidates a path: temp-root changes wait.
+/// Held while the GC checks and invalidates a batch: temp-root changes wait.
 pub struct DeletionGuard<'a> {
     inner: MutexGuard<'a, Inner>,
 }
 
 impl DeletionGuard<'_> {
-    /// The GC's final check for `path`: `Ok(None)` when it may be deleted, else why not.
-    /// Invalidate it before dropping the guard.
-    pub fn may_delete(&self, db: &DbReader, path: &StorePath) -> crate::Result<Option<Keep>> {
-        let inner = &*self.inner;
-        if !inner.barrier.ready() {
-            return Ok(Some(Keep::NotReady));
+    /// Marks `collection` as used now (its lease starts again); refused when it is unknown or
+    /// expired.
+    pub fn touch(&mut self, collection: CollectionId) -> Result<(), UnknownCollection> {
+        let now = Instant::now();
+        match self.inner.collections.get_mut(&collection) {
+            Some(c) if now.duration_since(c.last_used) < COLLECTION_LEASE => {
+                c.last_used = now;
+                Ok(())
+            }
+            Some(_) => {
+                self.inner.collections.remove(&collection);
+                Err(UnknownCollection)
+            }
+            None => Err(UnknownCollection),
         }
-        let Some(journal) = &inner.marking else { return Ok(Some(Keep::NoMark)) };
-        if inner.is_temp_root(path) {
-            return Ok(Some(Keep::TempRoot));
-        }
-        if journal.contains(path) {
-            return Ok(Some(Keep::RootedDuringMark));
-        }
-        let referrer = db.query_referrers(path)?.into_iter().find(|r| r != path);
-        Ok(referrer.map(Keep::Referrer))
+    }
+
+    /// Whether `path` is a temp root now, or became one since `collection` began.
+    pub fn rooted(&self, collection: CollectionId, path: &StorePath) -> Result<bool, UnknownCollection> {
+        let c = self.inner.collections.get(&collection).ok_or(UnknownCollection)?;
+        Ok(c.journal.contains(path) || self.inner.is_temp_root(path))
     }
 }
 
@@ -566,47 +603,33 @@ mod tests {
     }
 
     #[test]
-    fn may_delete_refuses_roots_and_referrers() {
-        let dir = tempfile::tempdir().unwrap();
-        let dirs = crate::StateDirs::under(dir.path());
-        let lock = dirs.init(&crate::InitOptions { reserve_space: false, ..Default::default() }).unwrap();
-        let mut db = crate::DbWriter::open(dirs.db_dir(), StoreDir::default(), &lock, &Default::default()).unwrap();
-        let info = |path: &StorePath, refs: &[&StorePath]| crate::ValidPathInfo {
-            path: path.clone(),
-            deriver: None,
-            nar_hash: HashAlgo::Sha256.digest(path.name().as_bytes()),
-            references: refs.iter().map(|r| (*r).clone()).collect(),
-            registration_time: 1,
-            nar_size: Some(120),
-        };
-        // p0 → p1 → p2, and p3 alone.
-        let regs: Vec<_> = [info(&p(2), &[]), info(&p(1), &[&p(2)]), info(&p(0), &[&p(1)]), info(&p(3), &[])]
-            .into_iter()
-            .map(|i| crate::Registration::new(i).unwrap())
-            .collect();
-        db.register_valid_paths(&regs).unwrap();
-
+    fn collections_record_roots_added_while_they_run() {
         let r = socket_front_only();
-        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::NotReady));
+        assert_eq!(r.begin_collection().unwrap_err(), vec!["socket-front".to_owned()]);
         assert!(r.sync(&front(), 1, vec![], true));
-        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::NoMark));
         r.add(&stamp(1, 2), [p(3)]);
-        assert!(r.begin_mark().contains(&p(3)));
-        assert_eq!(r.deletion().may_delete(&db, &p(3)).unwrap(), Some(Keep::TempRoot));
-        // p0 becomes a root during the mark, and is released again before the GC gets to it.
+        let (id, roots) = r.begin_collection().unwrap();
+        assert!(roots.contains(&p(3)));
+        assert_eq!(r.deletion().rooted(id, &p(3)), Ok(true));
+        assert_eq!(r.deletion().rooted(id, &p(0)), Ok(false));
+        // p0 becomes a root during the collection and is released again before the GC gets
+        // to it: still refused. A second collection that began later records it too.
+        let (id2, _) = r.begin_collection().unwrap();
         r.add(&stamp(2, 3), [p(0)]);
         r.close(&stamp(2, 4));
         r.close(&stamp(1, 5));
-        let g = r.deletion();
-        assert_eq!(g.may_delete(&db, &p(0)).unwrap(), Some(Keep::RootedDuringMark));
-        assert_eq!(g.may_delete(&db, &p(1)).unwrap(), Some(Keep::Referrer(p(0))));
-        assert_eq!(g.may_delete(&db, &p(2)).unwrap(), Some(Keep::Referrer(p(1))));
-        assert_eq!(g.may_delete(&db, &p(3)).unwrap(), None);
+        let mut g = r.deletion();
+        assert_eq!(g.touch(id), Ok(()));
+        assert_eq!(g.rooted(id, &p(0)), Ok(true));
+        assert_eq!(g.rooted(id2, &p(0)), Ok(true));
+        assert_eq!(g.rooted(id, &p(3)), Ok(false), "released before and not since");
         drop(g);
-        r.end_collection();
-        assert_eq!(r.deletion().may_delete(&db, &p(0)).unwrap(), Some(Keep::NoMark));
-        r.begin_mark();
-        assert_eq!(r.deletion().may_delete(&db, &p(0)).unwrap(), None);
+        r.end_collection(id);
+        assert_eq!(r.deletion().rooted(id, &p(0)), Err(UnknownCollection));
+        assert_eq!(r.deletion().touch(id), Err(UnknownCollection));
+        let (id3, _) = r.begin_collection().unwrap();
+        assert_eq!(r.deletion().rooted(id3, &p(0)), Ok(false));
+        assert_eq!(r.collections(), 2);
     }
 
     /// A holder, as the model: the same bookkeeping as socket-front's `storedb.rs`, one

@@ -26,6 +26,7 @@ use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListene
 use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Call, Handler, LinkError};
 
+use super::collect::Batch;
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
@@ -98,9 +99,27 @@ impl StoreDb {
             StoreDbRequest::InvalidateMissing { paths } => {
                 self.writer.run(|reply| Job::InvalidateMissing { paths, reply }).await
             }
-            StoreDbRequest::BeginCollection
-            | StoreDbRequest::DeleteDead { .. }
-            | StoreDbRequest::EndCollection { .. } => Err("garbage collection is not implemented yet".to_owned()),
+            StoreDbRequest::BeginCollection => {
+                return match self.temp_roots.begin_collection() {
+                    Ok((id, roots)) => StoreDbReply::CollectionBegun { id, temp_roots: roots.into_iter().collect() },
+                    Err(waiting) => StoreDbReply::Error(LinkError::retryable(format!(
+                        "not collecting garbage yet: waiting for the temp roots of {} after a store-db start",
+                        waiting.join(", ")
+                    ))),
+                };
+            }
+            StoreDbRequest::DeleteDead { collection, entries, keep, freed_before, max_freed, link_threshold } => {
+                let batch = Batch { collection, entries, keep, freed_before, max_freed, link_threshold };
+                let roots = self.temp_roots.clone();
+                return match self.writer.run_for(|reply| Job::DeleteDead { batch, roots, reply }).await {
+                    Ok(outcome) => StoreDbReply::Deleted(outcome),
+                    Err(message) => StoreDbReply::Error(LinkError::client(message)),
+                };
+            }
+            StoreDbRequest::EndCollection { collection } => {
+                self.temp_roots.end_collection(collection);
+                Ok(())
+            }
         };
         match res {
             Ok(()) => StoreDbReply::Ok,

@@ -26,10 +26,9 @@
 //! each job is retried in a transaction of its own, so one bad request never fails another.
 //!
 //! Temp-root changes do not go through the writer's queue (they must not wait behind a
-//! group's transaction); they and the deletions meet at the lock of
-//! [`super::roots::TempRoots`] instead: a deletion (the GC's, later) checks
-//! [`super::roots::DeletionGuard::may_delete`] and invalidates while holding
-//! [`super::roots::TempRoots::deletion`].
+//! group's transaction); they and the collector's deletions meet at the lock of
+//! [`super::roots::TempRoots`] instead: a `DeleteDead` job decides and invalidates while
+//! holding [`super::roots::TempRoots::deletion`] ([`super::collect`]).
 //!
 //! # Adding items (one job)
 //! The caller holds the per-path locks ([`super::pathlock`]). For each item: if the path is
@@ -86,6 +85,12 @@ pub enum Job {
     InvalidateMissing { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// Remove scratch leftovers of dead writers.
     Sweep,
+    /// The collector's "delete these if still dead" ([`super::collect`]).
+    DeleteDead {
+        batch: super::collect::Batch,
+        roots: Arc<super::roots::TempRoots>,
+        reply: oneshot::Sender<Result<guix_ipc::store_db::DeleteOutcome, String>>,
+    },
 }
 
 /// Settings of the writer.
@@ -123,6 +128,14 @@ struct Inner {
 impl WriterHandle {
     /// Runs a job that replies, and waits for the reply.
     pub async fn run(&self, make: impl FnOnce(oneshot::Sender<JobResult>) -> Job) -> JobResult {
+        let (tx, rx) = oneshot::channel();
+        self.push(make(tx));
+        self.combine();
+        rx.await.map_err(|_| "store-db writer stopped".to_owned())?
+    }
+
+    /// Runs a job whose reply is `T`, and waits for it.
+    pub async fn run_for<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Job) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
         self.push(make(tx));
         self.combine();
@@ -282,6 +295,10 @@ impl Writer {
                 }
                 Job::InvalidateMissing { paths, reply } => {
                     let _ = reply.send(self.invalidate_missing(&paths));
+                }
+                Job::DeleteDead { batch, roots, reply } => {
+                    self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(super::collect::delete_dead(&mut self.db, &roots, &self.layout, batch));
                 }
                 Job::Sweep => match sweep_scratch(&self.layout.scratch) {
                     Ok(removed) => {

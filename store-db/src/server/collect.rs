@@ -1,0 +1,314 @@
+//! The deciding half of a garbage collection: "delete these entries if they are still dead",
+//! run by the writer ([`super::writer::Job::DeleteDead`]).
+//!
+//! The gc computes what is live from its roots and a snapshot of the database, and sends the
+//! dead store entries in batches, everything that keeps an entry alive before it or in the
+//! same batch ([`guix_ipc::store_db::DeadEntry`]). Its snapshot may be stale; this module
+//! decides against the present, holding the temp-roots lock ([`TempRoots::deletion`], which
+//! every temp-root addition takes) from the first check to the last rename, and running in
+//! the writer (which every registration goes through), so no root and no registration can
+//! come in between:
+//! 1. an entry is refused if it is a temp root, or became one since the collection began, or
+//!    is `<P>.lock` / `<P>.chroot` of such a `P`; if its validity is not the one the gc saw
+//!    (a path registered since the gc's snapshot is not known to be dead); or if it is one of
+//!    store-db's own names;
+//! 2. a valid entry is refused if something that keeps it alive — a valid referrer other
+//!    than itself; with `keep.derivations`, a valid output whose recorded deriver it is; with
+//!    `keep.outputs`, a valid deriver of it — is valid and not accepted in this batch; this is
+//!    repeated until nothing changes (an entry that keeps a refused one's referents alive is
+//!    refused in turn);
+//! 3. the accepted entries, in the batch's order, are counted as the C++ collector counts them
+//!    until `max_freed` is exceeded (step 2 again on what is left);
+//! 4. the valid ones are invalidated in one transaction, then every accepted
+//!    entry is renamed into `<store>/trash`.
+//!
+//! Why a path that is live now is never deleted: it is live because some root reaches it.
+//! A root that existed when the collection began was in the gc's roots, so the gc did not
+//! send the path (it cannot have been dead in the snapshot and live now through an old root,
+//! since the edges of a valid path do not change while it stays valid — references are set at
+//! registration, derivation outputs with the `.drv`, derivers with the output). A temp root
+//! added since is refused by step 1, and everything it reaches keeps a valid keeper that is
+//! not deleted (step 2), down the whole closure. A new GC root symlink is made by a client
+//! that holds the path as a temp root first (the Guix client does, as for the C++ daemon). A
+//! path registered after the snapshot is refused by step 1's validity check, and a path it
+//! refers to keeps it as a valid referrer. The files of a valid path move only after the
+//! transaction that invalidates it commits, so a kill at any moment leaves at worst an invalid
+//! entry at its name (the next collection deletes it) or in the trash.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use guix_formats::StorePath;
+use guix_ipc::gc::KeepRules;
+use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, Deleted, KeptBecause};
+use guix_store::files::delete_tree_counted;
+use guix_store::scratch::SCRATCH_DIR_NAME;
+use guix_store::strerror;
+
+use super::roots::TempRoots;
+use super::writer::StoreLayout;
+use crate::DbWriter;
+
+/// The name of the trash directory in the store (the C++ collector's).
+pub const TRASH_DIR_NAME: &str = "trash";
+
+/// One `DeleteDead` request.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub collection: CollectionId,
+    pub entries: Vec<DeadEntry>,
+    pub keep: KeepRules,
+    pub freed_before: u64,
+    pub max_freed: u64,
+    pub link_threshold: u64,
+}
+
+/// An entry that passed step 1.
+struct Candidate {
+    name: String,
+    /// Set when it is a valid path.
+    valid: Option<StorePath>,
+    /// `None`: nothing at its name (a valid path's row goes all the same).
+    md: Option<std::fs::Metadata>,
+}
+
+/// Names store-db and the collector never delete.
+fn reserved(name: &str) -> bool {
+    name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name == ".links"
+        || name == TRASH_DIR_NAME
+        || name == SCRATCH_DIR_NAME
+}
+
+/// Runs one batch (see the module docs). `Err` is the message for the gc: an unknown
+/// collection, or a database or file-system failure before anything was invalidated.
+pub fn delete_dead(
+    db: &mut DbWriter,
+    roots: &TempRoots,
+    layout: &StoreLayout,
+    batch: Batch,
+) -> Result<DeleteOutcome, String> {
+    let mut guard = roots.deletion();
+    guard.touch(batch.collection).map_err(|_| unknown(batch.collection))?;
+    let err = |e: crate::Error| e.to_string();
+    let mut kept: Vec<(String, KeptBecause)> = Vec::new();
+    let mut cands: Vec<Candidate> = Vec::with_capacity(batch.entries.len());
+    let mut seen = HashSet::new();
+    let named: HashSet<StorePath> =
+        batch.entries.iter().filter_map(|e| StorePath::from_base_name(&e.name).ok()).collect();
+    for e in batch.entries {
+        if reserved(&e.name) {
+            kept.push((e.name, KeptBecause::Reserved));
+            continue;
+        }
+        if !seen.insert(e.name.clone()) {
+            continue;
+        }
+        let path = StorePath::from_base_name(&e.name).ok();
+        let valid = match &path {
+            Some(p) => db.is_valid(p).map_err(err)?,
+            None => false,
+        };
+        if valid != e.valid {
+            kept.push((e.name, KeptBecause::ValidityChanged));
+            continue;
+        }
+        // `<P>.lock` and `<P>.chroot` parse as store paths too: both names count.
+        let owner = e
+            .name
+            .strip_suffix(".lock")
+            .or_else(|| e.name.strip_suffix(".chroot"))
+            .and_then(|base| StorePath::from_base_name(base).ok());
+        let mut rooted = false;
+        for p in path.iter().chain(owner.iter()) {
+            rooted |= guard.rooted(batch.collection, p).map_err(|_| unknown(batch.collection))?;
+        }
+        if rooted {
+            kept.push((e.name, KeptBecause::TempRoot));
+            continue;
+        }
+        let md = match std::fs::symlink_metadata(layout.store_path.join(&e.name)) {
+            Ok(md) => Some(md),
+            Err(x) if x.kind() == io::ErrorKind::NotFound => None,
+            Err(x) => {
+                return Err(format!(
+                    "getting status of `{}': {}",
+                    layout.store_path.join(&e.name).display(),
+                    strerror(&x)
+                ))
+            }
+        };
+        if md.is_none() && !valid {
+            kept.push((e.name, KeptBecause::Gone));
+            continue;
+        }
+        cands.push(Candidate { name: e.name, valid: valid.then_some(path).flatten(), md });
+    }
+
+    // Step 2: what keeps each valid candidate alive.
+    let mut keepers: HashMap<StorePath, Vec<StorePath>> = HashMap::new();
+    for c in &cands {
+        let Some(p) = &c.valid else { continue };
+        let mut k: Vec<StorePath> = db.query_referrers(p).map_err(err)?.into_iter().filter(|r| r != p).collect();
+        if batch.keep.derivations && p.is_derivation() {
+            for o in db.query_derivation_outputs(p).map_err(err)? {
+                if &o != p && db.is_valid(&o).map_err(err)? && db.query_deriver(&o).map_err(err)?.as_ref() == Some(p) {
+                    k.push(o);
+                }
+            }
+        }
+        if batch.keep.outputs {
+            k.extend(db.query_valid_derivers(p).map_err(err)?.into_iter().filter(|d| d != p));
+        }
+        keepers.insert(p.clone(), k);
+    }
+    let in_batch = named;
+    let mut accepted: Vec<bool> = vec![true; cands.len()];
+    settle(&cands, &keepers, &in_batch, &mut accepted, &mut kept, KeptBecause::KeepsKept);
+
+    // Step 3: the C++ accounting, up to `max_freed`.
+    let mut freed = batch.freed_before;
+    let mut accounted = vec![0u64; cands.len()];
+    let mut limit_reached = false;
+    for (i, c) in cands.iter().enumerate() {
+        if !accepted[i] {
+            continue;
+        }
+        if limit_reached {
+            accepted[i] = false;
+            kept.push((c.name.clone(), KeptBecause::NotReached));
+            continue;
+        }
+        let Some(md) = &c.md else { continue };
+        accounted[i] = if md.is_dir() {
+            match &c.valid {
+                Some(p) => db.try_query_path_info(p).map_err(err)?.and_then(|i| i.nar_size).unwrap_or(0),
+                None => 0,
+            }
+        } else if md.nlink() <= batch.link_threshold {
+            md.size()
+        } else {
+            0
+        };
+        freed = freed.saturating_add(accounted[i]);
+        if freed > batch.max_freed {
+            limit_reached = true;
+        }
+    }
+    if limit_reached {
+        settle(&cands, &keepers, &in_batch, &mut accepted, &mut kept, KeptBecause::NotReached);
+    }
+
+    // Step 4: invalidate (one transaction, referrers first), then move away.
+    let doomed: Vec<StorePath> =
+        cands.iter().zip(&accepted).filter(|(_, a)| **a).filter_map(|(c, _)| c.valid.clone()).collect();
+    db.invalidate_paths(&doomed).map_err(err)?;
+
+    let trash = layout.store_path.join(TRASH_DIR_NAME);
+    let mut deleted = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        if !accepted[i] {
+            continue;
+        }
+        let Some(md) = &c.md else {
+            kept.push((c.name.clone(), KeptBecause::Gone));
+            continue;
+        };
+        let from = layout.store_path.join(&c.name);
+        let (trashed_as, freed_in_place) = match move_to_trash(&from, &trash, &c.name, md) {
+            Ok(name) => (Some(name), 0),
+            Err(e) => {
+                // C++: "note: can't create move": delete in place (rare: the trash directory
+                // cannot be made, or is another file system).
+                eprintln!(
+                    "guix-store-db: cannot move `{}' to the trash ({}); deleting it in place",
+                    from.display(),
+                    strerror(&e)
+                );
+                let n = delete_tree_counted(&from, batch.link_threshold)
+                    .map_err(|e| format!("deleting `{}': {}", from.display(), strerror(&e)))?;
+                (None, n)
+            }
+        };
+        deleted.push(Deleted {
+            name: c.name.clone(),
+            trashed_as,
+            accounted: accounted[i],
+            is_dir: md.is_dir(),
+            freed_in_place,
+        });
+    }
+    drop(guard);
+    Ok(DeleteOutcome { deleted, kept, limit_reached })
+}
+
+fn unknown(id: CollectionId) -> String {
+    format!("unknown garbage collection {id} (store-db restarted, or the collection expired)")
+}
+
+/// Step 2's fixpoint: refuses every accepted valid candidate with a keeper that is valid and
+/// not accepted (`because` when the keeper was in the batch, else `LiveReferrer`).
+fn settle(
+    cands: &[Candidate],
+    keepers: &HashMap<StorePath, Vec<StorePath>>,
+    in_batch: &HashSet<StorePath>,
+    accepted: &mut [bool],
+    kept: &mut Vec<(String, KeptBecause)>,
+    because: KeptBecause,
+) {
+    let index: HashMap<&StorePath, usize> =
+        cands.iter().enumerate().filter_map(|(i, c)| c.valid.as_ref().map(|p| (p, i))).collect();
+    loop {
+        let mut changed = false;
+        for (i, c) in cands.iter().enumerate() {
+            let Some(p) = &c.valid else { continue };
+            if !accepted[i] {
+                continue;
+            }
+            let blocker = keepers.get(p).into_iter().flatten().find(|k| match index.get(k) {
+                Some(&j) => !accepted[j],
+                None => true,
+            });
+            if let Some(k) = blocker {
+                accepted[i] = false;
+                changed = true;
+                let why = if in_batch.contains(k) { because.clone() } else { KeptBecause::LiveReferrer(k.to_string()) };
+                kept.push((c.name.clone(), why));
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// Renames `from` to `<trash>/<name>` (or `<name>-N` if that is taken), making a directory
+/// writable first so that the gc can empty it; returns the name under the trash.
+fn move_to_trash(from: &Path, trash: &Path, name: &str, md: &std::fs::Metadata) -> io::Result<String> {
+    if md.is_dir() && md.mode() & 0o200 == 0 {
+        std::fs::set_permissions(from, std::fs::Permissions::from_mode((md.mode() | 0o200) & 0o7777))?;
+    }
+    match std::fs::create_dir(trash) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    // Only store-db puts things in the trash (and only the writer), so a free name stays free
+    // until the rename.
+    let mut target = name.to_owned();
+    for n in 1..=1000u32 {
+        if std::fs::symlink_metadata(trash.join(&target)).is_err() {
+            std::fs::rename(from, trash.join(&target))?;
+            return Ok(target);
+        }
+        target = format!("{name}-{n}");
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free name in the trash"))
+}
+
+#[cfg(test)]
+mod tests;

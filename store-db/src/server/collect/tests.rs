@@ -1,0 +1,293 @@
+//! The batch decision against a real database and store directory.
+
+use std::collections::BTreeMap;
+
+use guix_formats::{HashAlgo, StoreDir};
+use guix_ipc::store_db::RootStamp;
+
+use super::*;
+use crate::server::roots::RootsBarrier;
+use crate::{DbOptions, InitOptions, Registration, StateDirs, ValidPathInfo};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: DbWriter,
+    layout: StoreLayout,
+    roots: TempRoots,
+}
+
+fn text(name: &str) -> StorePath {
+    StoreDir::default().make_text_path(name, name.as_bytes(), std::iter::empty::<&StorePath>()).unwrap()
+}
+
+fn drv(name: &str) -> StorePath {
+    text(&format!("{name}.drv"))
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = StateDirs::under(dir.path());
+    let lock = dirs.init(&InitOptions { reserve_space: false, ..Default::default() }).unwrap();
+    let db = DbWriter::open(dirs.db_dir(), StoreDir::default(), &lock, &DbOptions::default()).unwrap();
+    std::fs::create_dir_all(dirs.store_path()).unwrap();
+    let layout = StoreLayout {
+        store_path: dirs.store_path().to_owned(),
+        store_dir: StoreDir::default(),
+        scratch: dirs.scratch_dir(),
+    };
+    Fixture { _dir: dir, db, layout, roots: TempRoots::new(RootsBarrier::new([])) }
+}
+
+impl Fixture {
+    /// Registers `path` (a directory with one file of `size` bytes, or a file when `file`).
+    fn add(
+        &mut self,
+        path: &StorePath,
+        refs: &[&StorePath],
+        deriver: Option<&StorePath>,
+        outputs: &[(&str, &StorePath)],
+    ) {
+        let on_disk = self.layout.store_path.join(path.base_name());
+        if path.is_derivation() {
+            std::fs::write(&on_disk, b"Derive()").unwrap();
+        } else {
+            std::fs::create_dir(&on_disk).unwrap();
+            std::fs::write(on_disk.join("f"), vec![b'x'; 100]).unwrap();
+        }
+        let info = ValidPathInfo {
+            path: path.clone(),
+            deriver: deriver.cloned(),
+            nar_hash: HashAlgo::Sha256.digest(path.name().as_bytes()),
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            registration_time: 1,
+            nar_size: Some(1000),
+        };
+        let reg = if path.is_derivation() {
+            let outs: BTreeMap<String, StorePath> =
+                outputs.iter().map(|(n, p)| (n.to_string(), (*p).clone())).collect();
+            Registration::derivation(info, outs).unwrap()
+        } else {
+            Registration::new(info).unwrap()
+        };
+        self.db.register_valid_paths(&[reg]).unwrap();
+    }
+
+    fn run(
+        &mut self,
+        id: CollectionId,
+        entries: &[(&str, bool)],
+        keep: KeepRules,
+        max_freed: u64,
+    ) -> Result<DeleteOutcome, String> {
+        let batch = Batch {
+            collection: id,
+            entries: entries.iter().map(|(n, v)| DeadEntry { name: n.to_string(), valid: *v }).collect(),
+            keep,
+            freed_before: 0,
+            max_freed,
+            link_threshold: 1,
+        };
+        delete_dead(&mut self.db, &self.roots, &self.layout, batch)
+    }
+
+    fn exists(&self, p: &StorePath) -> bool {
+        self.layout.store_path.join(p.base_name()).exists()
+    }
+}
+
+fn names(o: &DeleteOutcome) -> Vec<String> {
+    o.deleted.iter().map(|d| d.name.clone()).collect()
+}
+
+fn kept(o: &DeleteOutcome, name: &str) -> Option<KeptBecause> {
+    o.kept.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone())
+}
+
+fn stamp(conn: u64, seq: u64) -> RootStamp {
+    RootStamp {
+        holder: guix_ipc::store_db::HolderId { component: "socket-front".into(), pid: 1, started: 1 },
+        conn,
+        seq,
+    }
+}
+
+#[test]
+fn a_dead_chain_goes_referrers_first_into_the_trash() {
+    let mut f = fixture();
+    let (a, b, c) = (text("a"), text("b"), text("c"));
+    f.add(&a, &[], None, &[]);
+    f.add(&b, &[&a], None, &[]);
+    f.add(&c, &[&b, &a, &c], None, &[]);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let o = f
+        .run(
+            id,
+            &[(&c.base_name(), true), (&b.base_name(), true), (&a.base_name(), true)],
+            KeepRules::default(),
+            u64::MAX,
+        )
+        .unwrap();
+    assert_eq!(names(&o), vec![c.base_name(), b.base_name(), a.base_name()]);
+    assert!(o.kept.is_empty(), "{o:?}");
+    for p in [&a, &b, &c] {
+        assert!(!f.db.is_valid(p).unwrap());
+        assert!(!f.exists(p));
+        assert!(f.layout.store_path.join("trash").join(p.base_name()).join("f").exists());
+    }
+    assert!(o.deleted.iter().all(|d| d.is_dir && d.accounted == 1000 && d.freed_in_place == 0));
+}
+
+#[test]
+fn a_referrer_outside_the_batch_keeps_the_path_and_what_it_keeps() {
+    let mut f = fixture();
+    let (a, b, c) = (text("a"), text("b"), text("c"));
+    f.add(&a, &[], None, &[]);
+    f.add(&b, &[&a], None, &[]);
+    f.add(&c, &[&b], None, &[]);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    // c is not in the batch (the gc's snapshot thought it live, or it is new).
+    let o = f.run(id, &[(&b.base_name(), true), (&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap();
+    assert!(o.deleted.is_empty());
+    assert_eq!(kept(&o, &b.base_name()), Some(KeptBecause::LiveReferrer(c.to_string())));
+    assert_eq!(kept(&o, &a.base_name()), Some(KeptBecause::KeepsKept));
+    assert!(f.db.is_valid(&a).unwrap() && f.exists(&a));
+}
+
+#[test]
+fn a_root_added_during_the_collection_saves_its_closure_even_when_released() {
+    let mut f = fixture();
+    let (a, b, c) = (text("a"), text("b"), text("c"));
+    f.add(&a, &[], None, &[]);
+    f.add(&b, &[&a], None, &[]);
+    f.add(&c, &[&b], None, &[]);
+    f.roots.sync(&stamp(0, 0).holder, 1, vec![], true);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    f.roots.add(&stamp(7, 2), [c.clone()]);
+    f.roots.close(&stamp(7, 3));
+    let all = [(c.base_name(), true), (b.base_name(), true), (a.base_name(), true)];
+    let entries: Vec<(&str, bool)> = all.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let o = f.run(id, &entries, KeepRules::default(), u64::MAX).unwrap();
+    assert!(o.deleted.is_empty(), "{o:?}");
+    assert_eq!(kept(&o, &c.base_name()), Some(KeptBecause::TempRoot));
+    assert_eq!(kept(&o, &b.base_name()), Some(KeptBecause::KeepsKept));
+    assert_eq!(kept(&o, &a.base_name()), Some(KeptBecause::KeepsKept));
+    // A collection begun after the release may take them.
+    f.roots.end_collection(id);
+    let (id2, _) = f.roots.begin_collection().unwrap();
+    assert_eq!(f.run(id2, &entries, KeepRules::default(), u64::MAX).unwrap().deleted.len(), 3);
+}
+
+#[test]
+fn invalid_entries_locks_of_roots_validity_changes_and_reserved_names() {
+    let mut f = fixture();
+    let (a, out) = (text("a"), text("out"));
+    f.add(&a, &[], None, &[]);
+    let junk = f.layout.store_path.join("junk");
+    std::fs::write(&junk, b"12345").unwrap();
+    let lock = format!("{}.lock", out.base_name());
+    std::fs::write(f.layout.store_path.join(&lock), b"").unwrap();
+    std::fs::create_dir_all(f.layout.store_path.join(".links")).unwrap();
+    f.roots.sync(&stamp(0, 0).holder, 1, vec![], true);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    f.roots.add(&stamp(3, 2), [out.clone()]);
+    let o = f
+        .run(
+            id,
+            &[
+                ("junk", false),
+                (&lock, false),
+                (&a.base_name(), false),
+                (".links", false),
+                ("trash", false),
+                ("absent", false),
+            ],
+            KeepRules::default(),
+            u64::MAX,
+        )
+        .unwrap();
+    assert_eq!(names(&o), vec!["junk".to_owned()]);
+    assert_eq!(o.deleted[0].accounted, 5, "a file counts its size");
+    assert_eq!(kept(&o, &lock), Some(KeptBecause::TempRoot));
+    assert_eq!(kept(&o, &a.base_name()), Some(KeptBecause::ValidityChanged));
+    assert_eq!(kept(&o, ".links"), Some(KeptBecause::Reserved));
+    assert_eq!(kept(&o, "trash"), Some(KeptBecause::Reserved));
+    assert_eq!(kept(&o, "absent"), Some(KeptBecause::Gone));
+    assert!(f.db.is_valid(&a).unwrap());
+}
+
+#[test]
+fn keep_rules_tie_derivations_and_outputs() {
+    let mut f = fixture();
+    let (d, o) = (drv("thing"), text("thing-out"));
+    f.add(&d, &[], None, &[("out", &o)]);
+    f.add(&o, &[], Some(&d), &[]);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let both = KeepRules { outputs: true, derivations: true };
+    // keep-derivations: the valid output keeps its deriver.
+    let r = f.run(id, &[(&d.base_name(), true)], KeepRules { outputs: false, derivations: true }, u64::MAX).unwrap();
+    assert_eq!(kept(&r, &d.base_name()), Some(KeptBecause::LiveReferrer(o.to_string())));
+    // keep-outputs: the valid deriver keeps its output.
+    let r = f.run(id, &[(&o.base_name(), true)], KeepRules { outputs: true, derivations: false }, u64::MAX).unwrap();
+    assert_eq!(kept(&r, &o.base_name()), Some(KeptBecause::LiveReferrer(d.to_string())));
+    // Both: a cycle, deleted together in one batch.
+    let r = f.run(id, &[(&d.base_name(), true), (&o.base_name(), true)], both, u64::MAX).unwrap();
+    assert_eq!(r.deleted.len(), 2, "{r:?}");
+    assert!(!f.db.is_valid(&d).unwrap() && !f.db.is_valid(&o).unwrap());
+}
+
+#[test]
+fn max_freed_stops_after_the_entry_that_exceeds_it() {
+    let mut f = fixture();
+    let ps: Vec<StorePath> = (0..4).map(|i| text(&format!("p{i}"))).collect();
+    for p in &ps {
+        f.add(p, &[], None, &[]);
+    }
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let names_: Vec<String> = ps.iter().map(|p| p.base_name()).collect();
+    let entries: Vec<(&str, bool)> = names_.iter().map(|n| (n.as_str(), true)).collect();
+    // Each counts its NAR size, 1000: 0 → 1000 → 2000 > 1500 stops after the second.
+    let o = f.run(id, &entries, KeepRules::default(), 1500).unwrap();
+    assert!(o.limit_reached);
+    assert_eq!(names(&o), names_[..2].to_vec());
+    assert_eq!(kept(&o, &names_[2]), Some(KeptBecause::NotReached));
+    assert!(f.db.is_valid(&ps[2]).unwrap() && f.exists(&ps[3]));
+}
+
+#[test]
+fn the_limit_never_splits_a_path_from_its_referrer() {
+    let mut f = fixture();
+    let (a, b) = (text("a"), text("b"));
+    f.add(&a, &[], None, &[]);
+    f.add(&b, &[&a], None, &[]);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    // A bad order (reference first) with a limit hit at the first entry: b stays, so a must.
+    let o = f.run(id, &[(&a.base_name(), true), (&b.base_name(), true)], KeepRules::default(), 0).unwrap();
+    assert!(o.deleted.is_empty(), "{o:?}");
+    assert!(f.db.is_valid(&a).unwrap() && f.db.is_valid(&b).unwrap());
+}
+
+#[test]
+fn an_unknown_collection_deletes_nothing_and_a_missing_valid_path_is_dropped() {
+    let mut f = fixture();
+    let a = text("a");
+    f.add(&a, &[], None, &[]);
+    assert!(f.run(42, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap_err().contains("unknown"));
+    assert!(f.db.is_valid(&a).unwrap());
+    std::fs::remove_dir_all(f.layout.store_path.join(a.base_name())).unwrap();
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let o = f.run(id, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap();
+    assert!(o.deleted.is_empty());
+    assert_eq!(kept(&o, &a.base_name()), Some(KeptBecause::Gone));
+    assert!(!f.db.is_valid(&a).unwrap());
+}
+
+#[test]
+fn a_taken_trash_name_gets_another() {
+    let mut f = fixture();
+    let a = text("a");
+    f.add(&a, &[], None, &[]);
+    std::fs::create_dir_all(f.layout.store_path.join("trash").join(a.base_name())).unwrap();
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let o = f.run(id, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap();
+    assert_eq!(o.deleted[0].trashed_as, Some(format!("{}-1", a.base_name())));
+}
