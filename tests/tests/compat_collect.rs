@@ -29,8 +29,8 @@
 //! deletion that passes the limit; with equal sizes, how many are deleted and the figures are
 //! deterministic), `guix gc`.
 //!
-//! Each of three daemon configurations is a test: the defaults, `--gc-keep-outputs`, and
-//! `--gc-keep-derivations=no`.
+//! Each of four daemon configurations is a test: the defaults, `--gc-keep-outputs`,
+//! `--gc-keep-derivations=no`, and `--disable-deduplication` (the bytes freed without `.links`).
 //!
 //! Normalised, and only this (both differ by design):
 //! * the order of the "deleting" lines of a whole collection, and the running byte count in
@@ -274,6 +274,12 @@ fn collection_with_keep_outputs_matches_cxx() {
 #[test]
 fn collection_without_keep_derivations_matches_cxx() {
     compare("guix gc, --gc-keep-derivations=no", &["--gc-keep-derivations=no"], &["-det.drv'\n"], &[]);
+}
+
+#[test]
+fn collection_without_deduplication_matches_cxx() {
+    // Without `.links`, every file counts in the bytes freed when its item goes.
+    compare("guix gc, --disable-deduplication", &["--disable-deduplication"], &["-chain-4'\n"], &["-det.drv'\n"]);
 }
 
 #[cfg(test)]
