@@ -42,6 +42,9 @@
 //!   not depend on the order), and only how many are left is compared.
 //! * our scratch directory `.rs-scratch` in store listings.
 //!
+//! `large_collection_shows_every_deletion_like_cxx`: a collection of 3000 dead items shows
+//! every deletion and the same figure.
+//!
 //! `guix gc -F` (free space) is not compared: what it deletes depends on the free space of the
 //! file system the two stores share, which the other session changes at the same time.
 //!
@@ -280,6 +283,28 @@ fn collection_without_keep_derivations_matches_cxx() {
 fn collection_without_deduplication_matches_cxx() {
     // Without `.links`, every file counts in the bytes freed when its item goes.
     compare("guix gc, --disable-deduplication", &["--disable-deduplication"], &["-chain-4'\n"], &["-det.drv'\n"]);
+}
+
+/// Adds 3000 small items, dead once the connection closes.
+const MANY: &str = r##"
+(use-modules (guix store))
+(with-store s
+  (for-each (lambda (i) (add-text-to-store s (format #f "many-~a" i) (format #f "item ~a\n" i)))
+            (iota 3000)))
+"##;
+
+/// A collection deleting thousands of paths: the client is shown every one of them, as the C++
+/// daemon shows them (it never drops a message), and the same figure.
+#[test]
+fn large_collection_shows_every_deletion_like_cxx() {
+    let what = "guix gc of 3000 dead items";
+    let (cxx, ours) = on_both(what, |rig, d| {
+        let s = start_with_flags(rig, d, &["--disable-deduplication"]);
+        common::repl(&s, d, MANY);
+        normalise(&common::sh(&s, "echo '== guix gc '; guix gc; echo \"status: $?\""))
+    });
+    assert_cxx_has(what, &cxx, &["-many-2999'\n", "guix gc: freed "]);
+    assert_all_same(&[(what, &cxx, &ours)]);
 }
 
 #[cfg(test)]
