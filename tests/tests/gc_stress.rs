@@ -355,6 +355,7 @@ fn collections_in_a_loop_lose_nothing_in_use() {
     tasks.push(rt.spawn(temp_root_client(shared.clone(), socket.clone())));
 
     let run = duration();
+    let began = Instant::now();
     let (rounds, deleted, built) = std::thread::scope(|scope| {
         let builder = scope.spawn(|| build_client(&shared, &s));
         let start = Instant::now();
@@ -389,7 +390,10 @@ fn collections_in_a_loop_lose_nothing_in_use() {
     });
     let added = shared.added.load(Ordering::Relaxed);
     let errors = shared.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    eprintln!("{rounds} collections in {run:?}: {deleted} paths deleted, {added} items added, {built} builds");
+    eprintln!(
+        "{rounds} collections in {:.1?} (run {run:?}): {deleted} paths deleted, {added} items added, {built} builds",
+        began.elapsed()
+    );
     assert!(errors.is_empty(), "{}\n--- daemon.log ---\n{}", errors.join("\n"), s.daemon_log());
     // Once more with everything quiet.
     let expected = shared.protected.lock().unwrap_or_else(|p| p.into_inner()).clone();
