@@ -348,6 +348,8 @@ async fn build(
             previous = Some(processed);
             continue;
         }
+        // The last round's outputs only, as C++ `optimisePath` in `registerOutputs`.
+        let processed = deduplicate(b, job, processed).await?;
         // Every output in one transaction; they become temp roots of the request first.
         let items = processed.hand_over();
         b.storedb
@@ -696,6 +698,41 @@ async fn process(
         outputs::process_outputs_kept(&spec)
     })
     .await
+}
+
+/// `auto-optimise-store`: each output's big files linked with their `<store>/.links` entries
+/// in scratch space, before store-db renames them into the store (same file system: the
+/// links survive). A root regular file's NAR hash is the output's, already known; an output
+/// whose NAR is shorter than the threshold is not even looked at. Messages go to the job at
+/// their `printMsg` levels.
+async fn deduplicate(b: &Arc<Builder>, job: &Arc<Job>, processed: ProcessedOutputs) -> Result<ProcessedOutputs> {
+    use guix_store::optimise::{optimise_path_with, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE};
+    if !b.config.auto_optimise_store || processed.items().all(|i| i.nar_size < DEDUPLICATION_MIN_SIZE) {
+        return Ok(processed);
+    }
+    let store = b.config.paths.store_dir.clone();
+    let (processed, msgs) = tokio::task::spawn_blocking(move || {
+        let (links, mut msgs, mut stats) = (store.join(".links"), Vec::new(), OptimiseStats::default());
+        for out in processed.outputs().iter().filter(|o| o.item.nar_size >= DEDUPLICATION_MIN_SIZE) {
+            let known: KnownHashes = [(PathBuf::new(), out.item.nar_hash)].into();
+            let dir = out.scratch_path();
+            let known = match std::fs::symlink_metadata(dir) {
+                Ok(md) if md.is_file() => known,
+                _ => KnownHashes::new(),
+            };
+            let r = optimise_path_with(&store, &links, dir, &known, &mut stats, &mut |l, m| msgs.push((l, m)));
+            if let Err(e) = r {
+                return Err(Error::build(FailureKind::Misc, e.to_string()));
+            }
+        }
+        Ok((processed, msgs))
+    })
+    .await
+    .map_err(|e| Error::build(FailureKind::Misc, e.to_string()))??;
+    for (level, text) in msgs {
+        job.message(level, text);
+    }
+    Ok(processed)
 }
 
 /// `--check`: [`outputs::check_outputs`] of every output against its valid NAR hash.

@@ -11,14 +11,16 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use guix_formats::hash::Hasher;
 use guix_formats::nar::{self, Event, NarError, NarSummary, RegularNarHasher, Restorer, Visitor};
 use guix_formats::worker::{read_request_body, Opcode, Reply, Request};
 use guix_formats::{Hash, HashAlgo, StorePath};
+use guix_ipc::config::DaemonConfig;
 use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
 use guix_store::files::write_canonical_text;
+use guix_store::optimise::{optimise_path_with, FileNarHashes, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE};
 
 use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
@@ -97,6 +99,8 @@ impl Write for HashSink {
 
 struct Received {
     summary: NarSummary,
+    /// NAR hashes of the item's files big enough to be deduplicated, from the restore.
+    hashes: KnownHashes,
     root: Option<RootKind>,
     contents_hash: Option<Hash>,
     nar_hash_algo: Option<Hash>,
@@ -123,15 +127,16 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             .blocking(move |s, h| -> Result<Received, NarError> {
                 let mut input = SyncBridge::new(s, h);
                 let flat_algo = if recursive { None } else { algo };
-                let mut visitor = AddVisitor {
+                let mut visitor = FileNarHashes::new(AddVisitor {
                     restorer: Restorer::new(&dest),
                     root: None,
                     contents: flat_algo.map(Hasher::new),
                     flat_nar: None,
-                };
+                });
                 let nar_algo = algo.filter(|a| recursive && *a != HashAlgo::Sha256);
                 let mut tee = HashSink(nar_algo.map(Hasher::new));
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
+                let (visitor, hashes) = visitor.into_parts();
                 // Canonical (mtime 1) while still on this blocking thread.
                 canonicalise(&dest)
                     .map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
@@ -142,6 +147,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 };
                 Ok(Received {
                     summary,
+                    hashes,
                     root: visitor.root,
                     contents_hash: visitor.contents.map(Hasher::finish),
                     nar_hash_algo: tee.0.map(Hasher::finish),
@@ -167,6 +173,21 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         let path = store.make_fixed_output_path(recursive, &hash, &name).map_err(|e| Failure::Op(e.to_string()))?;
         if self.rooted_and_valid(&path).await? {
             return Ok(Reply::Path(path));
+        }
+        let mut known = received.hashes;
+        if received.root == Some(RootKind::Regular) {
+            // A root file's NAR is the item's.
+            known.insert(PathBuf::new(), received.summary.nar_hash);
+        }
+        // Nothing to do (not even a thread hop) without a file big enough: a root file's NAR
+        // is longer than its contents, so this lets through all that are.
+        let big = !known.is_empty() && (received.summary.nar_size >= DEDUPLICATION_MIN_SIZE);
+        if big && self.shared.config.auto_optimise_store {
+            let (config, dest) = (self.shared.config.clone(), item.path().to_owned());
+            let msgs = tokio::task::spawn_blocking(move || deduplicate(&config, &dest, &known))
+                .await
+                .map_err(|e| Failure::Op(e.to_string()))??;
+            self.log_messages(msgs).await?;
         }
         let source = ItemSource::Scratch(item.name().to_owned());
         let reply = self.register(source, path, received.summary, BTreeSet::new()).await?;
@@ -197,10 +218,19 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         let item =
             self.shared.scratch.allocate(self.id).map_err(|e| Failure::Op(format!("creating scratch space: {e}")))?;
         let dest = item.path().to_owned();
-        let summary = tokio::task::spawn_blocking(move || write_text(&dest, &contents))
-            .await
-            .map_err(|e| Failure::Op(e.to_string()))?
-            .map_err(|e| Failure::Op(e.to_string()))?;
+        let config = self.shared.config.clone();
+        let (summary, msgs) = tokio::task::spawn_blocking(move || {
+            let summary = write_text(&dest, &contents).map_err(|e| Failure::Op(e.to_string()))?;
+            // Larger than the inline limit, so always big enough to be deduplicated.
+            let msgs = match config.auto_optimise_store {
+                true => deduplicate(&config, &dest, &[(PathBuf::new(), summary.nar_hash)].into())?,
+                false => Vec::new(),
+            };
+            Ok::<_, Failure>((summary, msgs))
+        })
+        .await
+        .map_err(|e| Failure::Op(e.to_string()))??;
+        self.log_messages(msgs).await?;
         let reply = self.register(ItemSource::Scratch(item.name().to_owned()), path, summary, references).await?;
         item.handed_over();
         Ok(reply)
@@ -239,6 +269,24 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         self.shared.backend.add_items(self.id, vec![new]).await?;
         Ok(Reply::Path(path))
     }
+}
+
+/// `optimisePath` of a scratch item (C++ `auto-optimise-store`, checked by the caller), on a
+/// blocking thread: its big files are linked with their `<store>/.links` entries before
+/// store-db renames it into the store (hard links survive the rename: same file system).
+/// `known`: NAR hashes already computed, by path relative to the item. Returns the messages
+/// for the client ([`Conn::log_messages`]).
+pub(crate) fn deduplicate(
+    config: &DaemonConfig,
+    dir: &Path,
+    known: &KnownHashes,
+) -> Result<Vec<(u32, String)>, Failure> {
+    let store = &config.paths.store_dir;
+    let mut msgs = Vec::new();
+    let mut stats = OptimiseStats::default();
+    optimise_path_with(store, &store.join(".links"), dir, known, &mut stats, &mut |level, msg| msgs.push((level, msg)))
+        .map_err(|e| Failure::Op(e.to_string()))?;
+    Ok(msgs)
 }
 
 /// Writes a text item into scratch space, already canonical (0444, mtime 1), and returns the

@@ -147,6 +147,17 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         self.log(line).await
     }
 
+    /// Sends messages made away from the connection (deduplication's), each as `printMsg`
+    /// at its level would.
+    pub(crate) async fn log_messages(&mut self, msgs: Vec<(u32, String)>) -> Result<(), Failure> {
+        for (level, line) in msgs {
+            if self.settings.verbosity >= level {
+                self.log(&line).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a blocking thread with the stream (bridged with [`crate::bridge`]), and
     /// takes the stream back. If the thread dies, the connection is closed.
     pub(crate) async fn blocking<T, F>(&mut self, f: F) -> Result<T, Failure>

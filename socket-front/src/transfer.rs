@@ -27,6 +27,7 @@ use crate::backend::StoreBackend;
 use crate::bridge::SyncBridge;
 use crate::conn::{Conn, Level, Shared, Stream};
 use crate::error::Failure;
+use guix_store::optimise::{KnownHashes, DEDUPLICATION_MIN_SIZE};
 use guix_store::scratch::canonicalise;
 
 const TROJAN: &str = "signed hash doesn't match actual contents of imported archive; archive could be corrupt, \
@@ -177,10 +178,20 @@ async fn register_import<B: StoreBackend>(
         return Ok(());
     }
     let dest: PathBuf = item.path().to_owned();
-    tokio::task::spawn_blocking(move || canonicalise(&dest))
-        .await
-        .map_err(|e| Failure::Op(e.to_string()))?
-        .map_err(|e| Failure::Op(format!("canonicalising imported path: {e}")))?;
+    let config = shared.config.clone();
+    // A NAR shorter than the threshold holds no file that long.
+    let dedup = config.auto_optimise_store && nar.nar_size >= DEDUPLICATION_MIN_SIZE;
+    tokio::task::spawn_blocking(move || {
+        canonicalise(&dest).map_err(|e| Failure::Op(format!("canonicalising imported path: {e}")))?;
+        // The stream is the importer's here: deduplication's messages (only debugging ones
+        // can arise for a freshly restored tree) are not shown.
+        match dedup {
+            true => crate::add::deduplicate(&config, &dest, &KnownHashes::new()).map(drop),
+            false => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| Failure::Op(e.to_string()))??;
     let references: BTreeSet<StorePath> = trailer.references;
     let new = NewItem {
         source: ItemSource::Scratch(item.name().to_owned()),

@@ -32,7 +32,7 @@ fn setup(max_group: usize) -> Setup {
     let w = DbWriter::open(dirs.db_dir(), store.clone(), &lock, &DbOptions::default()).unwrap();
     std::mem::forget(lock); // held for the test's lifetime
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir: store.clone(), scratch };
-    let handle = writer::new(w, layout.clone(), WriterOptions { max_group });
+    let handle = writer::new(w, layout.clone(), WriterOptions { max_group, ..WriterOptions::default() });
     let db = Arc::new(StoreDb::new(layout, dirs.state_dir().to_owned(), handle));
     Setup { _tmp: tmp, dirs, store, db }
 }

@@ -17,6 +17,7 @@
 //!   file locks (`lockFile`).
 //! - [`scratch`] — the scratch directory where writers put new items before store-db moves
 //!   them into the store, and how its entries are named (`<writer-pid>-…`).
+//! - [`optimise`] — file deduplication through `<store>/.links` (`optimise-store.cc`).
 //! - [`roots`] — GC root discovery (`findRoots`).
 //! - [`storedb`] — [`storedb::StoreDb`], a component's side of the `store-db` link: its writes,
 //!   and the temp roots it holds (stamped, synced).
@@ -28,6 +29,7 @@ pub mod epoch;
 pub mod error;
 pub mod files;
 pub mod info;
+pub mod optimise;
 pub mod roots;
 pub mod scratch;
 pub mod sql;

@@ -225,7 +225,8 @@ fn run() -> Result<(), StartError> {
     let epoch = Epoch::open(&epoch_path).map_err(|e| StartError::Epoch(epoch_path.clone(), e))?;
     db.set_epoch(Arc::new(epoch));
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir, scratch };
-    let writer = writer::new(db, layout.clone(), WriterOptions::default());
+    let opts = WriterOptions { deduplicate: config.auto_optimise_store, ..WriterOptions::default() };
+    let writer = writer::new(db, layout.clone(), opts);
     writer.send(Job::Sweep);
     let state = Arc::new(StoreDb::new(layout, config.paths.state_dir.clone(), writer));
 

@@ -64,6 +64,7 @@ use guix_formats::derivation::{Derivation, ModuloHasher, MAX_DRV_SIZE};
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
 use guix_store::files::write_canonical_text;
+use guix_store::optimise::{optimise_path_with, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE, LVL_ERROR};
 use guix_store::strerror;
 use tokio::sync::oneshot;
 
@@ -98,11 +99,14 @@ pub enum Job {
 pub struct WriterOptions {
     /// The most `AddItems` jobs registered in one transaction (1 disables group commit).
     pub max_group: usize,
+    /// `auto-optimise-store`: inline texts of [`DEDUPLICATION_MIN_SIZE`] bytes or more are
+    /// linked with their `<store>/.links` entry as they are written (see [`guix_store::optimise`]).
+    pub deduplicate: bool,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { max_group: 64 }
+        WriterOptions { max_group: 64, deduplicate: true }
     }
 }
 
@@ -447,7 +451,21 @@ impl Writer {
             }
             r => r,
         };
-        written.map_err(|e| format!("writing file `{}': {}", dest.display(), strerror(&e)))
+        written.map_err(|e| format!("writing file `{}': {}", dest.display(), strerror(&e)))?;
+        if self.opts.deduplicate && contents.len() as u64 >= DEDUPLICATION_MIN_SIZE {
+            // The file's NAR hash is the item's, just checked: nothing is read back.
+            let known: KnownHashes = [(PathBuf::new(), item.nar_hash)].into();
+            let links = self.layout.store_path.join(".links");
+            let mut stats = OptimiseStats::default();
+            let mut log = |level: u32, msg: String| {
+                if level == LVL_ERROR {
+                    eprintln!("guix-store-db: {msg}");
+                }
+            };
+            optimise_path_with(&self.layout.store_path, &links, dest, &known, &mut stats, &mut log)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Parses and checks a `.drv` that is at its final name `file` (whose contents are `text`
