@@ -8,6 +8,7 @@
 mod affinity;
 mod build;
 mod builds;
+mod gc;
 mod procmem;
 mod qpi;
 mod scenarios;
@@ -28,19 +29,22 @@ struct Args {
     ours: Option<PathBuf>,
     /// Measure only this column (`cxx` or `ours`), e.g. while profiling one daemon.
     only: Option<String>,
+    /// The store size of the `gc` scenario.
+    paths: Option<usize>,
 }
 
 const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
   --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory,
-                   add-tree, build-derivations, trivial-builds
+                   add-tree, build-derivations, trivial-builds, gc
   --quick          smaller counts and shorter runs (a smoke test, not a measurement)
   --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
   --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
   --only cxx|ours  measure only that daemon (e.g. while profiling it)
+  --paths N        store size of the gc scenario (default 100000, 2000 with --quick)
 Needs root and a rig set up with `scripts/rig setup`.";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None, only: None };
+    let mut args = Args { scenarios: Vec::new(), quick: false, reps: None, ours: None, only: None, paths: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -61,6 +65,10 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("--only: `{d}' is neither cxx nor ours"));
                 }
                 args.only = Some(d);
+            }
+            "--paths" => {
+                let n = it.next().ok_or("--paths needs a number")?;
+                args.paths = Some(n.parse().map_err(|_| format!("--paths: `{n}' is not a number"))?);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}'")),
@@ -218,7 +226,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let params = Params::new(args.quick, args.reps);
+    let mut params = Params::new(args.quick, args.reps);
+    if let Some(n) = args.paths {
+        params.gc_paths = n;
+    }
     let ours = ours_kind(&args);
     println!(
         "guix-bench: {} repetitions per figure, median shown{}",

@@ -33,10 +33,13 @@ pub enum Scenario {
     BuildDerivations,
     /// 200 trivial independent builds with `--max-jobs=2` (see [`crate::builds`]).
     TrivialBuilds,
+    /// A collection of a store of small paths, half dead, and the latencies other clients see
+    /// meanwhile (see [`crate::gc`]).
+    Gc,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Connect,
         Scenario::AddText,
         Scenario::QueryPathInfo,
@@ -44,6 +47,7 @@ impl Scenario {
         Scenario::AddTree,
         Scenario::BuildDerivations,
         Scenario::TrivialBuilds,
+        Scenario::Gc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Scenario {
             Scenario::AddTree => "add-tree",
             Scenario::BuildDerivations => "build-derivations",
             Scenario::TrivialBuilds => "trivial-builds",
+            Scenario::Gc => "gc",
         }
     }
 
@@ -117,6 +122,7 @@ impl Scenario {
                 unit: "s",
                 higher_is_better: false,
             }],
+            Scenario::Gc => crate::gc::figures(p.gc_paths),
             Scenario::BuildDerivations => vec![
                 Figure {
                     label: format!("guix build -d --no-grafts {}", p.package),
@@ -173,6 +179,8 @@ pub struct Params {
     pub package: &'static str,
     /// The derivations of [`Scenario::TrivialBuilds`].
     pub builds: usize,
+    /// The store size of [`Scenario::Gc`] (`--paths`).
+    pub gc_paths: usize,
 }
 
 impl Params {
@@ -187,6 +195,7 @@ impl Params {
                 tree: TreeShape { dirs: 2, files_per_dir: 8, file_size: 4 << 20 },
                 package: crate::build::QUICK_PACKAGE,
                 builds: crate::builds::QUICK_BUILDS,
+                gc_paths: crate::gc::QUICK_PATHS,
             }
         } else {
             Params {
@@ -198,6 +207,7 @@ impl Params {
                 tree: TreeShape { dirs: 4, files_per_dir: 64, file_size: 4 << 20 },
                 package: crate::build::PACKAGE,
                 builds: crate::builds::BUILDS,
+                gc_paths: crate::gc::PATHS,
             }
         }
     }
@@ -241,6 +251,10 @@ pub fn median(v: Vec<Res<f64>>) -> Res<f64> {
 /// A failure of the whole scenario is `Err`; a figure that could not be measured (e.g. the
 /// pinned ones on a one-CPU machine) is an `Err` in its place.
 pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option<&Tree>) -> Res<Vec<Res<f64>>> {
+    if scenario == Scenario::Gc {
+        // One repetition: a second collection of the same store would find nothing dead.
+        return crate::gc::run(session, p.gc_paths).await;
+    }
     let socket = session.socket_path();
     let n = scenario.figures(p).len();
     let mut samples: Vec<Vec<Res<f64>>> = vec![Vec::new(); n];
@@ -278,7 +292,7 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                 let tree = tree.ok_or("the tree was not created")?;
                 add_tree(socket, session, tree, rep).await?.into_iter().map(Ok).collect()
             }
-            Scenario::BuildDerivations | Scenario::TrivialBuilds => {
+            Scenario::BuildDerivations | Scenario::TrivialBuilds | Scenario::Gc => {
                 return Err("measured by alternating sessions, not in one session".into())
             }
         };

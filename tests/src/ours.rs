@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::{DaemonKind, Rig, RigError, Session, SessionOptions};
 
@@ -57,4 +58,27 @@ pub fn ctl_status(s: &Session) -> BTreeMap<String, (Option<u32>, u64)> {
         map.insert(f[0].to_owned(), (pid, restarts.parse().unwrap_or(0)));
     }
     map
+}
+
+/// Kills `component` of the session's daemon with SIGKILL and waits (30 s at most) until the
+/// supervisor has started it again: a new pid and one restart more in `ctl status`. Panics
+/// otherwise.
+pub fn kill_and_wait(s: &Session, component: &str) {
+    let before = ctl_status(s);
+    let (Some(pid), restarts) = before.get(component).copied().unwrap_or((None, 0)) else {
+        panic!("{component} has no pid: {before:?}");
+    };
+    let out = s.exec(&["sh", "-c", &format!("kill -9 {pid}")]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "kill -9 {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    loop {
+        let now = ctl_status(s);
+        if let Some((Some(p), r)) = now.get(component) {
+            if *p != pid && *r > restarts {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{component} was not restarted: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

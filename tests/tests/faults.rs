@@ -27,7 +27,7 @@ use guix_client::{ClientError, DaemonClient};
 use guix_formats::hash::HashAlgo;
 use guix_formats::nar;
 use guix_formats::store_path::StorePath;
-use guix_tests::ours::ctl_status;
+use guix_tests::ours::{ctl_status, kill_and_wait};
 use guix_tests::store_check::{check_store, integrity_check};
 use guix_tests::{start_ours, Rig, Session};
 
@@ -61,27 +61,6 @@ struct Record {
     /// Whether socket-front had been killed at least once when the operation ended.
     after_front_kill: bool,
     took: Duration,
-}
-
-/// Kills `component` with SIGKILL and waits until the supervisor has started it again.
-fn kill_and_wait(s: &Session, component: &str) {
-    let before = ctl_status(s);
-    let (Some(pid), restarts) = before.get(component).copied().unwrap_or((None, 0)) else {
-        panic!("{component} has no pid: {before:?}");
-    };
-    let out = s.exec(&["sh", "-c", &format!("kill -9 {pid}")]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "kill -9 {pid}: {}", String::from_utf8_lossy(&out.stderr));
-    let start = Instant::now();
-    loop {
-        let now = ctl_status(s);
-        if let Some((Some(p), r)) = now.get(component) {
-            if *p != pid && *r > restarts {
-                return;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{component} was not restarted: {now:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 async fn connect(socket: &Path) -> DaemonClient {
