@@ -189,9 +189,9 @@ pub enum StoreDbRequest {
     BeginCollection,
     /// Deletes store entries the gc found dead, each only if it is still dead now (see
     /// [`DeadEntry`] and ARCHITECTURE.md, "Garbage collection"). For each entry accepted, in
-    /// order: a valid path is invalidated (all the batch's in one transaction), then the entry
-    /// is renamed into `<store>/trash` (created if missing) so that the gc can delete its files
-    /// outside the writer. Stops after the first entry that brings `freed_before` plus the
+    /// order: a valid path is invalidated (all the batch's in one transaction), then a
+    /// directory is renamed into `<store>/trash` (created if missing) so that the gc can delete
+    /// its files outside the writer, and anything else is unlinked at once, as C++ does. Stops after the first entry that brings `freed_before` plus the
     /// entries' [`Deleted::accounted`] bytes above `max_freed`. An unknown (expired, or begun
     /// before a store-db restart) collection is an error: the gc begins again.
     DeleteDead {
@@ -239,12 +239,14 @@ pub struct DeadEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
     pub name: String,
-    /// Its name under `<store>/trash` now (`None`: it was deleted in place, when it could not
-    /// be moved: no space for the trash directory, or another file system).
+    /// Its name under `<store>/trash` now (`None`: it was deleted in place: a file or symlink,
+    /// or a directory that could not be moved — no space for the trash directory, or another
+    /// file system).
     pub trashed_as: Option<String>,
     /// What the C++ collector counts for it when it deletes it (`bytesInvalidated` for a
     /// directory: its NAR size if it was valid, else 0; `bytesFreed` for anything else: its
-    /// size if it has at most `link_threshold` links), for "[SIZE] deleting" and `max_freed`.
+    /// size if it has at most `link_threshold` links once the batch's earlier entries are
+    /// gone), for "[SIZE] deleting" and `max_freed`.
     pub accounted: u64,
     /// Whether it was a directory (its bytes freed are counted when the trash is emptied).
     pub is_dir: bool,

@@ -19,8 +19,8 @@
 //!    refused in turn);
 //! 3. the accepted entries, in the batch's order, are counted as the C++ collector counts them
 //!    until `max_freed` is exceeded (step 2 again on what is left);
-//! 4. the valid ones are invalidated in one transaction, then every accepted
-//!    entry is renamed into `<store>/trash`.
+//! 4. the valid ones are invalidated in one transaction, then every accepted directory is
+//!    renamed into `<store>/trash` and every other entry unlinked (as the C++ collector does).
 //!
 //! Why a path that is live now is never deleted: it is live because some root reaches it.
 //! A root that existed when the collection began was in the gc's roots, so the gc did not
@@ -174,6 +174,9 @@ pub fn delete_dead(
     // Step 3: the C++ accounting, up to `max_freed`.
     let mut freed = batch.freed_before;
     let mut accounted = vec![0u64; cands.len()];
+    // Files are unlinked one after the other (step 4), so a later entry sharing an inode with
+    // an earlier one of the batch sees one link less, as it would in the C++ collector.
+    let mut unlinked_before: HashMap<(u64, u64), u64> = HashMap::new();
     let mut limit_reached = false;
     for (i, c) in cands.iter().enumerate() {
         if !accepted[i] {
@@ -190,10 +193,15 @@ pub fn delete_dead(
                 Some(p) => db.try_query_path_info(p).map_err(err)?.and_then(|i| i.nar_size).unwrap_or(0),
                 None => 0,
             }
-        } else if md.nlink() <= batch.link_threshold {
-            md.size()
         } else {
-            0
+            let earlier = unlinked_before.entry((md.dev(), md.ino())).or_insert(0);
+            let links = md.nlink().saturating_sub(*earlier);
+            *earlier += 1;
+            if links <= batch.link_threshold {
+                md.size()
+            } else {
+                0
+            }
         };
         freed = freed.saturating_add(accounted[i]);
         if freed > batch.max_freed {
@@ -220,6 +228,28 @@ pub fn delete_dead(
             continue;
         };
         let from = layout.store_path.join(&c.name);
+        if !md.is_dir() {
+            // A file or symlink is unlinked right away, as C++ does: one system call, and its
+            // bytes are freed (and counted) in the order of deletion.
+            let freed_in_place = match std::fs::symlink_metadata(&from) {
+                Ok(now) if now.nlink() <= batch.link_threshold => now.size(),
+                _ => 0,
+            };
+            match std::fs::remove_file(&from) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(format!("cannot unlink `{}': {}", from.display(), strerror(&e)));
+                }
+                _ => {}
+            }
+            deleted.push(Deleted {
+                name: c.name.clone(),
+                trashed_as: None,
+                accounted: accounted[i],
+                is_dir: false,
+                freed_in_place,
+            });
+            continue;
+        }
         let (trashed_as, freed_in_place) = match move_to_trash(&from, &trash, &c.name, md) {
             Ok(name) => (Some(name), 0),
             Err(e) => {

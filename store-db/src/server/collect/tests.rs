@@ -291,3 +291,36 @@ fn a_taken_trash_name_gets_another() {
     let o = f.run(id, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap();
     assert_eq!(o.deleted[0].trashed_as, Some(format!("{}-1", a.base_name())));
 }
+
+#[test]
+fn files_sharing_an_inode_count_once_in_the_order_deleted() {
+    let mut f = fixture();
+    // Two file items and a `.links` entry on one inode (deduplicated): 3 links.
+    let (x, y) = (text("x"), text("y"));
+    let links = f.layout.store_path.join(".links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::fs::write(links.join("h"), vec![b'z'; 9000]).unwrap();
+    for p in [&x, &y] {
+        std::fs::hard_link(links.join("h"), f.layout.store_path.join(p.base_name())).unwrap();
+    }
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let mut batch = Batch {
+        collection: id,
+        entries: [&x, &y].iter().map(|p| DeadEntry { name: p.base_name(), valid: false }).collect(),
+        keep: KeepRules::default(),
+        freed_before: 0,
+        max_freed: u64::MAX,
+        link_threshold: 2,
+    };
+    let o = delete_dead(&mut f.db, &f.roots, &f.layout, batch.clone()).unwrap();
+    // The first sees 3 links (nothing freed), the second 2 (its size, as C++ counts it).
+    assert_eq!(
+        o.deleted.iter().map(|d| (d.accounted, d.freed_in_place)).collect::<Vec<_>>(),
+        vec![(0, 0), (9000, 9000)]
+    );
+    assert!(o.deleted.iter().all(|d| d.trashed_as.is_none()));
+    assert!(!f.exists(&x) && !f.exists(&y));
+    assert_eq!(std::fs::metadata(links.join("h")).unwrap().nlink(), 1);
+    batch.entries.clear();
+    assert!(delete_dead(&mut f.db, &f.roots, &f.layout, batch).unwrap().deleted.is_empty());
+}
