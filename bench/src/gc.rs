@@ -8,9 +8,12 @@
 //! dead once the writers' connections close. Both daemons get the same items.
 //!
 //! Measured, in one session per daemon (one repetition: populating is most of the cost):
-//! * idle: for [`IDLE`], one connection issues QueryPathInfo of live items back to back, and
-//!   another AddTextToStore of fresh texts (kept as temp roots of that connection: live);
-//!   their p99 latencies;
+//! * idle: for [`IDLE`], one connection issues QueryPathInfo of live items, one every
+//!   [`PACE`], and another AddTextToStore of fresh texts (kept as temp roots of that
+//!   connection: live), one every [`PACE`]; their p99 latencies. Paced, not back to back: two
+//!   loops flat out would take both cores of a small machine and measure how the collector
+//!   shares the CPU with a saturating load (ours runs at a lower priority, so that serving
+//!   clients wins), not what a client waits for;
 //! * then CollectGarbage (delete dead, no limit) through the client library on a third
 //!   connection, timed, while both loops go on: their p99 latencies during the collection
 //!   (operations started while it ran), and the longest AddTextToStore;
@@ -39,6 +42,14 @@ pub const QUICK_PATHS: usize = 2_000;
 const GROUP: usize = 50;
 const WRITERS: usize = 4;
 const IDLE: Duration = Duration::from_secs(3);
+/// One probe operation per loop every this long (see the module docs).
+const PACE: Duration = Duration::from_millis(2);
+
+fn pacer() -> tokio::time::Interval {
+    let mut i = tokio::time::interval(PACE);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
 
 /// The figures of [`run`], in its order.
 pub fn figures(paths: usize) -> Vec<Figure> {
@@ -140,7 +151,9 @@ async fn qpi_loop(
     samples: Arc<Mutex<Samples>>,
 ) -> Res<()> {
     let mut n = 0usize;
+    let mut pace = pacer();
     while !phase.done.load(Ordering::SeqCst) {
+        pace.tick().await;
         let path = &live[(n * 7919) % live.len()];
         let during = phase.collecting.load(Ordering::SeqCst);
         let start = Instant::now();
@@ -158,7 +171,9 @@ async fn qpi_loop(
 async fn add_loop(mut c: DaemonClient, phase: Arc<Phase>, samples: Arc<Mutex<Samples>>) -> Res<()> {
     let none = BTreeSet::new();
     let mut n = 0usize;
+    let mut pace = pacer();
     while !phase.done.load(Ordering::SeqCst) {
+        pace.tick().await;
         let text = format!("guix-bench gc addition {n}\n");
         let during = phase.collecting.load(Ordering::SeqCst);
         let start = Instant::now();

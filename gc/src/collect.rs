@@ -47,12 +47,13 @@ pub const INFO: u32 = 1;
 pub const TALKATIVE: u32 = 2;
 
 /// How long one `DeleteDead` round trip may take before batches get smaller (they double again
-/// under a quarter of it). Measured in the rig (2 cores shared with other work, the store on
-/// the VM's ext4): 100,000 paths, 50,000 dead, went in 1,579 batches of 32 entries on average,
-/// 1.9 ms per round trip (3.07 s in all, about 60 µs per entry including the IPC; store-db's
-/// writer holds its lock for less than that); the longest batch, 143 ms, was the machine
-/// being busy, not the batch's work.
-pub const BATCH_TARGET: Duration = Duration::from_millis(4);
+/// under a quarter of it). A batch holds store-db's writer, so an addition that comes meanwhile
+/// waits for it: the target is what an addition may wait. Measured with `guix-bench --scenario
+/// gc` (2 cores, 100,000 paths, 50,000 dead, probes every 2 ms): at 4 ms the collection took
+/// 3.9 s on a quiet machine but additions' p99 rose 3–6x over idle, the longest 130–230 ms;
+/// at 500 µs it took 7.2 s (C++ 7.6 s in the same run) with QueryPathInfo and
+/// AddTextToStore p99 at 0.76x and 0.96x of idle and the longest addition 76 ms.
+pub const BATCH_TARGET: Duration = Duration::from_micros(500);
 const FIRST_BATCH: usize = 16;
 const MAX_BATCH: usize = 256;
 

@@ -221,6 +221,8 @@ fn run() -> Result<(), StartError> {
     let scratch = dirs.scratch_dir();
     ensure_scratch_dir(&scratch)?;
     let mut db = DbWriter::open(dirs.db_dir(), store_dir.clone(), &lock, &DbOptions::default())?;
+    // The writer's connection made the database WAL: from now on checkpoints happen beside it.
+    crate::db::spawn_checkpointer(dirs.db_dir())?;
     let epoch_path = dirs.epoch_path();
     let epoch = Epoch::open(&epoch_path).map_err(|e| StartError::Epoch(epoch_path.clone(), e))?;
     db.set_epoch(Arc::new(epoch));
