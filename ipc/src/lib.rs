@@ -12,7 +12,7 @@
 //! [`server`] (the serving loop, [`Call`]); [`error`] (typed failures in replies, which
 //! requests are idempotent); [`job`] (long work that outlives a connection); [`component`]
 //! and [`config`] (what the supervisor hands a component); one module per link
-//! ([`store_db`], [`builder`], [`gc`], [`control`]) with its messages.
+//! ([`store_db`], [`builder`], [`gc`], [`substituter`], [`control`]) with its messages.
 //!
 //! This crate knows nothing of what the messages mean: each link defines its own request and
 //! reply enums (see ARCHITECTURE.md, "Link semantics") and plugs them in as type parameters.
@@ -28,6 +28,7 @@ pub mod gc;
 pub mod job;
 pub mod server;
 pub mod store_db;
+pub mod substituter;
 
 pub use client::{CallStream, Client, ClientError, DEFAULT_DEADLINE, STREAM_WINDOW};
 pub use error::{ErrorKind, LinkError, LinkRequest};
