@@ -113,9 +113,9 @@ pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SubstituterReply {
-    /// The infos, and the lines `guix substitute --query` would have written on its standard
-    /// error (warnings, "looking for substitutes on '…'... 100.0%"), which the C++ daemon
-    /// shows the client prefixed with `substitute: `.
+    /// The infos, and what `guix substitute --query` would have written on its standard
+    /// error (warnings, "looking for substitutes on '…'... 100.0%", each with its newline),
+    /// which the C++ daemon relays to the client prefixed with `substitute: `.
     Infos {
         infos: Vec<SubstitutableInfo>,
         messages: Vec<String>,

@@ -40,6 +40,8 @@ pub struct Shared<B = DaemonBackend> {
     pub backend: B,
     /// The builder component (BuildPaths that need a build).
     pub builder: BuilderLink,
+    /// The substituter component (substitute queries, EnsurePath, plain BuildPaths).
+    pub substituter: crate::substitute::SubstituterLink,
     pub scratch: Scratch,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,

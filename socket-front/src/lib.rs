@@ -37,6 +37,7 @@ pub mod ops;
 mod scripted;
 pub mod server;
 pub mod settings;
+pub mod substitute;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -97,6 +98,7 @@ async fn run() -> Result<(), String> {
             storedb: guix_store::storedb::StoreDb::new(&config, backend::HOLDER),
         },
         builder: build::BuilderLink::from_config(&config),
+        substituter: substitute::SubstituterLink::from_config(&config),
         scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,

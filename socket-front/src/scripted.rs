@@ -75,6 +75,12 @@ impl Rig {
         let shared = Shared {
             backend: MemoryStore::new(store.clone(), config.paths.store_dir.clone()),
             builder: BuilderLink::new(builder, limits),
+            substituter: crate::substitute::SubstituterLink::new(Client::new(
+                dir.path().join("substituter.sock"),
+                guix_ipc::substituter::SUBSTITUTER_LINK,
+                "socket-front",
+                limits.call,
+            )),
             scratch: Scratch::new(&config.paths.store_dir),
             metrics: Arc::new(Metrics::default()),
             limits: Limits::DEFAULT,

@@ -35,7 +35,7 @@ pub enum FetchError {
     /// broke: another URL may do better.
     Network(String),
     /// The nar was complete but is not the one the narinfo announced.
-    HashMismatch { expected: Hash, actual: Hash },
+    HashMismatch { expected: Box<Hash>, actual: Box<Hash> },
     /// A corrupt, truncated or oversized nar, or a local failure.
     Bad(String),
 }
@@ -78,7 +78,7 @@ impl Read for ChannelReader {
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = bytes::Buf::advance(&mut self.current, n);
+        bytes::Buf::advance(&mut self.current, n);
         Ok(n)
     }
 }
@@ -112,7 +112,10 @@ pub fn unpack(
     io::copy(&mut input, &mut io::sink()).map_err(|e| bad(format!("decompressing: {e}")))?;
     guix_store::scratch::canonicalise(dest).map_err(|e| bad(format!("canonicalising `{}': {e}", dest.display())))?;
     if summary.nar_hash != *info.nar_hash() {
-        return Err(FetchError::HashMismatch { expected: info.nar_hash().clone(), actual: summary.nar_hash });
+        return Err(FetchError::HashMismatch {
+            expected: Box::new(*info.nar_hash()),
+            actual: Box::new(summary.nar_hash),
+        });
     }
     if summary.nar_size != info.nar_size() {
         return Err(bad(format!("nar size mismatch: expected {}, got {}", info.nar_size(), summary.nar_size)));
@@ -156,10 +159,11 @@ async fn send_bytes(
 ) -> Result<(), FetchError> {
     let net = FetchError::Network;
     let mut done = 0u64;
-    let mut last = Instant::now();
+    // Guix's `rate-limited`: the first report at once, then at most one per 200 ms.
+    let mut last: Option<Instant> = None;
     let mut report = |done: u64, progress: &mut dyn Progress| {
-        if last.elapsed() >= Duration::from_millis(200) {
-            last = Instant::now();
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            last = Some(Instant::now());
             progress.progress(done);
         }
     };

@@ -63,6 +63,9 @@ pub struct Found {
     pub info: Arc<NarInfo>,
 }
 
+/// One narinfo request: the narinfo, none, or why the server could not be reached.
+type FetchResult = Result<Option<(StorePath, Arc<NarInfo>)>, String>;
+
 /// What one cache said about one path, as cached.
 #[derive(Debug, Clone)]
 enum Answer {
@@ -103,14 +106,17 @@ impl Lookup {
     }
 
     /// For each of `paths` with an authorised substitute on `caches`, the narinfo to use
-    /// (module documentation). Warnings (as `guix substitute` prints them, without the
-    /// `guix substitute: warning: ` prefix) go to `warn`.
+    /// (module documentation). What `guix substitute` would print on its standard error goes
+    /// to `out` as it would print it: warnings, and with `progress` (its `--query` role) the
+    /// "looking for substitutes on 'URL'..." line of each cache asked over the network (from
+    /// 0.0% to 100.0%; Guix also prints every step between).
     pub async fn lookup(
         &self,
         caches: &[String],
         paths: &[StorePath],
         trust: &Trust,
-        warn: &mut (dyn FnMut(String) + Send),
+        progress: bool,
+        out: &mut (dyn FnMut(String) + Send),
     ) -> HashMap<StorePath, Found> {
         let mut found: HashMap<StorePath, Vec<(Found, bool)>> = HashMap::new();
         let mut missing: Vec<StorePath> = paths.to_vec();
@@ -120,7 +126,7 @@ impl Lookup {
             if missing.is_empty() {
                 break;
             }
-            let answers = self.lookup_one(cache, &missing, warn).await;
+            let answers = self.lookup_one(cache, &missing, progress, out).await;
             let mut definite = HashSet::new();
             for (path, info) in answers {
                 let ok = trust.authorised(&info);
@@ -145,13 +151,14 @@ impl Lookup {
         &self,
         cache: &str,
         paths: &[StorePath],
-        warn: &mut (dyn FnMut(String) + Send),
+        progress: bool,
+        out: &mut (dyn FnMut(String) + Send),
     ) -> Vec<(StorePath, Arc<NarInfo>)> {
         if let Some(dir) = cache.strip_prefix("file://") {
-            return paths.iter().filter_map(|p| Some((p.clone(), self.from_file(dir, p)?))).collect();
+            return paths.iter().filter_map(|p| Some((p.clone(), self.read_file(dir, p)?))).collect();
         }
         let now = Instant::now();
-        let mut out = Vec::new();
+        let mut found = Vec::new();
         let mut ask = Vec::new();
         {
             let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,7 +167,7 @@ impl Lookup {
                 match c.get(&key) {
                     Some((answer, until)) if *until > now => {
                         if let Answer::Hit(info) = answer {
-                            out.push((p.clone(), info.clone()));
+                            found.push((p.clone(), info.clone()));
                         }
                     }
                     Some(_) => {
@@ -172,17 +179,25 @@ impl Lookup {
             }
         }
         if ask.is_empty() {
-            return out;
+            return found;
         }
-        let results: Vec<Result<Option<(StorePath, Arc<NarInfo>)>, String>> = stream::iter(ask)
+        let looking = |pct: f64| format!("\x1b[Klooking for substitutes on '{cache}'... {pct:5.1}%");
+        let started = looking(0.0);
+        let results: Vec<FetchResult> = stream::iter(ask)
             .map(|p| async move { self.fetch(cache, p).await })
             .buffer_unordered(PARALLEL_REQUESTS)
             .collect()
             .await;
+        if progress {
+            // `erase-current-line` is "\r" then "\x1b[K": the C++ daemon reads the first alone,
+            // so the client gets them in two pieces.
+            out("\r".to_owned());
+            out(format!("{started}\r{}\n", looking(100.0)));
+        }
         let mut failure = None;
         for r in results {
             match r {
-                Ok(Some(hit)) => out.push(hit),
+                Ok(Some(hit)) => found.push(hit),
                 Ok(None) => {}
                 Err(e) => failure = Some(e),
             }
@@ -191,15 +206,15 @@ impl Lookup {
             let host =
                 reqwest::Url::parse(cache).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
             if self.warned.lock().unwrap_or_else(|p| p.into_inner()).insert(host.clone()) {
-                warn(format!("{host}: connection failed: {e}"));
+                out(format!("guix substitute: warning: {host}: connection failed: {e}\n"));
             }
         }
-        out
+        found
     }
 
     /// One narinfo over http(s): `Ok(None)` when the server has none (cached), `Err` when the
     /// server could not be reached (not cached).
-    async fn fetch(&self, cache: &str, path: StorePath) -> Result<Option<(StorePath, Arc<NarInfo>)>, String> {
+    async fn fetch(&self, cache: &str, path: StorePath) -> FetchResult {
         let url = narinfo_url(cache, &path);
         let resp = self.http.get(&url).header("User-Agent", "GNU Guile").send().await.map_err(|e| io_reason(&e))?;
         let status = resp.status().as_u16();
@@ -224,7 +239,7 @@ impl Lookup {
         })
     }
 
-    fn from_file(&self, dir: &str, path: &StorePath) -> Option<Arc<NarInfo>> {
+    fn read_file(&self, dir: &str, path: &StorePath) -> Option<Arc<NarInfo>> {
         let file = format!("{}/{}.narinfo", dir.trim_end_matches('/'), path.hash_part().as_str());
         let meta = std::fs::metadata(&file).ok()?;
         if meta.len() > MAX_NARINFO as u64 {

@@ -5,7 +5,9 @@
 //! # A job
 //! 1. The closure is discovered breadth first: the paths not valid yet are looked up on
 //!    the servers in one batch per level (in parallel), and the references of what was found
-//!    are the next level. Every path met becomes a temp root of the job (its own connection
+//!    are the next level. What the lookups print is shown as the C++ daemon shows its query
+//!    agent's output (`substitute: looking for substitutes on …`), once per level where C++
+//!    prints it once per path (each goal queries alone). Every path met becomes a temp root of the job (its own connection
 //!    as a root holder) before anything is fetched.
 //! 2. Each path to fetch waits for its references (a self-reference excepted), as
 //!    `SubstitutionGoal::referencesValid`: one that failed makes it fail too ("incomplete
@@ -150,8 +152,8 @@ impl Substituter {
         let trust = self.trust();
         let mut messages = Vec::new();
         let found = {
-            let mut warn = |w: String| messages.push(format!("guix substitute: warning: {w}"));
-            self.lookup.lookup(&options.urls, &paths, &trust, &mut warn).await
+            let mut out = |text: String| messages.push(text);
+            self.lookup.lookup(&options.urls, &paths, &trust, true, &mut out).await
         };
         let mut infos = Vec::new();
         let mut seen = HashSet::new();
@@ -223,10 +225,10 @@ impl Substituter {
             let found = if options.urls.is_empty() || need.is_empty() {
                 HashMap::new()
             } else {
-                let mut warn = |w: String| {
-                    ctx.emit(SubstituteEvent::Output(format!("guix substitute: warning: {w}\n").into_bytes()))
-                };
-                self.lookup.lookup(&options.urls, &need, &trust, &mut warn).await
+                // As the C++ daemon's query agent, whose stderr it relays prefixed.
+                let mut out =
+                    |text: String| ctx.emit(SubstituteEvent::Output(format!("substitute: {text}").into_bytes()));
+                self.lookup.lookup(&options.urls, &need, &trust, true, &mut out).await
             };
             let mut next = Vec::new();
             for (p, f) in &found {
