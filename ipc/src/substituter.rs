@@ -19,7 +19,9 @@
 //! - `print_build_trace`: the client's `print-extended-build-trace` (or
 //!   `untrusted-print-extended-build-trace`) > 0: progress as `@ download-*` trace lines;
 //! - `daemon_traces`: the client's print-build-trace field: the daemon's own
-//!   `@ substituter-*` lines.
+//!   `@ substituter-*` lines;
+//! - `max_jobs`: `build-max-jobs` (the client's override, else the daemon's): how many nars
+//!   one request downloads at once.
 //!
 //! Trust is the daemon's, never the client's: narinfos must be signed by a key of
 //! `<conf>/acl`, unless the daemon's environment has `GUIX_ALLOW_UNAUTHENTICATED_SUBSTITUTES`
@@ -51,6 +53,9 @@ pub struct SubstituteOptions {
     /// The print-build-trace field of SetOptions: the `@ substituter-started/succeeded/failed`
     /// (and `@ hash-mismatch`) lines the C++ daemon prints.
     pub daemon_traces: bool,
+    /// `build-max-jobs`: a substitution takes one of the request's build slots, as in C++
+    /// (with 0, one slot: substitutions are never offloaded).
+    pub max_jobs: u32,
 }
 
 /// What a substitute server says about a path (`guix substitute --query`'s `info` answer).
@@ -142,7 +147,12 @@ mod tests {
         let req = SubstituterRequest::Substitute {
             job: JobId("j".into()),
             paths: vec![p.clone()],
-            options: SubstituteOptions { urls: vec!["http://x".into()], print_build_trace: true, daemon_traces: true },
+            options: SubstituteOptions {
+                urls: vec!["http://x".into()],
+                print_build_trace: true,
+                daemon_traces: true,
+                max_jobs: 1,
+            },
         };
         let bytes = postcard::to_stdvec(&req).unwrap();
         assert_eq!(postcard::from_bytes::<SubstituterRequest>(&bytes).unwrap(), req);

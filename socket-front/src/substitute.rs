@@ -110,10 +110,16 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             .or_else(|| self.settings.get("print-extended-build-trace"))
             .and_then(|v| v.trim().parse::<i64>().ok())
             .is_some_and(|n| n > 0);
+        let max_jobs = self
+            .settings
+            .get("build-max-jobs")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(self.shared.config.max_build_jobs);
         SubstituteOptions {
             urls: self.settings.substitute_urls(),
             print_build_trace: extended,
             daemon_traces: self.settings.print_build_trace,
+            max_jobs,
         }
     }
 

@@ -106,10 +106,14 @@ pub fn unpack(
     let limits = Limits { max_nar_size: Some(info.nar_size()), ..Limits::default() };
     let mut input = BufReader::with_capacity(64 * 1024, dec);
     let summary = nar::restore(&mut input, dest, &limits).map_err(|e| bad(e.to_string()))?;
-    // The rest of the compressed stream, so that its own checks (gzip's CRC and length,
+    // The rest of a compressed stream, so that its own checks (gzip's CRC and length,
     // lzip's and xz's trailers, zstd's frame end) run: a stream cut after the archive's end
-    // is refused too. What follows the archive is not looked at, as Guix does not.
-    io::copy(&mut input, &mut io::sink()).map_err(|e| bad(format!("decompressing: {e}")))?;
+    // is refused too. Not for an uncompressed nar: `guix publish` sends it without a length
+    // and keeps the connection open, so its end is where the archive ends (Guix reads
+    // exactly `NarSize` bytes of it).
+    if compression != Compression::None {
+        io::copy(&mut input, &mut io::sink()).map_err(|e| bad(format!("decompressing: {e}")))?;
+    }
     guix_store::scratch::canonicalise(dest).map_err(|e| bad(format!("canonicalising `{}': {e}", dest.display())))?;
     if summary.nar_hash != *info.nar_hash() {
         return Err(FetchError::HashMismatch {
@@ -208,7 +212,12 @@ async fn send_bytes(
     progress.started(size);
     let mut body = resp.bytes_stream();
     loop {
-        let next = match tokio::time::timeout(STALL_LIMIT, body.next()).await {
+        let next = tokio::select! {
+            n = tokio::time::timeout(STALL_LIMIT, body.next()) => n,
+            // The unpacker has what it wants (an uncompressed nar has no end on the wire).
+            _ = tx.closed() => break,
+        };
+        let next = match next {
             Ok(n) => n,
             Err(_) => {
                 let _ = tx.send(Err(io::Error::other("stalled"))).await;

@@ -39,6 +39,14 @@ pub const TRANSIENT_TTL: Duration = Duration::from_secs(60);
 /// Narinfo requests in flight per cache (Guix pipelines them on one connection).
 const PARALLEL_REQUESTS: usize = 16;
 
+/// Whether a lookup prints `guix substitute --query`'s progress ([`Lookup::lookup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Silent,
+    PerRequest,
+    PerPath,
+}
+
 /// What decides whether a narinfo is authorised.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -109,13 +117,15 @@ impl Lookup {
     /// (module documentation). What `guix substitute` would print on its standard error goes
     /// to `out` as it would print it: warnings, and with `progress` (its `--query` role) the
     /// "looking for substitutes on 'URL'..." line of each cache asked over the network (from
-    /// 0.0% to 100.0%; Guix also prints every step between).
+    /// 0.0% to 100.0%; Guix also prints every step between), once per request or, with
+    /// [`Progress::PerPath`], once per path asked (as the C++ daemon's substitution goals,
+    /// which query one path each, make it print).
     pub async fn lookup(
         &self,
         caches: &[String],
         paths: &[StorePath],
         trust: &Trust,
-        progress: bool,
+        progress: Progress,
         out: &mut (dyn FnMut(String) + Send),
     ) -> HashMap<StorePath, Found> {
         let mut found: HashMap<StorePath, Vec<(Found, bool)>> = HashMap::new();
@@ -151,7 +161,7 @@ impl Lookup {
         &self,
         cache: &str,
         paths: &[StorePath],
-        progress: bool,
+        progress: Progress,
         out: &mut (dyn FnMut(String) + Send),
     ) -> Vec<(StorePath, Arc<NarInfo>)> {
         if let Some(dir) = cache.strip_prefix("file://") {
@@ -183,12 +193,17 @@ impl Lookup {
         }
         let looking = |pct: f64| format!("\x1b[Klooking for substitutes on '{cache}'... {pct:5.1}%");
         let started = looking(0.0);
+        let times = match progress {
+            Progress::Silent => 0,
+            Progress::PerRequest => 1,
+            Progress::PerPath => ask.len(),
+        };
         let results: Vec<FetchResult> = stream::iter(ask)
             .map(|p| async move { self.fetch(cache, p).await })
             .buffer_unordered(PARALLEL_REQUESTS)
             .collect()
             .await;
-        if progress {
+        for _ in 0..times {
             // `erase-current-line` is "\r" then "\x1b[K": the C++ daemon reads the first alone,
             // so the client gets them in two pieces.
             out("\r".to_owned());

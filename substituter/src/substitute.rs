@@ -11,8 +11,11 @@
 //!    as a root holder) before anything is fetched.
 //! 2. Each path to fetch waits for its references (a self-reference excepted), as
 //!    `SubstitutionGoal::referencesValid`: one that failed makes it fail too ("incomplete
-//!    closure" when it had no substitute). Downloads run in parallel, at most
-//!    [`PARALLEL_DOWNLOADS`] at once; a server's references that form a cycle fail their paths.
+//!    closure" when it had no substitute). Then it waits for one of the request's build slots
+//!    (`build-max-jobs`, as a C++ substitution takes a build slot), granted in the order C++
+//!    goals would get them (breadth first, each level in goal-key order), so what the client
+//!    sees comes in the C++ order; and for one of the process's [`PARALLEL_DOWNLOADS`].
+//!    References that form a cycle fail their paths.
 //! 3. One path: validity checked again, the nars of its narinfo tried in Guix's order
 //!    ([`crate::choose::preferred`]; the next one when a download fails on the network), each
 //!    streamed into a fresh scratch entry ([`crate::fetch`]), then one `AddItems` to store-db
@@ -47,7 +50,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::choose;
 use crate::fetch::{self, FetchError, Progress};
-use crate::lookup::{Found, Lookup, Trust};
+use crate::lookup::{Found, Lookup, Progress as LookupProgress, Trust};
 
 /// The substituter's name as a temp-root holder (one of `ROOT_HOLDERS`).
 pub const HOLDER: &str = "substituter";
@@ -153,7 +156,7 @@ impl Substituter {
         let mut messages = Vec::new();
         let found = {
             let mut out = |text: String| messages.push(text);
-            self.lookup.lookup(&options.urls, &paths, &trust, true, &mut out).await
+            self.lookup.lookup(&options.urls, &paths, &trust, LookupProgress::PerRequest, &mut out).await
         };
         let mut infos = Vec::new();
         let mut seen = HashSet::new();
@@ -216,8 +219,13 @@ impl Substituter {
         let mut infos: HashMap<StorePath, Found> = HashMap::new();
         let mut seen: HashSet<StorePath> = paths.iter().cloned().collect();
         let mut level: Vec<StorePath> = seen.iter().cloned().collect();
-        level.sort();
+        // The C++ worker runs goals in key order (`a$NAME$PATH`); levels are met in breadth-first
+        // order, so this is the order in which C++ goals find their paths.
+        let key = |a: &StorePath, b: &StorePath| (a.name(), a).cmp(&(b.name(), b));
+        level.sort_by(key);
+        let mut order: Vec<StorePath> = Vec::new();
         while !level.is_empty() {
+            order.extend(level.iter().cloned());
             self.storedb.add_temp_roots(conn, level.clone()).await?;
             let v = self.valid(level.clone()).await.map_err(internal)?;
             let need: Vec<StorePath> = level.iter().filter(|p| !v.contains(*p)).cloned().collect();
@@ -228,7 +236,7 @@ impl Substituter {
                 // As the C++ daemon's query agent, whose stderr it relays prefixed.
                 let mut out =
                     |text: String| ctx.emit(SubstituteEvent::Output(format!("substitute: {text}").into_bytes()));
-                self.lookup.lookup(&options.urls, &need, &trust, true, &mut out).await
+                self.lookup.lookup(&options.urls, &need, &trust, LookupProgress::PerPath, &mut out).await
             };
             let mut next = Vec::new();
             for (p, f) in &found {
@@ -239,7 +247,7 @@ impl Substituter {
                 }
             }
             infos.extend(found);
-            next.sort();
+            next.sort_by(key);
             level = next;
         }
         // 2. An outcome cell per path; cycles fail at once.
@@ -263,11 +271,15 @@ impl Substituter {
             }
         }
         // 3. Every path, concurrently, each after its references.
+        // The request's build slots, granted first come first served: in the order above among
+        // the paths whose references are valid.
+        let slots = &Semaphore::new(options.max_jobs.max(1) as usize);
         let cells = &cells;
-        let work = infos.iter().filter(|(p, _)| cells.get(*p).is_some_and(|c| c.borrow().is_none())).map(|(p, f)| {
+        let todo = order.iter().filter(|p| cells.get(*p).is_some_and(|c| c.borrow().is_none()));
+        let work = todo.filter_map(|p| Some((p, infos.get(p)?))).map(|(p, f)| {
             let me = self.clone();
             async move {
-                let outcome = me.one(ctx, conn, p, f, cells, options).await;
+                let outcome = me.one(ctx, conn, p, f, cells, slots, options).await;
                 if let Some(c) = cells.get(p) {
                     c.send_replace(Some(outcome));
                 }
@@ -284,6 +296,7 @@ impl Substituter {
     }
 
     /// One path of a job, once its references are settled.
+    #[allow(clippy::too_many_arguments)] // the job's parts, borrowed by each of its paths
     async fn one(
         self: &Arc<Self>,
         ctx: &JobContext<SubstituteEvent>,
@@ -291,6 +304,7 @@ impl Substituter {
         path: &StorePath,
         found: &Found,
         cells: &HashMap<StorePath, watch::Sender<Option<Outcome>>>,
+        slots: &Semaphore,
         options: &SubstituteOptions,
     ) -> Outcome {
         // `referencesValid`.
@@ -317,7 +331,7 @@ impl Substituter {
                 self.store.display(path)
             ));
         }
-        let Ok(_slot) = self.downloads.acquire().await else {
+        let (Ok(_slot), Ok(_download)) = (slots.acquire().await, self.downloads.acquire().await) else {
             return Outcome::Failed("the substituter is shutting down".into());
         };
         // Someone else may have made it valid meanwhile.
