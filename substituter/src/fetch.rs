@@ -13,7 +13,7 @@ use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use guix_formats::nar::{self, Limits, NarSummary};
 use guix_formats::narinfo::NarInfo;
 use guix_formats::Hash;
@@ -57,8 +57,8 @@ pub trait Progress: Send {
     fn started(&mut self, size: Option<u64>);
     /// `done` bytes transferred so far (called at most every 200 ms, as Guix's rate limit).
     fn progress(&mut self, done: u64);
-    /// The transfer ended with `done` bytes.
-    fn finished(&mut self, done: u64);
+    /// The transfer ended with `done` bytes, after `reports` calls of [`Progress::progress`].
+    fn finished(&mut self, done: u64, reports: u64);
 }
 
 /// A [`Read`] over the chunks the async side sends.
@@ -163,11 +163,16 @@ async fn send_bytes(
 ) -> Result<(), FetchError> {
     let net = FetchError::Network;
     let mut done = 0u64;
-    // Guix's `rate-limited`: the first report at once, then at most one per 200 ms.
-    let mut last: Option<Instant> = None;
+    // Guix's `rate-limited` reports at its first read, then at most every 200 ms. Its first
+    // read comes once its decompressor has started, by which time a small nar has arrived
+    // whole: so the first report here waits 200 ms too, and a download that ends before has
+    // its one report at the end ([`Progress::finished`] is told how many there were).
+    let mut last = Instant::now();
+    let mut reports = 0u64;
     let mut report = |done: u64, progress: &mut dyn Progress| {
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
-            last = Some(Instant::now());
+        if last.elapsed() >= Duration::from_millis(200) {
+            last = Instant::now();
+            reports += 1;
             progress.progress(done);
         }
     };
@@ -189,7 +194,7 @@ async fn send_bytes(
             }
             report(done, progress);
         }
-        progress.finished(done);
+        progress.finished(done, reports);
         return Ok(());
     }
     let resp = http
@@ -231,7 +236,33 @@ async fn send_bytes(
                 if tx.send(Ok(chunk)).await.is_err() {
                     break;
                 }
+                // Guix reports after each read of its buffered port, which takes everything
+                // that has arrived: chunks already here count in the same report.
+                let mut ended = false;
+                loop {
+                    match body.next().now_or_never() {
+                        Some(Some(Ok(chunk))) => {
+                            done += chunk.len() as u64;
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Some(Err(e))) => {
+                            let reason = crate::lookup::io_reason(&e);
+                            let _ = tx.send(Err(io::Error::other(reason.clone()))).await;
+                            return Err(net(reason));
+                        }
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 report(done, progress);
+                if ended {
+                    break;
+                }
             }
             Some(Err(e)) => {
                 let reason = crate::lookup::io_reason(&e);
@@ -240,7 +271,7 @@ async fn send_bytes(
             }
         }
     }
-    progress.finished(done);
+    progress.finished(done, reports);
     Ok(())
 }
 

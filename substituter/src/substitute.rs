@@ -527,9 +527,13 @@ impl Progress for Reporter<'_> {
             self.out(format!("@ download-progress {} {} {} {done}\n", self.file, self.url, self.size()));
         }
     }
-    fn finished(&mut self, done: u64) {
+    fn finished(&mut self, done: u64, reports: u64) {
         if self.trace {
             let size = self.size.unwrap_or(done);
+            if reports == 0 {
+                // The report Guix makes at its first read (see `fetch::send_bytes`).
+                self.progress(done);
+            }
             self.out(format!("@ download-progress {} {} {} {size}\n", self.file, self.url, self.size()));
             self.out(format!("@ download-succeeded {} {} {size}\n", self.file, self.url));
         }
