@@ -296,6 +296,7 @@ pub fn io_reason(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn lifetimes_are_guix_ones() {
@@ -306,6 +307,45 @@ mod tests {
         assert_eq!(ttl(404, Some("max-age=5")), Duration::from_secs(5));
         assert_eq!(ttl(504, Some("max-age=5")), TRANSIENT_TTL);
         assert_eq!(ttl(500, None), TRANSIENT_TTL);
+    }
+
+    fn narinfo_text(store: &str, base: &str) -> String {
+        format!(
+            "StorePath: {store}/{base}\nNarHash: sha256:1pm90v61iv2cgv23y2hpmfnqnlwr2sqzhw0bylyww7vh7f5rz8m8\n\
+             NarSize: 168\nReferences: \nURL: nar/{base}\nCompression: none\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn file_caches_are_read_in_order_and_foreign_stores_ignored() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = StorePath::from_base_name("1x9vvimabb763h6ca48gb3p3cbshkyjq-a").unwrap();
+        let b = StorePath::from_base_name("2x9vvimabb763h6ca48gb3p3cbshkyjq-b").unwrap();
+        let c = StorePath::from_base_name("3x9vvimabb763h6ca48gb3p3cbshkyjq-c").unwrap();
+        let write = |dir: &Path, p: &StorePath, store: &str| {
+            std::fs::write(dir.join(format!("{}.narinfo", p.hash_part().as_str())), narinfo_text(store, &p.base_name()))
+                .unwrap()
+        };
+        write(one.path(), &a, "/gnu/store");
+        write(two.path(), &a, "/gnu/store");
+        write(two.path(), &b, "/gnu/store");
+        // For another store directory: not a substitute here.
+        write(one.path(), &c, "/other/store");
+        let caches = [one.path(), two.path()].map(|d| format!("file://{}", d.display()));
+        let lookup = Lookup::new(reqwest::Client::new(), "/gnu/store");
+        let mut out = Vec::new();
+        let mut push = |t: String| out.push(t);
+        let found = lookup
+            .lookup(&caches, &[a.clone(), b.clone(), c.clone()], &Trust::Anything, Progress::PerRequest, &mut push)
+            .await;
+        assert_eq!(found[&a].cache_url, caches[0], "the first cache that has it");
+        assert_eq!(found[&b].cache_url, caches[1]);
+        assert!(!found.contains_key(&c));
+        // No network, no progress line.
+        assert!(out.is_empty(), "{out:?}");
+        // Unsigned narinfos are no substitutes under an ACL.
+        let found = lookup.lookup(&caches, &[a], &Trust::Acl(Acl::default()), Progress::Silent, &mut |_| {}).await;
+        assert!(found.is_empty());
     }
 
     #[test]
