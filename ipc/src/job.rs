@@ -288,6 +288,59 @@ where
     }
 }
 
+/// The calls following each job of a server, for [`serve_start`].
+#[derive(Default)]
+pub struct Followers(Mutex<HashMap<JobId, usize>>);
+
+impl Followers {
+    /// Adds `delta` to the followers of `job`; the count left.
+    fn add(&self, job: &JobId, delta: isize) -> usize {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = a.entry(job.clone()).or_insert(0);
+        *n = (*n as isize + delta).max(0) as usize;
+        let left = *n;
+        if left == 0 {
+            a.remove(job);
+        }
+        left
+    }
+}
+
+/// Serves a request that starts job `id` (or attaches to it when it is known): the job's
+/// output goes to `call` as stream items from before its work runs, until it ends or the call
+/// goes away. When no call follows a running job any more (its client went away), the job is
+/// cancelled. Returns what [`forward_attached`] returns (`Running` if this call went away).
+pub async fn serve_start<Item, Out, I, F, Fut>(
+    table: &Arc<JobTable<Item, Out>>,
+    followers: &Followers,
+    call: &Call<I>,
+    id: JobId,
+    on_panic: Out,
+    work: F,
+    item: impl FnMut(Progress<Item>) -> I,
+) -> JobStatus<Out>
+where
+    Item: Clone + Send + 'static,
+    Out: Clone + Send + Sync + 'static,
+    I: Serialize,
+    F: FnOnce(JobContext<Item>) -> Fut,
+    Fut: Future<Output = Out> + Send + 'static,
+{
+    followers.add(&id, 1);
+    let (_, _, attached) = table.start_attached(Some(id.clone()), on_panic, work);
+    let status = match attached {
+        None => JobStatus::Unknown,
+        Some(attached) => tokio::select! {
+            s = forward_attached(attached, call, item) => s,
+            _ = call.token().cancelled() => JobStatus::Running,
+        },
+    };
+    if followers.add(&id, -1) == 0 && matches!(status, JobStatus::Running) {
+        table.cancel(&id);
+    }
+    status
+}
+
 /// [`JobTable::forward`] from an [`Attached`] the caller already holds (e.g. from
 /// [`JobTable::start_attached`]).
 pub async fn forward_attached<Item, Out, I>(

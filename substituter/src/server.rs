@@ -3,11 +3,10 @@
 //! again for a running job attaches to it. When no call follows a job any more (its client
 //! went away) it is cancelled.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use guix_ipc::job::{forward_attached, JobId, JobStatus, JobTable, Progress};
+use guix_ipc::job::{serve_start, Followers, JobStatus, JobTable, Progress};
 use guix_ipc::substituter::{SubstituteEvent, SubstituterReply, SubstituterRequest};
 use guix_ipc::{Call, Handler, LinkError};
 
@@ -16,23 +15,12 @@ use crate::substitute::Substituter;
 pub struct Server {
     subst: Arc<Substituter>,
     jobs: Arc<JobTable<SubstituteEvent, SubstituterReply>>,
-    attached: Mutex<HashMap<JobId, usize>>,
+    followers: Followers,
 }
 
 impl Server {
     pub fn new(subst: Arc<Substituter>) -> Arc<Server> {
-        Arc::new(Server { subst, jobs: JobTable::new(1024, 256), attached: Mutex::new(HashMap::new()) })
-    }
-
-    fn attach(&self, job: &JobId, delta: isize) -> usize {
-        let mut a = self.attached.lock().unwrap_or_else(|p| p.into_inner());
-        let n = a.entry(job.clone()).or_insert(0);
-        *n = (*n as isize + delta).max(0) as usize;
-        let left = *n;
-        if left == 0 {
-            a.remove(job);
-        }
-        left
+        Arc::new(Server { subst, jobs: JobTable::new(1024, 256), followers: Followers::default() })
     }
 }
 
@@ -52,25 +40,14 @@ impl Handler for Server {
                 SubstituterRequest::Query { paths, options } => return me.subst.query(paths, options).await,
                 SubstituterRequest::Substitute { job, paths, options } => (job, paths, options),
             };
-            me.attach(&job, 1);
             let s = me.subst.clone();
             let panicked = SubstituterReply::Error(LinkError::internal("the substitution job failed unexpectedly"));
-            let (_, _, attached) =
-                me.jobs.start_attached(Some(job.clone()), panicked, move |ctx| s.run_job(ctx, paths, options));
             let item = |p| match p {
                 Progress::Output(e) => e,
                 Progress::Skipped(n) => SubstituteEvent::Skipped(n),
             };
-            let status = match attached {
-                None => JobStatus::Unknown,
-                Some(attached) => tokio::select! {
-                    s = forward_attached(attached, &call, item) => s,
-                    _ = call.token().cancelled() => JobStatus::Running,
-                },
-            };
-            if me.attach(&job, -1) == 0 && matches!(status, JobStatus::Running) {
-                me.jobs.cancel(&job);
-            }
+            let work = move |ctx| s.run_job(ctx, paths, options);
+            let status = serve_start(&me.jobs, &me.followers, &call, job, panicked, work, item).await;
             match status {
                 JobStatus::Finished(reply) => reply,
                 JobStatus::Running => SubstituterReply::Error(LinkError::retryable("the request was cancelled")),
