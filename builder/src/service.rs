@@ -8,7 +8,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use guix_formats::StoreDir;
 use guix_ipc::builder::BUILDER_LINK;
@@ -73,35 +72,9 @@ fn remove_stale_chroots(store_dir: &Path) {
 
 /// Accepts connections until SIGTERM/SIGINT; builds in flight die with the process.
 async fn serve(listener: std::os::unix::net::UnixListener, builder: Arc<Builder>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     {
         let b = builder.clone();
         tokio::spawn(async move { b.storedb.maintain().await });
     }
-    let server = Server::new(builder);
-    let who = format!("builder[{}]", std::process::id());
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let (server, who) = (server.clone(), who.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = guix_ipc::serve_connection(stream, BUILDER_LINK, &who, server).await {
-                            eprintln!("guix-builder: connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    eprintln!("guix-builder: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    Ok(())
+    guix_ipc::serve_until_signalled(listener, BUILDER_LINK, "builder", Server::new(builder)).await
 }

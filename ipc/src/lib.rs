@@ -33,7 +33,7 @@ pub mod substituter;
 pub use client::{CallStream, Client, ClientError, DEFAULT_DEADLINE, STREAM_WINDOW};
 pub use error::{ErrorKind, LinkError, LinkRequest};
 pub use frame::{encode_frame, read_frame, write_frame, FrameError, Hello, ToClient, ToServer, MAX_FRAME};
-pub use server::{serve_connection, Call, Handler, SendError, ServerError};
+pub use server::{serve_connection, serve_until_signalled, Call, Handler, SendError, ServerError};
 
 /// A link's identity: its name and the version of its message enums. Bump the version whenever
 /// a message enum of the link, or the framing of this crate, changes shape.

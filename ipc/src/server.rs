@@ -125,6 +125,43 @@ struct Running {
 
 /// Serves one connection until the peer closes it. Requests run concurrently; returns once
 /// every handler started for it has returned.
+/// Accepts connections on `listener` (a component's inherited link socket) and serves each
+/// with [`serve_connection`] until SIGTERM or SIGINT; what is in flight then dies with the
+/// process. `name` prefixes the errors written to stderr (`guix-NAME: …`).
+pub async fn serve_until_signalled<H: Handler>(
+    listener: std::os::unix::net::UnixListener,
+    spec: LinkSpec,
+    name: &str,
+    handler: Arc<H>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let who = format!("{name}[{}]", std::process::id());
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let (handler, who, name) = (handler.clone(), who.clone(), name.to_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(stream, spec, &who, handler).await {
+                            eprintln!("guix-{name}: connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("guix-{name}: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
+
 pub async fn serve_connection<H: Handler>(
     mut stream: UnixStream,
     spec: LinkSpec,

@@ -3,7 +3,6 @@
 //! flight die with it (their scratch entries are swept by store-db as a dead writer's).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use guix_formats::StoreDir;
 use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
@@ -45,36 +44,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Accepts connections until SIGTERM/SIGINT; downloads in flight die with the process.
 async fn serve(listener: std::os::unix::net::UnixListener, subst: Arc<Substituter>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     {
         let s = subst.clone();
         tokio::spawn(async move { s.storedb.maintain().await });
     }
-    let server = Server::new(subst);
-    let who = format!("substituter[{}]", std::process::id());
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let (server, who) = (server.clone(), who.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = guix_ipc::serve_connection(stream, SUBSTITUTER_LINK, &who, server).await {
-                            eprintln!("guix-substituter: connection: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    eprintln!("guix-substituter: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    Ok(())
+    guix_ipc::serve_until_signalled(listener, SUBSTITUTER_LINK, "substituter", Server::new(subst)).await
 }
