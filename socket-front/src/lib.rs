@@ -10,7 +10,8 @@
 //!   the `store-db` link (`guix_store::storedb`); new items are first written into scratch space on the
 //!   store's file system ([`scratch`]).
 //! * Builds go to the builder over the `builder` link; its events become the client's STDERR
-//!   stream ([`build`]).
+//!   stream ([`build`]). Substitute queries and substitutions go to the substituter over the
+//!   `substituter` link ([`substitute`]).
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
 //!
