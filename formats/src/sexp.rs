@@ -563,7 +563,7 @@ impl Parser<'_> {
 }
 
 /// Standard base64 with optional padding (what `|…|` and narinfo signatures use).
-pub(crate) fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     let body = match text.iter().position(|&b| b == b'=') {
         Some(p) => {
             let (body, pad) = text.split_at(p);
@@ -605,7 +605,7 @@ pub(crate) fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Standard base64 with padding, no line breaks (Guix's `base64-encode`).
-pub(crate) fn base64_encode(data: &[u8]) -> String {
+pub fn base64_encode(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {

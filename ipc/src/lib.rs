@@ -12,7 +12,7 @@
 //! [`server`] (the serving loop, [`Call`]); [`error`] (typed failures in replies, which
 //! requests are idempotent); [`job`] (long work that outlives a connection); [`component`]
 //! and [`config`] (what the supervisor hands a component); one module per link
-//! ([`store_db`], [`builder`], [`gc`], [`control`]) with its messages.
+//! ([`store_db`], [`builder`], [`gc`], [`substituter`], [`control`]) with its messages.
 //!
 //! This crate knows nothing of what the messages mean: each link defines its own request and
 //! reply enums (see ARCHITECTURE.md, "Link semantics") and plugs them in as type parameters.
@@ -28,11 +28,12 @@ pub mod gc;
 pub mod job;
 pub mod server;
 pub mod store_db;
+pub mod substituter;
 
 pub use client::{CallStream, Client, ClientError, DEFAULT_DEADLINE, STREAM_WINDOW};
 pub use error::{ErrorKind, LinkError, LinkRequest};
 pub use frame::{encode_frame, read_frame, write_frame, FrameError, Hello, ToClient, ToServer, MAX_FRAME};
-pub use server::{serve_connection, Call, Handler, SendError, ServerError};
+pub use server::{serve_connection, serve_until_signalled, Call, Handler, SendError, ServerError};
 
 /// A link's identity: its name and the version of its message enums. Bump the version whenever
 /// a message enum of the link, or the framing of this crate, changes shape.

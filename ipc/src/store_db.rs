@@ -14,7 +14,7 @@
 //! wording), `Internal` for store-db's own faults.
 //!
 //! # Temp roots
-//! A *holder* (socket-front and the builder; the substituter later: [`ROOT_HOLDERS`]) keeps the
+//! A *holder* (socket-front, the builder and the substituter: [`ROOT_HOLDERS`]) keeps the
 //! authoritative copy of the temp roots of its connections and tells store-db about every
 //! change, each message stamped ([`RootStamp`]) with the holder's identity ([`HolderId`]) and a
 //! holder-local sequence number assigned, under the holder's lock, when its local state
@@ -43,7 +43,7 @@ pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 7 };
 /// each of them has completed a sync with it (or is known not to run): store-db's
 /// `RootsBarrier`. A component that starts holding roots is added here (and must be a row of
 /// the supervisor's components table).
-pub const ROOT_HOLDERS: &[&str] = &["socket-front", "builder"];
+pub const ROOT_HOLDERS: &[&str] = &["socket-front", "builder", "substituter"];
 
 /// A client connection, as numbered by socket-front. The high 32 bits are socket-front's pid,
 /// so numbers from a previous socket-front incarnation never collide with current ones.

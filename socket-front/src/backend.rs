@@ -247,8 +247,10 @@ mod storedb_tests {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let roots = TempRoots::default();
-        // Only socket-front's sync is under test: the builder is not running.
+        // Only socket-front's sync is under test: the builder and the substituter are not
+        // running.
         roots.holder_not_running("builder");
+        roots.holder_not_running("substituter");
         let me = Arc::new(StandIn { roots, sync_delay });
         let s = me.clone();
         let task = tokio::spawn(async move {

@@ -217,8 +217,7 @@ fn plan(r: &dyn StoreReads, paths: &[DerivedPath]) -> Result<Plan, Failure> {
     for dp in paths {
         plan.roots.insert(dp.path.clone());
         if !dp.path.is_derivation() {
-            // Substitution of a plain item: with no substituter the C++ daemon answers 1 and
-            // leaves the path as it is.
+            // A plain item is substituted (`Conn::substitute_plain`), not built.
             continue;
         }
         let Ok(outputs) = r.derivation_output_map(&dp.path) else {
@@ -263,14 +262,21 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             WireMode::Normal | WireMode::Other(_) => BuildMode::Normal,
         };
         let targets = targets(&paths);
+        let plain: Vec<StorePath> =
+            paths.iter().filter(|dp| !dp.path.is_derivation()).map(|dp| dp.path.clone()).collect();
         let shared = self.shared.clone();
         let db = &shared.backend;
         let plan = db.run(move |r| plan(r, &paths)).await?;
         if !plan.roots.is_empty() {
             db.add_temp_roots(self.id, plan.roots.into_iter().collect()).await?;
         }
+        // Substitution goals come first in the C++ worker ("a$" keys before "b$").
+        let substitution_failed = self.substitute_plain(plain).await?;
         if targets.is_empty() || (!plan.needs_build && mode == BuildMode::Normal) {
-            return Ok(Reply::Done);
+            return match substitution_failed {
+                Some(msg) => Err(Failure::Status { msg, status: 1 }),
+                None => Ok(Reply::Done),
+            };
         }
         let options = BuildOptions {
             settings: self.settings.map().clone(),
@@ -280,7 +286,11 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             client_uid: self.peer.uid,
         };
         let job = shared.builder.new_job(self.id);
-        self.run_build(BuilderRequest::Build { job, targets, mode, options }).await
+        let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
+        match substitution_failed {
+            Some(msg) => Err(Failure::Status { msg, status: 1 }),
+            None => Ok(built),
+        }
     }
 
     /// Sends `req` to the builder until it answers, showing its events (module documentation,

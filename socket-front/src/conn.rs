@@ -42,6 +42,8 @@ pub struct Shared<B = DaemonBackend> {
     pub builder: BuilderLink,
     /// The gc component (CollectGarbage, OptimiseStore).
     pub gc: crate::gc::GcLink,
+    /// The substituter component (substitute queries, EnsurePath, plain BuildPaths).
+    pub substituter: crate::substitute::SubstituterLink,
     pub scratch: Scratch,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,

@@ -12,6 +12,8 @@
 //! * Builds go to the builder over the `builder` link; its events become the client's STDERR
 //!   stream ([`build`]). CollectGarbage and OptimiseStore go to the gc over the `gc` link
 //!   ([`gc`]).
+//!   stream ([`build`]). Substitute queries and substitutions go to the substituter over the
+//!   `substituter` link ([`substitute`]).
 //! * Errors are reported as the C++ daemon reports them, and the connection is kept or closed
 //!   by the same rule ([`error`]).
 //!
@@ -39,6 +41,7 @@ pub mod ops;
 mod scripted;
 pub mod server;
 pub mod settings;
+pub mod substitute;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -100,6 +103,7 @@ async fn run() -> Result<(), String> {
         },
         builder: build::BuilderLink::from_config(&config),
         gc: gc::GcLink::from_config(&config),
+        substituter: substitute::SubstituterLink::from_config(&config),
         scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,

@@ -3,7 +3,7 @@
 //! Additions live in [`crate::add`], export and import in [`crate::transfer`], builds in
 //! [`crate::build`], garbage collection and deduplication in [`crate::gc`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use guix_formats::worker::{Reply, Request};
@@ -32,7 +32,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                     Err(_) => Err(Failure::Op(format!("path `{s}' is not in the store"))),
                 }
             }
-            Q::HasSubstitutes(_) => Ok(Reply::Bool(false)),
+            Q::HasSubstitutes(p) => self.has_substitutes(p).await,
             Q::QueryPathHash(p) => Ok(Reply::Hash(db.path_info(&p)?.info.nar_hash)),
             Q::QueryReferences(p) => Ok(Reply::Paths(db.path_info(&p)?.info.references.clone())),
             Q::QueryReferrers(p) => Ok(Reply::Paths(db.run(move |r| r.referrers(&p)).await?)),
@@ -47,9 +47,9 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             Q::QueryFailedPaths => Ok(Reply::Paths(db.run(|r| r.failed_paths()).await?)),
             Q::QueryValidPaths(ps) => Ok(Reply::Paths(db.run(move |r| r.valid_paths(&ps)).await?)),
             Q::QueryPathInfo(p) => Ok(Reply::PathInfo(path_info_reply(&db.path_info(&p)?.info))),
-            Q::QuerySubstitutablePathInfo(_) => Ok(Reply::SubstitutablePathInfo(None)),
-            Q::QuerySubstitutablePathInfos(_) => Ok(Reply::QuerySubstitutablePathInfos(BTreeMap::new())),
-            Q::QuerySubstitutablePaths(_) => Ok(Reply::Paths(BTreeSet::new())),
+            Q::QuerySubstitutablePathInfo(s) => self.substitutable_info(s).await,
+            Q::QuerySubstitutablePathInfos(ps) => self.substitutable_infos(ps).await,
+            Q::QuerySubstitutablePaths(ps) => self.substitutable_paths(ps).await,
             Q::ClearFailedPaths(ss) => {
                 let store = self.shared.store.clone();
                 let paths: Vec<StorePath> = ss.iter().filter_map(|s| store.parse(s).ok()).collect();
@@ -89,15 +89,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             Q::SubstituteURLs => Ok(Reply::Strings(self.settings.substitute_urls())),
             Q::OptimiseStore => self.optimise_store().await,
             Q::VerifyStore { check_contents, repair } => self.verify_store(check_contents, repair).await,
-            Q::EnsurePath(p) => {
-                db.add_temp_roots(self.id, vec![p.clone()]).await?;
-                let shown = self.shared.store.display(&p);
-                if db.query(|r| r.is_valid(&p))? {
-                    Ok(Reply::Done)
-                } else {
-                    Err(Failure::Op(format!("path `{shown}' does not exist and cannot be created")))
-                }
-            }
+            Q::EnsurePath(p) => self.ensure_path(p).await,
             Q::BuildPaths { paths, mode } => self.build_paths(paths, mode).await,
             Q::CollectGarbage(g) => self.collect_garbage(g).await,
             Q::AddTextToStore { name, contents, references } => self.add_text(name, contents, references).await,

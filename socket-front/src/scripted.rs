@@ -79,6 +79,12 @@ impl Rig {
                 Client::new(dir.path().join("gc.sock"), guix_ipc::gc::GC_LINK, "socket-front", limits.call),
                 limits,
             ),
+            substituter: crate::substitute::SubstituterLink::new(Client::new(
+                dir.path().join("substituter.sock"),
+                guix_ipc::substituter::SUBSTITUTER_LINK,
+                "socket-front",
+                limits.call,
+            )),
             scratch: Scratch::new(&config.paths.store_dir),
             metrics: Arc::new(Metrics::default()),
             limits: Limits::DEFAULT,

@@ -558,7 +558,7 @@ fn collections_wait_for_the_barrier_and_do_not_survive_a_restart() {
             StoreDbReply::Ok
         );
         let refused = begin(&c).await.unwrap_err();
-        assert!(refused.contains("waiting for the temp roots of builder, socket-front"), "{refused}");
+        assert!(refused.contains("waiting for the temp roots of builder, socket-front, substituter"), "{refused}");
         release_barrier(&c, 1).await;
         // `conn(1)` of the holder "test" still holds both: AddItems made them temp roots.
         let (id, roots) = begin(&c).await.unwrap();

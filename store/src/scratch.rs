@@ -61,6 +61,16 @@ impl Scratch {
         Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
     }
 
+    /// A fresh name for a substitute being downloaded (the substituter's entries:
+    /// `<substituter-pid>-subst-<n>-<hash part>`); nothing is created yet. The directory is
+    /// created (mode 0700) if missing.
+    pub fn allocate_substitute(&self, path: &guix_formats::StorePath) -> io::Result<ScratchItem> {
+        self.ensure_dir()?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-subst-{n}-{}", std::process::id(), path.hash_part());
+        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+    }
+
     fn ensure_dir(&self) -> io::Result<()> {
         if !self.dir.is_dir() {
             match fs::DirBuilder::new().mode(0o700).create(&self.dir) {

@@ -1,9 +1,6 @@
-//! The substituter: fetches substitutes over HTTP.
-//!
-//! Not implemented yet: a later issue fills this component. Until then it refuses to run, so
-//! nothing can mistake it for a working one.
+//! `guix-substituter`: the substituter component, started by the supervisor
+//! (`guix-daemon-rs`); see [`guix_substituter::service`].
 
-fn main() {
-    eprintln!("guix-substituter: not implemented yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    guix_substituter::service::main()
 }

@@ -1,6 +1,6 @@
 //! The table of components: which programs the supervisor runs and which sockets each serves.
 //!
-//! Adding a component (substituter, gc) is one more row: its name, and the sockets it
+//! Adding a component (gc) is one more row: its name, and the sockets it
 //! is given. `SocketRole::Link(name)` makes the supervisor create the internal link socket
 //! `$GUIX_STATE_DIRECTORY/daemon-rs/NAME.sock` and pass it to this component, which serves it;
 //! other components reach it with `guix_ipc::component::connect_link`.
@@ -34,6 +34,8 @@ pub const COMPONENTS: &[ComponentSpec] = &[
     ComponentSpec { name: "store-db", sockets: &[SocketRole::Link("store-db")] },
     // Registers build outputs through store-db; socket-front sends it BuildPaths.
     ComponentSpec { name: "builder", sockets: &[SocketRole::Link("builder")] },
+    // Registers substitutes through store-db; socket-front sends it queries and substitutions.
+    ComponentSpec { name: "substituter", sockets: &[SocketRole::Link("substituter")] },
     // Deletes through store-db; socket-front sends it CollectGarbage and OptimiseStore.
     ComponentSpec { name: "gc", sockets: &[SocketRole::Link("gc")] },
     ComponentSpec { name: "socket-front", sockets: &[SocketRole::Clients] },
@@ -67,14 +69,15 @@ mod tests {
     #[test]
     fn table_is_consistent() {
         let l: Vec<_> = links(COMPONENTS).collect();
-        assert_eq!(l, vec!["store-db", "builder", "gc"]);
+        assert_eq!(l, vec!["store-db", "builder", "substituter", "gc"]);
         assert_eq!(COMPONENTS[0].binary(Path::new("/x")), PathBuf::from("/x/guix-store-db"));
         assert_eq!(COMPONENTS[1].binary(Path::new("/x")), PathBuf::from("/x/guix-builder"));
-        // Servers of links start before their clients: store-db, then the builder and the gc
-        // (clients of store-db), then socket-front (a client of all three).
+        // Servers of links start before their clients: store-db, then the builder, the
+        // substituter and the gc (clients of store-db), then socket-front (a client of all).
         let order: Vec<_> = COMPONENTS.iter().map(|c| c.name).collect();
-        assert_eq!(order, ["store-db", "builder", "gc", "socket-front"]);
+        assert_eq!(order, ["store-db", "builder", "substituter", "gc", "socket-front"]);
         assert_eq!(guix_ipc::builder::BUILDER_LINK.name, "builder");
+        assert_eq!(guix_ipc::substituter::SUBSTITUTER_LINK.name, "substituter");
         assert_eq!(guix_ipc::gc::GC_LINK.name, "gc");
         // Exactly one component serves the clients, and link names are unique.
         assert_eq!(COMPONENTS.iter().filter(|c| c.sockets.contains(&SocketRole::Clients)).count(), 1);

@@ -559,10 +559,12 @@ mod tests {
         assert!(!r.is_temp_root(&p(4)) && r.is_temp_root(&p(6)));
     }
 
-    /// Roots whose barrier waits for socket-front alone (the builder declared not running).
+    /// Roots whose barrier waits for socket-front alone (the builder and the substituter
+    /// declared not running).
     fn socket_front_only() -> TempRoots {
         let r = TempRoots::default();
         r.holder_not_running("builder");
+        r.holder_not_running("substituter");
         r
     }
 

@@ -1,0 +1,385 @@
+//! One nar: downloaded (http(s) through the shared client, or read from `file://`),
+//! decompressed, checked and unpacked into a scratch entry in one streaming pass.
+//!
+//! The bytes come from the network on the async side and go through a bounded channel to a
+//! blocking thread that decompresses them and runs the shared NAR restorer
+//! (`guix_formats::nar::restore`), which validates the archive, unpacks it and computes its
+//! SHA-256 and size as it goes. The restorer is bounded by the narinfo's `NarSize`: a nar
+//! that grows past it is refused the moment it does, so an oversized nar fills no disk. After
+//! the end of the archive the SHA-256 and size must be the narinfo's. On any failure the
+//! scratch entry is removed ([`ScratchItem`]'s drop), so nothing is left to register.
+
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use guix_formats::nar::{self, Limits, NarSummary};
+use guix_formats::narinfo::NarInfo;
+use guix_formats::Hash;
+use guix_store::scratch::ScratchItem;
+use tokio::sync::mpsc;
+
+use crate::choose::{Choice, Compression};
+
+/// Chunks in flight between the network and the unpacking thread.
+const CHANNEL_CHUNKS: usize = 32;
+/// Without a byte for this long, a download is given up (Guix has no such bound; a server
+/// that stalls would hold a Guix substitution for ever).
+pub const STALL_LIMIT: Duration = Duration::from_secs(300);
+
+/// Why a nar could not be substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The server could not be reached, answered with an error status, or the connection
+    /// broke: another URL may do better.
+    Network(String),
+    /// The nar was complete but is not the one the narinfo announced.
+    HashMismatch { expected: Box<Hash>, actual: Box<Hash> },
+    /// A corrupt, truncated or oversized nar, or a local failure.
+    Bad(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Network(m) | FetchError::Bad(m) => f.write_str(m),
+            FetchError::HashMismatch { expected, actual } => {
+                write!(f, "hash mismatch: expected {}, got {}", expected.to_nix_base32(), actual.to_nix_base32())
+            }
+        }
+    }
+}
+
+/// Download progress, for the `@ download-*` lines.
+pub trait Progress: Send {
+    /// The transfer started; `size` is what will be transferred, when known.
+    fn started(&mut self, size: Option<u64>);
+    /// `done` bytes transferred so far (called at most every 200 ms, as Guix's rate limit).
+    fn progress(&mut self, done: u64);
+    /// The transfer ended with `done` bytes, after `reports` calls of [`Progress::progress`].
+    fn finished(&mut self, done: u64, reports: u64);
+}
+
+/// A [`Read`] over the chunks the async side sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
+/// The decompressing reader for `compression`.
+pub fn decompressor<'a>(compression: Compression, r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        Compression::Lzip => Box::new(lzma_rust2::LzipReader::new(r)),
+        Compression::Xz => Box::new(lzma_rust2::XzReader::new(r, true)),
+    })
+}
+
+/// Unpacks the nar read (compressed) from `r` into `dest` and checks it against `info`.
+pub fn unpack(
+    r: impl Read + Send,
+    compression: Compression,
+    dest: &Path,
+    info: &NarInfo,
+) -> Result<NarSummary, FetchError> {
+    let bad = |what: String| FetchError::Bad(what);
+    let dec = decompressor(compression, r).map_err(|e| bad(format!("decompressing: {e}")))?;
+    let limits = Limits { max_nar_size: Some(info.nar_size()), ..Limits::default() };
+    let mut input = BufReader::with_capacity(64 * 1024, dec);
+    let summary = nar::restore(&mut input, dest, &limits).map_err(|e| bad(e.to_string()))?;
+    // The rest of a compressed stream, so that its own checks (gzip's CRC and length,
+    // lzip's and xz's trailers, zstd's frame end) run: a stream cut after the archive's end
+    // is refused too. Not for an uncompressed nar: `guix publish` sends it without a length
+    // and keeps the connection open, so its end is where the archive ends (Guix reads
+    // exactly `NarSize` bytes of it).
+    if compression != Compression::None {
+        io::copy(&mut input, &mut io::sink()).map_err(|e| bad(format!("decompressing: {e}")))?;
+    }
+    guix_store::scratch::canonicalise(dest).map_err(|e| bad(format!("canonicalising `{}': {e}", dest.display())))?;
+    if summary.nar_hash != *info.nar_hash() {
+        return Err(FetchError::HashMismatch {
+            expected: Box::new(*info.nar_hash()),
+            actual: Box::new(summary.nar_hash),
+        });
+    }
+    if summary.nar_size != info.nar_size() {
+        return Err(bad(format!("nar size mismatch: expected {}, got {}", info.nar_size(), summary.nar_size)));
+    }
+    Ok(summary)
+}
+
+/// Downloads `choice` and unpacks it into `dest` (which must not exist yet).
+pub async fn download(
+    http: &reqwest::Client,
+    choice: &Choice,
+    info: &NarInfo,
+    dest: ScratchItem,
+    progress: &mut dyn Progress,
+) -> Result<(ScratchItem, NarSummary), FetchError> {
+    let (tx, rx) = mpsc::channel::<io::Result<bytes::Bytes>>(CHANNEL_CHUNKS);
+    let compression = choice.compression;
+    let info2 = info.clone();
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let r = ChannelReader { rx, current: bytes::Bytes::new() };
+        let res = unpack(r, compression, dest.path(), &info2);
+        (dest, res)
+    });
+    let sent = send_bytes(http, choice, info, tx, progress).await;
+    let (dest, res) = unpacker.await.map_err(|e| FetchError::Bad(format!("unpacking: {e}")))?;
+    match (sent, res) {
+        (_, Ok(summary)) => Ok((dest, summary)),
+        // The network failed first: the unpacker only saw the stream end.
+        (Err(e), Err(_)) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+    }
+}
+
+/// Sends the nar's bytes to the unpacker; stops early when it has what it wants.
+async fn send_bytes(
+    http: &reqwest::Client,
+    choice: &Choice,
+    info: &NarInfo,
+    tx: mpsc::Sender<io::Result<bytes::Bytes>>,
+    progress: &mut dyn Progress,
+) -> Result<(), FetchError> {
+    let net = FetchError::Network;
+    let mut done = 0u64;
+    // Guix's `rate-limited` reports at its first read, then at most every 200 ms. Its first
+    // read comes once its decompressor has started, by which time a small nar has arrived
+    // whole: so the first report here waits 200 ms too, and a download that ends before has
+    // its one report at the end ([`Progress::finished`] is told how many there were).
+    let mut last = Instant::now();
+    let mut reports = 0u64;
+    let mut report = |done: u64, progress: &mut dyn Progress| {
+        if last.elapsed() >= Duration::from_millis(200) {
+            last = Instant::now();
+            reports += 1;
+            progress.progress(done);
+        }
+    };
+    if let Some(file) = choice.url.strip_prefix("file://") {
+        let mut f =
+            tokio::fs::File::open(file).await.map_err(|e| net(format!("{file}: {}", guix_store::strerror(&e))))?;
+        let size = f.metadata().await.ok().map(|m| m.len());
+        progress.started(size);
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf).await.map_err(|e| net(guix_store::strerror(&e)))?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            done += n as u64;
+            if tx.send(Ok(buf.into())).await.is_err() {
+                break;
+            }
+            report(done, progress);
+        }
+        progress.finished(done, reports);
+        return Ok(());
+    }
+    let resp = http
+        .get(&choice.url)
+        .header("User-Agent", "GNU Guile")
+        .send()
+        .await
+        .map_err(|e| net(crate::lookup::io_reason(&e)))?;
+    if !resp.status().is_success() {
+        let s = resp.status();
+        return Err(net(format!(
+            "{}: HTTP download failed: {} ({})",
+            choice.url,
+            s.as_u16(),
+            s.canonical_reason().unwrap_or("")
+        )));
+    }
+    // As `guix substitute`: the Content-Length, else for an uncompressed nar its size.
+    let size = resp.content_length().or((compression_is_none(choice)).then(|| info.nar_size()));
+    progress.started(size);
+    let mut body = resp.bytes_stream();
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(STALL_LIMIT, body.next()) => n,
+            // The unpacker has what it wants (an uncompressed nar has no end on the wire).
+            _ = tx.closed() => break,
+        };
+        let next = match next {
+            Ok(n) => n,
+            Err(_) => {
+                let _ = tx.send(Err(io::Error::other("stalled"))).await;
+                return Err(net(format!("{}: no data for {}s", choice.url, STALL_LIMIT.as_secs())));
+            }
+        };
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                done += chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+                // Guix reports after each read of its buffered port, which takes everything
+                // that has arrived: chunks already here count in the same report.
+                let mut ended = false;
+                loop {
+                    match body.next().now_or_never() {
+                        Some(Some(Ok(chunk))) => {
+                            done += chunk.len() as u64;
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Some(Err(e))) => {
+                            let reason = crate::lookup::io_reason(&e);
+                            let _ = tx.send(Err(io::Error::other(reason.clone()))).await;
+                            return Err(net(reason));
+                        }
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                report(done, progress);
+                if ended {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                let reason = crate::lookup::io_reason(&e);
+                let _ = tx.send(Err(io::Error::other(reason.clone()))).await;
+                return Err(net(reason));
+            }
+        }
+    }
+    progress.finished(done, reports);
+    Ok(())
+}
+
+fn compression_is_none(choice: &Choice) -> bool {
+    choice.compression == Compression::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guix_formats::nar::Node;
+    use std::io::Write;
+
+    fn sample() -> (Vec<u8>, NarInfo) {
+        let hello = Node::Regular { executable: true, contents: b"#!/bin/sh\necho hi\n".to_vec() };
+        let tree = Node::Directory(
+            [
+                (b"bin".to_vec(), Node::Directory([(b"hello".to_vec(), hello)].into())),
+                (b"link".to_vec(), Node::Symlink { target: b"bin/hello".to_vec() }),
+            ]
+            .into(),
+        );
+        let nar = tree.to_nar().unwrap();
+        let hash = guix_formats::hash::HashAlgo::Sha256.digest(&nar);
+        let text = format!(
+            "StorePath: /gnu/store/1x9vvimabb763h6ca48gb3p3cbshkyjq-a\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+            hash.to_nix_base32(),
+            nar.len()
+        );
+        (nar, NarInfo::parse(text.as_bytes()).unwrap())
+    }
+
+    fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
+        match c {
+            Compression::None => data.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => zstd::encode_all(data, 3).unwrap(),
+            Compression::Lzip => {
+                let mut w = lzma_rust2::LzipWriter::new(Vec::new(), lzma_rust2::LzipOptions::default());
+                w.write_all(data).unwrap();
+                w.finish().unwrap()
+            }
+            Compression::Xz => {
+                let mut w = lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::default()).unwrap();
+                w.write_all(data).unwrap();
+                w.finish().unwrap()
+            }
+        }
+    }
+
+    const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Zstd, Compression::Lzip, Compression::Xz];
+
+    #[test]
+    fn every_compression_unpacks_to_the_announced_nar() {
+        let (nar, info) = sample();
+        for c in ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("item");
+            let s = unpack(&compress(c, &nar)[..], c, &dest, &info).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert_eq!(s.nar_size, nar.len() as u64);
+            assert_eq!(std::fs::read(dest.join("bin/hello")).unwrap(), b"#!/bin/sh\necho hi\n");
+            // Canonical: mtime 1.
+            let m = std::fs::symlink_metadata(dest.join("bin/hello")).unwrap();
+            assert_eq!(std::os::unix::fs::MetadataExt::mtime(&m), 1, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_corrupt_and_mismatched_nars_are_refused() {
+        let (nar, info) = sample();
+        for c in ALL {
+            let packed = compress(c, &nar);
+            let dir = tempfile::tempdir().unwrap();
+            // Truncated.
+            let r = unpack(&packed[..packed.len() - 9], c, &dir.path().join("t"), &info);
+            assert!(matches!(r, Err(FetchError::Bad(_))), "{c:?}: {r:?}");
+            // Corrupt compressed bytes (or, uncompressed, a changed byte in a file).
+            let mut bad = packed.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 0x55;
+            let r = unpack(&bad[..], c, &dir.path().join("c"), &info);
+            assert!(r.is_err(), "{c:?}: corrupt accepted");
+        }
+        // Another nar than announced, of the same size: a hash mismatch.
+        let mut other = nar.clone();
+        let at = other.windows(7).position(|w| w == b"echo hi").unwrap();
+        other[at + 5] = b'H';
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack(&other[..], Compression::None, &dir.path().join("m"), &info);
+        assert!(matches!(r, Err(FetchError::HashMismatch { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_nar_larger_than_announced_is_cut_off() {
+        let (nar, _) = sample();
+        let text = format!(
+            "StorePath: /gnu/store/1x9vvimabb763h6ca48gb3p3cbshkyjq-a\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+            guix_formats::hash::HashAlgo::Sha256.digest(&nar).to_nix_base32(),
+            nar.len() - 8
+        );
+        let info = NarInfo::parse(text.as_bytes()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack(&nar[..], Compression::None, &dir.path().join("x"), &info);
+        assert!(matches!(&r, Err(FetchError::Bad(m)) if m.contains("larger than")), "{r:?}");
+    }
+}

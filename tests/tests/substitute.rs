@@ -1,0 +1,401 @@
+//! Substitution end to end: a real `guix publish` (from the rig's Guix) serves a store the
+//! C++ daemon wrote; our daemon, on a fresh store, substitutes from it through the real
+//! `guix` client.
+//!
+//! * Each compression `guix publish` offers (none, gzip, lzip, zstd): the closure of a small
+//!   item (texts with references, a directory with an executable and a symlink) is
+//!   substituted; contents (NAR bytes), NAR hashes, sizes and references equal the source.
+//! * `guix build --dry-run` of that item prints the same through ours as through the C++
+//!   daemon with its `guix substitute` (both fresh, same server).
+//! * Narinfos that are unsigned, signed over other contents, or signed by a key not in the
+//!   ACL are refused; a nar that is corrupt, truncated or larger than announced is rejected;
+//!   in every case nothing is registered and nothing is left in the store. These come from a
+//!   small HTTP server in this test that serves `guix publish`'s own signed narinfos, altered.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guix_tests::{ours_kind, DaemonKind, Rig, Session, SessionOptions};
+
+fn rig() -> Rig {
+    Rig::discover().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).ok()?;
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&all[..head_end]).to_string();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = all[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Some((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+/// The source: a C++ session holding the closure, and `guix publish` processes serving it.
+struct Source {
+    session: Session,
+    /// top → b → a, top → dir; e1…e6 stand alone.
+    paths: BTreeMap<&'static str, String>,
+}
+
+const MAKE: &str = r#"
+(use-modules (guix store) (ice-9 format))
+(with-store s
+  (let* ((a (add-text-to-store s "subst-a" "hello from a\n"))
+         (b (add-text-to-store s "subst-b" (string-append "b refers to " a "\n") (list a)))
+         (dir (add-to-store s "subst-dir" #t "sha256" "/tmp/subst-dir"))
+         (top (add-text-to-store s "subst-top" (string-append b " " dir "\n") (list b dir))))
+    (for-each (lambda (name path) (format #t "~a ~a~%" name path))
+              '("a" "b" "dir" "top") (list a b dir top))
+    (for-each (lambda (i)
+                (format #t "e~a ~a~%" i
+                        (add-text-to-store s (format #f "subst-e~a" i)
+                                           (format #f "standalone item ~a, a little longer than the others ~a~%" i
+                                                   (make-string 200 #\x)))))
+              '(1 2 3 4 5 6))))
+"#;
+
+impl Source {
+    fn start(rig: &Rig) -> Source {
+        let session = rig.start(DaemonKind::Cxx).unwrap_or_else(|e| panic!("{e}"));
+        let dir = session.state_dir().join("tmp/subst-dir");
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+        std::fs::set_permissions(dir.join("bin/hello"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("data"), vec![b'z'; 100_000]).unwrap();
+        std::os::unix::fs::symlink("bin/hello", dir.join("link")).unwrap();
+        let out = session.repl_ok(MAKE).unwrap_or_else(|e| panic!("{e}"));
+        let mut paths = BTreeMap::new();
+        for line in out.lines() {
+            let (k, v) = line.split_once(' ').unwrap();
+            let k: &'static str = Box::leak(k.to_owned().into_boxed_str());
+            paths.insert(k, v.to_owned());
+        }
+        assert_eq!(paths.len(), 10, "{out}");
+        Source { session, paths }
+    }
+
+    /// Starts `guix publish -C COMPRESSION…` on a free port; waits until it answers.
+    fn publish(&self, compressions: &[&str]) -> u16 {
+        let port = free_port();
+        let cs: Vec<String> = compressions.iter().map(|c| format!("-C {c}")).collect();
+        let cmd =
+            format!("guix publish --listen=127.0.0.1 --port={port} {} > /tmp/publish-{port}.log 2>&1 &", cs.join(" "));
+        let out = self.session.exec(&["sh", "-c", &cmd]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(port, "/nix-cache-info").is_none_or(|(s, _)| s != 200) {
+            assert!(Instant::now() < deadline, "guix publish on port {port} did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        port
+    }
+
+    fn path(&self, k: &str) -> &str {
+        &self.paths[k]
+    }
+}
+
+/// `(hash size (refs…))` of each path, as the daemon reports them, or `#f` for invalid ones.
+fn infos(s: &Session, paths: &[&str]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+    let script = format!(
+        r#"(use-modules (guix store) (ice-9 format))
+(with-store s
+  (for-each (lambda (p)
+              (if (valid-path? s p)
+                  (let ((i (query-path-info s p)))
+                    (format #t "~a ~a ~a ~a~%" p (path-info-hash i) (path-info-nar-size i)
+                            (sort (path-info-references i) string<?)))
+                  (format #t "~a #f~%" p)))
+            (list {})))"#,
+        list.join(" ")
+    );
+    s.repl_ok(&script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn nar_of(host: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    guix_formats::nar::dump_path(host, &mut out).unwrap();
+    out
+}
+
+/// Our daemon on a fresh store, substituting from `urls`.
+fn ours_with(rig: &Rig, urls: &str) -> Session {
+    let (kind, mut opts) = ours_kind(&[]);
+    opts.daemon_flags = Some(vec!["--build-users-group=guixbuild".into(), format!("--substitute-urls={urls}")]);
+    Session::start_with(rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn cxx_with(rig: &Rig, urls: &str) -> Session {
+    let opts = SessionOptions {
+        daemon_flags: Some(vec!["--build-users-group=guixbuild".into(), format!("--substitute-urls={urls}")]),
+        ..SessionOptions::default()
+    };
+    Session::start_with(rig, DaemonKind::Cxx, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a user sees of a `guix` command, with what must differ between two runs removed:
+/// transfer rates and the padding the client puts before them to right-align them, and where
+/// `substitute: ` prefixes fall (the C++ daemon prefixes each piece it happened to read from
+/// its agent's stderr).
+fn transcript(out: &std::process::Output) -> String {
+    let text = format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = text.replace("substitute: ", "");
+    let mut norm = String::new();
+    for word in text.split_inclusive(' ') {
+        if word.trim_end().ends_with("B/s") && word.trim_end().chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            norm.push_str("RATE ");
+        } else {
+            norm.push_str(word);
+        }
+    }
+    while norm.contains("  RATE") {
+        norm = norm.replace("  RATE", " RATE");
+    }
+    norm
+}
+
+fn scratch_is_empty(s: &Session) -> bool {
+    let dir = s.store_dir_on_host().join(".rs-scratch");
+    std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none())
+}
+
+/// zstd nars of `paths`, with `guix publish`'s signed narinfos (from `port`) pointing at them:
+/// the rig's `guix publish` cannot make zstd (its Guix lacks guile-zstd; so does its
+/// `guix substitute`, which therefore never picks zstd).
+fn zstd_server(src: &Source, port: u16, paths: &[&str]) -> u16 {
+    let mut files = BTreeMap::new();
+    for p in paths {
+        let h = hash_part(p).to_owned();
+        let (status, body) = http_get(port, &format!("/{h}.narinfo")).unwrap();
+        assert_eq!(status, 200);
+        let signed = String::from_utf8(body).unwrap();
+        let nar = nar_of(&src.session.host_path(p).unwrap());
+        let end = signed.find("\nURL:").map_or(signed.len(), |i| i + 1);
+        let narinfo = format!("{}URL: nar/zstd/{h}\nCompression: zstd\n", &signed[..end]);
+        files.insert(format!("/{h}.narinfo"), narinfo.into_bytes());
+        files.insert(format!("/nar/zstd/{h}"), zstd::encode_all(&nar[..], 3).unwrap());
+    }
+    serve(files)
+}
+
+#[test]
+fn every_compression_substitutes_the_closure_exactly() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let closure = ["a", "b", "dir", "top"].map(|k| src.path(k).to_owned());
+    let closure: Vec<&str> = closure.iter().map(String::as_str).collect();
+    let expected = infos(&src.session, &closure);
+    let gzip_port = src.publish(&["gzip"]);
+    for compression in ["0", "gzip", "lzip", "zstd"] {
+        let port = match compression {
+            "zstd" => zstd_server(&src, gzip_port, &closure),
+            "gzip" => gzip_port,
+            c => src.publish(&[c]),
+        };
+        let ours = ours_with(&rig, &format!("http://127.0.0.1:{port}"));
+        let out = ours.exec_guix(&["build", src.path("top")]).unwrap();
+        assert!(out.status.success(), "{compression}: {}", transcript(&out));
+        assert_eq!(infos(&ours, &closure), expected, "{compression}: path infos differ");
+        for p in &closure {
+            let (a, b) = (src.session.host_path(p).unwrap(), ours.host_path(p).unwrap());
+            assert_eq!(nar_of(&a), nar_of(&b), "{compression}: contents of {p} differ");
+        }
+        assert!(scratch_is_empty(&ours), "{compression}: scratch entries left");
+    }
+}
+
+#[test]
+fn dry_run_reports_as_the_cxx_daemon_does() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let port = src.publish(&["lzip", "gzip"]);
+    let urls = format!("http://127.0.0.1:{port}");
+    let (cxx, ours) = (cxx_with(&rig, &urls), ours_with(&rig, &urls));
+    for args in
+        [vec!["build", "--dry-run", src.path("top")], vec!["build", src.path("b")], vec!["build", src.path("top")]]
+    {
+        let c = transcript(&cxx.exec_guix(&args).unwrap());
+        let o = transcript(&ours.exec_guix(&args).unwrap());
+        assert_eq!(o, c, "guix {args:?}: ours differs from C++");
+    }
+    let closure: Vec<&str> = ["a", "b", "dir", "top"].iter().map(|k| src.path(k)).collect();
+    assert_eq!(infos(&ours, &closure), infos(&cxx, &closure));
+}
+
+/// A stand-in substitute server: fixed answers per path, 404 otherwise.
+fn serve(files: BTreeMap<String, Vec<u8>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let files = Arc::new(Mutex::new(files));
+    std::thread::spawn(move || {
+        // Bounded: the test is over long before.
+        let until = Instant::now() + Duration::from_secs(600);
+        for conn in listener.incoming() {
+            if Instant::now() > until {
+                break;
+            }
+            let Ok(mut conn) = conn else { continue };
+            let files = files.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let body = files.lock().unwrap().get(&path).cloned();
+                    let head = match &body {
+                        Some(b) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                    };
+                    if conn.write_all(head.as_bytes()).is_err()
+                        || conn.write_all(body.as_deref().unwrap_or(b"")).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn hash_part(path: &str) -> &str {
+    &path["/gnu/store/".len().."/gnu/store/".len() + 32]
+}
+
+/// `guix publish`'s narinfo for `path` cut after its signature, with one uncompressed nar.
+fn narinfo_with_nar(signed: &str, nar_url: &str) -> String {
+    let end = signed.find("\nURL:").map_or(signed.len(), |i| i + 1);
+    format!("{}URL: {nar_url}\nCompression: none\n", &signed[..end])
+}
+
+/// Replaces the public key in a narinfo's signature by another (one not in the ACL).
+fn with_foreign_key(narinfo: &str) -> String {
+    use guix_formats::sexp::{base64_decode, base64_encode};
+    let line = narinfo.lines().find(|l| l.starts_with("Signature: ")).unwrap();
+    let b64 = line.rsplit(';').next().unwrap();
+    let sexp = String::from_utf8(base64_decode(b64.as_bytes()).unwrap()).unwrap();
+    let at = sexp.find("(q #").unwrap() + 4;
+    let other = format!("{}{}{}", &sexp[..at], "1".repeat(64), &sexp[at + 64..]);
+    let new_line = line.replace(b64, &base64_encode(other.as_bytes()));
+    narinfo.replace(line, &new_line)
+}
+
+#[test]
+fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let port = src.publish(&["gzip"]);
+    let signed = |k: &str| {
+        let (status, body) = http_get(port, &format!("/{}.narinfo", hash_part(src.path(k)))).unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    };
+    let nar = |k: &str| nar_of(&src.session.host_path(src.path(k)).unwrap());
+    let mut files = BTreeMap::new();
+    let mut put = |k: &str, narinfo: String, nar_bytes: Vec<u8>| {
+        let h = hash_part(src.path(k)).to_owned();
+        files.insert(format!("/{h}.narinfo"), narinfo_with_nar(&narinfo, &format!("nar/{h}")).into_bytes());
+        files.insert(format!("/nar/{h}"), nar_bytes);
+    };
+    // e1: unsigned.
+    let e1 = signed("e1");
+    let unsigned: String = e1.lines().filter(|l| !l.starts_with("Signature:")).map(|l| format!("{l}\n")).collect();
+    put("e1", unsigned, nar("e1"));
+    // e2: e3's signature over e2's text: the signed hash does not match.
+    let e3 = signed("e3");
+    let sig3 = e3.lines().find(|l| l.starts_with("Signature:")).unwrap();
+    let e2 = signed("e2");
+    let sig2 = e2.lines().find(|l| l.starts_with("Signature:")).unwrap();
+    put("e2", e2.replace(sig2, sig3), nar("e2"));
+    // e3: signed by a key not in the ACL.
+    put("e3", with_foreign_key(&e3), nar("e3"));
+    // e4: corrupt nar (one byte of the file changed).
+    let mut corrupt = nar("e4");
+    let at = corrupt.windows(9).position(|w| w == b"standalon").unwrap();
+    corrupt[at] = b'S';
+    put("e4", signed("e4"), corrupt);
+    // e5: truncated nar.
+    let full = nar("e5");
+    put("e5", signed("e5"), full[..full.len() / 2].to_vec());
+    // e6: a larger nar than announced (the directory's, 100 kB; what follows the end of a nar
+    // is not looked at, by Guix either).
+    put("e6", signed("e6"), nar("dir"));
+    // a: the control, served right.
+    put("a", signed("a"), nar("a"));
+    let bad_port = serve(files);
+    let ours = ours_with(&rig, &format!("http://127.0.0.1:{bad_port}"));
+    for k in ["e1", "e2", "e3", "e4", "e5", "e6"] {
+        let p = src.path(k);
+        let script = format!(
+            r#"(use-modules (guix store))
+(with-store s
+  (display (if (has-substitutes? s "{p}") "substitutable" "none")) (newline)
+  (display (catch #t (lambda () (ensure-path s "{p}") "ensured")
+                     (lambda args "refused")))
+  (newline)
+  (display (valid-path? s "{p}")) (newline))"#
+        );
+        let out = ours.repl_ok(&script).unwrap_or_else(|e| panic!("{k}: {e}"));
+        let lines: Vec<&str> = out.lines().collect();
+        // The untrusted narinfos are no substitutes at all; the bad nars are announced by a
+        // trusted narinfo but fail.
+        let announced = if ["e1", "e2", "e3"].contains(&k) { "none" } else { "substitutable" };
+        assert_eq!(lines, [announced, "refused", "#f"], "{k}");
+        assert!(!ours.store_dir_on_host().join(&p["/gnu/store/".len()..]).exists(), "{k}: something at {p}");
+        assert!(scratch_is_empty(&ours), "{k}: scratch entries left");
+    }
+    let a = src.path("a");
+    let out = ours
+        .repl_ok(&format!(
+            "(use-modules (guix store)) (with-store s (ensure-path s \"{a}\") (display (valid-path? s \"{a}\")))"
+        ))
+        .unwrap();
+    assert_eq!(out.trim(), "#t", "the control item");
+    assert_eq!(nar_of(&ours.host_path(a).unwrap()), nar("a"));
+}
