@@ -575,7 +575,9 @@ fn collections_wait_for_the_barrier_and_do_not_survive_a_restart() {
         assert_eq!(o.deleted.len(), 1, "{o:?}");
         assert!(!d.reader().is_valid(&pa).unwrap());
         assert!(!d.dirs().store_path().join(pa.base_name()).exists());
-        assert!(d.dirs().store_path().join("trash").join(pa.base_name()).exists());
+        // A file is unlinked at once (a directory would be in the trash).
+        assert_eq!(o.deleted[0].trashed_as, None);
+        assert!(!d.dirs().store_path().join("trash").join(pa.base_name()).exists());
 
         // kill -9: the collection is gone with the process, and the barrier is back.
         let pid = d.store_db_pid().unwrap();
