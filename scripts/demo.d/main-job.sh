@@ -35,5 +35,10 @@ log=$(guix build --log-file "$drv")
 echo "$log"
 gunzip -c "$log"
 
+say "guix gc (no global lock): dead paths before, the collection, dead paths after"
+guix gc --list-dead | wc -l
+guix gc
+guix gc --list-dead | wc -l
+
 say "guix-daemon-rs ctl status"
 /host-daemon/daemon ctl status
