@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use guix_formats::StoreDir;
 use guix_ipc::builder::BUILDER_LINK;
-use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
+use guix_ipc::component::{config_from_env, inherited_link_listener};
 
 use crate::schedule::Builder;
 use crate::server::Server;
@@ -29,13 +29,7 @@ pub fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = config_from_env()?;
-    let listener = inherited_listeners()?
-        .into_iter()
-        .find_map(|(name, l)| match l {
-            InheritedListener::Unix(u) if name == BUILDER_LINK.name => Some(u),
-            _ => None,
-        })
-        .ok_or("no `builder' listener was passed")?;
+    let listener = inherited_link_listener(BUILDER_LINK.name)?.ok_or("no `builder' listener was passed")?;
     let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
     let users = match config.build_users_group.as_deref() {
         Some(g) if !g.is_empty() => Some(UserPool::new(g, &config.paths.state_dir).map_err(|e| e.to_string())),

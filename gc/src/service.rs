@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use guix_formats::{StoreDir, StorePath};
-use guix_ipc::component::{config_from_env, connect_link, inherited_listeners, InheritedListener};
+use guix_ipc::component::{config_from_env, connect_link, inherited_link_listener};
 use guix_ipc::gc::{KeepRules, GC_LINK};
 use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Client, LinkError, DEFAULT_DEADLINE};
@@ -128,13 +128,7 @@ fn list_busy() -> std::process::ExitCode {
 
 fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let config = config_from_env()?;
-    let listener = inherited_listeners()?
-        .into_iter()
-        .find_map(|(name, l)| match l {
-            InheritedListener::Unix(u) if name == GC_LINK.name => Some(u),
-            _ => None,
-        })
-        .ok_or("no `gc' listener was passed")?;
+    let listener = inherited_link_listener(GC_LINK.name)?.ok_or("no `gc' listener was passed")?;
     let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
     let setup = Setup {
         store,

@@ -128,6 +128,15 @@ pub fn inherited_listeners() -> Result<Vec<(String, InheritedListener)>, Compone
     Ok(out)
 }
 
+/// The inherited Unix listener of internal link `link` (what a component serves), if the
+/// supervisor passed one; takes every inherited socket, as [`inherited_listeners`] does.
+pub fn inherited_link_listener(link: &str) -> Result<Option<std::os::unix::net::UnixListener>, ComponentError> {
+    Ok(inherited_listeners()?.into_iter().find_map(|(name, l)| match l {
+        InheritedListener::Unix(u) if name == link => Some(u),
+        _ => None,
+    }))
+}
+
 /// Reads the configuration from [`ENV_CONFIG`].
 pub fn config_from_env() -> Result<DaemonConfig, ComponentError> {
     let json = std::env::var(ENV_CONFIG).map_err(|_| ComponentError::Missing(ENV_CONFIG))?;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use guix_formats::StoreDir;
-use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
+use guix_ipc::component::{config_from_env, inherited_link_listener};
 use guix_ipc::substituter::SUBSTITUTER_LINK;
 use guix_store::storedb::StoreDb;
 
@@ -24,13 +24,7 @@ pub fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = config_from_env()?;
-    let listener = inherited_listeners()?
-        .into_iter()
-        .find_map(|(name, l)| match l {
-            InheritedListener::Unix(u) if name == SUBSTITUTER_LINK.name => Some(u),
-            _ => None,
-        })
-        .ok_or("no `substituter' listener was passed")?;
+    let listener = inherited_link_listener(SUBSTITUTER_LINK.name)?.ok_or("no `substituter' listener was passed")?;
     let store = StoreDir::new(&config.paths.store_dir.to_string_lossy())?;
     // Read from the environment the supervisor was started with, as `guix substitute` reads
     // it from the C++ daemon's.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use guix_formats::StoreDir;
-use guix_ipc::component::{config_from_env, inherited_listeners, InheritedListener};
+use guix_ipc::component::{config_from_env, inherited_link_listener};
 use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Call, Handler, LinkError};
 
@@ -204,13 +204,7 @@ pub fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), StartError> {
     let config = config_from_env()?;
-    let listener = inherited_listeners()?
-        .into_iter()
-        .find_map(|(name, l)| match l {
-            InheritedListener::Unix(u) if name == STORE_DB_LINK.name => Some(u),
-            _ => None,
-        })
-        .ok_or(StartError::NoListener)?;
+    let listener = inherited_link_listener(STORE_DB_LINK.name)?.ok_or(StartError::NoListener)?;
     let dirs = StateDirs::from_config(&config);
     let lock =
         dirs.init(&InitOptions { build_users_group: config.build_users_group.clone(), ..InitOptions::default() })?;
