@@ -15,7 +15,8 @@
 //!    batches go. A batch's size adapts so that one takes about [`BATCH_TARGET`].
 //! 5. `EndCollection`, "deleting `<store>/trash'", "deleting unused links...", the note.
 //!
-//! Faults: a store-db restart in the middle (a failed call, or its "unknown collection") makes
+//! Faults: a store-db restart in the middle (a failed call, or its "unknown garbage collection",
+//! both retryable errors) makes
 //! the collection begin again from step 1, keeping what was already deleted and counted; a
 //! cancelled job stops between batches and ends its collection.
 //!
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::gc::{GcAction, KeepRules};
-use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, KeptBecause};
+use guix_ipc::store_db::{CollectionId, DeadBatch, DeadEntry, DeleteOutcome, KeptBecause};
 use guix_ipc::{ErrorKind, LinkError};
 use guix_store::roots::{scan_roots, ScanOptions};
 use guix_store::scratch::SCRATCH_DIR_NAME;
@@ -60,15 +61,9 @@ const MAX_BATCH: usize = 256;
 /// store-db's side of a collection (the real one is [`crate::service::StoreDbLink`]).
 pub trait StoreDbApi: Send + Sync {
     fn begin(&self) -> impl Future<Output = std::result::Result<(CollectionId, Vec<StorePath>), LinkError>> + Send;
-    #[allow(clippy::too_many_arguments)]
     fn delete_dead(
         &self,
-        collection: CollectionId,
-        entries: Vec<DeadEntry>,
-        keep: KeepRules,
-        freed_before: u64,
-        max_freed: u64,
-        link_threshold: u64,
+        batch: DeadBatch,
     ) -> impl Future<Output = std::result::Result<DeleteOutcome, LinkError>> + Send;
     fn end(&self, collection: CollectionId) -> impl Future<Output = ()> + Send;
 }
@@ -582,14 +577,19 @@ impl<A: StoreDbApi> Phase<'_, A> {
             rest = &rest[n..];
             let before = totals.freed + totals.invalidated;
             let t = Instant::now();
-            let outcome =
-                self.api.delete_dead(self.id, batch, keep, before, self.req.max_freed, self.threshold).await.map_err(
-                    |e| match e.kind {
-                        ErrorKind::Retryable => Stop::Restart(e),
-                        _ if e.message.contains("unknown collection") => Stop::Restart(e),
-                        _ => Stop::Fail(e),
-                    },
-                )?;
+            let req = DeadBatch {
+                collection: self.id,
+                entries: batch,
+                keep,
+                freed_before: before,
+                max_freed: self.req.max_freed,
+                link_threshold: self.threshold,
+            };
+            // Retryable: store-db restarted, or no longer knows the collection: begin again.
+            let outcome = self.api.delete_dead(req).await.map_err(|e| match e.kind {
+                ErrorKind::Retryable => Stop::Restart(e),
+                _ => Stop::Fail(e),
+            })?;
             let took = t.elapsed();
             totals.batches += 1;
             totals.waited += took;

@@ -81,7 +81,8 @@ struct FakeStoreDb {
     temp_roots: Vec<StorePath>,
     gone: Mutex<HashSet<String>>,
     batches: Mutex<Vec<Vec<String>>>,
-    /// Fail this many `DeleteDead` calls with "unknown collection" (after the first batch).
+    /// Fail this many `DeleteDead` calls with store-db's "unknown garbage collection" (after the
+    /// first batch).
     unknown: AtomicU32,
     /// Refuse `BeginCollection` this many times (the barrier).
     not_ready: AtomicU32,
@@ -115,18 +116,14 @@ impl StoreDbApi for FakeStoreDb {
         Ok((u64::from(self.begun.fetch_add(1, Ordering::SeqCst)), self.temp_roots.clone()))
     }
 
-    async fn delete_dead(
-        &self,
-        _collection: CollectionId,
-        entries: Vec<DeadEntry>,
-        keep: KeepRules,
-        freed_before: u64,
-        max_freed: u64,
-        link_threshold: u64,
-    ) -> std::result::Result<DeleteOutcome, LinkError> {
+    async fn delete_dead(&self, batch: DeadBatch) -> std::result::Result<DeleteOutcome, LinkError> {
+        let DeadBatch { entries, keep, freed_before, max_freed, link_threshold, .. } = batch;
         if !self.batches.lock().unwrap().is_empty() && self.unknown.load(Ordering::SeqCst) > 0 {
             self.unknown.fetch_sub(1, Ordering::SeqCst);
-            return Err(LinkError::client("unknown collection 0"));
+            // As store-db answers it (a retryable error).
+            return Err(LinkError::retryable(
+                "unknown garbage collection 0 (store-db restarted, or the collection expired)",
+            ));
         }
         assert_eq!(keep, self.keep_checked);
         let mut gone = self.gone.lock().unwrap();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use guix_formats::{StoreDir, StorePath};
 use guix_ipc::component::{config_from_env, connect_link, inherited_link_listener};
-use guix_ipc::gc::{KeepRules, GC_LINK};
-use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
+use guix_ipc::gc::GC_LINK;
+use guix_ipc::store_db::{CollectionId, DeadBatch, DeleteOutcome, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Client, LinkError, DEFAULT_DEADLINE};
 
 use crate::collect::{Limits, Setup, StoreDbApi};
@@ -45,17 +45,8 @@ impl StoreDbApi for StoreDbLink {
         }
     }
 
-    async fn delete_dead(
-        &self,
-        collection: CollectionId,
-        entries: Vec<DeadEntry>,
-        keep: KeepRules,
-        freed_before: u64,
-        max_freed: u64,
-        link_threshold: u64,
-    ) -> std::result::Result<DeleteOutcome, LinkError> {
-        let req = StoreDbRequest::DeleteDead { collection, entries, keep, freed_before, max_freed, link_threshold };
-        match self.call(req).await? {
+    async fn delete_dead(&self, batch: DeadBatch) -> std::result::Result<DeleteOutcome, LinkError> {
+        match self.call(StoreDbRequest::DeleteDead(batch)).await? {
             StoreDbReply::Deleted(o) => Ok(o),
             r => Err(unexpected(r)),
         }

@@ -191,24 +191,29 @@ pub enum StoreDbRequest {
     /// [`DeadEntry`] and ARCHITECTURE.md, "Garbage collection"). For each entry accepted, in
     /// order: a valid path is invalidated (all the batch's in one transaction), then a
     /// directory is renamed into `<store>/trash` (created if missing) so that the gc can delete
-    /// its files outside the writer, and anything else is unlinked at once, as C++ does. Stops after the first entry that brings `freed_before` plus the
-    /// entries' [`Deleted::accounted`] bytes above `max_freed`. An unknown (expired, or begun
-    /// before a store-db restart) collection is an error: the gc begins again.
-    DeleteDead {
-        collection: CollectionId,
-        entries: Vec<DeadEntry>,
-        keep: KeepRules,
-        freed_before: u64,
-        max_freed: u64,
-        /// How many links a file may have for its deletion to count as freeing its size (C++
-        /// `linkThreshold`: 2 with automatic deduplication, where every file ≥ 8 KiB is also
-        /// in `.links`, else 1).
-        link_threshold: u64,
-    },
+    /// its files outside the writer, and anything else is unlinked at once, as C++ does. Stops
+    /// after the first entry that brings `freed_before` plus the entries'
+    /// [`Deleted::accounted`] bytes above `max_freed`. An unknown (expired, or begun before a
+    /// store-db restart) collection is a retryable error: the gc begins again.
+    DeleteDead(DeadBatch),
     /// The collection is over: store-db stops recording new temp roots for it.
     EndCollection {
         collection: CollectionId,
     },
+}
+
+/// One [`StoreDbRequest::DeleteDead`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadBatch {
+    pub collection: CollectionId,
+    pub entries: Vec<DeadEntry>,
+    pub keep: KeepRules,
+    pub freed_before: u64,
+    pub max_freed: u64,
+    /// How many links a file may have for its deletion to count as freeing its size (C++
+    /// `linkThreshold`: 2 with automatic deduplication, where every file ≥ 8 KiB is also in
+    /// `.links`, else 1).
+    pub link_threshold: u64,
 }
 
 /// A collection, as store-db numbers them.

@@ -528,7 +528,7 @@ async fn begin(c: &StoreDbClient) -> Result<(u64, Vec<StorePath>), String> {
 }
 
 fn delete(collection: u64, entries: &[(&StorePath, bool)]) -> StoreDbRequest {
-    StoreDbRequest::DeleteDead {
+    StoreDbRequest::DeleteDead(guix_ipc::store_db::DeadBatch {
         collection,
         entries: entries
             .iter()
@@ -538,7 +538,7 @@ fn delete(collection: u64, entries: &[(&StorePath, bool)]) -> StoreDbRequest {
         freed_before: 0,
         max_freed: u64::MAX,
         link_threshold: 1,
-    }
+    })
 }
 
 /// Through the link, with the real process: no collection before the holders synced (after
@@ -584,7 +584,9 @@ fn collections_wait_for_the_barrier_and_do_not_survive_a_restart() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "a new store-db");
         let r = c.call(delete(id, &[(&pb, true)])).await.unwrap();
-        assert!(error_of(r).contains("unknown garbage collection"));
+        let StoreDbReply::Error(e) = r else { panic!("{r:?}") };
+        assert_eq!(e.kind, guix_ipc::ErrorKind::Retryable, "{e:?}");
+        assert!(e.message.contains("unknown garbage collection"));
         assert!(begin(&c).await.unwrap_err().contains("waiting for the temp roots"));
         release_barrier(&c, 3).await;
         let (id, _) = begin(&c).await.unwrap();

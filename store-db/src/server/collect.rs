@@ -41,8 +41,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use guix_formats::StorePath;
-use guix_ipc::gc::KeepRules;
-use guix_ipc::store_db::{CollectionId, DeadEntry, DeleteOutcome, Deleted, KeptBecause};
+use guix_ipc::store_db::{CollectionId, DeadBatch, DeleteOutcome, Deleted, KeptBecause};
 use guix_store::files::delete_tree_counted;
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::strerror;
@@ -54,15 +53,30 @@ use crate::DbWriter;
 /// The name of the trash directory in the store (the C++ collector's).
 pub const TRASH_DIR_NAME: &str = "trash";
 
-/// One `DeleteDead` request.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub collection: CollectionId,
-    pub entries: Vec<DeadEntry>,
-    pub keep: KeepRules,
-    pub freed_before: u64,
-    pub max_freed: u64,
-    pub link_threshold: u64,
+/// Why a batch was not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// The collection is not (or no longer) known here: the gc must begin again.
+    UnknownCollection(CollectionId),
+    /// A database or file-system failure, before anything was invalidated.
+    Failed(String),
+}
+
+impl From<String> for BatchError {
+    fn from(message: String) -> BatchError {
+        BatchError::Failed(message)
+    }
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::UnknownCollection(id) => {
+                write!(f, "unknown garbage collection {id} (store-db restarted, or the collection expired)")
+            }
+            BatchError::Failed(m) => f.write_str(m),
+        }
+    }
 }
 
 /// An entry that passed step 1.
@@ -85,16 +99,15 @@ fn reserved(name: &str) -> bool {
         || name == SCRATCH_DIR_NAME
 }
 
-/// Runs one batch (see the module docs). `Err` is the message for the gc: an unknown
-/// collection, or a database or file-system failure before anything was invalidated.
+/// Runs one batch (see the module docs).
 pub fn delete_dead(
     db: &mut DbWriter,
     roots: &TempRoots,
     layout: &StoreLayout,
-    batch: Batch,
-) -> Result<DeleteOutcome, String> {
+    batch: DeadBatch,
+) -> Result<DeleteOutcome, BatchError> {
     let mut guard = roots.deletion();
-    guard.touch(batch.collection).map_err(|_| unknown(batch.collection))?;
+    guard.touch(batch.collection).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
     let err = |e: crate::Error| e.to_string();
     let mut kept: Vec<(String, KeptBecause)> = Vec::new();
     let mut cands: Vec<Candidate> = Vec::with_capacity(batch.entries.len());
@@ -126,7 +139,7 @@ pub fn delete_dead(
             .and_then(|base| StorePath::from_base_name(base).ok());
         let mut rooted = false;
         for p in path.iter().chain(owner.iter()) {
-            rooted |= guard.rooted(batch.collection, p).map_err(|_| unknown(batch.collection))?;
+            rooted |= guard.rooted(batch.collection, p).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
         }
         if rooted {
             kept.push((e.name, KeptBecause::TempRoot));
@@ -140,7 +153,8 @@ pub fn delete_dead(
                     "getting status of `{}': {}",
                     layout.store_path.join(&e.name).display(),
                     strerror(&x)
-                ))
+                )
+                .into())
             }
         };
         if md.is_none() && !valid {
@@ -237,7 +251,7 @@ pub fn delete_dead(
             };
             match std::fs::remove_file(&from) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(format!("cannot unlink `{}': {}", from.display(), strerror(&e)));
+                    return Err(format!("cannot unlink `{}': {}", from.display(), strerror(&e)).into());
                 }
                 _ => {}
             }
@@ -275,10 +289,6 @@ pub fn delete_dead(
     }
     drop(guard);
     Ok(DeleteOutcome { deleted, kept, limit_reached })
-}
-
-fn unknown(id: CollectionId) -> String {
-    format!("unknown garbage collection {id} (store-db restarted, or the collection expired)")
 }
 
 /// Step 2's fixpoint: refuses every accepted valid candidate with a keeper that is valid and

@@ -26,7 +26,7 @@ use guix_ipc::component::{config_from_env, inherited_link_listener};
 use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Call, Handler, LinkError};
 
-use super::collect::Batch;
+use super::collect::BatchError;
 use super::fsops::{check_item, ensure_scratch_dir, remove_scratch_copies};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
@@ -108,12 +108,17 @@ impl StoreDb {
                     ))),
                 };
             }
-            StoreDbRequest::DeleteDead { collection, entries, keep, freed_before, max_freed, link_threshold } => {
-                let batch = Batch { collection, entries, keep, freed_before, max_freed, link_threshold };
+            StoreDbRequest::DeleteDead(batch) => {
                 let roots = self.temp_roots.clone();
                 return match self.writer.run_for(|reply| Job::DeleteDead { batch, roots, reply }).await {
-                    Ok(outcome) => StoreDbReply::Deleted(outcome),
-                    Err(message) => StoreDbReply::Error(LinkError::client(message)),
+                    Ok(Ok(outcome)) => StoreDbReply::Deleted(outcome),
+                    // Typed for the gc: a retryable error makes it begin a new collection.
+                    Ok(Err(e @ BatchError::UnknownCollection(_))) => {
+                        StoreDbReply::Error(LinkError::retryable(e.to_string()))
+                    }
+                    Ok(Err(BatchError::Failed(message))) | Err(message) => {
+                        StoreDbReply::Error(LinkError::client(message))
+                    }
                 };
             }
             StoreDbRequest::EndCollection { collection } => {

@@ -88,9 +88,9 @@ pub enum Job {
     Sweep,
     /// The collector's "delete these if still dead" ([`super::collect`]).
     DeleteDead {
-        batch: super::collect::Batch,
+        batch: guix_ipc::store_db::DeadBatch,
         roots: Arc<super::roots::TempRoots>,
-        reply: oneshot::Sender<Result<guix_ipc::store_db::DeleteOutcome, String>>,
+        reply: oneshot::Sender<Result<guix_ipc::store_db::DeleteOutcome, super::collect::BatchError>>,
     },
 }
 
@@ -138,12 +138,12 @@ impl WriterHandle {
         rx.await.map_err(|_| "store-db writer stopped".to_owned())?
     }
 
-    /// Runs a job whose reply is `T`, and waits for it.
-    pub async fn run_for<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Job) -> Result<T, String> {
+    /// Runs a job whose reply is `T`, and waits for it (`Err`: the writer stopped).
+    pub async fn run_for<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
         self.push(make(tx));
         self.combine();
-        rx.await.map_err(|_| "store-db writer stopped".to_owned())?
+        rx.await.map_err(|_| "store-db writer stopped".to_owned())
     }
 
     /// Queues a job that does not reply, and runs the queue now unless the writer is busy

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use guix_formats::{HashAlgo, StoreDir};
-use guix_ipc::store_db::RootStamp;
+use guix_ipc::gc::KeepRules;
+use guix_ipc::store_db::{DeadEntry, RootStamp};
 
 use super::*;
 use crate::server::roots::RootsBarrier;
@@ -78,8 +79,8 @@ impl Fixture {
         entries: &[(&str, bool)],
         keep: KeepRules,
         max_freed: u64,
-    ) -> Result<DeleteOutcome, String> {
-        let batch = Batch {
+    ) -> Result<DeleteOutcome, BatchError> {
+        let batch = DeadBatch {
             collection: id,
             entries: entries.iter().map(|(n, v)| DeadEntry { name: n.to_string(), valid: *v }).collect(),
             keep,
@@ -271,7 +272,10 @@ fn an_unknown_collection_deletes_nothing_and_a_missing_valid_path_is_dropped() {
     let mut f = fixture();
     let a = text("a");
     f.add(&a, &[], None, &[]);
-    assert!(f.run(42, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap_err().contains("unknown"));
+    assert_eq!(
+        f.run(42, &[(&a.base_name(), true)], KeepRules::default(), u64::MAX).unwrap_err(),
+        BatchError::UnknownCollection(42)
+    );
     assert!(f.db.is_valid(&a).unwrap());
     std::fs::remove_dir_all(f.layout.store_path.join(a.base_name())).unwrap();
     let (id, _) = f.roots.begin_collection().unwrap();
@@ -304,7 +308,7 @@ fn files_sharing_an_inode_count_once_in_the_order_deleted() {
         std::fs::hard_link(links.join("h"), f.layout.store_path.join(p.base_name())).unwrap();
     }
     let (id, _) = f.roots.begin_collection().unwrap();
-    let mut batch = Batch {
+    let mut batch = DeadBatch {
         collection: id,
         entries: [&x, &y].iter().map(|p| DeadEntry { name: p.base_name(), valid: false }).collect(),
         keep: KeepRules::default(),
