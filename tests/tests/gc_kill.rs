@@ -9,8 +9,8 @@
 //! SIGKILL and the test waits until the supervisor has started it again.
 //!
 //! Afterwards:
-//! * the interrupted `guix gc` has ended (it may fail, but with a message; `timeout` ends it
-//!   after [`GC_DEADLINE`]);
+//! * the interrupted `guix gc` has succeeded (the kill does not reach the client; `timeout`
+//!   ends it after [`GC_DEADLINE`]);
 //! * the supervisor restarted the component (`ctl status`: new pid, one restart more);
 //! * from the host, before anything could repair it: `PRAGMA integrity_check` is ok, no row is
 //!   half-registered, every valid path has its files with the recorded NAR hash and size, and
@@ -172,11 +172,9 @@ fn kill_during_deletion(component: &str) {
         after,
         text(&interrupted).lines().filter(|l| !l.contains("deleting '")).collect::<Vec<_>>().join("\n")
     );
-    assert!(
-        interrupted.status.success() || !interrupted.stderr.is_empty(),
-        "guix gc failed without a message: {}",
-        text(&interrupted)
-    );
+    // Neither kill reaches the client: socket-front sends the job again to a new gc, and a gc
+    // whose store-db restarted begins a new collection.
+    assert!(interrupted.status.success(), "the interrupted guix gc failed: {}", text(&interrupted));
     let restarts = ctl_status(&s).get(component).map_or(0, |c| c.1);
     assert!(restarts > restarts_before, "{component}: restarts {restarts_before} → {restarts}");
 
