@@ -93,11 +93,8 @@ pub enum BuildEvent {
     Alive,
 }
 
-/// How often the builder sends [`BuildEvent::Alive`].
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
-/// How long socket-front waits for any event of a running `Build` before it takes the builder
-/// for hung.
-pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The heartbeat of [`BuildEvent::Alive`] and the caller's idle limit, as on every job link.
+pub use crate::job::{HEARTBEAT, IDLE_LIMIT};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BuildReply {

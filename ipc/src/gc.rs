@@ -73,11 +73,8 @@ pub enum GcEvent {
     Skipped(u64),
 }
 
-/// How often the gc sends [`GcEvent::Alive`].
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
-/// How long socket-front waits for any event of a running request before it takes the gc for
-/// hung, cancels the call and sends it again.
-pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The heartbeat of [`GcEvent::Alive`] and the caller's idle limit, as on every job link.
+pub use crate::job::{HEARTBEAT, IDLE_LIMIT};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GcReply {

@@ -34,6 +34,13 @@ use crate::client::{Client, ClientError};
 use crate::error::LinkRequest;
 use crate::server::Call;
 
+/// How often a server of a job link (builder, gc, substituter) sends its `Alive` event while
+/// a job runs, so that a silent job can be told from a hung server.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long the caller of a job link waits for any event of a running job before it takes the
+/// server for hung, cancels the call and sends it again (four heartbeats).
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
 /// The name of a job, unique across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub String);

@@ -110,11 +110,8 @@ pub enum SubstituteEvent {
     Alive,
 }
 
-/// How often the substituter sends [`SubstituteEvent::Alive`].
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
-/// How long a caller waits for any event of a running `Substitute` before it takes the
-/// substituter for hung, cancels the call and sends it again.
-pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The heartbeat of [`SubstituteEvent::Alive`] and the caller's idle limit, as on every job link.
+pub use crate::job::{HEARTBEAT, IDLE_LIMIT};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SubstituterReply {
