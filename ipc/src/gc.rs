@@ -2,7 +2,7 @@
 //!
 //! A client's CollectGarbage becomes one [`GcRequest::Collect`], its OptimiseStore one
 //! [`GcRequest::Optimise`]. The gc streams the lines the C++ daemon prints while it works
-//! ("finding garbage collector roots...", "[SIZE] deleting '…'", …) as [`GcEvent::Message`]s,
+//! ("finding garbage collector roots...", `[SIZE] deleting '…'`, …) as [`GcEvent::Message`]s,
 //! then answers a [`GcReply`].
 //!
 //! # Jobs and restarts

@@ -251,7 +251,7 @@ pub struct Deleted {
     /// What the C++ collector counts for it when it deletes it (`bytesInvalidated` for a
     /// directory: its NAR size if it was valid, else 0; `bytesFreed` for anything else: its
     /// size if it has at most `link_threshold` links once the batch's earlier entries are
-    /// gone), for "[SIZE] deleting" and `max_freed`.
+    /// gone), for `[SIZE] deleting` and `max_freed`.
     pub accounted: u64,
     /// Whether it was a directory (its bytes freed are counted when the trash is emptied).
     pub is_dir: bool,
