@@ -228,6 +228,10 @@ pub async fn run(session: &Session, paths: usize) -> Res<Vec<Res<f64>>> {
         add.idle.len(),
         add.during.len()
     );
+    // Where our collection's time went (its own summary lines in the daemon log).
+    for line in session.daemon_log().lines().filter(|l| l.starts_with("guix-gc: ")) {
+        eprintln!("guix-bench: gc: daemon log: {line}");
+    }
     let time = if deleted >= dead {
         Ok(took)
     } else {
