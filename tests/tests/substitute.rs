@@ -399,3 +399,140 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
     assert_eq!(out.trim(), "#t", "the control item");
     assert_eq!(nar_of(&ours.host_path(a).unwrap()), nar("a"));
 }
+
+/// Two derivations with busybox builders (`builds/prelude.scm` style): `dep` writes a random
+/// uuid, `top` refers to `dep`'s output and adds another uuid, so an output that was built
+/// again differs from the one substituted. Printed: `dep DRV OUT` and `top DRV OUT`; with
+/// `build` true the derivations are built too.
+fn derivations_script(build: bool) -> String {
+    format!(
+        r#"(use-modules (guix store) (guix derivations) (ice-9 format))
+(define bb-src "/tmp/subst-busybox")
+(system* "rm" "-rf" bb-src)
+(mkdir bb-src)
+(mkdir (string-append bb-src "/bin"))
+(copy-file "/bin/busybox" (string-append bb-src "/bin/busybox"))
+(chmod (string-append bb-src "/bin/busybox") #o555)
+(with-store s
+  (let* ((bbdir (add-to-store s "busybox-static" #t "sha256" bb-src))
+         (bb (string-append bbdir "/bin/busybox"))
+         (mk (lambda (name script inputs env)
+               (derivation s name bb (list "sh" "-c" (string-append "B=" bb "\n" script))
+                           #:sources (list bbdir) #:inputs (map derivation-input inputs)
+                           #:env-vars env)))
+         (dep (mk "subst-drv-dep" "echo building dep; $B cat /proc/sys/kernel/random/uuid > $out" '() '()))
+         (dep-out (derivation->output-path dep))
+         (top (mk "subst-drv-top"
+                  "echo building top; echo \"top of $in\" > $out; $B cat /proc/sys/kernel/random/uuid >> $out"
+                  (list dep) `(("in" . ,dep-out)))))
+    (when {build}
+      (build-derivations s (list top)))
+    (format #t "dep ~a ~a~%" (derivation-file-name dep) dep-out)
+    (format #t "top ~a ~a~%" (derivation-file-name top) (derivation->output-path top))))
+"#,
+        build = if build { "#t" } else { "#f" }
+    )
+}
+
+/// `name → (drv, out)` from [`derivations_script`]'s output.
+fn drv_paths(out: &str) -> BTreeMap<String, (String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), (w.next()?.to_owned(), w.next()?.to_owned())))
+        })
+        .collect()
+}
+
+/// The derivations built by the C++ daemon of `src` (which `guix publish` then serves).
+fn built_derivations(src: &Source) -> BTreeMap<String, (String, String)> {
+    let d = drv_paths(&src.session.repl_ok(&derivations_script(true)).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(d.len(), 2, "{d:?}");
+    d
+}
+
+/// The same derivations defined (not built) in `s`; their paths must be the source's.
+fn define_derivations(s: &Session, expected: &BTreeMap<String, (String, String)>) {
+    let d = drv_paths(&s.repl_ok(&derivations_script(false)).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(&d, expected, "the derivations differ between the stores");
+}
+
+#[test]
+fn derivation_outputs_are_substituted_instead_of_built() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let drvs = built_derivations(&src);
+    let port = src.publish(&["gzip"]);
+    let urls = format!("http://127.0.0.1:{port}");
+    let (cxx, ours) = (cxx_with(&rig, &urls), ours_with(&rig, &urls));
+    define_derivations(&cxx, &drvs);
+    define_derivations(&ours, &drvs);
+    let (top_drv, top_out) = &drvs["top"];
+    let (_, dep_out) = &drvs["dep"];
+    // What would be downloaded, then the build itself: the same through both daemons.
+    for args in [vec!["build", "--dry-run", top_drv.as_str()], vec!["build", top_drv.as_str()]] {
+        let c = cxx.exec_guix(&args).unwrap();
+        let o = ours.exec_guix(&args).unwrap();
+        assert!(o.status.success(), "guix {args:?} through ours: {}\n{}", transcript(&o), ours.daemon_log());
+        assert_eq!(transcript(&o), transcript(&c), "guix {args:?}: ours differs from C++");
+    }
+    // Substituted, not built: the outputs are the source's (a build writes new uuids).
+    for p in [top_out, dep_out] {
+        let (a, b) = (src.session.host_path(p).unwrap(), ours.host_path(p).unwrap());
+        assert_eq!(nar_of(&a), nar_of(&b), "{p} was built, not substituted");
+    }
+    assert_eq!(infos(&ours, &[top_out, dep_out]), infos(&src.session, &[top_out, dep_out]));
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+}
+
+#[test]
+fn a_failed_substitute_fails_the_build_unless_fallback() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let drvs = built_derivations(&src);
+    let port = src.publish(&["gzip"]);
+    let (top_drv, top_out) = drvs["top"].clone();
+    let (_, dep_out) = drvs["dep"].clone();
+    // A stand-in server: `guix publish`'s signed narinfos, dep's nar as it is, top's with one
+    // byte of its uuid changed.
+    let mut files = BTreeMap::new();
+    for (p, corrupt) in [(&dep_out, false), (&top_out, true)] {
+        let h = hash_part(p).to_owned();
+        let (status, body) = http_get(port, &format!("/{h}.narinfo")).unwrap();
+        assert_eq!(status, 200, "{p}");
+        let signed = String::from_utf8(body).unwrap();
+        let mut nar = nar_of(&src.session.host_path(p).unwrap());
+        if corrupt {
+            let at = nar.len() - 30;
+            nar[at] = if nar[at] == b'0' { b'1' } else { b'0' };
+        }
+        files.insert(format!("/{h}.narinfo"), narinfo_with_nar(&signed, &format!("nar/{h}")).into_bytes());
+        files.insert(format!("/nar/{h}"), nar);
+    }
+    let bad = format!("http://127.0.0.1:{}", serve(files));
+    let (cxx, ours) = (cxx_with(&rig, &bad), ours_with(&rig, &bad));
+    define_derivations(&cxx, &drvs);
+    define_derivations(&ours, &drvs);
+    let c = cxx.exec_guix(&["build", &top_drv]).unwrap();
+    let o = ours.exec_guix(&["build", &top_drv]).unwrap();
+    let error = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("error:")).collect::<Vec<_>>().join("\n")
+    };
+    assert!(!c.status.success() && !o.status.success(), "C++: {}\nours: {}", transcript(&c), transcript(&o));
+    assert_eq!(o.status.code(), c.status.code());
+    assert_eq!(error(&o), error(&c), "ours: {}", transcript(&o));
+    assert!(error(&o).contains("try `--fallback' to build derivation from source"), "{}", transcript(&o));
+    // Nothing of top's output registered or left; dep's (a good substitute) is valid.
+    let shown = infos(&ours, &[&top_out, &dep_out]);
+    assert!(shown.contains(&format!("{top_out} #f")), "{shown}");
+    assert!(!shown.contains(&format!("{dep_out} #f")), "{shown}");
+    assert!(!ours.store_dir_on_host().join(&top_out["/gnu/store/".len()..]).exists(), "something at {top_out}");
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+    // With --fallback, top is built instead: a new uuid, not the source's.
+    let o = ours.exec_guix(&["build", "--fallback", &top_drv]).unwrap();
+    assert!(o.status.success(), "{}\n{}", transcript(&o), ours.daemon_log());
+    let (a, b) = (src.session.host_path(&top_out).unwrap(), ours.host_path(&top_out).unwrap());
+    assert_ne!(nar_of(&a), nar_of(&b), "with --fallback, {top_out} must have been built");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("building top") || transcript(&o).contains("building path"));
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+}
