@@ -143,11 +143,7 @@ mod tests {
         let req = SubstituterRequest::Substitute {
             job: JobId("j".into()),
             paths: vec![p.clone()],
-            options: SubstituteOptions {
-                urls: vec!["http://x".into()],
-                print_build_trace: true,
-                daemon_traces: true,
-            },
+            options: SubstituteOptions { urls: vec!["http://x".into()], print_build_trace: true, daemon_traces: true },
         };
         let bytes = postcard::to_stdvec(&req).unwrap();
         assert_eq!(postcard::from_bytes::<SubstituterRequest>(&bytes).unwrap(), req);
