@@ -6,12 +6,19 @@
 //! each path prints is held back until the paths before it in that order are done:
 //! the client sees the same lines in the same order as with one slot, only sooner.
 //!
+//! What is held back stays small, so that releasing it cannot overflow the callers' event
+//! buffers (a client that misses a `@ download-started` line fails): a path starts only
+//! within [`WINDOW`] of the path being shown, and of the `@ download-progress` lines of a
+//! path held back only the last is kept.
+//!
 //! The order ([`serial_order`]) is the one a single slot given first come first served
 //! yields: the paths whose references are valid, in goal-key order; each path done makes
 //! the paths waiting only on it ready, after those already waiting.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+
+use tokio::sync::watch;
 
 use guix_formats::StorePath;
 use guix_ipc::job::JobContext;
@@ -45,11 +52,16 @@ pub fn serial_order<'a>(todo: &[&'a StorePath], refs: impl Fn(&StorePath) -> Vec
     out
 }
 
+/// How far past the path being shown a path may start.
+pub const WINDOW: usize = 2 * crate::substitute::PARALLEL_DOWNLOADS;
+
 /// Passes each path's events on in [`serial_order`], holding back those of later paths.
 pub struct Sequencer<'a> {
     ctx: &'a JobContext<SubstituteEvent>,
     rank: HashMap<StorePath, usize>,
     state: Mutex<State>,
+    /// The rank being shown.
+    live: watch::Sender<usize>,
 }
 
 struct State {
@@ -63,7 +75,8 @@ impl<'a> Sequencer<'a> {
     pub fn new(ctx: &'a JobContext<SubstituteEvent>, order: &[&StorePath]) -> Sequencer<'a> {
         let rank = order.iter().enumerate().map(|(i, p)| ((*p).clone(), i)).collect();
         let n = order.len();
-        Sequencer { ctx, rank, state: Mutex::new(State { live: 0, held: vec![Vec::new(); n], done: vec![false; n] }) }
+        let state = Mutex::new(State { live: 0, held: vec![Vec::new(); n], done: vec![false; n] });
+        Sequencer { ctx, rank, state, live: watch::channel(0).0 }
     }
 
     /// Where `path` emits its events.
@@ -74,7 +87,13 @@ impl<'a> Sequencer<'a> {
     fn emit(&self, rank: Option<usize>, e: SubstituteEvent) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match rank {
-            Some(r) if r != s.live && r < s.held.len() => s.held[r].push(e),
+            Some(r) if r != s.live && r < s.held.len() => {
+                let held = &mut s.held[r];
+                if is_progress(&e) && held.last().is_some_and(is_progress) {
+                    held.pop();
+                }
+                held.push(e)
+            }
             _ => self.ctx.emit(e),
         }
     }
@@ -96,7 +115,12 @@ impl<'a> Sequencer<'a> {
                 }
             }
         }
+        self.live.send_replace(s.live);
     }
+}
+
+fn is_progress(e: &SubstituteEvent) -> bool {
+    matches!(e, SubstituteEvent::Output(b) if b.starts_with(b"@ download-progress "))
 }
 
 /// One path's events; dropped, the path is done and the next one's events flow.
@@ -108,6 +132,13 @@ pub struct PathOut<'a> {
 impl PathOut<'_> {
     pub fn emit(&self, e: SubstituteEvent) {
         self.seq.emit(self.rank, e)
+    }
+
+    /// Waits until this path is within [`WINDOW`] of the path being shown.
+    pub async fn wait_for_window(&self) {
+        let Some(r) = self.rank else { return };
+        let mut live = self.seq.live.subscribe();
+        let _ = live.wait_for(|l| r < l + WINDOW).await;
     }
 }
 

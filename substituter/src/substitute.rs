@@ -349,6 +349,8 @@ impl Substituter {
                 self.store.display(path)
             ));
         }
+        // Not too far ahead of what the client is shown (`sequence`).
+        ctx.wait_for_window().await;
         // One substitution of a path at a time, over all jobs: a second waits for the first,
         // then finds the path valid.
         let gate = self.gate(path);
