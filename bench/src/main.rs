@@ -12,6 +12,7 @@ mod gc;
 mod procmem;
 mod qpi;
 mod scenarios;
+mod subst;
 mod tree;
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ struct Args {
 
 const USAGE: &str = "usage: guix-bench [--scenario NAME]... [--quick] [--reps N] [--ours PATH]
   --scenario NAME  run only NAME (repeatable): connect, add-text, query-path-info, idle-memory,
-                   add-tree, build-derivations, trivial-builds, gc
+                   add-tree, build-derivations, trivial-builds, gc, substitute
   --quick          smaller counts and shorter runs (a smoke test, not a measurement)
   --reps N         repetitions per measurement (default 5, 3 with --quick); the median is shown
   --ours PATH      our daemon binary (default: guix-daemon-rs next to this executable)
@@ -264,6 +265,13 @@ fn main() -> ExitCode {
                     cxx: c.clone(),
                     ours: o.clone(),
                 });
+            }
+            continue;
+        }
+        if scenario == Scenario::Substitute {
+            let rows = subst::measure(&rig, &ours, args.only.as_deref(), params.reps, args.quick);
+            for (f, (c, o)) in figures.into_iter().zip(rows) {
+                print_row(&Row { label: f.label, unit: f.unit, higher_is_better: f.higher_is_better, cxx: c, ours: o });
             }
             continue;
         }

@@ -36,10 +36,13 @@ pub enum Scenario {
     /// A collection of a store of small paths, half dead, and the latencies other clients see
     /// meanwhile (see [`crate::gc`]).
     Gc,
+    /// Substitution from one server: a closure of small paths (ratio to the C++ daemon), one
+    /// big zstd path (ratio to `curl | zstd -d`) (see [`crate::subst`]).
+    Substitute,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Connect,
         Scenario::AddText,
         Scenario::QueryPathInfo,
@@ -48,6 +51,7 @@ impl Scenario {
         Scenario::BuildDerivations,
         Scenario::TrivialBuilds,
         Scenario::Gc,
+        Scenario::Substitute,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Scenario {
             Scenario::BuildDerivations => "build-derivations",
             Scenario::TrivialBuilds => "trivial-builds",
             Scenario::Gc => "gc",
+            Scenario::Substitute => "substitute",
         }
     }
 
@@ -123,6 +128,17 @@ impl Scenario {
                 higher_is_better: false,
             }],
             Scenario::Gc => crate::gc::figures(p.gc_paths),
+            Scenario::Substitute => {
+                let (paths, mib) = if p.quick {
+                    (crate::subst::QUICK_PATHS, crate::subst::QUICK_BIG_MIB)
+                } else {
+                    (crate::subst::PATHS, crate::subst::BIG_MIB)
+                };
+                crate::subst::labels(paths, mib)
+                    .into_iter()
+                    .map(|label| Figure { label, unit: "s", higher_is_better: false })
+                    .collect()
+            }
             Scenario::BuildDerivations => vec![
                 Figure {
                     label: format!("guix build -d --no-grafts {}", p.package),
@@ -181,6 +197,8 @@ pub struct Params {
     pub builds: usize,
     /// The store size of [`Scenario::Gc`] (`--paths`).
     pub gc_paths: usize,
+    /// `--quick` (the sizes of [`Scenario::Substitute`]).
+    pub quick: bool,
 }
 
 impl Params {
@@ -196,6 +214,7 @@ impl Params {
                 package: crate::build::QUICK_PACKAGE,
                 builds: crate::builds::QUICK_BUILDS,
                 gc_paths: crate::gc::QUICK_PATHS,
+                quick: true,
             }
         } else {
             Params {
@@ -208,6 +227,7 @@ impl Params {
                 package: crate::build::PACKAGE,
                 builds: crate::builds::BUILDS,
                 gc_paths: crate::gc::PATHS,
+                quick: false,
             }
         }
     }
@@ -292,7 +312,7 @@ pub async fn run(scenario: Scenario, session: &Session, p: &Params, tree: Option
                 let tree = tree.ok_or("the tree was not created")?;
                 add_tree(socket, session, tree, rep).await?.into_iter().map(Ok).collect()
             }
-            Scenario::BuildDerivations | Scenario::TrivialBuilds | Scenario::Gc => {
+            Scenario::BuildDerivations | Scenario::TrivialBuilds | Scenario::Gc | Scenario::Substitute => {
                 return Err("measured by alternating sessions, not in one session".into())
             }
         };

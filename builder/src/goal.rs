@@ -28,10 +28,13 @@ use crate::outputs::{self, OutputsSpec, ProcessedOutputs};
 use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome};
 use crate::slots::{Preparing, SlotKey};
+use crate::substitute::Tally;
+use guix_ipc::substituter::Outcome as SubstOutcome;
 
-/// C++ `lvlError`, `lvlInfo`.
+/// C++ `lvlError`, `lvlInfo`, `lvlDebug`.
 const LVL_ERROR: u32 = 0;
 const LVL_INFO: u32 = 1;
+const LVL_DEBUG: u32 = 4;
 
 /// Builds `drv` (its outputs that are not valid) for the requests waiting on its goal; `job`
 /// is the request that started the goal (its settings) and the sink of its events.
@@ -133,6 +136,21 @@ async fn build(
         }
     }
 
+    // Substitutes before building (C++ `haveDerivation`, `outputsSubstituted`).
+    let substituting = mode == BuildMode::Normal && substitutes_allowed(&drv);
+    let mut retry_substitution = false;
+    if substituting {
+        match substitute_outputs(b, job, drv_path, &missing, step).await {
+            Ok(Substituted::All) => return Ok(()),
+            Ok(Substituted::IncompleteClosure) => retry_substitution = true,
+            Ok(Substituted::Some) => {}
+            Err(e) => {
+                take_turn(job, key, step).await;
+                return Err(e);
+            }
+        }
+    }
+
     // Inputs first: every input derivation's used outputs, and the input sources.
     let prep = step.take().unwrap_or_else(|| job.slots.preparing());
     let inputs = match realise_inputs(b, job, drv_path, &drv, prep).await {
@@ -145,6 +163,19 @@ async fn build(
             return Err(e);
         }
     };
+    // A reference of an output had no substitute: with the inputs there now, once more
+    // (C++ `retrySubstitution`).
+    if retry_substitution {
+        let missing = missing_outputs(b, &outputs).await?;
+        match substitute_outputs(b, job, drv_path, &missing, step).await {
+            Ok(Substituted::All) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                take_turn(job, key, step).await;
+                return Err(e);
+            }
+        }
+    }
     let extra_files = match references_graphs(b, &drv).await {
         Ok(f) => f,
         Err(e) => {
@@ -412,6 +443,58 @@ fn keep_failed_outputs(b: &Arc<Builder>, layout: &sandbox::BuildLayout, outputs:
     }
 }
 
+/// How substituting a goal's missing outputs ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Substituted {
+    /// Every output is valid: nothing to build.
+    All,
+    /// Some output has no substitute (or one of its references has none): build.
+    Some,
+    /// A reference of an output had no substitute: build the inputs, then try again.
+    IncompleteClosure,
+}
+
+/// C++ `substitutesAllowed`: unless the derivation says `allowSubstitutes` other than "1".
+fn substitutes_allowed(drv: &Derivation) -> bool {
+    drv.env_var("allowSubstitutes").is_none_or(|v| v == b"1")
+}
+
+/// Substitutes the missing outputs (C++ `haveDerivation`'s substitution goals, then
+/// `outputsSubstituted`): a failure other than "no substitute" is the request's error
+/// unless `--fallback`. The goal's preparing guard is let go meanwhile (a download is no
+/// short step) and taken again after.
+async fn substitute_outputs(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    drv_path: &StorePath,
+    missing: &BTreeMap<String, StorePath>,
+    step: &mut Option<Preparing>,
+) -> Result<Substituted> {
+    if job.settings.substitute.urls.is_empty() || missing.is_empty() {
+        return Ok(Substituted::Some);
+    }
+    drop(step.take());
+    let outcomes = crate::substitute::substitute(b, job, missing.values().cloned().collect()).await;
+    *step = Some(job.slots.preparing());
+    let tally = Tally::of(&outcomes?);
+    if tally.some_failed() && !job.settings.fallback {
+        return Err(Error::build(
+            FailureKind::Misc,
+            format!(
+                "some substitutes for the outputs of derivation `{}' failed (usually happens due to networking issues); try `--fallback' to build derivation from source ",
+                b.store.display(drv_path)
+            ),
+        ));
+    }
+    if missing_outputs(b, missing).await?.is_empty() {
+        Ok(Substituted::All)
+    } else if tally.incomplete > 0 {
+        Ok(Substituted::IncompleteClosure)
+    } else {
+        Ok(Substituted::Some)
+    }
+}
+
 /// Reads and parses the `.drv` file.
 async fn load(b: &Arc<Builder>, drv_path: &StorePath) -> Result<Derivation> {
     let file = b.config.paths.store_dir.join(drv_path.base_name());
@@ -467,14 +550,19 @@ async fn realise_inputs(
         let wanted: Vec<String> = outs.iter().map(|o| o.as_str().to_owned()).collect();
         tasks.push(b.realise(job, input.clone(), wanted));
     }
+    let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
+    let invalid =
+        b.read(move |r| Ok(srcs.into_iter().filter(|p| !r.is_valid(p).unwrap_or(false)).collect::<Vec<_>>())).await?;
     // With inputs to wait for, each holds its own guard from here (taken when its future was
-    // made) and ours goes while we wait; without, we go on preparing.
-    let (results, prep) = if tasks.is_empty() {
-        (Vec::new(), prep)
+    // made) and ours goes while we wait; without, we go on preparing. Missing sources are
+    // substituted meanwhile.
+    let (results, substituted, prep) = if tasks.is_empty() && invalid.is_empty() {
+        (Vec::new(), Vec::new(), prep)
     } else {
         drop(prep);
-        let results = futures_join_all(tasks).await;
-        (results, job.slots.preparing())
+        let (results, substituted) =
+            tokio::join!(futures_join_all(tasks), crate::substitute::substitute(b, job, invalid));
+        (results, substituted?, job.slots.preparing())
     };
     // An input's error that is no build failure escapes the worker in C++: pass it on.
     if let Some(message) = results.iter().find_map(|o| match o {
@@ -484,15 +572,17 @@ async fn realise_inputs(
         return Err(Error::build(FailureKind::Misc, message));
     }
     let mut failed = results.iter().filter(|o| matches!(o, Outcome::Failed { .. })).count();
-    // Input sources must be valid: there is no substituter to fetch them.
-    let srcs: Vec<StorePath> = drv.input_srcs.iter().cloned().collect();
-    let invalid =
-        b.read(move |r| Ok(srcs.into_iter().filter(|p| !r.is_valid(p).unwrap_or(false)).collect::<Vec<_>>())).await?;
-    for p in &invalid {
-        job.message(
-            LVL_ERROR,
-            format!("path `{}' is required, but there is no substituter that can build it", b.store.display(p)),
-        );
+    // Input sources that are not valid: C++ substitution goals, which count as failed
+    // dependencies when they do not make them valid.
+    for (p, o) in &substituted {
+        match o {
+            SubstOutcome::Valid => continue,
+            SubstOutcome::NoSubstitute => job.message(
+                LVL_DEBUG,
+                format!("path `{}' is required, but there is no substituter that can build it", b.store.display(p)),
+            ),
+            _ => {}
+        }
         failed += 1;
     }
     if failed > 0 {

@@ -14,6 +14,8 @@
 //! - [`goal`] — one derivation's build, from loading it to registering its outputs.
 //! - [`schedule`] — goals shared by every request (one build per output), input derivations
 //!   first, build slots (`--max-jobs`), cancellation when no request wants a goal any more.
+//! - [`substitute`] — the `substituter` link: substituting a goal's outputs and missing input
+//!   sources before it builds.
 //! - [`slots`] — build slots, given to ready builds in the C++ Worker's order.
 //! - [`server`] — the `builder` link: jobs, events, replies.
 //! - [`service`] — the process: startup clean-up, the serving loop.
@@ -27,6 +29,7 @@ pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod slots;
+pub mod substitute;
 pub mod users;
 
 pub use error::{Error, FailureKind, Result};

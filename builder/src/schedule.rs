@@ -25,6 +25,7 @@ use guix_ipc::builder::{BuildEvent, BuildMode, BuildOptions, BuildReply, BuildTa
 use guix_ipc::config::DaemonConfig;
 use guix_ipc::job::JobContext;
 use guix_ipc::store_db::ConnId;
+use guix_ipc::substituter::{SubstituteOptions, SUBSTITUTER_LINK};
 use guix_store::scratch::Scratch;
 use guix_store::storedb::StoreDb;
 use guix_store::DbReader;
@@ -72,6 +73,10 @@ pub struct JobSettings {
     pub keep_going: bool,
     pub print_build_trace: bool,
     pub client_uid: Option<u32>,
+    /// How to ask the substituter (`urls` empty: substitutes off).
+    pub substitute: SubstituteOptions,
+    /// `--fallback` (`build-fallback`): build when substituting an output failed.
+    pub fallback: bool,
     /// Every setting as `key=value` for `_NIX_OPTIONS` (built-in builders).
     pub options: BTreeMap<String, String>,
 }
@@ -96,6 +101,8 @@ impl JobSettings {
             keep_going: o.keep_going,
             print_build_trace: o.print_build_trace,
             client_uid: o.client_uid,
+            substitute: o.substitute.clone(),
+            fallback: boolean("build-fallback", false),
             options: o.settings.clone(),
         }
     }
@@ -166,6 +173,8 @@ pub struct Builder {
     /// with that, as in C++), or none.
     pub users: Option<std::result::Result<Arc<UserPool>, String>>,
     pub scratch: Scratch,
+    /// The link to the substituter (`crate::substitute`).
+    pub substituter: crate::substitute::SubstituterLink,
     readers: Mutex<Vec<DbReader>>,
     goals: Mutex<HashMap<(StorePath, BuildModeKey), Weak<Goal>>>,
     next_conn: AtomicU64,
@@ -199,7 +208,15 @@ impl Builder {
     ) -> Builder {
         let storedb = StoreDb::new(&config, HOLDER);
         let scratch = Scratch::new(&config.paths.store_dir);
+        let client = guix_ipc::component::connect_link(
+            &config,
+            SUBSTITUTER_LINK,
+            HOLDER,
+            std::time::Duration::from_secs(365 * 24 * 3600),
+        );
+        let substituter = crate::substitute::SubstituterLink::new(client);
         Builder {
+            substituter,
             config,
             store,
             storedb,

@@ -1,5 +1,9 @@
 //! The `builder` link: socket-front → builder.
 //!
+//! Version 2 added what the builder needs to substitute a derivation's outputs and missing
+//! input sources before building ([`BuildOptions::substitute`], `build-fallback` in
+//! [`BuildOptions::settings`]) and [`BuildEvent::Output`].
+//!
 //! A client's BuildPaths or EnsurePath of a derivation becomes one [`BuilderRequest::Build`].
 //! The builder realises every wanted output (input derivations first, one build per output
 //! across all requests) and streams [`BuildEvent`]s while it works: the builder's output bytes,
@@ -30,9 +34,10 @@ use guix_formats::StorePath;
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobId;
+use crate::substituter::SubstituteOptions;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const BUILDER_LINK: LinkSpec = LinkSpec { name: "builder", version: 1 };
+pub const BUILDER_LINK: LinkSpec = LinkSpec { name: "builder", version: 2 };
 
 /// How to build (the wire's `BuildMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +70,10 @@ pub struct BuildOptions {
     pub print_build_trace: bool,
     /// The client's uid when known (a `--keep-failed` build directory is given to it).
     pub client_uid: Option<u32>,
+    /// How the builder asks the substituter for a derivation's outputs and missing input
+    /// sources, resolved by socket-front as for its own substitutions (`urls` empty:
+    /// substitutes off, nothing is asked).
+    pub substitute: SubstituteOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +90,10 @@ pub enum BuildEvent {
     /// (`@ build-log PID LEN` when the client asked for multiplexed output). socket-front shows
     /// them when the client's verbosity is at least its build verbosity.
     Log { pid: u32, bytes: Vec<u8> },
+    /// What the substituter printed for a substitution the builder asked for (`guix
+    /// substitute`'s standard error in C++, `SubstitutionGoal::handleChildOutput`): shown as
+    /// it is when the verbosity is at least the build verbosity, never with `@ build-log`.
+    Output(Vec<u8>),
     /// A line the C++ daemon prints with `printMsg(level, …)` (0 = error: always shown, 1 =
     /// info, 2 = talkative, …), without its newline. Build traces are level 0.
     Message { level: u32, text: String },

@@ -1,4 +1,8 @@
-//! The `substituter` link: socket-front → substituter (later also builder → substituter).
+//! The `substituter` link: socket-front and the builder → substituter.
+//!
+//! Version 2 dropped `max_jobs` from [`SubstituteOptions`]: substitutions are not bounded by
+//! `build-max-jobs` any more but by the substituter's own limit of parallel downloads, their
+//! events shown in the order one build slot would have run them.
 //!
 //! The C++ daemon hands substitution to the Guile helper `guix substitute`, in two roles: a
 //! `--query` agent answering `have PATHS` and `info PATHS`, and a `--substitute` agent
@@ -20,8 +24,6 @@
 //!   `untrusted-print-extended-build-trace`) > 0: progress as `@ download-*` trace lines;
 //! - `daemon_traces`: the client's print-build-trace field: the daemon's own
 //!   `@ substituter-*` lines;
-//! - `max_jobs`: `build-max-jobs` (the client's override, else the daemon's): how many nars
-//!   one request downloads at once.
 //!
 //! Trust is the daemon's, never the client's: narinfos must be signed by a key of
 //! `<conf>/acl`, unless the daemon's environment has `GUIX_ALLOW_UNAUTHENTICATED_SUBSTITUTES`
@@ -40,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::JobId;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const SUBSTITUTER_LINK: LinkSpec = LinkSpec { name: "substituter", version: 1 };
+pub const SUBSTITUTER_LINK: LinkSpec = LinkSpec { name: "substituter", version: 2 };
 
 /// What a request takes from the client's settings (module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -53,9 +55,6 @@ pub struct SubstituteOptions {
     /// The print-build-trace field of SetOptions: the `@ substituter-started/succeeded/failed`
     /// (and `@ hash-mismatch`) lines the C++ daemon prints.
     pub daemon_traces: bool,
-    /// `build-max-jobs`: a substitution takes one of the request's build slots, as in C++
-    /// (with 0, one slot: substitutions are never offloaded).
-    pub max_jobs: u32,
 }
 
 /// What a substitute server says about a path (`guix substitute --query`'s `info` answer).
@@ -144,12 +143,7 @@ mod tests {
         let req = SubstituterRequest::Substitute {
             job: JobId("j".into()),
             paths: vec![p.clone()],
-            options: SubstituteOptions {
-                urls: vec!["http://x".into()],
-                print_build_trace: true,
-                daemon_traces: true,
-                max_jobs: 1,
-            },
+            options: SubstituteOptions { urls: vec!["http://x".into()], print_build_trace: true, daemon_traces: true },
         };
         let bytes = postcard::to_stdvec(&req).unwrap();
         assert_eq!(postcard::from_bytes::<SubstituterRequest>(&bytes).unwrap(), req);

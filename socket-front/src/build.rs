@@ -19,6 +19,8 @@
 //!   (`@ build-started …`) are level 0: always written (the builder emits them only with
 //!   `print-build-trace`). The `|   ` nesting prefixes C++ adds at verbosity ≥ 4 (debug) inside
 //!   `buildPaths`' and `Worker::run`'s nests are not reproduced.
+//! * Substituter output ([`BuildEvent::Output`], for the substitutions the builder runs before
+//!   building): as socket-front shows its own substitutions' (`crate::substitute`).
 //! * Events dropped because the client read too slowly ([`BuildEvent::Skipped`], which C++
 //!   never does): a `note:` line, always written. [`BuildEvent::Alive`]: nothing.
 //! * The end: success is `STDERR_LAST` and int 1; a failed build ([`BuildReply::Failed`]) is
@@ -284,6 +286,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             keep_failed: self.settings.keep_failed,
             print_build_trace: self.settings.print_build_trace,
             client_uid: self.peer.uid,
+            substitute: self.substitute_options(),
         };
         let job = shared.builder.new_job(self.id);
         let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
@@ -403,6 +406,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 };
                 self.send(&StderrMsg::Next(chunk)).await
             }
+            BuildEvent::Output(bytes) => self.show_substitute_output(bytes).await,
             BuildEvent::Message { level, text } if level <= self.settings.verbosity => self.log(&text).await,
             BuildEvent::Message { .. } | BuildEvent::Alive => Ok(()),
             BuildEvent::Skipped(n) => self.log(&skipped_note(n)).await,

@@ -110,16 +110,10 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             .or_else(|| self.settings.get("print-extended-build-trace"))
             .and_then(|v| v.trim().parse::<i64>().ok())
             .is_some_and(|n| n > 0);
-        let max_jobs = self
-            .settings
-            .get("build-max-jobs")
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(self.shared.config.max_build_jobs);
         SubstituteOptions {
             urls: self.settings.substitute_urls(),
             print_build_trace: extended,
             daemon_traces: self.settings.print_build_trace,
-            max_jobs,
         }
     }
 
@@ -272,14 +266,19 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         }
     }
 
+    /// What `guix substitute` printed: written as it is when `verbosity >= buildVerbosity`
+    /// (`SubstitutionGoal::handleChildOutput`), for socket-front's substitutions and the
+    /// builder's alike.
+    pub(crate) async fn show_substitute_output(&mut self, bytes: Vec<u8>) -> Result<(), Failure> {
+        if bytes.is_empty() || self.settings.verbosity < self.settings.build_verbosity {
+            return Ok(());
+        }
+        self.send(&StderrMsg::Next(bytes)).await
+    }
+
     async fn show_substitute_event(&mut self, event: SubstituteEvent) -> Result<(), Failure> {
         match event {
-            SubstituteEvent::Output(bytes) => {
-                if bytes.is_empty() || self.settings.verbosity < self.settings.build_verbosity {
-                    return Ok(());
-                }
-                self.send(&StderrMsg::Next(bytes)).await
-            }
+            SubstituteEvent::Output(bytes) => self.show_substitute_output(bytes).await,
             SubstituteEvent::Message { level, text } if level <= self.settings.verbosity => self.log(&text).await,
             SubstituteEvent::Message { .. } | SubstituteEvent::Alive => Ok(()),
             SubstituteEvent::Skipped(n) => {

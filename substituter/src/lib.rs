@@ -5,12 +5,14 @@
 //!
 //! Modules: [`choose`] (which nar, which narinfo: Guix's orders), [`lookup`] (narinfos,
 //! trust, the cache of answers), [`fetch`] (one nar: download, decompress, unpack, check),
-//! [`substitute`] (queries and jobs: closures, references first, registration), [`server`]
+//! [`substitute`] (queries and jobs: closures, references first, registration), [`sequence`]
+//! (the order a job's events are shown in while its paths download at once), [`server`]
 //! (the link), [`service`] (the process).
 
 pub mod choose;
 pub mod fetch;
 pub mod lookup;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod substitute;

@@ -117,7 +117,7 @@ impl Lookup {
     /// (module documentation). What `guix substitute` would print on its standard error goes
     /// to `out` as it would print it: warnings, and with `progress` (its `--query` role) the
     /// "looking for substitutes on 'URL'..." line of each cache asked over the network (from
-    /// 0.0% to 100.0%; Guix also prints every step between), once per request or, with
+    /// 0.0% to 100.0% through every answer's step), once per request or, with
     /// [`Progress::PerPath`], once per path asked (as the C++ daemon's substitution goals,
     /// which query one path each, make it print).
     pub async fn lookup(
@@ -193,10 +193,12 @@ impl Lookup {
         }
         let looking = |pct: f64| format!("\x1b[Klooking for substitutes on '{cache}'... {pct:5.1}%");
         let started = looking(0.0);
-        let times = match progress {
-            Progress::Silent => 0,
-            Progress::PerRequest => 1,
-            Progress::PerPath => ask.len(),
+        // Per report, the paths it counts: Guix prints 0% when it starts, then done/total
+        // after each answer (`make-progress-reporter` of `guix substitute`).
+        let (times, steps) = match progress {
+            Progress::Silent => (0, 1),
+            Progress::PerRequest => (1, ask.len()),
+            Progress::PerPath => (ask.len(), 1),
         };
         let results: Vec<FetchResult> = stream::iter(ask)
             .map(|p| async move { self.fetch(cache, p).await })
@@ -207,7 +209,12 @@ impl Lookup {
             // `erase-current-line` is "\r" then "\x1b[K": the C++ daemon reads the first alone,
             // so the client gets them in two pieces.
             out("\r".to_owned());
-            out(format!("{started}\r{}\n", looking(100.0)));
+            let mut line = started.clone();
+            for k in 1..=steps {
+                line.push('\r');
+                line.push_str(&looking(100.0 * k as f64 / steps as f64));
+            }
+            out(format!("{line}\n"));
         }
         let mut failure = None;
         for r in results {

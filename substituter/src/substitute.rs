@@ -30,7 +30,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::future::join_all;
 use guix_formats::narinfo::NarInfo;
@@ -51,10 +51,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::choose;
 use crate::fetch::{self, FetchError, Progress};
 use crate::lookup::{Found, Lookup, Progress as LookupProgress, Trust};
+use crate::sequence::{serial_order, PathOut, Sequencer};
 
 /// The substituter's name as a temp-root holder (one of `ROOT_HOLDERS`).
 pub const HOLDER: &str = "substituter";
-/// Nars downloaded at once, over all jobs.
+/// Nars downloaded at once, over all jobs (not bounded by `build-max-jobs`: see `sequence`).
 pub const PARALLEL_DOWNLOADS: usize = 8;
 /// `guix substitute`'s connection timeout (`%fetch-timeout`).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -70,6 +71,8 @@ pub struct Substituter {
     /// `GUIX_ALLOW_UNAUTHENTICATED_SUBSTITUTES=yes` in the daemon's environment.
     allow_unauthenticated: bool,
     downloads: Semaphore,
+    /// The paths being substituted ([`Substituter::gate`]).
+    gates: Mutex<HashMap<StorePath, Weak<tokio::sync::Mutex<()>>>>,
     next_conn: AtomicU64,
 }
 
@@ -108,6 +111,7 @@ impl Substituter {
             readers: Mutex::new(Vec::new()),
             allow_unauthenticated,
             downloads: Semaphore::new(PARALLEL_DOWNLOADS),
+            gates: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -169,6 +173,18 @@ impl Substituter {
             }
         }
         SubstituterReply::Infos { infos, messages }
+    }
+
+    /// The lock of `path`'s substitution (shared while some job holds or waits for it).
+    fn gate(&self, path: &StorePath) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = gates.get(path).and_then(Weak::upgrade) {
+            return g;
+        }
+        gates.retain(|_, g| g.strong_count() > 0);
+        let g = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(path.clone(), Arc::downgrade(&g));
+        g
     }
 
     /// A fresh connection id of this holder for one job.
@@ -270,16 +286,19 @@ impl Substituter {
                 ))));
             }
         }
-        // 3. Every path, concurrently, each after its references.
-        // The request's build slots, granted first come first served: in the order above among
-        // the paths whose references are valid.
-        let slots = &Semaphore::new(options.max_jobs.max(1) as usize);
+        // 3. Every path, concurrently, each after its references, downloads bounded by the
+        // process's `PARALLEL_DOWNLOADS`; what each prints is shown in the order one build
+        // slot would run them (`sequence`).
         let cells = &cells;
-        let todo = order.iter().filter(|p| cells.get(*p).is_some_and(|c| c.borrow().is_none()));
-        let work = todo.filter_map(|p| Some((p, infos.get(p)?))).map(|(p, f)| {
+        let todo: Vec<&StorePath> =
+            order.iter().filter(|p| cells.get(*p).is_some_and(|c| c.borrow().is_none())).collect();
+        let serial = serial_order(&todo, |p| infos.get(p).map(|f| f.info.references().to_vec()).unwrap_or_default());
+        let seq = &Sequencer::new(ctx, &serial);
+        let work = todo.into_iter().filter_map(|p| Some((p, infos.get(p)?))).map(|(p, f)| {
             let me = self.clone();
             async move {
-                let outcome = me.one(ctx, conn, p, f, cells, slots, options).await;
+                let out = seq.out(p);
+                let outcome = me.one(&out, conn, p, f, cells, options).await;
                 if let Some(c) = cells.get(p) {
                     c.send_replace(Some(outcome));
                 }
@@ -299,12 +318,11 @@ impl Substituter {
     #[allow(clippy::too_many_arguments)] // the job's parts, borrowed by each of its paths
     async fn one(
         self: &Arc<Self>,
-        ctx: &JobContext<SubstituteEvent>,
+        ctx: &PathOut<'_>,
         conn: ConnId,
         path: &StorePath,
         found: &Found,
         cells: &HashMap<StorePath, watch::Sender<Option<Outcome>>>,
-        slots: &Semaphore,
         options: &SubstituteOptions,
     ) -> Outcome {
         // `referencesValid`.
@@ -331,7 +349,16 @@ impl Substituter {
                 self.store.display(path)
             ));
         }
-        let (Ok(_slot), Ok(_download)) = (slots.acquire().await, self.downloads.acquire().await) else {
+        // Not too far ahead of what the client is shown (`sequence`).
+        ctx.wait_for_window().await;
+        // One substitution of a path at a time, over all jobs: a second waits for the first,
+        // then finds the path valid.
+        let gate = self.gate(path);
+        let _gate = gate.lock().await;
+        if self.valid(vec![path.clone()]).await.is_ok_and(|v| !v.is_empty()) {
+            return Outcome::Valid;
+        }
+        let Ok(_download) = self.downloads.acquire().await else {
             return Outcome::Failed("the substituter is shutting down".into());
         };
         // Someone else may have made it valid meanwhile.
@@ -381,7 +408,7 @@ impl Substituter {
 
     async fn fetch_and_register(
         self: &Arc<Self>,
-        ctx: &JobContext<SubstituteEvent>,
+        ctx: &PathOut<'_>,
         conn: ConnId,
         path: &StorePath,
         cache_url: &str,
@@ -497,7 +524,7 @@ fn cyclic(infos: &HashMap<StorePath, Found>, valid: &HashSet<StorePath>) -> Vec<
 /// Progress as `guix substitute` prints it: trace lines (`progress-reporter/trace`) or,
 /// without `print-extended-build-trace`, the "Downloading URL..." line.
 struct Reporter<'a> {
-    ctx: &'a JobContext<SubstituteEvent>,
+    ctx: &'a PathOut<'a>,
     file: String,
     url: String,
     size: Option<u64>,

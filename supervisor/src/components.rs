@@ -32,9 +32,12 @@ impl ComponentSpec {
 /// The components, in start order (servers of links before their clients).
 pub const COMPONENTS: &[ComponentSpec] = &[
     ComponentSpec { name: "store-db", sockets: &[SocketRole::Link("store-db")] },
-    // Registers build outputs through store-db; socket-front sends it BuildPaths.
+    // Registers build outputs through store-db; socket-front sends it BuildPaths. It is also
+    // a client of the substituter (started after it: every link socket exists before any
+    // component starts, so a connection waits in the queue of the socket).
     ComponentSpec { name: "builder", sockets: &[SocketRole::Link("builder")] },
-    // Registers substitutes through store-db; socket-front sends it queries and substitutions.
+    // Registers substitutes through store-db; socket-front sends it queries and substitutions,
+    // the builder substitutions of derivation outputs and input sources.
     ComponentSpec { name: "substituter", sockets: &[SocketRole::Link("substituter")] },
     // Deletes through store-db; socket-front sends it CollectGarbage and OptimiseStore.
     ComponentSpec { name: "gc", sockets: &[SocketRole::Link("gc")] },

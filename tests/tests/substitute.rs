@@ -260,6 +260,11 @@ fn dry_run_reports_as_the_cxx_daemon_does() {
 
 /// A stand-in substitute server: fixed answers per path, 404 otherwise.
 fn serve(files: BTreeMap<String, Vec<u8>>) -> u16 {
+    serve_at(files, None)
+}
+
+/// [`serve`], sending bodies at `rate` bytes per second at most (in 64 KiB pieces).
+fn serve_at(files: BTreeMap<String, Vec<u8>>, rate: Option<usize>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let files = Arc::new(Mutex::new(files));
@@ -292,10 +297,18 @@ fn serve(files: BTreeMap<String, Vec<u8>>) -> u16 {
                         Some(b) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()),
                         None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
                     };
-                    if conn.write_all(head.as_bytes()).is_err()
-                        || conn.write_all(body.as_deref().unwrap_or(b"")).is_err()
-                    {
+                    if conn.write_all(head.as_bytes()).is_err() {
                         return;
+                    }
+                    let body = body.unwrap_or_default();
+                    let piece = 64 * 1024;
+                    for chunk in body.chunks(piece) {
+                        if conn.write_all(chunk).is_err() {
+                            return;
+                        }
+                        if let Some(rate) = rate {
+                            std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
+                        }
                     }
                 }
             });
@@ -398,4 +411,217 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
         .unwrap();
     assert_eq!(out.trim(), "#t", "the control item");
     assert_eq!(nar_of(&ours.host_path(a).unwrap()), nar("a"));
+}
+
+/// Two derivations with busybox builders (`builds/prelude.scm` style): `dep` writes a random
+/// uuid, `top` refers to `dep`'s output and adds another uuid, so an output that was built
+/// again differs from the one substituted; `big` writes 24 MiB of random bytes. Printed:
+/// `NAME DRV OUT` for each; with
+/// `build` true the derivations are built too.
+fn derivations_script(build: bool) -> String {
+    format!(
+        r#"(use-modules (guix store) (guix derivations) (ice-9 format))
+(define bb-src "/tmp/subst-busybox")
+(system* "rm" "-rf" bb-src)
+(mkdir bb-src)
+(mkdir (string-append bb-src "/bin"))
+(copy-file "/bin/busybox" (string-append bb-src "/bin/busybox"))
+(chmod (string-append bb-src "/bin/busybox") #o555)
+(with-store s
+  (let* ((bbdir (add-to-store s "busybox-static" #t "sha256" bb-src))
+         (bb (string-append bbdir "/bin/busybox"))
+         (mk (lambda (name script inputs env)
+               (derivation s name bb (list "sh" "-c" (string-append "B=" bb "\n" script))
+                           #:sources (list bbdir) #:inputs (map derivation-input inputs)
+                           #:env-vars env)))
+         (dep (mk "subst-drv-dep" "echo building dep; $B cat /proc/sys/kernel/random/uuid > $out" '() '()))
+         (dep-out (derivation->output-path dep))
+         (top (mk "subst-drv-top"
+                  "echo building top; echo \"top of $in\" > $out; $B cat /proc/sys/kernel/random/uuid >> $out"
+                  (list dep) `(("in" . ,dep-out))))
+         (big (mk "subst-drv-big" "$B head -c 25165824 /dev/urandom > $out" '() '())))
+    (when {build}
+      (build-derivations s (list top big)))
+    (format #t "dep ~a ~a~%" (derivation-file-name dep) dep-out)
+    (format #t "top ~a ~a~%" (derivation-file-name top) (derivation->output-path top))
+    (format #t "big ~a ~a~%" (derivation-file-name big) (derivation->output-path big))))
+"#,
+        build = if build { "#t" } else { "#f" }
+    )
+}
+
+/// `name → (drv, out)` from [`derivations_script`]'s output.
+fn drv_paths(out: &str) -> BTreeMap<String, (String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), (w.next()?.to_owned(), w.next()?.to_owned())))
+        })
+        .collect()
+}
+
+/// The derivations built by the C++ daemon of `src` (which `guix publish` then serves).
+fn built_derivations(src: &Source) -> BTreeMap<String, (String, String)> {
+    let d = drv_paths(&src.session.repl_ok(&derivations_script(true)).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(d.len(), 3, "{d:?}");
+    d
+}
+
+/// The same derivations defined (not built) in `s`; their paths must be the source's.
+fn define_derivations(s: &Session, expected: &BTreeMap<String, (String, String)>) {
+    let d = drv_paths(&s.repl_ok(&derivations_script(false)).unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(&d, expected, "the derivations differ between the stores");
+}
+
+#[test]
+fn derivation_outputs_are_substituted_instead_of_built() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let drvs = built_derivations(&src);
+    let port = src.publish(&["gzip"]);
+    let urls = format!("http://127.0.0.1:{port}");
+    let (cxx, ours) = (cxx_with(&rig, &urls), ours_with(&rig, &urls));
+    define_derivations(&cxx, &drvs);
+    define_derivations(&ours, &drvs);
+    let (top_drv, top_out) = &drvs["top"];
+    let (_, dep_out) = &drvs["dep"];
+    // What would be downloaded, then the build itself: the same through both daemons.
+    for args in [vec!["build", "--dry-run", top_drv.as_str()], vec!["build", top_drv.as_str()]] {
+        let c = cxx.exec_guix(&args).unwrap();
+        let o = ours.exec_guix(&args).unwrap();
+        assert!(o.status.success(), "guix {args:?} through ours: {}\n{}", transcript(&o), ours.daemon_log());
+        assert_eq!(transcript(&o), transcript(&c), "guix {args:?}: ours differs from C++");
+    }
+    // Substituted, not built: the outputs are the source's (a build writes new uuids).
+    for p in [top_out, dep_out] {
+        let (a, b) = (src.session.host_path(p).unwrap(), ours.host_path(p).unwrap());
+        assert_eq!(nar_of(&a), nar_of(&b), "{p} was built, not substituted");
+    }
+    assert_eq!(infos(&ours, &[top_out, dep_out]), infos(&src.session, &[top_out, dep_out]));
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+}
+
+#[test]
+fn a_failed_substitute_fails_the_build_unless_fallback() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    let drvs = built_derivations(&src);
+    let port = src.publish(&["gzip"]);
+    let (top_drv, top_out) = drvs["top"].clone();
+    let (_, dep_out) = drvs["dep"].clone();
+    // A stand-in server: `guix publish`'s signed narinfos, dep's nar as it is, top's with one
+    // byte of its uuid changed.
+    let mut files = BTreeMap::new();
+    for (p, corrupt) in [(&dep_out, false), (&top_out, true)] {
+        let h = hash_part(p).to_owned();
+        let (status, body) = http_get(port, &format!("/{h}.narinfo")).unwrap();
+        assert_eq!(status, 200, "{p}");
+        let signed = String::from_utf8(body).unwrap();
+        let mut nar = nar_of(&src.session.host_path(p).unwrap());
+        if corrupt {
+            let at = nar.len() - 30;
+            nar[at] = if nar[at] == b'0' { b'1' } else { b'0' };
+        }
+        files.insert(format!("/{h}.narinfo"), narinfo_with_nar(&signed, &format!("nar/{h}")).into_bytes());
+        files.insert(format!("/nar/{h}"), nar);
+    }
+    let bad = format!("http://127.0.0.1:{}", serve(files));
+    let (cxx, ours) = (cxx_with(&rig, &bad), ours_with(&rig, &bad));
+    define_derivations(&cxx, &drvs);
+    define_derivations(&ours, &drvs);
+    let c = cxx.exec_guix(&["build", &top_drv]).unwrap();
+    let o = ours.exec_guix(&["build", &top_drv]).unwrap();
+    let error = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("error:")).collect::<Vec<_>>().join("\n")
+    };
+    assert!(!c.status.success() && !o.status.success(), "C++: {}\nours: {}", transcript(&c), transcript(&o));
+    assert_eq!(o.status.code(), c.status.code());
+    assert_eq!(error(&o), error(&c), "ours: {}", transcript(&o));
+    assert!(error(&o).contains("try `--fallback' to build derivation from source"), "{}", transcript(&o));
+    // Nothing of top's output registered or left; dep's (a good substitute) is valid.
+    let shown = infos(&ours, &[&top_out, &dep_out]);
+    assert!(shown.contains(&format!("{top_out} #f")), "{shown}");
+    assert!(!shown.contains(&format!("{dep_out} #f")), "{shown}");
+    assert!(!ours.store_dir_on_host().join(&top_out["/gnu/store/".len()..]).exists(), "something at {top_out}");
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+    // With --fallback, top is built instead: a new uuid, not the source's.
+    let o = ours.exec_guix(&["build", "--fallback", &top_drv]).unwrap();
+    assert!(o.status.success(), "{}\n{}", transcript(&o), ours.daemon_log());
+    let (a, b) = (src.session.host_path(&top_out).unwrap(), ours.host_path(&top_out).unwrap());
+    assert_ne!(nar_of(&a), nar_of(&b), "with --fallback, {top_out} must have been built");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("building top") || transcript(&o).contains("building path"));
+    assert!(scratch_is_empty(&ours), "scratch entries left");
+}
+
+/// Waits until the substituter of `s` writes a scratch entry of at least `bytes` (a download
+/// in progress).
+fn wait_for_download(s: &Session, bytes: u64) {
+    let dir = s.store_dir_on_host().join(".rs-scratch");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let size: u64 = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains("-subst-"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= bytes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no download of {bytes} bytes started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_substituter_killed_mid_download_leaves_nothing_and_the_request_completes() {
+    let rig = rig();
+    let src = Source::start(&rig);
+    // 24 MiB as a plain item (and `big`, a derivation's output of 24 MiB).
+    let bytes: Vec<u8> = (0..24usize << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(src.session.state_dir().join("tmp/subst-big"), bytes).unwrap();
+    let plain = src
+        .session
+        .repl_ok(r#"(use-modules (guix store)) (with-store s (display (add-to-store s "subst-big" #f "sha256" "/tmp/subst-big")))"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let drvs = built_derivations(&src);
+    let (big_drv, big_out) = drvs["big"].clone();
+    let port = src.publish(&["gzip"]);
+    // Served uncompressed at 3 MiB/s: downloads of 8 s, killed after 3 MiB.
+    let mut files = BTreeMap::new();
+    for p in [&plain, &big_out] {
+        let h = hash_part(p).to_owned();
+        let (status, body) = http_get(port, &format!("/{h}.narinfo")).unwrap();
+        assert_eq!(status, 200, "{p}");
+        let signed = String::from_utf8(body).unwrap();
+        files.insert(format!("/{h}.narinfo"), narinfo_with_nar(&signed, &format!("nar/{h}")).into_bytes());
+        files.insert(format!("/nar/{h}"), nar_of(&src.session.host_path(p).unwrap()));
+    }
+    let slow = format!("http://127.0.0.1:{}", serve_at(files, Some(3 << 20)));
+    let ours = ours_with(&rig, &slow);
+    define_derivations(&ours, &drvs);
+    // Through socket-front (a plain item), then through the builder (the derivation, whose
+    // output the builder substitutes): the substituter is killed in the middle of each.
+    let out = std::thread::scope(|scope| {
+        let client = scope.spawn(|| ours.exec_guix(&["build", &plain]).unwrap());
+        wait_for_download(&ours, 3 << 20);
+        guix_tests::ours::kill_and_wait(&ours, "substituter");
+        client.join().unwrap()
+    });
+    assert!(out.status.success(), "guix build {plain}: {}\n{}", transcript(&out), ours.daemon_log());
+    assert_eq!(nar_of(&ours.host_path(&plain).unwrap()), nar_of(&src.session.host_path(&plain).unwrap()));
+    assert!(scratch_is_empty(&ours), "scratch entries left after the plain item");
+    let out = std::thread::scope(|scope| {
+        let client = scope.spawn(|| ours.exec_guix(&["build", &big_drv]).unwrap());
+        wait_for_download(&ours, 3 << 20);
+        guix_tests::ours::kill_and_wait(&ours, "substituter");
+        client.join().unwrap()
+    });
+    assert!(out.status.success(), "guix build {big_drv}: {}\n{}", transcript(&out), ours.daemon_log());
+    let (a, b) = (src.session.host_path(&big_out).unwrap(), ours.host_path(&big_out).unwrap());
+    assert!(nar_of(&a) == nar_of(&b), "{big_out} was built, not substituted");
+    assert!(scratch_is_empty(&ours), "scratch entries left after the derivation");
 }

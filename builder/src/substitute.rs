@@ -1,0 +1,169 @@
+//! The builder's side of the `substituter` link (`guix_ipc::substituter`): the substitutions
+//! a goal runs before it builds (its outputs, C++ `DerivationGoal::haveDerivation`) and for
+//! its missing input sources (`outputsSubstituted`), as C++ substitution goals.
+//!
+//! One `Substitute` job per call, under a job id unique across restarts of the builder
+//! (`builder-PID-START-subst-N`). Its events go to the goal's request as they come
+//! ([`BuildEvent::Output`] for what `guix substitute` would print, messages at their
+//! levels). The call is followed as socket-front follows one: when the stream breaks (the
+//! substituter restarted or was killed) or no event came for [`IDLE_LIMIT`], the same request
+//! is sent again under the same id (the substituter attaches to the running job, or a new
+//! substituter starts it again: what was registered stays valid); after [`UNAVAILABLE`] in a
+//! row without it, the goal fails with "substituter is unavailable: …". A goal that is
+//! cancelled drops the call, which cancels the job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guix_formats::StorePath;
+use guix_ipc::builder::BuildEvent;
+use guix_ipc::job::JobId;
+use guix_ipc::store_db::HolderId;
+use guix_ipc::substituter::{
+    Outcome, SubstituteEvent, SubstituterReply, SubstituterRequest, IDLE_LIMIT, SUBSTITUTER_LINK,
+};
+use guix_ipc::{Client, ErrorKind, LinkError};
+
+use crate::error::{Error, FailureKind, Result};
+use crate::schedule::{Builder, Job};
+
+pub type SubstituterClient = Client<SubstituterRequest, SubstituterReply, SubstituteEvent>;
+
+/// How long in a row the substituter may be unreachable or silent during a substitution.
+pub const UNAVAILABLE: Duration = Duration::from_secs(60);
+/// The deadline of one call: a download may be long; [`IDLE_LIMIT`] is what catches a hang.
+const CALL_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The builder's substituter link and its job names.
+pub struct SubstituterLink {
+    client: SubstituterClient,
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl SubstituterLink {
+    pub fn new(client: SubstituterClient) -> SubstituterLink {
+        let me = HolderId::this_process(crate::schedule::HOLDER);
+        SubstituterLink { client, prefix: format!("{}-{}-{}-subst", me.component, me.pid, me.started), next: 1.into() }
+    }
+
+    fn new_job(&self) -> JobId {
+        JobId(format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+/// How a set of substitutions ended, counted as a C++ goal counts its waitees.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Every path not made valid (`nrFailed`).
+    pub failed: usize,
+    /// Of those, without a substitute (`nrNoSubstituters`).
+    pub no_substitute: usize,
+    /// Of those, with a reference lacking a substitute (`nrIncompleteClosure`).
+    pub incomplete: usize,
+}
+
+impl Tally {
+    pub fn of(outcomes: &[(StorePath, Outcome)]) -> Tally {
+        let mut t = Tally::default();
+        for (_, o) in outcomes {
+            match o {
+                Outcome::Valid => continue,
+                Outcome::NoSubstitute => t.no_substitute += 1,
+                Outcome::IncompleteClosure => t.incomplete += 1,
+                Outcome::Failed(_) => {}
+            }
+            t.failed += 1;
+        }
+        t
+    }
+
+    /// Some substitution failed for another reason than a missing substitute.
+    pub fn some_failed(&self) -> bool {
+        self.failed > self.no_substitute + self.incomplete
+    }
+}
+
+/// Substitutes `paths` (with their closures) for `job`'s goal; one outcome per path.
+/// With substitutes off, every path has none (nothing is asked).
+pub async fn substitute(b: &Arc<Builder>, job: &Arc<Job>, paths: Vec<StorePath>) -> Result<Vec<(StorePath, Outcome)>> {
+    let options = job.settings.substitute.clone();
+    if options.urls.is_empty() || paths.is_empty() {
+        return Ok(paths.into_iter().map(|p| (p, Outcome::NoSubstitute)).collect());
+    }
+    let link = &b.substituter;
+    let req = SubstituterRequest::Substitute { job: link.new_job(), paths, options };
+    let unavailable = |why: &Option<String>| {
+        let mut m = format!("no answer within {}s", UNAVAILABLE.as_secs());
+        if let Some(w) = why {
+            m.push_str(&format!(" ({w})"));
+        }
+        Error::build(FailureKind::Misc, LinkError::retryable(m).client_text(SUBSTITUTER_LINK.name))
+    };
+    let mut away: Option<Instant> = Some(Instant::now());
+    let mut why: Option<String> = None;
+    loop {
+        let broke = {
+            let mut call = link.client.call_stream_with_deadline(req.clone(), CALL_DEADLINE);
+            loop {
+                let wait = match away {
+                    None => IDLE_LIMIT,
+                    Some(since) => UNAVAILABLE.checked_sub(since.elapsed()).ok_or_else(|| unavailable(&why))?,
+                };
+                match tokio::time::timeout(wait, call.next_item()).await {
+                    Ok(Ok(Some(event))) => {
+                        away = None;
+                        relay(job, event);
+                    }
+                    Ok(Ok(None)) => match call.reply().await {
+                        Ok(SubstituterReply::Substituted(outcomes)) => return Ok(outcomes),
+                        Ok(SubstituterReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
+                        Ok(SubstituterReply::Error(e)) => {
+                            return Err(Error::build(FailureKind::Misc, e.client_text(SUBSTITUTER_LINK.name)))
+                        }
+                        Ok(SubstituterReply::Infos { .. }) => break "unexpected reply".to_owned(),
+                        Err(e) => break LinkError::from(e).message,
+                    },
+                    Ok(Err(e)) => break LinkError::from(e).message,
+                    Err(_) if away.is_none() => break format!("no event for {}s", IDLE_LIMIT.as_secs()),
+                    Err(_) => return Err(unavailable(&why)),
+                }
+            }
+        };
+        away.get_or_insert_with(Instant::now);
+        why = Some(broke);
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// One substituter event as the goal's request shows it.
+fn relay(job: &Job, event: SubstituteEvent) {
+    match event {
+        SubstituteEvent::Output(bytes) => job.emit(BuildEvent::Output(bytes)),
+        SubstituteEvent::Message { level, text } => job.message(level, text),
+        SubstituteEvent::Skipped(n) => job.emit(BuildEvent::Skipped(n)),
+        // The builder's own heartbeat keeps socket-front's call alive.
+        SubstituteEvent::Alive => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_as_cxx_goals_do() {
+        let p = |s: &str| StorePath::from_base_name(&format!("{}-{s}", "a".repeat(32))).unwrap();
+        let t = Tally::of(&[
+            (p("v"), Outcome::Valid),
+            (p("n"), Outcome::NoSubstitute),
+            (p("i"), Outcome::IncompleteClosure),
+        ]);
+        assert_eq!(t, Tally { failed: 2, no_substitute: 1, incomplete: 1 });
+        assert!(!t.some_failed());
+        let t = Tally::of(&[(p("f"), Outcome::Failed("x".into())), (p("n"), Outcome::NoSubstitute)]);
+        assert!(t.some_failed());
+    }
+}
