@@ -274,6 +274,17 @@ fn silent_uploads_and_a_failed_big_upload_do_not_hold_up_queries() {
     hello(&mut prober).unwrap();
     let target = add_text(&mut prober, "probe-target").unwrap();
 
+    // A baseline, for the report: the same prober on the quiet daemon.
+    let mut quiet = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        query_path_info(&mut prober, &target).unwrap();
+        quiet.push(t.elapsed());
+        thread::sleep(Duration::from_millis(2));
+    }
+    quiet.sort();
+    println!("quiet: p50 {:?}, p99 {:?}", quiet[250], quiet[495]);
+
     // The big upload first (it gets a transfer slot), then the 500 silent ones.
     let big = {
         let sock = sock.clone();
@@ -329,6 +340,18 @@ fn silent_uploads_and_a_failed_big_upload_do_not_hold_up_queries() {
         Some(Ok(End::Error { msg, .. })) if msg.starts_with(b"bad archive") => {}
         other => panic!("the broken upload: {other:?}"),
     }
+    // Slow samples per second of the run: clustered ones point at the daemon, spread ones at
+    // a busy machine.
+    let mut slow = std::collections::BTreeMap::<u64, u32>::new();
+    for (i, l) in latencies.iter().enumerate() {
+        if *l > Duration::from_millis(10) {
+            *slow.entry((step * i as u32).as_secs()).or_default() += 1;
+        }
+    }
+    println!(
+        "samples over 10 ms per second of the run: {slow:?}; big upload ended at {:?}",
+        big_done.map(|d| d - start)
+    );
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];
     let max_connect = connect_times.iter().max().copied().unwrap_or_default();
