@@ -15,6 +15,7 @@
 //!   [`DEFAULT_IDLE`], 5 minutes, as the substituter's downloads; `GUIX_DAEMON_RS_TRANSFER_IDLE`
 //!   in socket-front's environment sets it in seconds): a client silent that long in the middle
 //!   of a NAR is dropped, and its scratch item removed;
+//! * transfer threads run at nice [`TRANSFER_NICE`], as the scratch remover does;
 //! * tokio's blocking pool is kept small ([`crate::BLOCKING_THREADS`]), since transfers no
 //!   longer use it.
 
@@ -27,6 +28,9 @@ use crate::error::Failure;
 
 /// Transfers running at once.
 pub const TRANSFER_THREADS: usize = 128;
+/// The niceness of transfer threads: the runtime thread, which answers every connection, wins
+/// the CPU over unpacking or removing files when both cores are busy.
+pub const TRANSFER_NICE: i32 = 10;
 /// How long a transfer waits for a free slot.
 pub const TRANSFER_QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// How long a transfer waits for the client to send (or take) a byte.
@@ -103,6 +107,9 @@ impl Slot {
         std::thread::Builder::new()
             .name("transfer".into())
             .spawn(move || {
+                // Queries first: a transfer is paced by its client and may wait for the CPU.
+                // SAFETY: `setpriority` of the calling thread (Linux: `who` 0 is this thread).
+                unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, TRANSFER_NICE) };
                 let out = crate::bridge::under_idle_limit(idle, f);
                 drop(permit);
                 let _ = tx.send(out);
