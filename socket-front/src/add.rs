@@ -7,7 +7,8 @@
 //! narHash), the hash the client asked for (of the NAR if recursive, of the file contents if
 //! flat) — no spool, no second read. Parse errors close the connection (the C++ daemon parses
 //! before `startWork`); "regular file expected" and "unknown hash type" come after the whole
-//! NAR was read and keep it.
+//! NAR was read and keep it, as in C++ — but nothing of such a NAR is unpacked: it is refused as
+//! soon as its root node (or the hash name) shows it, and the rest is only parsed through.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
@@ -42,8 +43,12 @@ enum RootKind {
 /// daemon does (`RetrieveRegularNARSink`, then `writeFile`): the item is a non-executable
 /// file whatever the client's NAR said, and `flat_nar` hashes that file's NAR, which is what
 /// is registered.
+///
+/// `discard`: the add is refused whatever follows (unknown hash type, or a flat add whose root
+/// is not a regular file): the NAR is only validated, nothing is written.
 struct AddVisitor {
     restorer: Restorer,
+    discard: bool,
     root: Option<RootKind>,
     contents: Option<Hasher>,
     flat_nar: Option<RegularNarHasher>,
@@ -61,6 +66,11 @@ impl Visitor for AddVisitor {
                 *executable = false;
                 self.flat_nar = Some(RegularNarHasher::new(false, *size));
             }
+            // A flat add of a directory or symlink: "regular file expected", nothing unpacked.
+            self.discard |= self.contents.is_some() && self.root != Some(RootKind::Regular);
+        }
+        if self.discard {
+            return Ok(());
         }
         self.restorer.event(event)
     }
@@ -74,10 +84,16 @@ impl Visitor for AddVisitor {
                 h.update(chunk);
             }
         }
+        if self.discard {
+            return Ok(());
+        }
         self.restorer.contents(chunk)
     }
 
     fn contents_done(&mut self) -> Result<(), NarError> {
+        if self.discard {
+            return Ok(());
+        }
         self.restorer.contents_done()
     }
 }
@@ -129,6 +145,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 let flat_algo = if recursive { None } else { algo };
                 let mut visitor = FileNarHashes::new(AddVisitor {
                     restorer: Restorer::new(&dest),
+                    discard: algo.is_none(),
                     root: None,
                     contents: flat_algo.map(Hasher::new),
                     flat_nar: None,
@@ -138,8 +155,12 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 let summary = nar::read_with(&mut input, &nar_limits, &mut visitor, &mut tee)?;
                 let (visitor, hashes) = visitor.into_parts();
                 // Canonical (mtime 1) while still on this blocking thread.
-                canonicalise(&dest)
-                    .map_err(|e| NarError::Io { context: format!("canonicalising `{}'", dest.display()), source: e })?;
+                if !visitor.discard {
+                    canonicalise(&dest).map_err(|e| NarError::Io {
+                        context: format!("canonicalising `{}'", dest.display()),
+                        source: e,
+                    })?;
+                }
                 // A flat item is registered with the NAR of what was stored.
                 let summary = match visitor.flat_nar {
                     Some(flat) => flat.finish()?,
@@ -295,4 +316,44 @@ fn write_text(dest: &Path, contents: &[u8]) -> Result<NarSummary, NarError> {
     write_canonical_text(dest, contents)
         .map_err(|e| NarError::Io { context: format!("writing file `{}'", dest.display()), source: e })?;
     Ok(nar::summary_of_regular(contents, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `nar` as a flat add (`contents` set) would, into `dest`.
+    fn flat_add(nar: &[u8], dest: &Path) -> AddVisitor {
+        let mut v = AddVisitor {
+            restorer: Restorer::new(dest),
+            discard: false,
+            root: None,
+            contents: Some(Hasher::new(HashAlgo::Sha256)),
+            flat_nar: None,
+        };
+        nar::read_with(nar, &nar::Limits::default(), &mut v, &mut io::sink()).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_flat_add_of_a_directory_unpacks_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        for i in 0..10 {
+            std::fs::write(src.join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut dir_nar = Vec::new();
+        nar::dump_path(&src, &mut dir_nar).unwrap();
+        let dest = tmp.path().join("dest");
+        let v = flat_add(&dir_nar, &dest);
+        assert_eq!((v.root, v.discard), (Some(RootKind::Directory), true));
+        assert!(!dest.exists(), "nothing of the directory was written");
+        // A regular file is restored.
+        let mut file_nar = Vec::new();
+        nar::dump_path(&src.join("f0"), &mut file_nar).unwrap();
+        let v = flat_add(&file_nar, &dest);
+        assert_eq!((v.root, v.discard), (Some(RootKind::Regular), false));
+        assert_eq!(std::fs::read(&dest).unwrap(), b"x");
+    }
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use guix_formats::nar;
 use guix_formats::worker::{
-    read_op, server_handshake, write_reply, write_stderr, Limits, Opcode, PathInfo, ProtoError, Reply, Request,
-    StderrMsg,
+    read_op, read_request_budgeted, server_handshake, write_reply, write_stderr, Limits, Opcode, PathInfo, ProtoError,
+    Reply, Request, StderrMsg,
 };
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
@@ -50,6 +50,10 @@ pub struct Shared<B = DaemonBackend> {
     pub nar_limits: nar::Limits,
     /// Our effective uid: a peer with this uid is trusted, like root.
     pub daemon_uid: u32,
+    /// The bytes decoded requests of all connections may hold ([`crate::budget`]).
+    pub memory: crate::budget::MemoryPool,
+    /// Threads for transfers ([`Conn::blocking`]).
+    pub transfers: crate::transfer_pool::TransferPool,
 }
 
 /// Who is on the other end.
@@ -162,21 +166,28 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         Ok(())
     }
 
-    /// Runs `f` on a blocking thread with the stream (bridged with [`crate::bridge`]), and
-    /// takes the stream back. If the thread dies, the connection is closed.
+    /// Runs the transfer `f` on a thread of the transfer pool ([`crate::transfer_pool`]) with
+    /// the stream (bridged with [`crate::bridge`]), and takes the stream back. If the pool has
+    /// no slot in time, the thread dies, or the client was silent past the idle limit, the
+    /// connection is closed (what `f` left behind, such as a scratch item, is dropped with it).
     pub(crate) async fn blocking<T, F>(&mut self, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut S, Handle) -> T + Send + 'static,
     {
+        let slot = self.shared.transfers.slot().await?;
         let mut s = self.stream.take().ok_or_else(|| Failure::Gone("stream lost".into()))?;
         let h = Handle::current();
-        let (s, r) = tokio::task::spawn_blocking(move || {
-            let r = f(&mut s, h);
-            (s, r)
-        })
-        .await
-        .map_err(|e| Failure::Gone(format!("transfer thread failed: {e}")))?;
+        let ((s, r), idled) = slot
+            .run(move || {
+                let r = f(&mut s, h);
+                (s, r)
+            })
+            .await?;
+        if idled {
+            let idle = self.shared.transfers.idle().as_secs_f64();
+            return Err(Failure::Gone(format!("client silent for {idle} s in the middle of a transfer")));
+        }
         self.stream = Some(s);
         Ok(r)
     }
@@ -282,7 +293,10 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             }
             _ => {
                 let (store, version, limits) = (self.shared.store.clone(), self.version, self.shared.limits);
-                let req = guix_formats::worker::read_request_body(self.stream()?, op, &store, version, &limits).await?;
+                // Held until the request is answered: its bytes are the request's.
+                let mut grant = self.shared.memory.request();
+                let stream = self.stream()?;
+                let req = read_request_budgeted(stream, op, &store, version, &limits, &mut grant).await?;
                 match req {
                     // The hottest query: its reply may be ready-encoded in the cache.
                     Request::QueryPathInfo(p) => self.shared.backend.path_info(&p).map(Answer::PathInfo),

@@ -12,6 +12,10 @@
 //!   here; at most `size` of those run at once, so a handful of connections keeps both cores
 //!   busy without piling up threads.
 //!
+//! SQLite's busy waits are bounded: [`INLINE_BUSY_LIMIT`] for the runtime thread's readers (a
+//! wait there holds up every connection), [`POOL_BUSY_LIMIT`] for the pool's; past them the
+//! client gets SQLite's "database is locked" instead of the C++ daemon's hour of waiting.
+//!
 //! Connections are opened lazily (store-db creates the database; socket-front may start
 //! first).
 //!
@@ -30,6 +34,11 @@ use tokio::sync::Semaphore;
 use crate::backend::db_failure;
 use crate::error::Failure;
 use crate::infocache::{CachedInfo, InfoCache};
+
+/// How long a point query on the runtime thread waits while the database is busy.
+pub const INLINE_BUSY_LIMIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a query on the pool waits while the database is busy.
+pub const POOL_BUSY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct ReaderPool {
     /// Tells this pool's thread-local connections from another pool's (tests run several).
@@ -116,8 +125,9 @@ impl ReaderPool {
             let reader = match &mut *slot {
                 Some((id, reader)) if *id == self.id => reader,
                 other => {
-                    let reader =
+                    let mut reader =
                         DbReader::open(&self.db_dir, self.store.clone()).map_err(|e| Failure::op(e.to_string()))?;
+                    reader.set_busy_limit(INLINE_BUSY_LIMIT).map_err(|e| Failure::op(e.to_string()))?;
                     &mut other.insert((self.id, reader)).1
                 }
             };
@@ -161,6 +171,10 @@ fn open_reader(db_dir: &std::path::Path, store: &StoreDir) -> Result<DbReader, g
         match DbReader::open(db_dir, store.clone()) {
             Err(guix_store::Error::NoDatabase(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(mut reader) => {
+                reader.set_busy_limit(POOL_BUSY_LIMIT)?;
+                return Ok(reader);
             }
             other => return other,
         }

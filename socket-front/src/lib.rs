@@ -24,11 +24,13 @@
 //! [`ops`] (queries and simple operations), [`build`] (BuildPaths), [`add`] (AddToStore, AddTextToStore),
 //! [`transfer`] (ExportPath, ImportPaths), [`settings`] (SetOptions), [`roots`] (FindRoots),
 //! [`metrics`] (reported to the supervisor), [`bridge`] (blocking I/O over the socket),
-//! [`infocache`] (path infos kept in memory under store-db's change epoch).
+//! [`infocache`] (path infos kept in memory under store-db's change epoch), [`budget`] (what
+//! requests may make us hold), [`transfer_pool`] (threads and idle limits of transfers).
 
 pub mod add;
 pub mod backend;
 pub mod bridge;
+pub mod budget;
 pub mod build;
 pub mod conn;
 pub mod dbpool;
@@ -43,6 +45,7 @@ pub mod server;
 pub mod settings;
 pub mod substitute;
 pub mod transfer;
+pub mod transfer_pool;
 
 use std::sync::Arc;
 
@@ -55,6 +58,11 @@ use crate::conn::Shared;
 /// Read-only database connections kept open.
 pub const DB_READERS: usize = 4;
 
+/// Threads of tokio's blocking pool (handshakes, store-wide queries, deduplication, writing
+/// large texts): transfers have their own ([`transfer_pool`]), so this serves short jobs only,
+/// and a few dozen threads keep both cores busy.
+pub const BLOCKING_THREADS: usize = 32;
+
 /// The program: returns the exit status.
 ///
 /// One runtime thread serves every connection. The protocol work per operation is a few
@@ -63,9 +71,12 @@ pub const DB_READERS: usize = 4;
 /// guix-bench on 2 cores, daemon CPU per QueryPathInfo went from about 22 µs (two workers) to
 /// 16 µs (one), and at one client from 37 µs to 21 µs. Work whose cost grows with its input
 /// (NAR transfers, store-wide queries, verification) runs on the blocking pool, so it never
-/// holds this thread.
+/// holds this thread; transfers, which a client paces, have threads of their own
+/// ([`transfer_pool`]), and what a request may make us hold is bounded ([`budget`]).
 pub fn main_entry() -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let built =
+        tokio::runtime::Builder::new_current_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build();
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("guix-socket-front: cannot start the runtime: {e}");
@@ -96,6 +107,8 @@ async fn run() -> Result<(), String> {
             None
         }
     };
+    let remover =
+        guix_store::scratch::Remover::spawn().map_err(|e| format!("cannot start the scratch remover: {e}"))?;
     let shared = Arc::new(Shared {
         backend: backend::DaemonBackend {
             db: Arc::new(dbpool::ReaderPool::new(config.paths.db_dir.clone(), store.clone(), DB_READERS, epoch)),
@@ -104,11 +117,14 @@ async fn run() -> Result<(), String> {
         builder: build::BuilderLink::from_config(&config),
         gc: gc::GcLink::from_config(&config),
         substituter: substitute::SubstituterLink::from_config(&config),
-        scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir),
+        // Abandoned uploads are removed on a thread of their own, never on the runtime's.
+        scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir).with_remover(remover),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,
         nar_limits: nar::Limits::default(),
         daemon_uid: nix::unistd::geteuid().as_raw(),
+        memory: budget::MemoryPool::default(),
+        transfers: transfer_pool::TransferPool::from_env(),
         store,
         config,
     });

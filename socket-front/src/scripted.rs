@@ -90,6 +90,8 @@ impl Rig {
             limits: Limits::DEFAULT,
             nar_limits: nar::Limits::default(),
             daemon_uid: 0,
+            memory: crate::budget::MemoryPool::default(),
+            transfers: crate::transfer_pool::TransferPool::default(),
             store,
             config,
         };

@@ -22,6 +22,11 @@ const WHITELIST: &[&str] = &[
     "multiplexed-build-output",
 ];
 
+/// What a connection's settings may hold, keys and values summed: SetOptions replaces or adds
+/// keys, so without a bound a client could pile up overrides request after request (the
+/// per-connection memory budget, [`crate::budget`]). The Guix client sends a few hundred bytes.
+pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
 /// Keys `Settings::update()` reads as integers.
 const INT_KEYS: &[&str] = &[
     "build-max-jobs",
@@ -135,6 +140,12 @@ impl Settings {
                 self.map.insert(format!("untrusted-{k}"), v.clone());
             }
         }
+        let held: usize = self.map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if held > MAX_SETTINGS_BYTES {
+            return Err(format!(
+                "the settings of this connection would hold {held} bytes, more than the limit of {MAX_SETTINGS_BYTES} bytes"
+            ));
+        }
         self.update()
     }
 
@@ -198,6 +209,23 @@ mod tests {
             overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..SetOptions::default()
         }
+    }
+
+    #[test]
+    fn settings_cannot_pile_up_across_requests() {
+        let mut s = Settings::new(&config(true));
+        let value = "v".repeat(100_000);
+        let mut err = None;
+        for i in 0..20 {
+            let key = format!("k{i}");
+            if let Err(e) = s.apply(&opts(&[(key.as_str(), value.as_str())]), false, false) {
+                err = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = err.expect("refused");
+        assert_eq!(i, 10, "{e}");
+        assert!(e.contains("more than the limit of 1048576 bytes"), "{e}");
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub fn check_schema_version(version: i64) -> Result<()> {
 pub struct DbReader {
     conn: Connection,
     store_dir: StoreDir,
+    /// How long a read waits while SQLite is busy, retries included (C++: one hour).
+    busy_limit: Duration,
 }
 
 impl DbReader {
@@ -78,12 +80,21 @@ impl DbReader {
                 .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(DbReader { conn, store_dir })
+        Ok(DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT })
     }
 
     /// Wraps a connection store-db's writer opened read-write (its queries are the reader's).
     pub fn from_connection(conn: Connection, store_dir: StoreDir) -> DbReader {
-        DbReader { conn, store_dir }
+        DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT }
+    }
+
+    /// Waits at most `limit` while SQLite is busy (say, while another process recovers the WAL)
+    /// instead of the C++ hour, then fails with SQLite's "database is locked". For readers on a
+    /// thread that must not be held up (socket-front's runtime thread).
+    pub fn set_busy_limit(&mut self, limit: Duration) -> Result<()> {
+        self.conn.busy_timeout(limit).map_err(Error::sqlite("setting timeout"))?;
+        self.busy_limit = limit;
+        Ok(())
     }
 
     /// The connection and the store directory, for store-db's writer to run its transactions.
@@ -101,7 +112,7 @@ impl DbReader {
     /// microseconds, and parsing the transaction statements anew each time (as
     /// `Connection::unchecked_transaction` does) was a visible part of it.
     fn read<T>(&self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>) -> Result<T> {
-        retry(|| {
+        retry_for(self.busy_limit, || {
             if !self.conn.is_autocommit() {
                 // A previous call unwound (panicked) inside its transaction.
                 self.exec_cached("ROLLBACK", "rolling back transaction")?;
@@ -379,17 +390,24 @@ fn parse_hash_field(path: &str, s: &str) -> Result<Hash> {
 }
 
 /// `retrySQLite`: runs `f` again while it fails with "busy", after a random sleep ≤ 0.1 s.
-pub fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn retry<T>(f: impl FnMut() -> Result<T>) -> Result<T> {
+    retry_for(Duration::MAX, f)
+}
+
+/// [`retry`] for at most `limit`; then the "busy" error is returned.
+pub fn retry_for<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = std::time::Instant::now();
     let mut warned = false;
     loop {
         match f() {
-            Err(e) if e.is_busy() => {
+            Err(e) if e.is_busy() && start.elapsed() < limit => {
                 if !warned {
                     eprintln!("warning: SQLite database is busy");
                     warned = true;
                 }
                 let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 100;
-                std::thread::sleep(Duration::from_millis(u64::from(jitter)));
+                let left = limit.saturating_sub(start.elapsed());
+                std::thread::sleep(Duration::from_millis(u64::from(jitter)).min(left));
             }
             other => return other,
         }

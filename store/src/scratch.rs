@@ -9,7 +9,10 @@
 //! socket-front writes new items only here, canonicalised (modes from the restorer, mtime 1),
 //! then hands the name to store-db (`AddItems`), which renames it into the store or removes it.
 //! A [`ScratchItem`] removes its tree when dropped unless [`ScratchItem::handed_over`] was
-//! called, so an error or a dropped connection never leaves debris behind.
+//! called, so an error or a dropped connection never leaves debris behind. With a
+//! [`Remover`] ([`Scratch::with_remover`]) that removal happens on the remover's thread, not
+//! where the item was dropped: a tree of any size a client uploaded then abandoned never holds
+//! up the dropping thread (socket-front's single runtime thread).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -17,6 +20,8 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
 
 use guix_ipc::store_db::ConnId;
 
@@ -28,11 +33,22 @@ pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 pub struct Scratch {
     dir: PathBuf,
     counter: AtomicU64,
+    remover: Option<Arc<Remover>>,
 }
 
 impl Scratch {
     pub fn new(store_dir: &Path) -> Scratch {
-        Scratch { dir: store_dir.join(SCRATCH_DIR_NAME), counter: AtomicU64::new(0) }
+        Scratch { dir: store_dir.join(SCRATCH_DIR_NAME), counter: AtomicU64::new(0), remover: None }
+    }
+
+    /// Items dropped without being handed over are removed by `remover`.
+    pub fn with_remover(mut self, remover: Remover) -> Scratch {
+        self.remover = Some(Arc::new(remover));
+        self
+    }
+
+    fn item(&self, name: String) -> ScratchItem {
+        ScratchItem { path: self.dir.join(&name), name, armed: true, remover: self.remover.clone() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -46,7 +62,7 @@ impl Scratch {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // `<pid>-…`: store-db sweeps entries whose writer pid is dead (see [`scratch_owner`]).
         let name = format!("{}-front-{conn:016x}-{n}", std::process::id());
-        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+        Ok(self.item(name))
     }
 }
 
@@ -58,7 +74,7 @@ impl Scratch {
         self.ensure_dir()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-build-{n}-{}", std::process::id(), output.hash_part());
-        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+        Ok(self.item(name))
     }
 
     /// A fresh name for a substitute being downloaded (the substituter's entries:
@@ -68,7 +84,7 @@ impl Scratch {
         self.ensure_dir()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-subst-{n}-{}", std::process::id(), path.hash_part());
-        Ok(ScratchItem { path: self.dir.join(&name), name, armed: true })
+        Ok(self.item(name))
     }
 
     fn ensure_dir(&self) -> io::Result<()> {
@@ -89,6 +105,7 @@ pub struct ScratchItem {
     path: PathBuf,
     name: String,
     armed: bool,
+    remover: Option<Arc<Remover>>,
 }
 
 impl ScratchItem {
@@ -110,7 +127,49 @@ impl ScratchItem {
 impl Drop for ScratchItem {
     fn drop(&mut self) {
         if self.armed {
-            let _ = remove_tree(&self.path);
+            match &self.remover {
+                Some(r) => r.remove(std::mem::take(&mut self.path)),
+                None => {
+                    let _ = remove_tree(&self.path);
+                }
+            }
+        }
+    }
+}
+
+/// A thread that removes abandoned scratch trees, fed through a bounded queue.
+///
+/// The thread runs at nice 10, so removing a large tree yields the CPU to serving clients.
+/// When [`REMOVER_QUEUE`] removals are already waiting (or the thread is gone), the dropping
+/// thread removes the tree itself: back-pressure instead of an unbounded queue.
+#[derive(Debug)]
+pub struct Remover {
+    tx: SyncSender<PathBuf>,
+}
+
+/// Removals that may wait for the remover thread.
+pub const REMOVER_QUEUE: usize = 1024;
+
+impl Remover {
+    /// Starts the thread.
+    pub fn spawn() -> io::Result<Remover> {
+        let (tx, rx) = sync_channel::<PathBuf>(REMOVER_QUEUE);
+        std::thread::Builder::new().name("scratch-remover".into()).spawn(move || {
+            // SAFETY: `setpriority` on the calling thread (Linux: `who` 0 is this thread).
+            unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 10) };
+            for path in rx {
+                let _ = remove_tree(&path);
+            }
+        })?;
+        Ok(Remover { tx })
+    }
+
+    fn remove(&self, path: PathBuf) {
+        match self.tx.try_send(path) {
+            Ok(()) => {}
+            Err(TrySendError::Full(path) | TrySendError::Disconnected(path)) => {
+                let _ = remove_tree(&path);
+            }
         }
     }
 }
@@ -164,6 +223,29 @@ mod tests {
         fs::write(other.path(), b"y").unwrap();
         let p = other.path().to_owned();
         other.handed_over();
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn a_remover_removes_dropped_items_on_its_thread() {
+        let store = tempfile::tempdir().unwrap();
+        let s = Scratch::new(store.path()).with_remover(Remover::spawn().unwrap());
+        let item = s.allocate(1).unwrap();
+        fs::create_dir(item.path()).unwrap();
+        for i in 0..100 {
+            fs::write(item.path().join(i.to_string()), b"x").unwrap();
+        }
+        let p = item.path().to_owned();
+        drop(item);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while p.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!p.exists());
+        let kept = s.allocate(1).unwrap();
+        fs::write(kept.path(), b"y").unwrap();
+        let p = kept.path().to_owned();
+        kept.handed_over();
         assert!(p.exists());
     }
 

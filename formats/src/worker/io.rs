@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::budget::{Budget, STRING_OVERHEAD};
 use super::{Limits, Opcode, ProtoError};
 use crate::store_path::{HashPart, StoreDir, StorePath};
 use crate::wire::{self, async_read_int, async_read_padding, async_read_u64};
@@ -13,16 +14,42 @@ use crate::wire::{self, async_read_int, async_read_padding, async_read_u64};
 /// A store path that passes the daemon's `isStorePath` test but does not parse as a
 /// [`StorePath`] is remembered as a "soft" error and replaced by a placeholder so the rest of the
 /// request is still consumed; [`Reader::finish`] turns it into [`ProtoError::MalformedPath`].
+///
+/// A reader made with [`Reader::for_request`] also counts what it decoded ([`super::budget`]).
 pub(crate) struct Reader<'a, R: ?Sized> {
     pub r: &'a mut R,
     pub store: &'a StoreDir,
     pub limits: &'a Limits,
     soft: Option<String>,
+    /// Bytes decoded so far, as [`super::budget`] counts them, and their bound.
+    used: u64,
+    max_total: u64,
+    budget: Option<&'a mut dyn Budget>,
 }
 
 impl<'a, R: AsyncRead + Unpin + ?Sized> Reader<'a, R> {
+    /// A reader of replies and frames: each string and list bounded, not their sum.
     pub fn new(r: &'a mut R, store: &'a StoreDir, limits: &'a Limits) -> Self {
-        Reader { r, store, limits, soft: None }
+        Reader { r, store, limits, soft: None, used: 0, max_total: u64::MAX, budget: None }
+    }
+
+    /// A reader of one request: the sum of what it decodes is bounded by
+    /// [`Limits::max_request_bytes`] and drawn from `budget`.
+    pub fn for_request(r: &'a mut R, store: &'a StoreDir, limits: &'a Limits, budget: &'a mut dyn Budget) -> Self {
+        Reader { r, store, limits, soft: None, used: 0, max_total: limits.max_request_bytes, budget: Some(budget) }
+    }
+
+    /// Counts `n` more bytes before they are allocated.
+    async fn charge(&mut self, n: u64) -> Result<(), ProtoError> {
+        let total = self.used.saturating_add(n);
+        if total > self.max_total {
+            return Err(ProtoError::RequestTooLarge { max: self.max_total });
+        }
+        self.used = total;
+        if let Some(wait) = self.budget.as_mut().and_then(|b| b.admit(total)) {
+            wait.await?;
+        }
+        Ok(())
     }
 
     pub async fn int(&mut self) -> Result<u32, ProtoError> {
@@ -50,6 +77,7 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Reader<'a, R> {
         if len > max {
             return Err(ProtoError::StringTooLong { what, len, max });
         }
+        self.charge(len + STRING_OVERHEAD).await?;
         let mut v = vec![0u8; len as usize];
         tokio::io::AsyncReadExt::read_exact(self.r, &mut v).await?;
         async_read_padding(self.r, len).await?;

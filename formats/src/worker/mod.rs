@@ -13,22 +13,26 @@
 //! [`PROTOCOL_VERSION`] the two rules agree.
 //!
 //! Every string and list a peer can send is bounded by [`Limits`]; nothing announced by input
-//! is allocated before being checked against a limit.
+//! is allocated before being checked against a limit. A request is also bounded as a whole:
+//! the sum of what it decodes ([`budget`]).
 
 use thiserror::Error;
 
 use crate::store_path::StorePathError;
 use crate::wire::WireError;
 
+pub mod budget;
 pub mod handshake;
 pub mod reply;
 pub mod request;
 pub mod stderr;
 
+pub use budget::{Budget, Unpooled};
 pub use handshake::{client_handshake, server_handshake, ClientHello, ServerHello};
 pub use reply::{read_reply, write_reply, PathInfo, Reply, ReplyShape, SubstitutablePathInfo};
 pub use request::{
-    read_op, read_request, read_request_body, write_request, BuildMode, DerivedPath, GcAction, Request, SetOptions,
+    read_op, read_request, read_request_body, read_request_budgeted, write_request, BuildMode, DerivedPath, GcAction,
+    Request, SetOptions,
 };
 pub use stderr::{read_stderr, write_stderr, StderrMsg, TunnelSink, TunnelSource};
 
@@ -167,6 +171,9 @@ pub struct Limits {
     pub max_list_len: u64,
     /// SetOptions override pairs.
     pub max_overrides: u64,
+    /// Everything one request decodes, summed as [`budget`] counts it (each string's length
+    /// plus [`budget::STRING_OVERHEAD`]). Not applied to replies.
+    pub max_request_bytes: u64,
 }
 
 impl Limits {
@@ -177,6 +184,9 @@ impl Limits {
         max_text_len: 16 << 20,
         max_list_len: 1 << 20,
         max_overrides: 1024,
+        // An AddTextToStore of the largest text (16 MiB) with thousands of references fits;
+        // the Guix client never sends anything near it otherwise.
+        max_request_bytes: 32 << 20,
     };
 }
 
@@ -195,6 +205,13 @@ pub enum ProtoError {
     /// A string longer than our [`Limits`] allow (the C++ daemon has no such limit).
     #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
     StringTooLong { what: &'static str, len: u64, max: u64 },
+    /// A request whose strings and lists add up to more than [`Limits::max_request_bytes`].
+    #[error("request too large: it holds more than {max} bytes of strings (the limit of guix-daemon-rs)")]
+    RequestTooLarge { max: u64 },
+    /// The [`Budget`] refused the request's bytes (the daemon's memory is taken by other
+    /// requests); the text says why.
+    #[error("{0}")]
+    Budget(String),
     /// A list longer than our [`Limits`] allow.
     #[error("{what} with {len} elements exceeds the limit of {max} elements")]
     ListTooLong { what: &'static str, len: u64, max: u64 },

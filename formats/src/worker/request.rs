@@ -16,6 +16,7 @@ use std::fmt;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use super::budget::{Budget, Unpooled};
 use super::io::{Enc, Reader};
 use super::{protocol_minor, Limits, Opcode, ProtoError};
 use crate::store_path::{StoreDir, StorePath};
@@ -339,7 +340,8 @@ pub async fn read_request<R: AsyncRead + Unpin + ?Sized>(
     }
 }
 
-/// Daemon side: reads the fields of `op`, conditioned on the client's version.
+/// Daemon side: reads the fields of `op`, conditioned on the client's version; the request's
+/// whole size is bounded by [`Limits::max_request_bytes`] (no shared pool).
 pub async fn read_request_body<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     op: Opcode,
@@ -347,9 +349,22 @@ pub async fn read_request_body<R: AsyncRead + Unpin + ?Sized>(
     client_version: u32,
     limits: &Limits,
 ) -> Result<Request, ProtoError> {
+    read_request_budgeted(r, op, store, client_version, limits, &mut Unpooled).await
+}
+
+/// [`read_request_body`], drawing the request's bytes from `budget` as they arrive (see
+/// [`super::budget`]).
+pub async fn read_request_budgeted<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    op: Opcode,
+    store: &StoreDir,
+    client_version: u32,
+    limits: &Limits,
+    budget: &mut dyn Budget,
+) -> Result<Request, ProtoError> {
     use Request as Q;
     let minor = protocol_minor(client_version);
-    let mut rd = Reader::new(r, store, limits);
+    let mut rd = Reader::for_request(r, store, limits, budget);
     let req = match op {
         Opcode::IsValidPath => Q::IsValidPath(rd.short_string("path").await?),
         Opcode::HasSubstitutes => Q::HasSubstitutes(rd.store_path().await?),
@@ -787,6 +802,117 @@ pub(crate) mod tests {
             decode(&e.buf, 0x164).await.unwrap_err(),
             ProtoError::ListTooLong { what: "option overrides", .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn the_sum_of_a_request_is_bounded() {
+        let limits = Limits::DEFAULT;
+        // ClearFailedPaths: each path within max_path_len, their sum over the request limit.
+        let path = "x".repeat(4096);
+        let n = limits.max_request_bytes / 4096 + 1;
+        let mut e = Enc::default();
+        e.int(25);
+        e.len(n as usize);
+        for _ in 0..n {
+            e.str(&path);
+        }
+        let err = decode(&e.buf, 0x164).await.unwrap_err();
+        assert!(matches!(err, ProtoError::RequestTooLarge { .. }), "{err}");
+        assert!(err.closes_connection());
+        // Empty strings still cost their overhead: 2^20 of them do not fit.
+        let mut e = Enc::default();
+        e.int(25);
+        e.len(1 << 20);
+        for _ in 0..1 << 20 {
+            e.str("");
+        }
+        assert!(matches!(decode(&e.buf, 0x164).await.unwrap_err(), ProtoError::RequestTooLarge { .. }));
+        // SetOptions: 40 overrides of 1 MiB values.
+        let mut e = Enc::default();
+        e.int(19);
+        for w in [0u32, 0, 0, 0, 1, 0, 0, 1, 0] {
+            e.int(w);
+        }
+        e.len(40);
+        let big = "v".repeat(1 << 20);
+        for i in 0..40 {
+            e.str(&format!("k{i}"));
+            e.str(&big);
+        }
+        assert!(matches!(decode(&e.buf, 0x164).await.unwrap_err(), ProtoError::RequestTooLarge { .. }));
+        // The largest text with 10,000 references is fine.
+        let refs: BTreeSet<StorePath> = (0..10_000u32)
+            .map(|i| {
+                let mut d = [0u8; 20];
+                d[..4].copy_from_slice(&i.to_le_bytes());
+                StorePath::from_parts(HashPart::from_digest(&d), &format!("reference-{i}")).unwrap()
+            })
+            .collect();
+        let req = Request::AddTextToStore {
+            name: "big.drv".into(),
+            contents: vec![b'x'; limits.max_text_len as usize],
+            references: refs,
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, &req, &StoreDir::default(), 0x164).await.unwrap();
+        assert_eq!(decode(&out, 0x164).await.unwrap(), Some(req));
+    }
+
+    /// Records what the decoder asked for and refuses past `max`.
+    struct Recording {
+        totals: Vec<u64>,
+        max: u64,
+    }
+
+    impl Budget for Recording {
+        fn admit(&mut self, total: u64) -> Option<crate::worker::budget::Wait<'_>> {
+            self.totals.push(total);
+            let refuse = total > self.max;
+            Some(Box::pin(async move {
+                match refuse {
+                    true => Err(ProtoError::Budget("daemon busy".into())),
+                    false => Ok(()),
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_are_drawn_from_the_budget_as_they_arrive() {
+        let mut e = Enc::default();
+        e.len(3);
+        for p in ["/gnu/store/a", "/gnu/store/bb", "/gnu/store/ccc"] {
+            e.str(p);
+        }
+        let mut budget = Recording { totals: Vec::new(), max: u64::MAX };
+        let store = StoreDir::default();
+        let r = read_request_budgeted(
+            &mut &e.buf[..],
+            Opcode::ClearFailedPaths,
+            &store,
+            0x164,
+            &Limits::DEFAULT,
+            &mut budget,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(r, Request::ClearFailedPaths(ref s) if s.len() == 3));
+        assert_eq!(budget.totals, vec![12 + 64, 12 + 64 + 13 + 64, 12 + 64 + 13 + 64 + 14 + 64]);
+        // Refused at the second string: the error is the budget's, and closes the connection.
+        let mut budget = Recording { totals: Vec::new(), max: 100 };
+        let err = read_request_budgeted(
+            &mut &e.buf[..],
+            Opcode::ClearFailedPaths,
+            &store,
+            0x164,
+            &Limits::DEFAULT,
+            &mut budget,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.to_string(), "daemon busy");
+        assert!(err.closes_connection());
+        assert_eq!(budget.totals.len(), 2);
     }
 
     #[tokio::test]

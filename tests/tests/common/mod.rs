@@ -15,6 +15,8 @@ use std::thread;
 
 use guix_tests::{DaemonKind, Rig, Session};
 
+pub mod wire;
+
 /// Which daemon a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Daemon {
