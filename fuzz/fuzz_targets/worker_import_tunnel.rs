@@ -16,8 +16,7 @@ const MAX: u64 = 32768;
 fn reference(mut data: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::new();
     let mut answers = 0;
-    loop {
-        let Some((word, rest)) = data.split_first_chunk::<8>() else { break };
+    while let Some((word, rest)) = data.split_first_chunk::<8>() {
         let len = u64::from_le_bytes(*word);
         if len == 0 || len > MAX {
             break;
