@@ -18,8 +18,8 @@
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use hmac::{Hmac, Mac};
-use num_bigint::BigUint;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::hash::HashAlgo;
@@ -216,71 +216,85 @@ impl SecretKey {
     }
 }
 
-/// The Ed25519 group order `n` (`-1 mod n`, plus one).
-fn group_order() -> BigUint {
-    BigUint::from_bytes_le(&(-Scalar::ONE).to_bytes()) + 1u32
+/// The field `GF(2^255 - 19)` of the curve's coordinates, in constant-time Montgomery form.
+mod field {
+    use crypto_bigint::modular::constant_mod::Residue;
+    use crypto_bigint::{impl_modulus, Encoding, Integer, U256};
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+    impl_modulus!(P25519, U256, "7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffed");
+
+    pub(super) type Fe = Residue<P25519, { U256::LIMBS }>;
+
+    pub(super) const fn fe(be_hex: &str) -> Fe {
+        Fe::new(&U256::from_be_hex(be_hex))
+    }
+
+    /// The curve constant `d = -121665/121666`.
+    pub(super) const EDWARDS_D: Fe = fe("52036cee2b6ffe738cc740797779e89800700a4d4141d8ab75eb4dca135978a3");
+    /// A square root of -1, `2^((p-1)/4)`.
+    pub(super) const SQRT_M1: Fe = fe("2b8324804fc1df0b2b4d00993dfbd7a72f431806ad2fe478c4ee1b274a0ea0b0");
+    /// `(p - 5) / 8`.
+    const P_MINUS_5_DIV_8: U256 = U256::from_be_hex("0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffd");
+
+    /// The affine x coordinate of `p` (libgcrypt `_gcry_mpi_ec_get_affine`), little-endian.
+    ///
+    /// In constant time, since `p` is `k·G` for the secret nonce `k` when signing: from the
+    /// point's encoding (y and the sign of x, which curve25519-dalek computes in constant
+    /// time), `x = ±sqrt((y² - 1)/(d·y² + 1))` as in RFC 8032 §5.1.3, with fixed
+    /// exponentiations and selections instead of branches.
+    pub(super) fn affine_x(p: &EdwardsPoint) -> [u8; 32] {
+        let mut enc = p.compress().0;
+        let sign = Choice::from(enc[31] >> 7);
+        enc[31] &= 0x7f;
+        let y = Fe::new(&U256::from_le_bytes(enc));
+        let y2 = y.square();
+        let u = y2.sub(&Fe::ONE);
+        let v = EDWARDS_D.mul(&y2).add(&Fe::ONE);
+        // x = u·v³·(u·v⁷)^((p-5)/8), a root of u/v or of -u/v.
+        let v3 = v.square().mul(&v);
+        let uv7 = u.mul(&v3.square()).mul(&v);
+        let mut x = u.mul(&v3).mul(&uv7.pow(&P_MINUS_5_DIV_8));
+        let is_root = v.mul(&x.square()).ct_eq(&u);
+        x = Fe::conditional_select(&x.mul(&SQRT_M1), &x, is_root);
+        let odd = x.retrieve().is_odd();
+        x = Fe::conditional_select(&x, &x.neg(), odd ^ sign);
+        x.retrieve().to_le_bytes()
+    }
 }
 
-fn field_prime() -> BigUint {
-    (BigUint::from(1u32) << 255u32) - 19u32
-}
+use field::affine_x;
 
-/// A non-negative integer below 2^256 as a scalar reduced mod n.
-fn scalar_of(x: &BigUint) -> Scalar {
-    let mut le = [0u8; 32];
-    let bytes = x.to_bytes_le();
-    let n = bytes.len().min(32);
-    le[..n].copy_from_slice(&bytes[..n]);
+/// A scalar from a big-endian integer below 2^256, reduced mod n.
+fn scalar_be(be: &[u8; 32]) -> Scalar {
+    let mut le = *be;
+    le.reverse();
     Scalar::from_bytes_mod_order(le)
 }
 
-/// The affine x coordinate of `p` (libgcrypt `_gcry_mpi_ec_get_affine`).
-fn affine_x(p: &EdwardsPoint) -> BigUint {
-    let prime = field_prime();
-    let mut enc = p.compress().0;
-    let sign = enc[31] >> 7;
-    enc[31] &= 0x7f;
-    let y = BigUint::from_bytes_le(&enc) % &prime;
-    // d = -121665/121666
-    let inv = |v: &BigUint| v.modpow(&(&prime - 2u32), &prime);
-    let d = (&prime - BigUint::from(121665u32)) * inv(&BigUint::from(121666u32)) % &prime;
-    let y2 = &y * &y % &prime;
-    let u = (&y2 + &prime - 1u32) % &prime;
-    let v = (&d * &y2 + 1u32) % &prime;
-    let x2 = u * inv(&v) % &prime;
-    let mut x = x2.modpow(&((&prime + 3u32) >> 3u32), &prime);
-    if &x * &x % &prime != x2 {
-        let sqrt_m1 = BigUint::from(2u32).modpow(&((&prime - 1u32) >> 2u32), &prime);
-        x = x * sqrt_m1 % &prime;
-    }
-    if x.bit(0) != (sign == 1) && x != BigUint::ZERO {
-        x = &prime - x;
-    }
-    x
-}
-
-/// libgcrypt `_gcry_dsa_normalize_hash`: the digest as an integer truncated to QBITS.
-fn hash_integer(value: &[u8]) -> BigUint {
-    let bits = value.len() as u64 * 8;
-    let h = BigUint::from_bytes_be(value);
-    if bits > QBITS {
-        h >> (bits - QBITS)
-    } else {
-        h
-    }
-}
-
-/// Big-endian, exactly 32 bytes (the value is known to fit).
-fn be32(x: &BigUint) -> [u8; 32] {
-    let bytes = x.to_bytes_be();
+/// libgcrypt `_gcry_dsa_normalize_hash`: the digest as an integer truncated to its leftmost
+/// QBITS bits (a digest of 32 bytes or more: its first 32 bytes shifted right by 3 bits),
+/// big-endian.
+fn hash_integer(value: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    let n = bytes.len().min(32);
-    out[32 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    match value.first_chunk::<32>() {
+        Some(first) => {
+            let shift = 256 - QBITS;
+            let mut carry = 0u8;
+            for (o, &b) in out.iter_mut().zip(first) {
+                *o = carry | (b >> shift);
+                carry = b << (8 - shift);
+            }
+        }
+        None => out[32 - value.len()..].copy_from_slice(value),
+    }
     out
 }
 
 /// RFC 6979 nonces as libgcrypt's `_gcry_dsa_gen_rfc6979_k` derives them for a 32-byte
-/// SHA-256 digest and the 253-bit Ed25519 order; yields successive candidates.
+/// SHA-256 digest and the 253-bit Ed25519 order; yields successive candidates. The nonce
+/// stays in constant-time code: HMAC-SHA-256, byte shifts and curve25519-dalek's scalars.
 struct Rfc6979 {
     k: [u8; 32],
     v: [u8; 32],
@@ -289,12 +303,9 @@ struct Rfc6979 {
 
 impl Rfc6979 {
     fn new(d: &[u8; 32], digest: &[u8; 32]) -> Rfc6979 {
-        let n = group_order();
-        let mut z1 = hash_integer(digest);
-        if z1 >= n {
-            z1 -= &n;
-        }
-        let h1 = be32(&z1);
+        // bits2octets(h): the truncated digest (below 2^253 < 2n) reduced mod n.
+        let mut h1 = scalar_be(&hash_integer(digest)).to_bytes();
+        h1.reverse();
         let mut g = Rfc6979 { k: [0; 32], v: [1; 32], first: true };
         g.k = g.hmac(&[&g.v, &[0], d, &h1]);
         g.v = g.hmac(&[&g.v]);
@@ -315,8 +326,9 @@ impl Rfc6979 {
         mac.finalize().into_bytes().into()
     }
 
-    /// The next candidate `k` with `0 < k < n`.
-    fn next_k(&mut self, n: &BigUint) -> BigUint {
+    /// The next candidate `k` with `0 < k < n`. Only whether a candidate is rejected
+    /// depends on a branch, as RFC 6979 has it.
+    fn next_k(&mut self) -> Scalar {
         loop {
             if !self.first {
                 self.k = self.hmac(&[&self.v, &[0]]);
@@ -324,9 +336,13 @@ impl Rfc6979 {
             }
             self.first = false;
             self.v = self.hmac(&[&self.v]);
-            let k = BigUint::from_bytes_be(&self.v) >> (256 - QBITS);
-            if k > BigUint::ZERO && &k < n {
-                return k;
+            // bits2int: the leftmost QBITS bits of V.
+            let mut le = hash_integer(&self.v);
+            le.reverse();
+            let k = Scalar::from_canonical_bytes(le);
+            let k_ok = k.is_some() & !k.unwrap_or(Scalar::ZERO).ct_eq(&Scalar::ZERO);
+            if bool::from(k_ok) {
+                return k.unwrap_or(Scalar::ZERO);
             }
         }
     }
@@ -354,14 +370,17 @@ pub fn hash_data(digest: &[u8; 32]) -> Sexp {
 /// Signs a SHA-256 digest as `guix authenticate sign` does: returns
 /// `(signature (data …) (sig-val (ecdsa (r …) (s …))) PUBLIC)`, PUBLIC being the key
 /// from `signing-key.pub`. Print it with [`Sexp::to_advanced`].
+///
+/// The secret scalar and the nonce only meet constant-time code: the nonce derivation
+/// ([`Rfc6979`]), curve25519-dalek's `k·G`, scalar inversion and products, and the affine x
+/// of `k·G` ([`affine_x`]).
 pub fn sign(secret: &SecretKey, public: &PublicKey, digest: &[u8; 32]) -> Sexp {
-    let n = group_order();
-    let h = scalar_of(&hash_integer(digest));
+    let h = scalar_be(&hash_integer(digest));
     let d = secret.scalar();
     let mut nonces = Rfc6979::new(&secret.d, digest);
     let (r, s) = loop {
-        let k = scalar_of(&nonces.next_k(&n));
-        let r = scalar_of(&affine_x(&EdwardsPoint::mul_base(&k)));
+        let k = nonces.next_k();
+        let r = Scalar::from_bytes_mod_order(affine_x(&EdwardsPoint::mul_base(&k)));
         if r == Scalar::ZERO {
             continue;
         }
@@ -384,20 +403,23 @@ pub fn sign(secret: &SecretKey, public: &PublicKey, digest: &[u8; 32]) -> Sexp {
 }
 
 /// An unsigned MPI strictly between 0 and n, as a scalar.
-fn sig_scalar(v: &[u8], n: &BigUint) -> Option<Scalar> {
-    let x = BigUint::from_bytes_be(v);
-    (x > BigUint::ZERO && &x < n).then(|| scalar_of(&x))
+fn sig_scalar(v: &[u8]) -> Option<Scalar> {
+    let first = v.iter().position(|&b| b != 0)?;
+    let digits = v.get(first..).filter(|d| d.len() <= 32)?;
+    let mut le = [0u8; 32];
+    le[..digits.len()].copy_from_slice(digits);
+    le[..digits.len()].reverse();
+    Option::from(Scalar::from_canonical_bytes(le))
 }
 
 /// `gcry_pk_verify(sig-val, data, public-key)` for Guix's key type.
 fn ecdsa_verify(sig_val: &Sexp, data: &Sexp, public: &PublicKey) -> bool {
-    let n = group_order();
     // (sig-val (ecdsa (r …) (s …)))
     let Some(alg) = sig_val.nth(1) else { return false };
     if !matches!(alg.head(), Some(b"ecdsa") | Some(b"ecc")) {
         return false;
     }
-    let part = |name| alg.find_token(name).and_then(|l| l.nth_atom(1)).and_then(|v| sig_scalar(v, &n));
+    let part = |name| alg.find_token(name).and_then(|l| l.nth_atom(1)).and_then(sig_scalar);
     let (Some(r), Some(s)) = (part("r"), part("s")) else { return false };
     let Some(value) = signed_hash(data) else { return false };
     let flags_ok = match data.find_token("flags") {
@@ -412,10 +434,10 @@ fn ecdsa_verify(sig_val: &Sexp, data: &Sexp, public: &PublicKey) -> bool {
     if !flags_ok {
         return false;
     }
-    let h = scalar_of(&hash_integer(value));
+    let h = scalar_be(&hash_integer(value));
     let w = s.invert();
     let x = EdwardsPoint::vartime_double_scalar_mul_basepoint(&(r * w), &public.point, &(h * w));
-    scalar_of(&affine_x(&x)) == r
+    Scalar::from_bytes_mod_order(affine_x(&x)) == r
 }
 
 /// The digest a `(data … (hash ALGO VALUE))` S-expression carries (Guix's
@@ -537,22 +559,63 @@ mod tests {
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
     use proptest::prelude::*;
 
+    /// The Ed25519 group order, big-endian: `2^252 + 27742317777372353535851937790883648493`.
+    const N_BE: [u8; 32] = [
+        0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x14, 0xde, 0xf9, 0xde, 0xa2, 0xf7, 0x9c, 0xd6, 0x58, 0x12,
+        0x63, 0x1a, 0x5c, 0xf5, 0xd3, 0xed,
+    ];
+
     #[test]
     fn order_constant() {
-        let n = group_order();
-        let expect =
-            (BigUint::from(1u32) << 252u32) + "27742317777372353535851937790883648493".parse::<BigUint>().unwrap();
-        assert_eq!(n, expect);
-        assert_eq!(n.bits(), QBITS);
+        assert_eq!(scalar_be(&N_BE), Scalar::ZERO);
+        assert_eq!(256 - u64::from(N_BE[0].leading_zeros()), QBITS);
+        let mut n_minus_1 = N_BE;
+        n_minus_1[31] -= 1;
+        assert_eq!(sig_scalar(&n_minus_1), Some(-Scalar::ONE));
+        assert_eq!(sig_scalar(&N_BE), None);
+        assert_eq!(sig_scalar(&[0, 0, 1]), Some(Scalar::ONE));
+        assert_eq!(sig_scalar(&[0, 0]), None);
+        assert_eq!(sig_scalar(&[1; 33]), None);
+    }
+
+    #[test]
+    fn field_constants() {
+        use field::{fe, Fe, EDWARDS_D, SQRT_M1};
+        let minus_one = Fe::ONE.neg();
+        assert_eq!(SQRT_M1.square(), minus_one);
+        let d_times = EDWARDS_D.mul(&fe("000000000000000000000000000000000000000000000000000000000001db42"));
+        assert_eq!(d_times, fe("000000000000000000000000000000000000000000000000000000000001db41").neg());
+    }
+
+    #[test]
+    fn hash_truncation() {
+        let mut want = [0xff; 32];
+        want[0] = 0x1f;
+        assert_eq!(hash_integer(&[0xff; 32]), want);
+        let mut long = [0u8; 64];
+        long[0] = 0x80;
+        long[32] = 0xff;
+        let mut want = [0u8; 32];
+        want[0] = 0x10;
+        assert_eq!(hash_integer(&long), want);
+        let mut want = [0u8; 32];
+        want[30..].copy_from_slice(&[1, 2]);
+        assert_eq!(hash_integer(&[1, 2]), want);
     }
 
     #[test]
     fn affine_x_of_base_point() {
-        let gx = BigUint::parse_bytes(b"216936D3CD6E53FEC0A4E231FDD6DC5C692CC7609525A7B2C9562D608F25D51A", 16).unwrap();
-        assert_eq!(affine_x(&ED25519_BASEPOINT_POINT), gx);
-        let p = field_prime();
-        assert_eq!(affine_x(&-ED25519_BASEPOINT_POINT), &p - gx);
-        assert_eq!(affine_x(&EdwardsPoint::default()), BigUint::ZERO);
+        let be = |hex: &str| {
+            let mut b: [u8; 32] = crate::hash::base16_decode(hex).unwrap().try_into().unwrap();
+            b.reverse();
+            b
+        };
+        let gx = "216936D3CD6E53FEC0A4E231FDD6DC5C692CC7609525A7B2C9562D608F25D51A";
+        assert_eq!(affine_x(&ED25519_BASEPOINT_POINT), be(gx));
+        // p - gx
+        let minus_gx = "5E96C92C3291AC013F5B1DCE022923A396D3389F6ADA584D36A9D29F70DA2AD3";
+        assert_eq!(affine_x(&-ED25519_BASEPOINT_POINT), be(minus_gx));
+        assert_eq!(affine_x(&EdwardsPoint::default()), [0u8; 32]);
     }
 
     fn key_from_seed(seed: u8) -> SecretKey {
