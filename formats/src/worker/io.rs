@@ -9,6 +9,9 @@ use super::{Limits, Opcode, ProtoError};
 use crate::store_path::{HashPart, StoreDir, StorePath};
 use crate::wire::{self, async_read_int, async_read_padding, async_read_u64};
 
+/// The most a string read allocates before its bytes arrive.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Reads typed fields, bounding every allocation by [`Limits`].
 ///
 /// A store path that passes the daemon's `isStorePath` test but does not parse as a
@@ -78,8 +81,13 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Reader<'a, R> {
             return Err(ProtoError::StringTooLong { what, len, max });
         }
         self.charge(len + STRING_OVERHEAD).await?;
-        let mut v = vec![0u8; len as usize];
-        tokio::io::AsyncReadExt::read_exact(self.r, &mut v).await?;
+        // Grown as the bytes arrive, so a short request announcing a long string allocates
+        // only what it really sends.
+        let mut v = Vec::with_capacity((len as usize).min(READ_CHUNK));
+        let got = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(&mut *self.r, len), &mut v).await?;
+        if got as u64 != len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         async_read_padding(self.r, len).await?;
         Ok(v)
     }
