@@ -113,7 +113,9 @@ async fn run() -> Result<(), String> {
         gc: gc::GcLink::from_config(&config),
         substituter: substitute::SubstituterLink::from_config(&config),
         scratch: match unprivileged(&config) {
-            true => guix_store::scratch::Scratch::in_dir(guix_store::scratch::unprivileged_dir(&config.paths.store_dir)),
+            true => {
+                guix_store::scratch::Scratch::in_dir(guix_store::scratch::unprivileged_dir(&config.paths.store_dir))
+            }
             false => guix_store::scratch::Scratch::new(&config.paths.store_dir),
         },
         metrics: Arc::new(metrics::Metrics::default()),

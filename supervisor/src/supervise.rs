@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use guix_ipc::config::UnprivilegedUser;
 use guix_ipc::component::{format_fds, CLIENT_SOCKET_NAME, ENV_COMPONENT, ENV_CONFIG, ENV_FDS, EXIT_NOT_IMPLEMENTED};
+use guix_ipc::config::UnprivilegedUser;
 use guix_ipc::control::{ComponentStatus, ControlReply, ControlRequest, Metric, SupervisorStatus, CONNECTIONS_METRIC};
 use guix_ipc::LinkError;
 use nix::errno::Errno;

@@ -16,7 +16,8 @@
 mod common;
 
 use common::{put, sh, Daemon};
-use guix_tests::{ctl_status, Session};
+use guix_tests::ours::ctl_status;
+use guix_tests::Session;
 
 /// The fields of `/proc/<pid>/status` of a component of the session's daemon.
 fn proc_status(s: &Session, component: &str) -> std::collections::BTreeMap<String, String> {

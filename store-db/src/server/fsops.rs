@@ -121,8 +121,7 @@ pub fn take_unprivileged(
     let from = scratch.join(UNPRIVILEGED_DIR_NAME).join(name);
     let to = scratch.join(name);
     let moved = |to: &Path| {
-        nix::fcntl::renameat2(None, &from, None, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE)
-            .map_err(io::Error::from)
+        nix::fcntl::renameat2(None, &from, None, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE).map_err(io::Error::from)
     };
     match moved(&to) {
         Ok(()) => {}
@@ -268,5 +267,65 @@ mod tests {
         assert!(!t.exists() && live.exists() && fresh_unnamed.exists());
         delete_path(&live).unwrap();
         delete_path(&live).unwrap();
+    }
+
+    /// socket-front's item taken over: moved out of its directory, root's, canonical; a file
+    /// of someone else inside is refused and the item removed. Needs root (chown), as the
+    /// daemon does.
+    #[test]
+    fn unprivileged_items_are_taken_over_or_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, scratch) = (dir.path().to_owned(), dir.path().join(".rs-scratch"));
+        let user = UnprivilegedUser { uid: 65534, gid: 65534 };
+        ensure_scratch_dir(&scratch, Some(user)).unwrap();
+        let front = scratch.join(UNPRIVILEGED_DIR_NAME);
+        let (sm, fm) = (fs::metadata(&scratch).unwrap(), fs::metadata(&front).unwrap());
+        assert_eq!((sm.mode() & 0o7777, sm.uid(), sm.gid()), (0o710, 0, 65534));
+        assert_eq!((fm.mode() & 0o7777, fm.uid(), fm.gid()), (0o700, 65534, 65534));
+        let own = |p: &Path| std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid)).unwrap();
+        let make = |name: &str| {
+            let item = front.join(name);
+            fs::create_dir_all(item.join("sub")).unwrap();
+            fs::write(item.join("sub/f"), b"data").unwrap();
+            fs::set_permissions(item.join("sub/f"), fs::Permissions::from_mode(0o4755)).unwrap();
+            std::os::unix::fs::symlink("sub/f", item.join("l")).unwrap();
+            for p in [item.join("sub/f"), item.join("l"), item.join("sub"), item.clone()] {
+                own(&p);
+            }
+            item
+        };
+        make("1-front-good");
+        take_unprivileged(&store, &scratch, "1-front-good", 100, user.uid, false).unwrap();
+        assert!(!front.join("1-front-good").exists());
+        let taken = scratch.join("1-front-good");
+        for (p, mode) in [(taken.clone(), 0o555), (taken.join("sub"), 0o555), (taken.join("sub/f"), 0o555)] {
+            let m = fs::symlink_metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777, m.mtime()), (0, mode, 1), "{}", p.display());
+        }
+        assert_eq!(fs::symlink_metadata(taken.join("l")).unwrap().uid(), 0);
+
+        // A file that is not socket-front's (a hard link to root's file): refused, removed.
+        let item = make("1-front-bad");
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"root's").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::hard_link(&secret, item.join("sub/secret")).unwrap();
+        let e = take_unprivileged(&store, &scratch, "1-front-bad", 100, user.uid, false).unwrap_err();
+        assert!(e.starts_with("invalid ownership on file `"), "{e}");
+        assert!(!scratch.join("1-front-bad").exists() && !item.exists());
+        assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600, "the foreign file is untouched");
+
+        // Gone from socket-front's directory (a resent request): the half-taken copy goes.
+        fs::create_dir(scratch.join("1-front-again")).unwrap();
+        take_unprivileged(&store, &scratch, "1-front-again", 100, user.uid, false).unwrap();
+        assert!(!scratch.join("1-front-again").exists());
+        // A leftover under the same name in `.rs-scratch` is replaced, not merged.
+        fs::write(scratch.join("1-front-x"), b"old").unwrap();
+        fs::write(front.join("1-front-x"), b"new").unwrap();
+        own(&front.join("1-front-x"));
+        take_unprivileged(&store, &scratch, "1-front-x", 100, user.uid, false).unwrap();
+        assert_eq!(fs::read(scratch.join("1-front-x")).unwrap(), b"new");
+        assert!(take_unprivileged(&store, &scratch, "../x", 1, user.uid, false).is_err());
     }
 }

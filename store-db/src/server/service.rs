@@ -225,8 +225,7 @@ impl StoreDb {
         if todo.is_empty() {
             return Ok(());
         }
-        let (store, scratch, dedup) =
-            (self.layout.store_path.clone(), self.layout.scratch.clone(), self.deduplicate);
+        let (store, scratch, dedup) = (self.layout.store_path.clone(), self.layout.scratch.clone(), self.deduplicate);
         tokio::task::spawn_blocking(move || {
             for (i, (name, nar_size)) in todo.iter().enumerate() {
                 if let Err(e) = take_unprivileged(&store, &scratch, name, *nar_size, uid, dedup) {
