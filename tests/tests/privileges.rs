@@ -6,7 +6,8 @@
 //! client that never connected (`nobody`), `guix archive --export` signed (imported again,
 //! which checks the signature against the ACL) while socket-front's user cannot read the key,
 //! items added through socket-front's own scratch directory owned by root in the store,
-//! canonical, and deduplicated (a `.links` entry shared by two items). Trust by `SO_PEERCRED`:
+//! canonical, and deduplicated (a `.links` entry shared by two items), its metrics reports
+//! accepted by the supervisor's control socket, which refuses it anything else. Trust by `SO_PEERCRED`:
 //! root is trusted, socket-front's own uid is not (`guix gc --verify=repair` is refused to it
 //! as to any user).
 //!
@@ -16,7 +17,7 @@
 mod common;
 
 use common::{put, sh, Daemon};
-use guix_tests::ours::ctl_status;
+use guix_tests::ours::{ctl_status, LIBEXEC_IN_CHROOT};
 use guix_tests::Session;
 
 /// The fields of `/proc/<pid>/status` of a component of the session's daemon.
@@ -134,6 +135,25 @@ fn socket_front_runs_unprivileged_and_what_needed_root_still_works() {
         ),
     );
     assert!(export.contains("imported") && export.starts_with("status: 0"), "{export}");
+
+    // --- The control socket: socket-front's user reports its metrics (`ctl status` shows its
+    // connections, reported every 2 s) and may do nothing else there.
+    let ctl = format!("{LIBEXEC_IN_CHROOT}/guix-daemon-rs ctl");
+    let reported = (0..50).any(|_| {
+        let status = ok(&s, &format!("{ctl} status"));
+        let line = status.lines().find(|l| l.starts_with("socket-front")).unwrap_or_default().to_owned();
+        let connections = line.split_whitespace().nth(4).unwrap_or("-");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        connections.parse::<u64>().is_ok()
+    });
+    assert!(reported, "socket-front's metrics never reached the supervisor");
+    for request in ["status", "restart store-db"] {
+        let refused = sh(&s, &format!("runuser -u guix-daemon-rs -- {ctl} {request}"));
+        assert!(
+            refused.contains("socket-front's user may only report its metrics") && !refused.starts_with("status: 0"),
+            "{refused}"
+        );
+    }
 
     // --- Trust: root is trusted (told repair is not implemented), socket-front's user is not.
     let root = sh(&s, "guix gc --verify=repair");

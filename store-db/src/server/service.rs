@@ -16,7 +16,8 @@
 //! substituter, the gc, and socket-front when it runs as root), or socket-front's own user
 //! (`config.socket_front_user`): its scratch items are taken over untrusted
 //! ([`super::fsops::take_unprivileged`]) and it may not send what only the gc and the builder
-//! send (collections, failed-path registration). Any other uid is refused at once.
+//! send (collections, failed-path registration), nor speak for another holder's temp roots.
+//! Any other uid is refused at once.
 //!
 //! SIGTERM/SIGINT: stop accepting connections, wait (at most [`DRAIN_TIMEOUT`]) until no
 //! request is in flight, exit 0. Exiting earlier would be safe too (SQLite transactions,
@@ -44,6 +45,9 @@ use crate::{DbOptions, DbWriter, InitOptions, StateDirs};
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// How long SIGTERM waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The holder name of socket-front (`ROOT_HOLDERS`), the only one its user may speak for.
+const SOCKET_FRONT: &str = "socket-front";
 
 /// Who is on the other end of a link connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,20 @@ impl StoreDb {
             ) {
                 return StoreDbReply::Error(LinkError::client(format!(
                     "this request is not permitted to uid {uid} (socket-front's user)"
+                )));
+            }
+            // It speaks for its own temp roots only (not the builder's or the substituter's).
+            let holder = match &req {
+                StoreDbRequest::AddItems { conn, .. }
+                | StoreDbRequest::AddTempRoots { conn, .. }
+                | StoreDbRequest::ConnectionClosed { conn } => Some(&conn.holder),
+                StoreDbRequest::SyncConnections { holder, .. } => Some(holder),
+                _ => None,
+            };
+            if let Some(h) = holder.filter(|h| h.component != SOCKET_FRONT) {
+                return StoreDbReply::Error(LinkError::client(format!(
+                    "uid {uid} (socket-front's user) may not hold temp roots for `{}'",
+                    h.component
                 )));
             }
         }
