@@ -239,7 +239,7 @@ mod tests {
     fn delete_read_only_tree_and_sweep() {
         let dir = tempfile::tempdir().unwrap();
         let scratch = dir.path().join("scratch");
-        ensure_scratch_dir(&scratch).unwrap();
+        ensure_scratch_dir(&scratch, None).unwrap();
         // A read-only tree of a dead writer (pid 2^22+1 is above pid_max's default range
         // on most systems, but check to be sure).
         let dead = (4_194_000..4_194_300).find(|&p| !pid_alive(p)).unwrap();
