@@ -149,6 +149,13 @@ pub fn default_system() -> String {
     format!("{arch}-{}", std::env::consts::OS)
 }
 
+/// A user a component runs as instead of root: its ids, resolved by the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnprivilegedUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Every setting of the daemon. See the module documentation.
 ///
 /// [`DaemonConfig::default`] is what the C++ `guix-daemon` of Guix 1.5.0 runs with when given
@@ -169,6 +176,14 @@ pub struct DaemonConfig {
     pub runtime_dir: PathBuf,
     /// The supervisor's control socket: `$state_dir/daemon-socket/rs-control`.
     pub control_socket: PathBuf,
+    /// The user socket-front runs as (`--socket-front-user`), or `None` when it runs as the
+    /// daemon's own user (no such user: see ARCHITECTURE.md, "Privileges").
+    #[serde(default)]
+    pub socket_front_user: Option<UnprivilegedUser>,
+    /// The supervisor's effective uid: a client with this uid is trusted, like root (C++
+    /// trusts the daemon's own uid). socket-front's own uid is not trusted unless it is this.
+    #[serde(default)]
+    pub daemon_uid: u32,
 
     // --- Settings (command line, §1.2) ---
     /// `--debug`.
@@ -225,6 +240,8 @@ impl Default for DaemonConfig {
             daemon_socket_file: paths.default_socket(),
             runtime_dir: paths.runtime_dir(),
             control_socket: paths.control_socket(),
+            socket_front_user: None,
+            daemon_uid: 0,
             paths,
             debug: false,
             build_users_group: None,

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::gc::KeepRules;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 7 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 8 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
@@ -200,6 +200,21 @@ pub enum StoreDbRequest {
     EndCollection {
         collection: CollectionId,
     },
+    /// C++ `createUser` for a client with this uid: `<state>/profiles/per-user/<name>` (the
+    /// user's name from the password database), mode 0755, owned by the user. Nothing happens
+    /// for a uid without a user or with an unusable name. socket-front asks only when the
+    /// directory is not already there with that owner; it cannot make it itself (not root).
+    EnsureUserProfile {
+        uid: u32,
+    },
+    /// Signs an export (`guix authenticate sign`): the SHA-256 `digest` of the record, with
+    /// `<conf>/signing-key.sec` (C++ `checkSecrecy` first: the key must be 0600 or
+    /// stricter). Answers [`StoreDbReply::Signature`]: the signature's canonical
+    /// S-expression (advanced syntax, as it goes into the export trailer). The key never
+    /// leaves store-db.
+    SignDigest {
+        digest: Hash,
+    },
 }
 
 /// One [`StoreDbRequest::DeleteDead`].
@@ -297,6 +312,8 @@ pub enum StoreDbReply {
         temp_roots: Vec<StorePath>,
     },
     Deleted(DeleteOutcome),
+    /// The answer to [`StoreDbRequest::SignDigest`].
+    Signature(Vec<u8>),
     /// The request failed; a `Client` error's message is what the client is told (the C++
     /// daemon's wording).
     Error(LinkError),

@@ -203,7 +203,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         // Nothing to do (not even a thread hop) without a file big enough: a root file's NAR
         // is longer than its contents, so this lets through all that are.
         let big = !known.is_empty() && (received.summary.nar_size >= DEDUPLICATION_MIN_SIZE);
-        if big && self.shared.config.auto_optimise_store {
+        if big && deduplicates_here(&self.shared.config) {
             let (config, dest) = (self.shared.config.clone(), item.path().to_owned());
             let msgs = tokio::task::spawn_blocking(move || deduplicate(&config, &dest, &known))
                 .await
@@ -243,7 +243,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         let (summary, msgs) = tokio::task::spawn_blocking(move || {
             let summary = write_text(&dest, &contents).map_err(|e| Failure::Op(e.to_string()))?;
             // Larger than the inline limit, so always big enough to be deduplicated.
-            let msgs = match config.auto_optimise_store {
+            let msgs = match deduplicates_here(&config) {
                 true => deduplicate(&config, &dest, &[(PathBuf::new(), summary.nar_hash)].into())?,
                 false => Vec::new(),
             };
@@ -290,6 +290,13 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         self.shared.backend.add_items(self.id, vec![new]).await?;
         Ok(Reply::Path(path))
     }
+}
+
+/// Whether socket-front deduplicates its items itself (`auto-optimise-store`): not when it
+/// runs as its own user, which cannot write `.links` and the store; store-db deduplicates
+/// those items when it takes them over (hashing their files itself).
+pub(crate) fn deduplicates_here(config: &DaemonConfig) -> bool {
+    config.auto_optimise_store && !crate::unprivileged(config)
 }
 
 /// `optimisePath` of a scratch item (C++ `auto-optimise-store`, checked by the caller), on a

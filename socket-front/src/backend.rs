@@ -90,6 +90,10 @@ pub trait StoreBackend: Send + Sync + 'static {
     /// VerifyStore's clean-up: invalidates those of `paths` that vanished (in order).
     fn invalidate_missing(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send;
     fn clear_failed_paths(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// `createUser` for the client `uid` (socket-front, not root, cannot make the directory).
+    fn ensure_user_profile(&self, uid: u32) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// The daemon's signature of an export's digest (socket-front cannot read the key).
+    fn sign_digest(&self, digest: guix_formats::Hash) -> impl Future<Output = Result<Vec<u8>, Failure>> + Send;
 }
 
 /// A database error as the client sees it.
@@ -181,6 +185,14 @@ impl StoreBackend for DaemonBackend {
     }
     fn clear_failed_paths(&self, paths: Vec<StorePath>) -> impl Future<Output = Result<(), Failure>> + Send {
         let f = self.storedb.clear_failed_paths(paths);
+        async move { f.await.map_err(store_db_failure) }
+    }
+    fn ensure_user_profile(&self, uid: u32) -> impl Future<Output = Result<(), Failure>> + Send {
+        let f = self.storedb.ensure_user_profile(uid);
+        async move { f.await.map_err(store_db_failure) }
+    }
+    fn sign_digest(&self, digest: guix_formats::Hash) -> impl Future<Output = Result<Vec<u8>, Failure>> + Send {
+        let f = self.storedb.sign_digest(digest);
         async move { f.await.map_err(store_db_failure) }
     }
 }

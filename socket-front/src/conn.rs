@@ -48,7 +48,9 @@ pub struct Shared<B = DaemonBackend> {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub nar_limits: nar::Limits,
-    /// Our effective uid: a peer with this uid is trusted, like root.
+    /// The daemon's (the supervisor's) effective uid: a peer with this uid is trusted, like
+    /// root. Not socket-front's own uid when it runs as its own user: a process of that user
+    /// is nobody to trust.
     pub daemon_uid: u32,
     /// The bytes decoded requests of all connections may hold ([`crate::budget`]).
     pub memory: crate::budget::MemoryPool,
@@ -259,30 +261,29 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         s.flush().await.map_err(|e| Failure::Gone(e.to_string()))
     }
 
-    /// `createUser`: `<state>/profiles/per-user/<name>`, owned by the user, mode 0755.
+    /// `createUser`: `<state>/profiles/per-user/<name>`, owned by the user, mode 0755. Made by
+    /// store-db (socket-front is not root); asked for only when it is not there like that.
     async fn create_user(&mut self) -> Result<(), String> {
         let Some(uid) = self.peer.uid else { return Ok(()) };
         let per_user: PathBuf = self.shared.config.paths.state_dir.join("profiles/per-user");
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let needed = tokio::task::spawn_blocking(move || {
             let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten();
-            let Some(user) = user else {
-                // C++ logs "user with UID … not found" and carries on.
-                return Ok(());
+            // No such user (C++ logs "user with UID … not found" and carries on), or a name
+            // store-db will not make a directory for: nothing to do.
+            let Some(user) = user.filter(|u| !u.name.is_empty() && !u.name.contains('/') && !u.name.starts_with('.'))
+            else {
+                return false;
             };
-            if user.name.is_empty() || user.name.contains('/') || user.name.starts_with('.') {
-                return Ok(());
-            }
-            let dir = per_user.join(&user.name);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating directory `{}': {e}", dir.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| format!("changing permissions of `{}': {e}", dir.display()))?;
-            nix::unistd::chown(&dir, Some(user.uid), None)
-                .map_err(|e| format!("changing owner of `{}': {e}", dir.display()))?;
-            Ok(())
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::symlink_metadata(per_user.join(&user.name));
+            !md.is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o7777 == 0o755)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+        .map_err(|e| e.to_string())?;
+        if !needed {
+            return Ok(());
+        }
+        self.shared.backend.ensure_user_profile(uid).await.map_err(|f| f.to_string())
     }
 
     async fn perform(&mut self, op: Opcode) -> Result<Answer, Failure> {

@@ -63,6 +63,14 @@ pub const DB_READERS: usize = 4;
 /// and a few dozen threads keep both cores busy.
 pub const BLOCKING_THREADS: usize = 32;
 
+/// Whether this process is the unprivileged socket-front (`config.socket_front_user` is our
+/// user): its scratch items go into its own directory, store-db takes them over and
+/// deduplicates them. Otherwise (no such user configured: socket-front runs as the daemon's
+/// user) everything is as the daemon's user does it.
+pub(crate) fn unprivileged(config: &guix_ipc::config::DaemonConfig) -> bool {
+    config.socket_front_user.is_some_and(|u| u.uid == nix::unistd::geteuid().as_raw())
+}
+
 /// The program: returns the exit status.
 ///
 /// One runtime thread serves every connection. The protocol work per operation is a few
@@ -100,7 +108,7 @@ async fn run() -> Result<(), String> {
     // store-db's change epoch, for the path-info cache; without it, no caching.
     let dirs = guix_store::StateDirs::from_config(&config);
     let epoch_path = dirs.epoch_path();
-    let epoch = match guix_store::Epoch::open(&epoch_path) {
+    let epoch = match guix_store::Epoch::open_read_only(&epoch_path) {
         Ok(e) => Some(e),
         Err(e) => {
             eprintln!("guix-socket-front: not caching path infos: opening `{}': {e}", epoch_path.display());
@@ -118,11 +126,17 @@ async fn run() -> Result<(), String> {
         gc: gc::GcLink::from_config(&config),
         substituter: substitute::SubstituterLink::from_config(&config),
         // Abandoned uploads are removed on a thread of their own, never on the runtime's.
-        scratch: guix_store::scratch::Scratch::new(&config.paths.store_dir).with_remover(remover),
+        scratch: match unprivileged(&config) {
+            true => {
+                guix_store::scratch::Scratch::in_dir(guix_store::scratch::unprivileged_dir(&config.paths.store_dir))
+            }
+            false => guix_store::scratch::Scratch::new(&config.paths.store_dir),
+        }
+        .with_remover(remover),
         metrics: Arc::new(metrics::Metrics::default()),
         limits: Limits::DEFAULT,
         nar_limits: nar::Limits::default(),
-        daemon_uid: nix::unistd::geteuid().as_raw(),
+        daemon_uid: config.daemon_uid,
         memory: budget::MemoryPool::default(),
         transfers: transfer_pool::TransferPool::from_env(),
         store,

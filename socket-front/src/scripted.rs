@@ -73,7 +73,8 @@ impl Rig {
         let store = StoreDir::default();
         let builder = Client::new(dir.path().join("builder.sock"), BUILDER_LINK, "socket-front", limits.call);
         let shared = Shared {
-            backend: MemoryStore::new(store.clone(), config.paths.store_dir.clone()),
+            backend: MemoryStore::new(store.clone(), config.paths.store_dir.clone())
+                .with_conf_dir(config.paths.conf_dir.clone()),
             builder: BuilderLink::new(builder, limits),
             gc: crate::gc::GcLink::new(
                 Client::new(dir.path().join("gc.sock"), guix_ipc::gc::GC_LINK, "socket-front", limits.call),

@@ -3,13 +3,13 @@
 //!
 //! Both run on a blocking thread over the bridged tunnels, so a NAR goes between the store
 //! and the socket in one streaming pass. Signatures are made and checked in process with
-//! `guix_formats::signature` (the C++ daemon asks the `guix authenticate` agent) using
-//! `<conf>/signing-key.sec` and `<conf>/acl`. Imports require a valid signature from an ACL
+//! `guix_formats::signature` (the C++ daemon asks the `guix authenticate` agent): checked here
+//! against `<conf>/acl`, made by store-db, the only process that reads
+//! `<conf>/signing-key.sec` (`StoreBackend::sign_digest`). Imports require a valid signature from an ACL
 //! key for everyone, root included, as the Guix daemon does.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use guix_formats::export::{
     ExportError, ExportLimits, ExportReader, ExportTrailer, NarSink, NarSource, RecordWriter, Signature,
 };
 use guix_formats::sexp::Sexp;
-use guix_formats::signature::{self, Acl, SecretKey};
+use guix_formats::signature::{self, Acl};
 use guix_formats::worker::{Reply, TunnelSink, TunnelSource};
 use guix_formats::{nar, Hash, StorePath};
 use guix_ipc::store_db::{ItemSource, NewItem};
@@ -32,17 +32,6 @@ use guix_store::scratch::canonicalise;
 
 const TROJAN: &str = "signed hash doesn't match actual contents of imported archive; archive could be corrupt, \
                       or someone is trying to import a Trojan horse";
-
-/// `checkSecrecy` then the key itself.
-fn load_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let md =
-        std::fs::metadata(path).map_err(|e| format!("getting status of `{}': {}", path.display(), strerror(&e)))?;
-    if md.permissions().mode() & 0o077 != 0 {
-        return Err(format!("file `{}' should be secret (inaccessible to everyone else)!", path.display()));
-    }
-    let text = std::fs::read(path).map_err(|e| format!("opening file `{}': {}", path.display(), strerror(&e)))?;
-    SecretKey::parse(&text).map_err(|e| format!("reading signing key `{}': {e}", path.display()))
-}
 
 /// The ACL of `guix authenticate`: a missing file is an empty list.
 fn load_acl(path: &Path) -> Result<Acl, String> {
@@ -74,12 +63,12 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         let info = self.shared.backend.query(|r| r.try_path_info(&p))?;
         let Some(info) = info else { return Err(Failure::Op(format!("path `{shown}' is not valid"))) };
         let on_disk = self.shared.config.paths.store_dir.join(path.base_name());
-        let key_file = self.shared.config.paths.conf_dir.join("signing-key.sec");
+        let shared = self.shared.clone();
         let trailer = ExportTrailer { path, references: info.references, deriver: info.deriver, signature: None };
         let expected = info.nar_hash;
         self.blocking(move |s, h| -> Result<(), Failure> {
             let mut sink = TunnelSink::new(s);
-            let mut out = SyncBridge::new(&mut sink, h);
+            let mut out = SyncBridge::new(&mut sink, h.clone());
             let rec = RecordWriter::write_nar(&mut out, NarSource::Path(&on_disk)).map_err(export_failure)?;
             // `exportPath` refuses a path whose contents changed, after the NAR went out and
             // before the trailer; an all-zero stored hash means "unknown".
@@ -92,10 +81,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 )));
             }
             let mut sign_with_key = |digest: &Hash| -> Result<Vec<u8>, String> {
-                let key = load_secret_key(&key_file)?;
-                let d: [u8; 32] =
-                    digest.as_bytes().try_into().map_err(|_| "signed digest is not SHA-256".to_owned())?;
-                Ok(signature::sign(&key, key.public_key(), &d).to_advanced())
+                h.block_on(shared.backend.sign_digest(*digest)).map_err(|f| f.to_string())
             };
             let signature = if sign { Signature::Sign(&mut sign_with_key) } else { Signature::FromTrailer };
             rec.finish(&store, &trailer, signature).map_err(export_failure)?;
@@ -180,7 +166,7 @@ async fn register_import<B: StoreBackend>(
     let dest: PathBuf = item.path().to_owned();
     let config = shared.config.clone();
     // A NAR shorter than the threshold holds no file that long.
-    let dedup = config.auto_optimise_store && nar.nar_size >= DEDUPLICATION_MIN_SIZE;
+    let dedup = crate::add::deduplicates_here(&config) && nar.nar_size >= DEDUPLICATION_MIN_SIZE;
     tokio::task::spawn_blocking(move || {
         canonicalise(&dest).map_err(|e| Failure::Op(format!("canonicalising imported path: {e}")))?;
         // The stream is the importer's here: deduplication's messages (only debugging ones

@@ -28,7 +28,7 @@ fn setup(max_group: usize) -> Setup {
     let lock = dirs.init(&InitOptions::default()).unwrap();
     let store = dirs.store_dir().unwrap();
     let scratch = dirs.store_path().join(SCRATCH_DIR_NAME);
-    ensure_scratch_dir(&scratch).unwrap();
+    ensure_scratch_dir(&scratch, None).unwrap();
     let w = DbWriter::open(dirs.db_dir(), store.clone(), &lock, &DbOptions::default()).unwrap();
     std::mem::forget(lock); // held for the test's lifetime
     let layout = StoreLayout { store_path: dirs.store_path().to_owned(), store_dir: store.clone(), scratch };

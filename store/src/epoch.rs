@@ -39,6 +39,8 @@ pub const EPOCH_FILE: &str = "store-db.epoch";
 pub struct Epoch {
     map: NonNull<AtomicU64>,
     path: PathBuf,
+    /// Mapped read-write (the writer) or read-only (a reader: [`Epoch::open_read_only`]).
+    writable: bool,
 }
 
 // SAFETY: the mapping is only ever accessed through `AtomicU64`, which is `Sync`; the pointer
@@ -47,9 +49,13 @@ unsafe impl Send for Epoch {}
 unsafe impl Sync for Epoch {}
 
 impl Epoch {
-    /// Opens the epoch file at `path`, creating it (mode 0600) when missing. Never truncates it.
+    /// Opens the epoch file at `path` for writing, creating it when missing. Never truncates
+    /// it. Mode 0644: readers that are not root (socket-front) map it read-only; the counter
+    /// is no secret (the runtime directory decides who reaches it).
     pub fn open(path: &Path) -> std::io::Result<Epoch> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
+        // Made 0600 by earlier versions.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         // Only ever grown, never shrunk: a process that mapped the file before must not fault.
         if file.metadata()?.len() < MAP_LEN as u64 {
             file.set_len(MAP_LEN as u64)?;
@@ -60,7 +66,21 @@ impl Epoch {
         let ptr =
             unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &file, 0) }
                 .map_err(std::io::Error::from)?;
-        Ok(Epoch { map: ptr.cast(), path: path.to_owned() })
+        Ok(Epoch { map: ptr.cast(), path: path.to_owned(), writable: true })
+    }
+
+    /// Maps an existing epoch file read-only, for a reader (which never advances it).
+    pub fn open_read_only(path: &Path) -> std::io::Result<Epoch> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        if file.metadata()?.len() < MAP_LEN as u64 {
+            return Err(std::io::Error::other("the epoch file is not initialised yet"));
+        }
+        let len = NonZeroUsize::new(MAP_LEN).ok_or_else(|| std::io::Error::other("empty mapping"))?;
+        // SAFETY: a fresh shared read-only mapping of a file at least `MAP_LEN` long, which is
+        // never shrunk; only ever loaded from (`advance` does not write through it).
+        let ptr = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &file, 0) }
+            .map_err(std::io::Error::from)?;
+        Ok(Epoch { map: ptr.cast(), path: path.to_owned(), writable: false })
     }
 
     fn counter(&self) -> &AtomicU64 {
@@ -73,8 +93,13 @@ impl Epoch {
         self.counter().load(Ordering::SeqCst)
     }
 
-    /// Advances the epoch: everything tagged with an older one is stale.
+    /// Advances the epoch: everything tagged with an older one is stale. Does nothing on a
+    /// read-only mapping (a reader has nothing to advance; writing would fault).
     pub fn advance(&self) {
+        if !self.writable {
+            debug_assert!(false, "advancing a read-only epoch");
+            return;
+        }
         self.counter().fetch_add(1, Ordering::SeqCst);
     }
 
@@ -114,6 +139,11 @@ mod tests {
         drop(b);
         let c = Epoch::open(&path).unwrap();
         assert_eq!(c.current(), 2, "reopening must not reset the counter");
+        let r = Epoch::open_read_only(&path).unwrap();
+        c.advance();
+        assert_eq!(r.current(), 3, "a read-only mapping sees the writer's advances");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]

@@ -145,6 +145,11 @@ impl Error {
             source.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         ) || matches!(source, rusqlite::Error::SqliteFailure(e, _) if e.extended_code & 0xff == rusqlite::ffi::SQLITE_PROTOCOL)
+            // A reader that cannot write the `-shm` (socket-front as its own user) right after
+            // the writer died: the WAL index needs recovering, which the next writer does.
+            || matches!(source, rusqlite::Error::SqliteFailure(e, _)
+                if e.extended_code == rusqlite::ffi::SQLITE_READONLY_RECOVERY
+                    || e.extended_code == rusqlite::ffi::SQLITE_READONLY_CANTINIT)
     }
 }
 

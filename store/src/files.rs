@@ -112,6 +112,18 @@ fn canonicalise_node(
     }
     seen.insert(inode);
 
+    // The owner first: once the node is ours, its previous owner can no longer change its mode
+    // (through a descriptor it kept), so the mode read again now is the one to correct. And a
+    // directory is ours and read-only before its entries are read, so nobody else can swap
+    // an entry (for a symlink to a file outside) between our `lstat` and our `chmod`.
+    let euid = nix::unistd::geteuid().as_raw();
+    let md = if md.uid() != euid {
+        std::os::unix::fs::lchown(path, Some(euid), Some(nix::unistd::getegid().as_raw()))
+            .map_err(sys(format!("changing owner of `{}' to {euid}", shown.display())))?;
+        fs::symlink_metadata(path).map_err(sys(format!("getting attributes of path `{}'", shown.display())))?
+    } else {
+        md
+    };
     if !ft.is_symlink() {
         let perm = md.mode() & 0o7777;
         if perm != 0o444 && perm != 0o555 {
@@ -127,11 +139,6 @@ fn canonicalise_node(
         nix::sys::stat::utimensat(None, path, &atime, &mtime, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
             .map_err(io::Error::from)
             .map_err(sys(format!("changing modification time of `{}'", shown.display())))?;
-    }
-    let euid = nix::unistd::geteuid().as_raw();
-    if md.uid() != euid {
-        std::os::unix::fs::lchown(path, Some(euid), Some(nix::unistd::getegid().as_raw()))
-            .map_err(sys(format!("changing owner of `{}' to {euid}", shown.display())))?;
     }
     if ft.is_dir() {
         let rd = fs::read_dir(path).map_err(sys(format!("opening directory `{}'", shown.display())))?;

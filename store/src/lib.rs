@@ -17,6 +17,7 @@
 //!   file locks (`lockFile`).
 //! - [`scratch`] — the scratch directory where writers put new items before store-db moves
 //!   them into the store, and how its entries are named (`<writer-pid>-…`).
+//! - [`signing`] — signing exports with the daemon's key (`checkSecrecy`, `guix authenticate`).
 //! - [`optimise`] — file deduplication through `<store>/.links` (`optimise-store.cc`).
 //! - [`roots`] — GC root discovery (`findRoots`).
 //! - [`storedb`] — [`storedb::StoreDb`], a component's side of the `store-db` link: its writes,
@@ -32,6 +33,7 @@ pub mod info;
 pub mod optimise;
 pub mod roots;
 pub mod scratch;
+pub mod signing;
 pub mod sql;
 pub mod storedb;
 

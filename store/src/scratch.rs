@@ -30,6 +30,18 @@ use guix_ipc::store_db::ConnId;
 /// store-db moves things out of it.
 pub const SCRATCH_DIR_NAME: &str = ".rs-scratch";
 
+/// Name of socket-front's own scratch directory inside [`SCRATCH_DIR_NAME`], when it runs as
+/// its own user: `<store>/.rs-scratch/front`, mode 0700, owned by that user (store-db creates
+/// it; `.rs-scratch` is then 0710 with socket-front's group, so it can reach only this). Its
+/// items are not trusted: store-db moves each out of it before it looks at it, then checks and
+/// takes over its ownership (see store-db's `fsops`).
+pub const UNPRIVILEGED_DIR_NAME: &str = "front";
+
+/// `<store>/.rs-scratch/front` (see [`UNPRIVILEGED_DIR_NAME`]).
+pub fn unprivileged_dir(store_dir: &Path) -> PathBuf {
+    store_dir.join(SCRATCH_DIR_NAME).join(UNPRIVILEGED_DIR_NAME)
+}
+
 pub struct Scratch {
     dir: PathBuf,
     counter: AtomicU64,
@@ -38,7 +50,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(store_dir: &Path) -> Scratch {
-        Scratch { dir: store_dir.join(SCRATCH_DIR_NAME), counter: AtomicU64::new(0), remover: None }
+        Scratch::in_dir(store_dir.join(SCRATCH_DIR_NAME))
+    }
+
+    /// Scratch space in `dir` (socket-front's own: [`unprivileged_dir`]).
+    pub fn in_dir(dir: PathBuf) -> Scratch {
+        Scratch { dir, counter: AtomicU64::new(0), remover: None }
     }
 
     /// Items dropped without being handed over are removed by `remover`.

@@ -131,6 +131,19 @@ impl StoreDb {
         self.call(StoreDbRequest::RegisterFailedPaths { paths }).await
     }
 
+    /// `createUser` for the client `uid` (see [`StoreDbRequest::EnsureUserProfile`]).
+    pub async fn ensure_user_profile(&self, uid: u32) -> Result<(), LinkError> {
+        self.call(StoreDbRequest::EnsureUserProfile { uid }).await
+    }
+
+    /// Signs an export's digest with the daemon's key, which only store-db reads.
+    pub async fn sign_digest(&self, digest: guix_formats::Hash) -> Result<Vec<u8>, LinkError> {
+        match self.client.call(StoreDbRequest::SignDigest { digest }).await {
+            Ok(StoreDbReply::Signature(sig)) => Ok(sig),
+            other => reply(other).and_then(|()| Err(LinkError::internal("store-db sent no signature"))),
+        }
+    }
+
     /// Sends every live connection with its roots now (at start-up: store-db then forgets
     /// the roots of a previous socket-front, and its barrier counts us).
     pub async fn sync(&self) -> Result<(), LinkError> {

@@ -60,6 +60,10 @@ pub struct Options {
     pub rs_metrics_listen: Option<SocketAddr>,
     /// `--rs-libexec-dir`: our own.
     pub rs_libexec_dir: Option<PathBuf>,
+    /// `--rs-socket-front-user`: our own; the user socket-front runs as (see
+    /// `crate::privileges`). `None`: [`crate::privileges::DEFAULT_SOCKET_FRONT_USER`] if it
+    /// exists.
+    pub rs_socket_front_user: Option<String>,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             debug: false,
             rs_metrics_listen: None,
             rs_libexec_dir: None,
+            rs_socket_front_user: None,
         }
     }
 }
@@ -155,6 +160,7 @@ enum Key {
     Debug,
     RsLibexecDir,
     RsMetricsListen,
+    RsSocketFrontUser,
     Help,
     Usage,
     Version,
@@ -202,6 +208,7 @@ const OPTIONS: &[Opt] = &[
     opt("debug", None, Key::Debug, Arg::None),
     opt("rs-libexec-dir", None, Key::RsLibexecDir, Arg::Required),
     opt("rs-metrics-listen", None, Key::RsMetricsListen, Arg::Required),
+    opt("rs-socket-front-user", None, Key::RsSocketFrontUser, Arg::Required),
     opt("help", Some('?'), Key::Help, Arg::None),
     opt("usage", None, Key::Usage, Arg::None),
     opt("version", Some('V'), Key::Version, Arg::None),
@@ -364,6 +371,7 @@ fn apply(opts: &mut Options, key: Key, value: Option<String>) -> Result<(), Exit
         Key::Listen => opts.listen.push(v),
         Key::Debug => opts.debug = true,
         Key::RsLibexecDir => opts.rs_libexec_dir = Some(PathBuf::from(v)),
+        Key::RsSocketFrontUser => opts.rs_socket_front_user = Some(v),
         Key::RsMetricsListen => {
             opts.rs_metrics_listen =
                 Some(v.parse().map_err(|_| {
@@ -423,6 +431,10 @@ guix-daemon-rs -- perform derivation builds and store accesses
                              guix-COMPONENT from DIR
       --rs-metrics-listen=ADDR   (guix-daemon-rs) serve Prometheus metrics
                              over HTTP on ADDR (IP:PORT); off by default
+      --rs-socket-front-user=USER   (guix-daemon-rs) run the socket-front
+                             component (client connections) as USER, without
+                             capabilities; default: guix-daemon-rs if that
+                             user exists, else root with a warning
       --substitute-urls=URLS use URLS as the default list of substitute
                              providers
       --system=SYSTEM        assume SYSTEM as the current system type
@@ -455,9 +467,9 @@ Usage: guix-daemon-rs [-?V] [-c N] [-M N] [--build-users-group=GROUP]
             [--listen=SOCKET] [--log-compression=TYPE] [--lose-logs]
             [--max-silent-time=SECONDS] [--max-jobs=N] [--no-offload]
             [--no-substitutes] [--rounds=N] [--rs-libexec-dir=DIR]
-            [--rs-metrics-listen=ADDR] [--substitute-urls=URLS]
-            [--system=SYSTEM] [--timeout=SECONDS] [--help] [--usage]
-            [--version]
+            [--rs-metrics-listen=ADDR] [--rs-socket-front-user=USER]
+            [--substitute-urls=URLS] [--system=SYSTEM] [--timeout=SECONDS]
+            [--help] [--usage] [--version]
 ";
 
 #[cfg(test)]
@@ -520,6 +532,7 @@ mod tests {
             "--debug",
             "--rs-libexec-dir=/lib",
             "--rs-metrics-listen=127.0.0.1:9100",
+            "--rs-socket-front-user=nobody",
         ]);
         assert_eq!(o.system.as_deref(), Some("i686-linux"));
         assert_eq!(o.cores.as_deref(), Some("4"));
@@ -537,6 +550,7 @@ mod tests {
         assert_eq!(o.listen, vec!["/x/s", "/y/s"]);
         assert!(o.debug);
         assert_eq!(o.rs_libexec_dir, Some(PathBuf::from("/lib")));
+        assert_eq!(o.rs_socket_front_user.as_deref(), Some("nobody"));
         assert_eq!(o.rs_metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     }
 

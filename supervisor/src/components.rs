@@ -20,6 +20,9 @@ pub enum SocketRole {
 pub struct ComponentSpec {
     pub name: &'static str,
     pub sockets: &'static [SocketRole],
+    /// Runs as socket-front's own user, without capabilities, when there is one
+    /// ([`crate::privileges`]); else as the supervisor's user.
+    pub unprivileged: bool,
 }
 
 impl ComponentSpec {
@@ -31,17 +34,17 @@ impl ComponentSpec {
 
 /// The components, in start order (servers of links before their clients).
 pub const COMPONENTS: &[ComponentSpec] = &[
-    ComponentSpec { name: "store-db", sockets: &[SocketRole::Link("store-db")] },
+    ComponentSpec { name: "store-db", sockets: &[SocketRole::Link("store-db")], unprivileged: false },
     // Registers build outputs through store-db; socket-front sends it BuildPaths. It is also
     // a client of the substituter (started after it: every link socket exists before any
     // component starts, so a connection waits in the queue of the socket).
-    ComponentSpec { name: "builder", sockets: &[SocketRole::Link("builder")] },
+    ComponentSpec { name: "builder", sockets: &[SocketRole::Link("builder")], unprivileged: false },
     // Registers substitutes through store-db; socket-front sends it queries and substitutions,
     // the builder substitutions of derivation outputs and input sources.
-    ComponentSpec { name: "substituter", sockets: &[SocketRole::Link("substituter")] },
+    ComponentSpec { name: "substituter", sockets: &[SocketRole::Link("substituter")], unprivileged: false },
     // Deletes through store-db; socket-front sends it CollectGarbage and OptimiseStore.
-    ComponentSpec { name: "gc", sockets: &[SocketRole::Link("gc")] },
-    ComponentSpec { name: "socket-front", sockets: &[SocketRole::Clients] },
+    ComponentSpec { name: "gc", sockets: &[SocketRole::Link("gc")], unprivileged: false },
+    ComponentSpec { name: "socket-front", sockets: &[SocketRole::Clients], unprivileged: true },
 ];
 
 /// Every internal link some component serves.
@@ -88,6 +91,11 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), l.len());
+        // Only socket-front drops its privileges (the builder needs root for build users and
+        // chroots, store-db owns the store, the gc deletes from it, the substituter writes
+        // scratch items store-db trusts).
+        let unprivileged: Vec<_> = COMPONENTS.iter().filter(|c| c.unprivileged).map(|c| c.name).collect();
+        assert_eq!(unprivileged, ["socket-front"]);
         // store-db's temp-root barrier waits for each root holder: each must be a component.
         for h in guix_ipc::store_db::ROOT_HOLDERS {
             assert!(COMPONENTS.iter().any(|c| c.name == *h), "root holder `{h}' is not a component");

@@ -2,7 +2,9 @@
 //! `ctl` subcommands that use it.
 //!
 //! The server accepts only peers running as root or as the daemon's own user (checked with
-//! `SO_PEERCRED`, on top of the file mode) and forwards each request to the supervision loop.
+//! `SO_PEERCRED`, on top of the file mode) and forwards each request to the supervision loop;
+//! and socket-front's own user (the socket is then 0660 with its group), for its metrics
+//! reports only: any other request from it is refused.
 
 use std::future::Future;
 use std::path::Path;
@@ -16,7 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::supervise::{Command, STOP_GRACE};
 
-struct Forward(mpsc::Sender<Command>);
+struct Forward {
+    commands: mpsc::Sender<Command>,
+    /// The peer is socket-front's own user: `ReportMetrics` for socket-front only.
+    socket_front_only: bool,
+}
 
 impl Handler for Forward {
     type Req = ControlRequest;
@@ -27,8 +33,13 @@ impl Handler for Forward {
         _call: Call<()>,
         req: ControlRequest,
     ) -> impl Future<Output = ControlReply> + Send + 'static {
-        let tx = self.0.clone();
+        let tx = self.commands.clone();
+        let refused = self.socket_front_only
+            && !matches!(&req, ControlRequest::ReportMetrics { component, .. } if component == "socket-front");
         async move {
+            if refused {
+                return ControlReply::Error(LinkError::client("socket-front's user may only report its metrics"));
+            }
             let (reply_tx, reply_rx) = oneshot::channel();
             if tx.send(Command::Control(req, reply_tx)).await.is_err() {
                 return ControlReply::Error(LinkError::retryable("the supervisor is shutting down"));
@@ -40,17 +51,20 @@ impl Handler for Forward {
     }
 }
 
-/// Serves the control socket until the process ends.
-pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
-    let handler = Arc::new(Forward(commands));
+/// Serves the control socket until the process ends. `front_uid`: socket-front's own user,
+/// if it has one (its metrics reports only).
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, front_uid: Option<u32>) {
+    let full = Arc::new(Forward { commands: commands.clone(), socket_front_only: false });
+    let reports = Arc::new(Forward { commands, socket_front_only: true });
     let me = nix::unistd::geteuid().as_raw();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
+        let handler = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 || cred.uid() == me => full.clone(),
+            Ok(cred) if Some(cred.uid()) == front_uid => reports.clone(),
             _ => continue,
-        }
-        tokio::spawn(serve_connection(stream, CONTROL_LINK, "guix-daemon-rs", handler.clone()));
+        };
+        tokio::spawn(serve_connection(stream, CONTROL_LINK, "guix-daemon-rs", handler));
     }
 }
 

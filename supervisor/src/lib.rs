@@ -10,6 +10,7 @@ pub mod cli;
 pub mod components;
 pub mod control;
 pub mod metrics;
+pub mod privileges;
 pub mod scratch;
 pub mod settings;
 pub mod sockets;
@@ -103,26 +104,37 @@ pub fn run(argv: Vec<String>) -> i32 {
         }
         Err(e) => return fail(e),
     };
-    let config = match settings::build_config(&opts, &paths, client_sockets) {
+    let mut config = match settings::build_config(&opts, &paths, client_sockets) {
         Ok(c) => c,
         Err(e) => {
             sockets::remove_files(&clients);
             return fail(e);
         }
     };
+    config.socket_front_user = match privileges::socket_front_user(opts.rs_socket_front_user.as_deref()) {
+        Ok(u) => u,
+        Err(e) => {
+            sockets::remove_files(&clients);
+            return fail(e);
+        }
+    };
+    let front_gid = config.socket_front_user.map(|u| u.gid);
     if nix::unistd::geteuid().is_root() && config.build_users_group.is_none() {
         eprintln!("warning: daemon is running as root, so using `--build-users-group' is highly recommended");
     }
 
     type Internal = (Vec<(&'static str, Listening)>, Listening);
     let result = (|| -> Result<Internal, Box<dyn std::error::Error>> {
-        sockets::private_dir(&config.runtime_dir)?;
+        sockets::private_dir(&config.runtime_dir, front_gid)?;
+        // socket-front maps it read-only: it must exist before socket-front starts.
+        guix_store::Epoch::open(&guix_store::StateDirs::from_config(&config).epoch_path())?;
         let mut links = Vec::new();
+        // socket-front connects to every link; with its own user, through its group.
         for link in components::links(COMPONENTS) {
             let path = guix_ipc::component::link_socket_path(&config, link);
-            links.push((link, sockets::bind_unix(&path, 0o600)?));
+            links.push((link, sockets::bind_unix_for_group(&path, front_gid)?));
         }
-        let control = sockets::bind_unix(&config.control_socket, 0o600)?;
+        let control = sockets::bind_unix_for_group(&config.control_socket, front_gid)?;
         Ok((links, control))
     })();
     let (links, control) = match result {
@@ -167,7 +179,8 @@ pub fn run(argv: Vec<String>) -> i32 {
                 tokio::net::UnixListener::from_std(l)
             }) {
                 Ok(l) => {
-                    tokio::spawn(control::serve(l, tx.clone()));
+                    let front_uid = config.socket_front_user.map(|u| u.uid);
+                    tokio::spawn(control::serve(l, tx.clone(), front_uid));
                 }
                 Err(e) => return fail(e),
             }
@@ -179,7 +192,8 @@ pub fn run(argv: Vec<String>) -> i32 {
                     Err(e) => return fail(format!("cannot listen for metrics on {addr}: {e}")),
                 }
             }
-            let sup = Supervisor::new(COMPONENTS, libexec, config_json, component_sockets);
+            let sup = Supervisor::new(COMPONENTS, libexec, config_json, component_sockets)
+                .with_front_user(config.socket_front_user);
             match sup.run(rx).await {
                 Ok(()) => {
                     // Every component has been reaped: nothing writes to the scratch space.

@@ -136,6 +136,8 @@ pub fn build_config(
         daemon_socket_file,
         runtime_dir: paths.runtime_dir(),
         control_socket: paths.control_socket(),
+        socket_front_user: None,
+        daemon_uid: nix::unistd::geteuid().as_raw(),
         debug: opts.debug,
         build_users_group: opts.build_users_group.clone().filter(|g| !g.is_empty()),
         cache_failures: opts.cache_failures,

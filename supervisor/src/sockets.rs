@@ -56,15 +56,35 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<Listening, SocketError> {
     Ok(Listening { fd: listener.into(), file: Some(path.to_owned()) })
 }
 
-/// Creates the private runtime directory (mode 0700) for the internal link sockets.
-pub fn private_dir(path: &Path) -> Result<(), SocketError> {
+/// [`bind_unix`] of a socket only root may connect to (0600), or root and the members of
+/// `group` (0660, that group: socket-front's, when it runs as its own user).
+pub fn bind_unix_for_group(path: &Path, group: Option<u32>) -> Result<Listening, SocketError> {
+    let Some(gid) = group else { return bind_unix(path, 0o600) };
+    let l = bind_unix(path, 0o600)?;
+    let chmod = |source| SocketError::Chmod { path: path.to_owned(), source };
+    std::os::unix::fs::lchown(path, Some(0), Some(gid)).map_err(chmod)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(chmod)?;
+    Ok(l)
+}
+
+/// Creates the private runtime directory for the internal link sockets: mode 0700, or 0750
+/// with `group` (socket-front's, when it runs as its own user: it reaches the sockets and
+/// reads the change epoch there).
+pub fn private_dir(path: &Path, group: Option<u32>) -> Result<(), SocketError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
         .map_err(|source| SocketError::Dir { path: path.to_owned(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .map_err(|source| SocketError::Chmod { path: path.to_owned(), source })
+    let chmod = |source| SocketError::Chmod { path: path.to_owned(), source };
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(chmod)?;
+            0o750
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(chmod)
 }
 
 /// The sockets systemd passed (`LISTEN_PID` equal to our pid, `LISTEN_FDS` of them from fd 3),

@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use guix_ipc::component::{format_fds, CLIENT_SOCKET_NAME, ENV_COMPONENT, ENV_CONFIG, ENV_FDS, EXIT_NOT_IMPLEMENTED};
+use guix_ipc::config::UnprivilegedUser;
 use guix_ipc::control::{ComponentStatus, ControlReply, ControlRequest, Metric, SupervisorStatus, CONNECTIONS_METRIC};
 use guix_ipc::LinkError;
 use nix::errno::Errno;
@@ -74,6 +75,8 @@ struct Comp {
 
 pub struct Supervisor {
     comps: Vec<Comp>,
+    /// The user of the components marked `unprivileged` (`None`: ours).
+    front_user: Option<UnprivilegedUser>,
     libexec: PathBuf,
     config_json: String,
     sockets: ComponentSockets,
@@ -97,7 +100,21 @@ impl Supervisor {
                 metrics: Vec::new(),
             })
             .collect();
-        Supervisor { comps, libexec, config_json, sockets, started: Instant::now(), shutting_down: false }
+        Supervisor {
+            comps,
+            front_user: None,
+            libexec,
+            config_json,
+            sockets,
+            started: Instant::now(),
+            shutting_down: false,
+        }
+    }
+
+    /// Components marked `unprivileged` run as `user` ([`crate::privileges::drop_to`]).
+    pub fn with_front_user(mut self, user: Option<UnprivilegedUser>) -> Self {
+        self.front_user = user;
+        self
     }
 
     /// Runs until SIGTERM or SIGINT has stopped every component.
@@ -143,7 +160,8 @@ impl Supervisor {
         c.next_start = None;
         let binary = c.spec.binary(&self.libexec);
         c.starts += 1;
-        match spawn(&c.spec, &binary, &self.sockets, &self.config_json) {
+        let user = self.front_user.filter(|_| c.spec.unprivileged);
+        match spawn(&c.spec, &binary, &self.sockets, &self.config_json, user) {
             Ok(pid) => {
                 eprintln!("started component {} (pid {pid})", c.spec.name);
                 c.pid = Some(pid);
@@ -368,6 +386,7 @@ fn spawn(
     binary: &std::path::Path,
     sockets: &ComponentSockets,
     config_json: &str,
+    user: Option<UnprivilegedUser>,
 ) -> std::io::Result<Pid> {
     let mut named: Vec<(&str, RawFd)> = Vec::new();
     for role in spec.sockets {
@@ -398,10 +417,14 @@ fn spawn(
         .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null());
     let supervisor = nix::unistd::getpid();
-    // SAFETY: the closure only calls prctl, getppid and dup2, which are async-signal-safe, and
-    // allocates nothing.
+    // SAFETY: the closure only calls prctl, getppid, dup2 and the system calls of
+    // `privileges::drop_to`, which are async-signal-safe, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // First: a change of credentials clears the parent-death signal set below.
+            if let Some(user) = user {
+                crate::privileges::drop_to(user)?;
+            }
             // A component must not outlive the supervisor (killed with SIGKILL, by the OOM
             // killer, …): it gets SIGTERM and stops cleanly. Otherwise the next supervisor would
             // start a second store-db beside the orphan. The signal comes when the thread that

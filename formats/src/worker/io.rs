@@ -84,7 +84,8 @@ impl<'a, R: AsyncRead + Unpin + ?Sized> Reader<'a, R> {
         // Grown as the bytes arrive, so a short request announcing a long string allocates
         // only what it really sends.
         let mut v = Vec::with_capacity((len as usize).min(READ_CHUNK));
-        let got = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(&mut *self.r, len), &mut v).await?;
+        let got =
+            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(&mut *self.r, len), &mut v).await?;
         if got as u64 != len {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }

@@ -38,11 +38,20 @@ pub struct MemoryStore {
     /// Where the items are on disk (the configuration's store directory).
     store_dir: PathBuf,
     state: Mutex<State>,
+    /// Where the signing key is (`<conf>`), as store-db reads it.
+    conf_dir: PathBuf,
 }
 
 impl MemoryStore {
     pub fn new(store: StoreDir, store_dir: PathBuf) -> MemoryStore {
-        MemoryStore { store, store_dir, state: Mutex::new(State::default()) }
+        let conf_dir = PathBuf::from(guix_ipc::config::DEFAULT_CONF_DIR);
+        MemoryStore { store, store_dir, state: Mutex::new(State::default()), conf_dir }
+    }
+
+    /// Signs exports with `<conf_dir>/signing-key.sec`.
+    pub fn with_conf_dir(mut self, conf_dir: PathBuf) -> MemoryStore {
+        self.conf_dir = conf_dir;
+        self
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -198,6 +207,15 @@ impl StoreBackend for MemoryStore {
             }
         }
         Ok(())
+    }
+    async fn ensure_user_profile(&self, uid: u32) -> Result<(), Failure> {
+        self.record(StoreDbRequest::EnsureUserProfile { uid });
+        Ok(())
+    }
+    async fn sign_digest(&self, digest: guix_formats::Hash) -> Result<Vec<u8>, Failure> {
+        self.record(StoreDbRequest::SignDigest { digest });
+        let key = self.conf_dir.join(guix_store::signing::SIGNING_KEY_FILE);
+        guix_store::signing::sign_digest(&key, &digest).map_err(Failure::Op)
     }
     async fn clear_failed_paths(&self, paths: Vec<StorePath>) -> Result<(), Failure> {
         let mut state = self.state();
