@@ -76,7 +76,28 @@ pub fn canonicalise_path_metadata(
     from_uid: Option<u32>,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
-    canonicalise_node(path, shown, from_uid, seen)?;
+    canonicalise_node(path, shown, from_uid, false, seen)?;
+    check_top_owner(path, shown)
+}
+
+/// [`canonicalise_path_metadata`] from `uid` again, of a tree whose earlier canonicalisation
+/// was interrupted (the process doing it was killed): nodes already ours are taken as done
+/// by it and walked again, but only directories and files or symlinks with one link. A node
+/// that was ours before the first attempt and has one link cannot be another name of a file
+/// outside the tree: `uid` could only have made a hard link to it, which adds a link (and
+/// `fs.protected_hardlinks` forbids that anyway); nor can `uid` have put it in a directory
+/// that is already ours.
+pub fn canonicalise_resumed(
+    path: &Path,
+    shown: &Path,
+    uid: u32,
+    seen: &mut InodesSeen,
+) -> Result<(), CanonicaliseError> {
+    canonicalise_node(path, shown, Some(uid), true, seen)?;
+    check_top_owner(path, shown)
+}
+
+fn check_top_owner(path: &Path, shown: &Path) -> Result<(), CanonicaliseError> {
     let md = fs::symlink_metadata(path).map_err(|source| CanonicaliseError::Sys {
         context: format!("getting attributes of path `{}'", shown.display()),
         source,
@@ -91,6 +112,7 @@ fn canonicalise_node(
     path: &Path,
     shown: &Path,
     from_uid: Option<u32>,
+    resumed: bool,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
     let sys = |context: String| move |source| CanonicaliseError::Sys { context, source };
@@ -100,7 +122,10 @@ fn canonicalise_node(
         return Err(CanonicaliseError::UnsupportedType(shown.to_owned()));
     }
     let inode = (md.dev(), md.ino());
-    if let Some(uid) = from_uid {
+    let done_before = resumed
+        && md.uid() == nix::unistd::geteuid().as_raw()
+        && (ft.is_dir() || (md.nlink() == 1 && !seen.contains(&inode)));
+    if let Some(uid) = from_uid.filter(|_| !done_before) {
         if md.uid() != uid {
             // C++ asserts that such a thing is not a directory; refusing it is the safe reading.
             if ft.is_dir() || !seen.contains(&inode) {
@@ -145,7 +170,7 @@ fn canonicalise_node(
         for entry in rd {
             let entry = entry.map_err(sys(format!("reading directory `{}'", shown.display())))?;
             let name = entry.file_name();
-            canonicalise_node(&path.join(&name), &shown.join(&name), from_uid, seen)?;
+            canonicalise_node(&path.join(&name), &shown.join(&name), from_uid, resumed, seen)?;
         }
     }
     Ok(())

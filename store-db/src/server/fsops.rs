@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use guix_ipc::config::UnprivilegedUser;
 use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
-use guix_store::files::{canonicalise_path_metadata, InodesSeen};
+use guix_store::files::{canonicalise_path_metadata, canonicalise_resumed, InodesSeen};
 use guix_store::optimise::{optimise_path_with, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE, LVL_ERROR};
 use guix_store::scratch::UNPRIVILEGED_DIR_NAME;
 use guix_store::strerror;
@@ -131,10 +131,18 @@ pub fn take_unprivileged(
             moved(&to).map_err(|e| format!("cannot rename `{}': {}", from.display(), strerror(&e)))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // A resent request whose item was moved before store-db stopped: the copy left in
-            // `.rs-scratch` may be half taken over; it goes, and the writer accepts the item
-            // only if it is already in place with the announced hash.
-            return remove_untrusted(&to).map_err(|e| format!("deleting `{}': {}", to.display(), strerror(&e)));
+            // A resent request whose item was moved before store-db stopped: the copy in
+            // `.rs-scratch` may be half taken over, and is taken over again (nodes already
+            // ours only as `canonicalise_resumed` allows). With no copy, the writer accepts the
+            // item only if it is already in place with the announced hash.
+            if fs::symlink_metadata(&to).is_err() {
+                return Ok(());
+            }
+            let res = readopt(store, &to, nar_size, uid, dedup);
+            if res.is_err() {
+                let _ = remove_untrusted(&to);
+            }
+            return res;
         }
         Err(e) => return Err(format!("cannot rename `{}': {}", from.display(), strerror(&e))),
     }
@@ -148,6 +156,17 @@ pub fn take_unprivileged(
 fn adopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Result<(), String> {
     let mut seen = InodesSeen::new();
     canonicalise_path_metadata(item, item, Some(uid), &mut seen).map_err(|e| e.to_string())?;
+    deduplicate(store, item, nar_size, dedup)
+}
+
+/// [`adopt`] of an item whose taking over was interrupted.
+fn readopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Result<(), String> {
+    let mut seen = InodesSeen::new();
+    canonicalise_resumed(item, item, uid, &mut seen).map_err(|e| e.to_string())?;
+    deduplicate(store, item, nar_size, dedup)
+}
+
+fn deduplicate(store: &Path, item: &Path, nar_size: u64, dedup: bool) -> Result<(), String> {
     if dedup && nar_size >= DEDUPLICATION_MIN_SIZE {
         let mut stats = OptimiseStats::default();
         let mut log = |level: u32, msg: String| {
@@ -316,10 +335,25 @@ mod tests {
         assert!(!scratch.join("1-front-bad").exists() && !item.exists());
         assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600, "the foreign file is untouched");
 
-        // Gone from socket-front's directory (a resent request): the half-taken copy goes.
-        fs::create_dir(scratch.join("1-front-again")).unwrap();
+        // Gone from socket-front's directory (a resent request): the half-taken copy is taken
+        // over again, its nodes already root's with one link accepted, a second name not.
+        let half = scratch.join("1-front-again");
+        fs::create_dir_all(half.join("sub")).unwrap();
+        fs::write(half.join("sub/done"), b"ours").unwrap();
+        fs::write(half.join("sub/todo"), b"theirs").unwrap();
+        own(&half.join("sub/todo"));
         take_unprivileged(&store, &scratch, "1-front-again", 100, user.uid, false).unwrap();
-        assert!(!scratch.join("1-front-again").exists());
+        for f in ["sub/done", "sub/todo"] {
+            let m = fs::symlink_metadata(half.join(f)).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777, m.mtime()), (0, 0o444, 1), "{f}");
+        }
+        let half = scratch.join("1-front-again2");
+        fs::create_dir(&half).unwrap();
+        fs::hard_link(&secret, half.join("secret")).unwrap();
+        let e = take_unprivileged(&store, &scratch, "1-front-again2", 100, user.uid, false).unwrap_err();
+        assert!(e.starts_with("invalid ownership on file `"), "{e}");
+        assert!(!half.exists());
+        assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600, "the foreign file is untouched");
         // A leftover under the same name in `.rs-scratch` is replaced, not merged.
         fs::write(scratch.join("1-front-x"), b"old").unwrap();
         fs::write(front.join("1-front-x"), b"new").unwrap();
