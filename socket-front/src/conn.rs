@@ -33,6 +33,9 @@ use guix_store::scratch::Scratch;
 /// bytes; larger ones grow it).
 const REPLY_BUFFER: usize = 512;
 
+/// How long a handshake waits for store-db to make the client's profile directory.
+const PROFILE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What every connection shares. `B` is the store behind the protocol ([`crate::backend`]).
 pub struct Shared<B = DaemonBackend> {
     pub config: DaemonConfig,
@@ -283,7 +286,19 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         if !needed {
             return Ok(());
         }
-        self.shared.backend.ensure_user_profile(uid).await.map_err(|f| f.to_string())
+        // Asked of store-db, which may be restarting: the handshake waits for it only a
+        // little ([`PROFILE_WAIT`]), so clients still connect and read while store-db is
+        // down; the directory is made as soon as it is back.
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move { shared.backend.ensure_user_profile(uid).await });
+        match tokio::time::timeout(PROFILE_WAIT, task).await {
+            Ok(Ok(r)) => r.map_err(|f| f.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                eprintln!("guix-socket-front: the profile directory of uid {uid} is still being made; going on");
+                Ok(())
+            }
+        }
     }
 
     async fn perform(&mut self, op: Opcode) -> Result<Answer, Failure> {

@@ -76,13 +76,15 @@ pub fn canonicalise_path_metadata(
     from_uid: Option<u32>,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
-    canonicalise_node(path, shown, from_uid, false, seen)?;
+    canonicalise_node(path, shown, from_uid, None, seen)?;
     check_top_owner(path, shown)
 }
 
 /// [`canonicalise_path_metadata`] from `uid` again, of a tree whose earlier canonicalisation
 /// was interrupted (the process doing it was killed): nodes already ours are taken as done
-/// by it and walked again, but only directories and files or symlinks with one link. A node
+/// by it and walked again, but only directories, files or symlinks with one link, and files
+/// for which `linked` says yes (the deduplication that followed the first attempt made them
+/// another name of their `.links` entry). A node
 /// that was ours before the first attempt and has one link cannot be another name of a file
 /// outside the tree: `uid` could only have made a hard link to it, which adds a link (and
 /// `fs.protected_hardlinks` forbids that anyway); nor can `uid` have put it in a directory
@@ -91,9 +93,10 @@ pub fn canonicalise_resumed(
     path: &Path,
     shown: &Path,
     uid: u32,
+    linked: &dyn Fn(&Path, &fs::Metadata) -> bool,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
-    canonicalise_node(path, shown, Some(uid), true, seen)?;
+    canonicalise_node(path, shown, Some(uid), Some(linked), seen)?;
     check_top_owner(path, shown)
 }
 
@@ -112,7 +115,7 @@ fn canonicalise_node(
     path: &Path,
     shown: &Path,
     from_uid: Option<u32>,
-    resumed: bool,
+    resumed: Option<&dyn Fn(&Path, &fs::Metadata) -> bool>,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
     let sys = |context: String| move |source| CanonicaliseError::Sys { context, source };
@@ -122,9 +125,10 @@ fn canonicalise_node(
         return Err(CanonicaliseError::UnsupportedType(shown.to_owned()));
     }
     let inode = (md.dev(), md.ino());
-    let done_before = resumed
-        && md.uid() == nix::unistd::geteuid().as_raw()
-        && (ft.is_dir() || (md.nlink() == 1 && !seen.contains(&inode)));
+    let done_before = resumed.is_some_and(|linked| {
+        md.uid() == nix::unistd::geteuid().as_raw()
+            && (ft.is_dir() || (!seen.contains(&inode) && (md.nlink() == 1 || (ft.is_file() && linked(path, &md)))))
+    });
     if let Some(uid) = from_uid.filter(|_| !done_before) {
         if md.uid() != uid {
             // C++ asserts that such a thing is not a directory; refusing it is the safe reading.

@@ -145,6 +145,16 @@ pub fn optimise_store(
 /// C++ 1.5.0 `showBytes`: `"{:4}  bytes"` below 1 KiB (negative figures included), else
 /// `"{:7.2f} KiB"`, `MiB`, `GiB`, `TiB`, `PiB`, `EiB` (the binary's strings). Shared with the
 /// collector ("[SIZE] deleting", "note: currently hard linking saves -4096  bytes").
+/// Whether the file at `path` (`md`, its metadata) is its content's entry in `links_dir`:
+/// the same inode as `<links_dir>/<hash of its NAR>`.
+pub fn is_links_entry(links_dir: &Path, path: &Path, md: &fs::Metadata) -> bool {
+    match nar::dump_path(path, &mut io::sink()) {
+        Ok(dumped) => fs::symlink_metadata(links_dir.join(dumped.nar_hash.to_nix_base32()))
+            .is_ok_and(|l| (l.dev(), l.ino()) == (md.dev(), md.ino())),
+        Err(_) => false,
+    }
+}
+
 pub fn show_bytes(bytes: i128) -> String {
     const KIB: i128 = 1024;
     let units = [

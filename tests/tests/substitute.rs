@@ -190,9 +190,12 @@ fn transcript(out: &std::process::Output) -> String {
     norm
 }
 
+/// Nothing in `.rs-scratch` but socket-front's own directory, and nothing in that.
 fn scratch_is_empty(s: &Session) -> bool {
     let dir = s.store_dir_on_host().join(".rs-scratch");
-    std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none())
+    let front = guix_store::scratch::UNPRIVILEGED_DIR_NAME;
+    let empty = |d: &std::path::Path| std::fs::read_dir(d).map_or(true, |mut d| d.next().is_none());
+    std::fs::read_dir(&dir).map_or(true, |d| d.flatten().all(|e| e.file_name() == front && empty(&e.path())))
 }
 
 /// zstd nars of `paths`, with `guix publish`'s signed narinfos (from `port`) pointing at them:

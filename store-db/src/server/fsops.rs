@@ -37,7 +37,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use guix_ipc::config::UnprivilegedUser;
 use guix_ipc::store_db::{ItemSource, NewItem, MAX_INLINE_TEXT};
 use guix_store::files::{canonicalise_path_metadata, canonicalise_resumed, InodesSeen};
-use guix_store::optimise::{optimise_path_with, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE, LVL_ERROR};
+use guix_store::optimise::{
+    is_links_entry, optimise_path_with, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE, LVL_ERROR,
+};
 use guix_store::scratch::UNPRIVILEGED_DIR_NAME;
 use guix_store::strerror;
 
@@ -162,7 +164,9 @@ fn adopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Res
 /// [`adopt`] of an item whose taking over was interrupted.
 fn readopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Result<(), String> {
     let mut seen = InodesSeen::new();
-    canonicalise_resumed(item, item, uid, &mut seen).map_err(|e| e.to_string())?;
+    let links = store.join(".links");
+    let linked = |p: &Path, md: &fs::Metadata| is_links_entry(&links, p, md);
+    canonicalise_resumed(item, item, uid, &linked, &mut seen).map_err(|e| e.to_string())?;
     deduplicate(store, item, nar_size, dedup)
 }
 
