@@ -80,6 +80,9 @@ pub fn canonicalise_path_metadata(
     check_top_owner(path, shown)
 }
 
+/// Whether a file already ours is the `.links` entry of its content (see [`canonicalise_resumed`]).
+pub type Linked = dyn Fn(&Path, &fs::Metadata) -> bool;
+
 /// [`canonicalise_path_metadata`] from `uid` again, of a tree whose earlier canonicalisation
 /// was interrupted (the process doing it was killed): nodes already ours are taken as done
 /// by it and walked again, but only directories, files or symlinks with one link, and files
@@ -93,7 +96,7 @@ pub fn canonicalise_resumed(
     path: &Path,
     shown: &Path,
     uid: u32,
-    linked: &dyn Fn(&Path, &fs::Metadata) -> bool,
+    linked: &Linked,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
     canonicalise_node(path, shown, Some(uid), Some(linked), seen)?;
@@ -115,7 +118,7 @@ fn canonicalise_node(
     path: &Path,
     shown: &Path,
     from_uid: Option<u32>,
-    resumed: Option<&dyn Fn(&Path, &fs::Metadata) -> bool>,
+    resumed: Option<&Linked>,
     seen: &mut InodesSeen,
 ) -> Result<(), CanonicaliseError> {
     let sys = |context: String| move |source| CanonicaliseError::Sys { context, source };

@@ -293,6 +293,22 @@ impl Session {
         self.state.join("store")
     }
 
+    /// What is in our scratch space (`<store>/.rs-scratch`) besides socket-front's own
+    /// directory, and what is in that (as `front/NAME`): nothing once no item is being added.
+    pub fn scratch_leftovers(&self) -> Vec<String> {
+        let names = |d: &Path| -> Vec<String> {
+            fs::read_dir(d).map_or(Vec::new(), |rd| {
+                rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+            })
+        };
+        let dir = self.store_dir_on_host().join(".rs-scratch");
+        // `guix_store::scratch::UNPRIVILEGED_DIR_NAME` (this crate does not link the store's).
+        let front = "front";
+        let mut left: Vec<String> = names(&dir).into_iter().filter(|n| n != front).collect();
+        left.extend(names(&dir.join(front)).into_iter().map(|n| format!("{front}/{n}")));
+        left
+    }
+
     /// The host directory mounted at `/var/guix` (holds `db/db.sqlite`, `daemon-socket/`, …).
     pub fn var_guix_on_host(&self) -> PathBuf {
         self.state.join("var-guix")

@@ -29,7 +29,7 @@ use guix_formats::nar;
 use guix_formats::store_path::StorePath;
 use guix_tests::ours::{ctl_status, kill_and_wait};
 use guix_tests::store_check::{check_store, integrity_check};
-use guix_tests::{start_ours, Rig, Session};
+use guix_tests::{start_ours, Rig};
 
 const CLIENTS: usize = 16;
 const KILLS_EACH: usize = 3;
@@ -145,13 +145,6 @@ async fn client_loop(
         }
     }
     records
-}
-
-fn scratch_entries(s: &Session) -> Vec<String> {
-    match fs::read_dir(s.store_dir_on_host().join(".rs-scratch")) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 #[test]
@@ -274,7 +267,7 @@ fn sixteen_clients_survive_component_kills() {
     // swept by store-db).
     let start = Instant::now();
     loop {
-        let left = scratch_entries(&s);
+        let left = s.scratch_leftovers();
         if left.is_empty() {
             break;
         }

@@ -251,13 +251,13 @@ fn add_text(st: &mut UnixStream, name: &str) -> io::Result<String> {
 }
 
 fn scratch_entries(s: &Session) -> usize {
-    std::fs::read_dir(s.store_dir_on_host().join(".rs-scratch")).map(|d| d.count()).unwrap_or(0)
+    s.scratch_leftovers().len()
 }
 
 /// Directories in the scratch space: the big upload's tree (the silent uploads' are files).
 fn scratch_dirs(s: &Session) -> usize {
-    let Ok(rd) = std::fs::read_dir(s.store_dir_on_host().join(".rs-scratch")) else { return 0 };
-    rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count()
+    let dir = s.store_dir_on_host().join(".rs-scratch");
+    s.scratch_leftovers().iter().filter(|n| dir.join(n).symlink_metadata().is_ok_and(|m| m.is_dir())).count()
 }
 
 #[test]

@@ -190,14 +190,6 @@ fn transcript(out: &std::process::Output) -> String {
     norm
 }
 
-/// Nothing in `.rs-scratch` but socket-front's own directory, and nothing in that.
-fn scratch_is_empty(s: &Session) -> bool {
-    let dir = s.store_dir_on_host().join(".rs-scratch");
-    let front = guix_store::scratch::UNPRIVILEGED_DIR_NAME;
-    let empty = |d: &std::path::Path| std::fs::read_dir(d).map_or(true, |mut d| d.next().is_none());
-    std::fs::read_dir(&dir).map_or(true, |d| d.flatten().all(|e| e.file_name() == front && empty(&e.path())))
-}
-
 /// zstd nars of `paths`, with `guix publish`'s signed narinfos (from `port`) pointing at them:
 /// the rig's `guix publish` cannot make zstd (its Guix lacks guile-zstd; so does its
 /// `guix substitute`, which therefore never picks zstd).
@@ -239,7 +231,7 @@ fn every_compression_substitutes_the_closure_exactly() {
             let (a, b) = (src.session.host_path(p).unwrap(), ours.host_path(p).unwrap());
             assert_eq!(nar_of(&a), nar_of(&b), "{compression}: contents of {p} differ");
         }
-        assert!(scratch_is_empty(&ours), "{compression}: scratch entries left");
+        assert!(ours.scratch_leftovers().is_empty(), "{compression}: scratch entries left");
     }
 }
 
@@ -404,7 +396,7 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
         let announced = if ["e1", "e2", "e3"].contains(&k) { "none" } else { "substitutable" };
         assert_eq!(lines, [announced, "refused", "#f"], "{k}");
         assert!(!ours.store_dir_on_host().join(&p["/gnu/store/".len()..]).exists(), "{k}: something at {p}");
-        assert!(scratch_is_empty(&ours), "{k}: scratch entries left");
+        assert!(ours.scratch_leftovers().is_empty(), "{k}: scratch entries left");
     }
     let a = src.path("a");
     let out = ours
@@ -501,7 +493,7 @@ fn derivation_outputs_are_substituted_instead_of_built() {
         assert_eq!(nar_of(&a), nar_of(&b), "{p} was built, not substituted");
     }
     assert_eq!(infos(&ours, &[top_out, dep_out]), infos(&src.session, &[top_out, dep_out]));
-    assert!(scratch_is_empty(&ours), "scratch entries left");
+    assert!(ours.scratch_leftovers().is_empty(), "scratch entries left");
 }
 
 #[test]
@@ -546,14 +538,14 @@ fn a_failed_substitute_fails_the_build_unless_fallback() {
     assert!(shown.contains(&format!("{top_out} #f")), "{shown}");
     assert!(!shown.contains(&format!("{dep_out} #f")), "{shown}");
     assert!(!ours.store_dir_on_host().join(&top_out["/gnu/store/".len()..]).exists(), "something at {top_out}");
-    assert!(scratch_is_empty(&ours), "scratch entries left");
+    assert!(ours.scratch_leftovers().is_empty(), "scratch entries left");
     // With --fallback, top is built instead: a new uuid, not the source's.
     let o = ours.exec_guix(&["build", "--fallback", &top_drv]).unwrap();
     assert!(o.status.success(), "{}\n{}", transcript(&o), ours.daemon_log());
     let (a, b) = (src.session.host_path(&top_out).unwrap(), ours.host_path(&top_out).unwrap());
     assert_ne!(nar_of(&a), nar_of(&b), "with --fallback, {top_out} must have been built");
     assert!(String::from_utf8_lossy(&o.stderr).contains("building top") || transcript(&o).contains("building path"));
-    assert!(scratch_is_empty(&ours), "scratch entries left");
+    assert!(ours.scratch_leftovers().is_empty(), "scratch entries left");
 }
 
 /// Waits until the substituter of `s` writes a scratch entry of at least `bytes` (a download
@@ -616,7 +608,7 @@ fn a_substituter_killed_mid_download_leaves_nothing_and_the_request_completes() 
     });
     assert!(out.status.success(), "guix build {plain}: {}\n{}", transcript(&out), ours.daemon_log());
     assert_eq!(nar_of(&ours.host_path(&plain).unwrap()), nar_of(&src.session.host_path(&plain).unwrap()));
-    assert!(scratch_is_empty(&ours), "scratch entries left after the plain item");
+    assert!(ours.scratch_leftovers().is_empty(), "scratch entries left after the plain item");
     let out = std::thread::scope(|scope| {
         let client = scope.spawn(|| ours.exec_guix(&["build", &big_drv]).unwrap());
         wait_for_download(&ours, 3 << 20);
@@ -626,5 +618,5 @@ fn a_substituter_killed_mid_download_leaves_nothing_and_the_request_completes() 
     assert!(out.status.success(), "guix build {big_drv}: {}\n{}", transcript(&out), ours.daemon_log());
     let (a, b) = (src.session.host_path(&big_out).unwrap(), ours.host_path(&big_out).unwrap());
     assert!(nar_of(&a) == nar_of(&b), "{big_out} was built, not substituted");
-    assert!(scratch_is_empty(&ours), "scratch entries left after the derivation");
+    assert!(ours.scratch_leftovers().is_empty(), "scratch entries left after the derivation");
 }

@@ -165,7 +165,7 @@ fn adopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Res
 fn readopt(store: &Path, item: &Path, nar_size: u64, uid: u32, dedup: bool) -> Result<(), String> {
     let mut seen = InodesSeen::new();
     let links = store.join(".links");
-    let linked = |p: &Path, md: &fs::Metadata| is_links_entry(&links, p, md);
+    let linked = move |p: &Path, md: &fs::Metadata| is_links_entry(&links, p, md);
     canonicalise_resumed(item, item, uid, &linked, &mut seen).map_err(|e| e.to_string())?;
     deduplicate(store, item, nar_size, dedup)
 }
