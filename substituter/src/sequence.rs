@@ -9,7 +9,7 @@
 //! What is held back stays small, so that releasing it cannot overflow the callers' event
 //! buffers (a client that misses a `@ download-started` line fails): a path starts only
 //! within [`WINDOW`] of the path being shown, and of the `@ download-progress` lines of a
-//! path held back only the first and the latest are kept.
+//! path held back only the two latest are kept.
 //!
 //! The order ([`serial_order`]) is the one a single slot given first come first served
 //! yields: the paths whose references are valid, in goal-key order; each path done makes
@@ -89,12 +89,12 @@ impl<'a> Sequencer<'a> {
         match rank {
             Some(r) if r != s.live && r < s.held.len() => {
                 let held = &mut s.held[r];
-                // The first and the latest line of a run of progress lines: what a
-                // download too quick to report in between shows (`guix substitute` prints
-                // its first and last report, however short the download).
+                // The two latest lines of a run of progress lines: a finished download's
+                // last report and the final one `guix substitute` prints when it stops, as
+                // a download shown live ends.
                 let n = held.len();
                 if is_progress(&e) && n >= 2 && is_progress(&held[n - 1]) && is_progress(&held[n - 2]) {
-                    held.pop();
+                    held.remove(n - 2);
                 }
                 held.push(e)
             }
