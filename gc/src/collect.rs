@@ -12,7 +12,8 @@
 //!    shuffled, ordered keepers first ([`crate::order`]), in batches of `DeleteDead`. store-db
 //!    decides each entry again ("if still dead") and renames the accepted ones into
 //!    `<store>/trash`; their contents are deleted here, on a thread of their own, while the next
-//!    batches go. A batch's size adapts so that one takes about [`BATCH_TARGET`].
+//!    batches go. A batch holds about [`BATCH_ENTRIES`] entries, whole groups; store-db runs it
+//!    in short parts, cut between groups.
 //! 5. `EndCollection`, "deleting `<store>/trash'", "deleting unused links...", the note.
 //!
 //! Faults: a store-db restart in the middle (a failed call, or its "unknown garbage collection",
@@ -47,16 +48,15 @@ pub const ERROR: u32 = 0;
 pub const INFO: u32 = 1;
 pub const TALKATIVE: u32 = 2;
 
-/// How long one `DeleteDead` round trip may take before batches get smaller (they double again
-/// under a quarter of it). A batch holds store-db's writer, so an addition that comes meanwhile
-/// waits for it: the target is what an addition may wait. Measured with `guix-bench --scenario
-/// gc` (2 cores, 100,000 paths, 50,000 dead, probes every 2 ms): at 4 ms the collection took
-/// 3.9 s on a quiet machine but additions' p99 rose 3–6x over idle, the longest 130–230 ms;
-/// at 500 µs it took 7.2 s (C++ 7.6 s in the same run) with QueryPathInfo and
-/// AddTextToStore p99 at 0.76x and 0.96x of idle and the longest addition 76 ms.
-pub const BATCH_TARGET: Duration = Duration::from_micros(500);
-const FIRST_BATCH: usize = 16;
-const MAX_BATCH: usize = 256;
+/// Entries per `DeleteDead` (whole groups, so a batch may hold more). store-db runs a batch in
+/// parts of about [`guix_ipc::store_db::DEAD_PART_TARGET`] each, letting the requests that
+/// wait for its writer go in between, so a batch's size only sets how many round trips the
+/// collection costs and how often "deleting" lines reach the client. Measured with
+/// `guix-bench --scenario gc` (2 cores, 100,000 paths, 50,000 dead, probes every 2 ms): when
+/// the gc cut 500 µs batches itself, the round trips made the collection as slow as C++'s
+/// (7.2 s against 7.6 s); with 4 ms batches it took 3.9 s, but additions' p99 rose 3–6x and
+/// the longest waited 130–230 ms.
+pub const BATCH_ENTRIES: usize = 1024;
 
 /// store-db's side of a collection (the real one is [`crate::service::StoreDbLink`]).
 pub trait StoreDbApi: Send + Sync {
@@ -563,7 +563,6 @@ impl<A: StoreDbApi> Phase<'_, A> {
         totals: &mut Totals,
         trasher: &mut Trasher,
     ) -> std::result::Result<Vec<(String, KeptBecause)>, Stop> {
-        let mut size = FIRST_BATCH;
         let mut kept_all = Vec::new();
         let mut rest = groups;
         while !rest.is_empty() {
@@ -571,8 +570,9 @@ impl<A: StoreDbApi> Phase<'_, A> {
                 return Err(Stop::Cancelled);
             }
             // The next batch: whole groups, about `size` entries.
-            let n = next_batch(rest, size);
+            let n = next_batch(rest, BATCH_ENTRIES);
             let batch: Vec<DeadEntry> = rest[..n].iter().flatten().cloned().collect();
+            let sizes: Vec<u32> = rest[..n].iter().map(|g| g.len() as u32).collect();
             totals.sent += batch.len() as u64;
             rest = &rest[n..];
             let before = totals.freed + totals.invalidated;
@@ -580,6 +580,7 @@ impl<A: StoreDbApi> Phase<'_, A> {
             let req = DeadBatch {
                 collection: self.id,
                 entries: batch,
+                groups: sizes,
                 keep,
                 freed_before: before,
                 max_freed: self.req.max_freed,
@@ -594,11 +595,6 @@ impl<A: StoreDbApi> Phase<'_, A> {
             totals.batches += 1;
             totals.waited += took;
             totals.longest = totals.longest.max(took);
-            if took > BATCH_TARGET {
-                size = (size / 2).max(1);
-            } else if took < BATCH_TARGET / 4 {
-                size = (size * 2).min(MAX_BATCH);
-            }
             let trash = self.setup.store_dir.join("trash");
             for d in &outcome.deleted {
                 let freed = totals.freed + totals.invalidated;
@@ -624,6 +620,10 @@ impl<A: StoreDbApi> Phase<'_, A> {
             if outcome.limit_reached || totals.freed + totals.invalidated > self.req.max_freed {
                 self.sink.say(INFO, format!("deleted or invalidated more than {} bytes; stopping", self.req.max_freed));
                 return Err(Stop::Limit);
+            }
+            if let Some(message) = outcome.stopped {
+                // What went before the failure is reported and counted above.
+                return Err(Stop::Fail(LinkError::client(message)));
             }
         }
         Ok(kept_all)

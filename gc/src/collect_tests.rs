@@ -128,7 +128,7 @@ impl StoreDbApi for FakeStoreDb {
         assert_eq!(keep, self.keep_checked);
         let mut gone = self.gone.lock().unwrap();
         let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        let mut out = DeleteOutcome { deleted: Vec::new(), kept: Vec::new(), limit_reached: false };
+        let mut out = DeleteOutcome { deleted: Vec::new(), kept: Vec::new(), limit_reached: false, stopped: None };
         let mut freed = freed_before;
         let mut inc = Vec::new();
         for e in &entries {

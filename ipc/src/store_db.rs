@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::gc::KeepRules;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 8 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 9 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
@@ -195,6 +195,13 @@ pub enum StoreDbRequest {
     /// after the first entry that brings `freed_before` plus the entries'
     /// [`Deleted::accounted`] bytes above `max_freed`. An unknown (expired, or begun before a
     /// store-db restart) collection is a retryable error: the gc begins again.
+    ///
+    /// A large batch is decided and deleted in parts (cut between [`DeadBatch::groups`], each
+    /// one transaction, about [`DEAD_PART_TARGET`] of the writer's time), with the requests
+    /// that came meanwhile run between parts; the reply lists the deletions of every part. The
+    /// result is the one of sending the parts as batches one after the other. A failure after
+    /// a part was deleted ends the batch with [`DeleteOutcome::stopped`], so the gc still
+    /// learns what went.
     DeleteDead(DeadBatch),
     /// The collection is over: store-db stops recording new temp roots for it.
     EndCollection {
@@ -222,6 +229,11 @@ pub enum StoreDbRequest {
 pub struct DeadBatch {
     pub collection: CollectionId,
     pub entries: Vec<DeadEntry>,
+    /// The sizes of the runs of `entries` that must be decided together (strongly connected
+    /// components: each keeps the others alive), in order; they add up to `entries.len()`.
+    /// store-db decides a large batch in parts of about [`DEAD_PART_TARGET`] each, cut only
+    /// between these runs, so that additions waiting for the writer go in between.
+    pub groups: Vec<u32>,
     pub keep: KeepRules,
     pub freed_before: u64,
     pub max_freed: u64,
@@ -230,6 +242,11 @@ pub struct DeadBatch {
     /// `.links`, else 1).
     pub link_threshold: u64,
 }
+
+/// How long store-db's writer spends on one part of a [`DeadBatch`] before it lets waiting
+/// requests in: what an addition may wait behind a collection. Measured with `guix-bench
+/// --scenario gc`: about a dozen entries.
+pub const DEAD_PART_TARGET: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// A collection, as store-db numbers them.
 pub type CollectionId = u64;
@@ -302,6 +319,9 @@ pub struct DeleteOutcome {
     pub kept: Vec<(String, KeptBecause)>,
     /// The batch stopped because `max_freed` was exceeded.
     pub limit_reached: bool,
+    /// The batch stopped early on this failure (a database or file-system error), after
+    /// deleting what `deleted` lists; the entries not reached are not in `kept`.
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -534,6 +534,7 @@ fn delete(collection: u64, entries: &[(&StorePath, bool)]) -> StoreDbRequest {
             .iter()
             .map(|(p, valid)| guix_ipc::store_db::DeadEntry { name: p.base_name(), valid: *valid })
             .collect(),
+        groups: Vec::new(),
         keep: guix_ipc::gc::KeepRules::default(),
         freed_before: 0,
         max_freed: u64::MAX,

@@ -41,7 +41,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use guix_formats::StorePath;
-use guix_ipc::store_db::{CollectionId, DeadBatch, DeleteOutcome, Deleted, KeptBecause};
+use guix_ipc::store_db::{CollectionId, DeadBatch, DeleteOutcome, Deleted, KeptBecause, DEAD_PART_TARGET};
 use guix_store::files::delete_tree_counted;
 use guix_store::scratch::SCRATCH_DIR_NAME;
 use guix_store::strerror;
@@ -97,6 +97,132 @@ fn reserved(name: &str) -> bool {
         || name == ".links"
         || name == TRASH_DIR_NAME
         || name == SCRATCH_DIR_NAME
+}
+
+/// A [`DeadBatch`] being run in parts by the writer ([`super::writer::Job::DeleteDead`]):
+/// each [`DeadRun::step`] decides and deletes the next runs of whole groups (about
+/// [`DEAD_PART_TARGET`] of work, the size adapting to what the last part took) as a batch of
+/// its own, so that the writer can run the requests waiting for it before the next part.
+///
+/// Cutting between groups changes nothing of the outcome: every entry comes after what keeps
+/// it alive, or in its group, so a keeper in an earlier part is invalid by now (deleted) or
+/// was refused there (and then refuses this entry as a valid keeper outside the part, as it
+/// would inside one batch); the bytes counted so far carry over to `max_freed`.
+pub struct DeadRun {
+    batch: DeadBatch,
+    /// The groups' sizes, in order; `next_group` is the first not run yet.
+    groups: Vec<usize>,
+    next_group: usize,
+    /// The entries not run yet (the batch's, taken out as their parts run).
+    entries: std::vec::IntoIter<guix_ipc::store_db::DeadEntry>,
+    /// Entries in the next part (at least one group).
+    part: usize,
+    outcome: DeleteOutcome,
+    freed: u64,
+}
+
+/// What [`DeadRun::step`] left.
+pub enum Step {
+    /// More parts to run.
+    More(DeadRun),
+    /// The batch is over: the reply.
+    Done(Result<DeleteOutcome, BatchError>),
+}
+
+/// The first part's size, in entries; the parts grow to [`MAX_PART`] while they take under a
+/// quarter of [`DEAD_PART_TARGET`], and halve when one takes longer.
+const FIRST_PART: usize = 16;
+const MAX_PART: usize = 4096;
+
+impl DeadRun {
+    /// Checks the batch's groups (they must add up to its entries; none are given: one group
+    /// each, the batch of a gc that does not cut them).
+    pub fn new(mut batch: DeadBatch) -> Result<DeadRun, BatchError> {
+        let groups: Vec<usize> = if batch.groups.is_empty() {
+            vec![1; batch.entries.len()]
+        } else {
+            batch.groups.iter().map(|&n| n as usize).collect()
+        };
+        if groups.contains(&0) || groups.iter().sum::<usize>() != batch.entries.len() {
+            return Err(BatchError::Failed(format!(
+                "malformed batch: {} groups adding up to {} entries, not {}",
+                groups.len(),
+                groups.iter().sum::<usize>(),
+                batch.entries.len()
+            )));
+        }
+        let entries = std::mem::take(&mut batch.entries).into_iter();
+        let freed = batch.freed_before;
+        Ok(DeadRun {
+            batch,
+            groups,
+            next_group: 0,
+            entries,
+            part: FIRST_PART,
+            outcome: DeleteOutcome { deleted: Vec::new(), kept: Vec::new(), limit_reached: false, stopped: None },
+            freed,
+        })
+    }
+
+    /// Runs the next part.
+    pub fn step(mut self, db: &mut DbWriter, roots: &TempRoots, layout: &StoreLayout) -> Step {
+        let mut n = 0;
+        while self.next_group < self.groups.len() && (n == 0 || n + self.groups[self.next_group] <= self.part) {
+            n += self.groups[self.next_group];
+            self.next_group += 1;
+        }
+        let part = DeadBatch {
+            collection: self.batch.collection,
+            entries: self.entries.by_ref().take(n).collect(),
+            groups: Vec::new(),
+            keep: self.batch.keep,
+            freed_before: self.freed,
+            max_freed: self.batch.max_freed,
+            link_threshold: self.batch.link_threshold,
+        };
+        let nothing_yet = self.outcome.deleted.is_empty() && self.outcome.kept.is_empty();
+        let started = std::time::Instant::now();
+        let res = delete_dead(db, roots, layout, part);
+        let took = started.elapsed();
+        if took > DEAD_PART_TARGET {
+            self.part = (self.part / 2).max(1);
+        } else if took < DEAD_PART_TARGET / 4 {
+            self.part = (self.part * 2).min(MAX_PART);
+        }
+        match res {
+            Ok(o) => {
+                self.freed = o.deleted.iter().fold(self.freed, |f, d| f.saturating_add(freed_by(d)));
+                self.outcome.deleted.extend(o.deleted);
+                self.outcome.kept.extend(o.kept);
+                if o.limit_reached {
+                    self.outcome.limit_reached = true;
+                    self.outcome.kept.extend(self.entries.by_ref().map(|e| (e.name, KeptBecause::NotReached)));
+                    return Step::Done(Ok(self.outcome));
+                }
+            }
+            // Nothing of this part was invalidated; earlier parts were.
+            Err(e) if nothing_yet => return Step::Done(Err(e)),
+            Err(e) => {
+                self.outcome.stopped = Some(e.to_string());
+                return Step::Done(Ok(self.outcome));
+            }
+        }
+        if self.next_group == self.groups.len() {
+            Step::Done(Ok(self.outcome))
+        } else {
+            Step::More(self)
+        }
+    }
+}
+
+/// The bytes a deletion adds to the collection's count (the gc's `freed + invalidated`): a
+/// directory deleted in place counts what it freed, anything else what it was accounted.
+pub fn freed_by(d: &Deleted) -> u64 {
+    if d.trashed_as.is_none() && d.is_dir {
+        d.freed_in_place
+    } else {
+        d.accounted
+    }
 }
 
 /// Runs one batch (see the module docs).
@@ -288,7 +414,7 @@ pub fn delete_dead(
         });
     }
     drop(guard);
-    Ok(DeleteOutcome { deleted, kept, limit_reached })
+    Ok(DeleteOutcome { deleted, kept, limit_reached, stopped: None })
 }
 
 /// Step 2's fixpoint: refuses every accepted valid candidate with a keeper that is valid and

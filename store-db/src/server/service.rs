@@ -33,7 +33,7 @@ use guix_ipc::component::{config_from_env, inherited_link_listener};
 use guix_ipc::store_db::{NewItem, RootStamp, StoreDbReply, StoreDbRequest, STORE_DB_LINK};
 use guix_ipc::{Call, Handler, LinkError};
 
-use super::collect::BatchError;
+use super::collect::{BatchError, DeadRun};
 use super::fsops::{check_item, ensure_scratch_dir, ensure_user_profile, remove_scratch_copies, take_unprivileged};
 use super::pathlock::PathLockTable;
 use super::roots::{add_indirect_root, TempRoots};
@@ -189,7 +189,11 @@ impl StoreDb {
             }
             StoreDbRequest::DeleteDead(batch) => {
                 let roots = self.temp_roots.clone();
-                return match self.writer.run_for(|reply| Job::DeleteDead { batch, roots, reply }).await {
+                let run = match DeadRun::new(batch) {
+                    Ok(run) => Box::new(run),
+                    Err(e) => return StoreDbReply::Error(LinkError::client(e.to_string())),
+                };
+                return match self.writer.run_for(|reply| Job::DeleteDead { run, roots, reply }).await {
                     Ok(Ok(outcome)) => StoreDbReply::Deleted(outcome),
                     // Typed for the gc: a retryable error makes it begin a new collection.
                     Ok(Err(e @ BatchError::UnknownCollection(_))) => {

@@ -86,9 +86,11 @@ pub enum Job {
     InvalidateMissing { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// Remove scratch leftovers of dead writers.
     Sweep,
-    /// The collector's "delete these if still dead" ([`super::collect`]).
+    /// The collector's "delete these if still dead" ([`super::collect`]), one part per round
+    /// of the queue: what is left goes back to the end of the queue, behind the requests that
+    /// came while the part ran.
     DeleteDead {
-        batch: guix_ipc::store_db::DeadBatch,
+        run: Box<super::collect::DeadRun>,
         roots: Arc<super::roots::TempRoots>,
         reply: oneshot::Sender<Result<guix_ipc::store_db::DeleteOutcome, super::collect::BatchError>>,
     },
@@ -164,7 +166,7 @@ impl WriterHandle {
         &self.inner.stats
     }
 
-    fn push(&self, job: Job) {
+    pub(super) fn push(&self, job: Job) {
         lock(&self.inner.queue).push_back(job);
     }
 
@@ -192,14 +194,17 @@ impl WriterHandle {
 
     /// One round, if the writer is free; whether jobs are queued after it. `false` when the
     /// writer is busy: its holder runs what is queued before it lets go, or sees it after.
-    fn combine_once(&self) -> bool {
+    pub(super) fn combine_once(&self) -> bool {
         let mut writer = match self.inner.writer.try_lock() {
             Ok(w) => w,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return false,
         };
         let jobs = std::mem::take(&mut *lock(&self.inner.queue));
-        writer.run_jobs(jobs);
+        let later = writer.run_jobs(jobs);
+        // Behind what came meanwhile, before letting go of the writer (so the holder, or the
+        // next caller, sees them).
+        lock(&self.inner.queue).extend(later);
         drop(writer);
         !lock(&self.inner.queue).is_empty()
     }
@@ -269,8 +274,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs `jobs` in order, `AddItems` jobs in groups.
-    fn run_jobs(&mut self, mut jobs: VecDeque<Job>) {
+    /// Runs `jobs` in order, `AddItems` jobs in groups; returns the jobs to queue again (the
+    /// rest of a long job, after one part).
+    fn run_jobs(&mut self, mut jobs: VecDeque<Job>) -> Vec<Job> {
+        let mut later = Vec::new();
         while let Some(job) = jobs.pop_front() {
             match job {
                 Job::Add { items, reply } => {
@@ -300,9 +307,20 @@ impl Writer {
                 Job::InvalidateMissing { paths, reply } => {
                     let _ = reply.send(self.invalidate_missing(&paths));
                 }
-                Job::DeleteDead { batch, roots, reply } => {
+                Job::DeleteDead { run, roots, reply } => {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(super::collect::delete_dead(&mut self.db, &roots, &self.layout, batch));
+                    if reply.is_closed() {
+                        // The gc's request is gone (link closed): stop between parts.
+                        continue;
+                    }
+                    match run.step(&mut self.db, &roots, &self.layout) {
+                        super::collect::Step::More(run) => {
+                            later.push(Job::DeleteDead { run: Box::new(run), roots, reply })
+                        }
+                        super::collect::Step::Done(outcome) => {
+                            let _ = reply.send(outcome);
+                        }
+                    }
                 }
                 Job::Sweep => match sweep_scratch(&self.layout.scratch) {
                     Ok(removed) => {
@@ -314,6 +332,7 @@ impl Writer {
                 },
             }
         }
+        later
     }
 
     fn add_group(&mut self, group: Vec<(Vec<NewItem>, oneshot::Sender<JobResult>)>) {

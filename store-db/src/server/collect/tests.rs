@@ -83,6 +83,7 @@ impl Fixture {
         let batch = DeadBatch {
             collection: id,
             entries: entries.iter().map(|(n, v)| DeadEntry { name: n.to_string(), valid: *v }).collect(),
+            groups: Vec::new(),
             keep,
             freed_before: 0,
             max_freed,
@@ -311,6 +312,7 @@ fn files_sharing_an_inode_count_once_in_the_order_deleted() {
     let mut batch = DeadBatch {
         collection: id,
         entries: [&x, &y].iter().map(|p| DeadEntry { name: p.base_name(), valid: false }).collect(),
+        groups: Vec::new(),
         keep: KeepRules::default(),
         freed_before: 0,
         max_freed: u64::MAX,
@@ -327,4 +329,195 @@ fn files_sharing_an_inode_count_once_in_the_order_deleted() {
     assert_eq!(std::fs::metadata(links.join("h")).unwrap().nlink(), 1);
     batch.entries.clear();
     assert!(delete_dead(&mut f.db, &f.roots, &f.layout, batch).unwrap().deleted.is_empty());
+}
+
+/// A store of `n` dead chains `top_i → mid_i → leaf_i`, for every fifth chain a derivation
+/// and its output referring to the leaf (one component under [`BOTH`]), and a live path
+/// referring to the leaf of chain 7; the batch in the gc's order with its groups.
+const BOTH: KeepRules = KeepRules { outputs: true, derivations: true };
+
+fn chains(f: &mut Fixture, n: usize) -> (Vec<(String, bool)>, Vec<u32>, StorePath) {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let (mut tops, mut mids, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let (t, m, l) = (text(&format!("top{i}")), text(&format!("mid{i}")), text(&format!("leaf{i}")));
+        f.add(&l, &[], None, &[]);
+        f.add(&m, &[&l], None, &[]);
+        f.add(&t, &[&m], None, &[]);
+        tops.push(t);
+        mids.push(m);
+        leaves.push(l);
+    }
+    // A derivation and its output (referring to a leaf): with both keep rules each keeps the
+    // other alive, one component of two.
+    let mut paired = Vec::new();
+    for i in (0..n.saturating_sub(1)).step_by(5) {
+        let (d, o) = (drv(&format!("pair{i}")), text(&format!("out{i}")));
+        f.add(&d, &[], None, &[("out", &o)]);
+        f.add(&o, &[&leaves[i]], Some(&d), &[]);
+        paired.push((i, d, o));
+    }
+    let live = text("live");
+    f.add(&live, &[&leaves[7]], None, &[]);
+    for t in &tops {
+        groups.push(vec![t.base_name()]);
+    }
+    for (_, a, b) in &paired {
+        groups.push(vec![a.base_name(), b.base_name()]);
+    }
+    for m in &mids {
+        groups.push(vec![m.base_name()]);
+    }
+    for l in &leaves {
+        groups.push(vec![l.base_name()]);
+    }
+    let sizes = groups.iter().map(|g| g.len() as u32).collect();
+    (groups.into_iter().flatten().map(|n| (n, true)).collect(), sizes, live)
+}
+
+fn run_in_parts(f: &mut Fixture, batch: DeadBatch) -> (Result<DeleteOutcome, BatchError>, usize) {
+    let mut run = DeadRun::new(batch).unwrap();
+    let mut parts = 0;
+    loop {
+        parts += 1;
+        match run.step(&mut f.db, &f.roots, &f.layout) {
+            Step::More(next) => run = next,
+            Step::Done(o) => return (o, parts),
+        }
+    }
+}
+
+#[test]
+fn a_batch_run_in_parts_decides_as_one_batch() {
+    for max_freed in [u64::MAX, 250_500] {
+        let (mut whole, mut parted) = (fixture(), fixture());
+        let (entries, groups, _) = chains(&mut whole, 120);
+        assert_eq!(chains(&mut parted, 120).0, entries);
+        let batch = |f: &Fixture, groups: Vec<u32>| {
+            let (id, _) = f.roots.begin_collection().unwrap();
+            DeadBatch {
+                collection: id,
+                entries: entries.iter().map(|(n, v)| DeadEntry { name: n.clone(), valid: *v }).collect(),
+                groups,
+                keep: BOTH,
+                freed_before: 500,
+                max_freed,
+                link_threshold: 1,
+            }
+        };
+        let one = batch(&whole, Vec::new());
+        let one = delete_dead(&mut whole.db, &whole.roots, &whole.layout, one).unwrap();
+        let b = batch(&parted, groups);
+        let (parts, n) = run_in_parts(&mut parted, b);
+        let parts = parts.unwrap();
+        assert!(n >= 4, "{n} parts");
+        assert_eq!(names(&parts), names(&one), "max_freed {max_freed}");
+        assert_eq!(parts.limit_reached, one.limit_reached);
+        assert_eq!(parts.stopped, None);
+        // Why: the same, but that an entry past the limit may be "not reached" in parts where
+        // one batch looked at it first (chain 7's leaf, kept by the live path).
+        let sorted = |o: &DeleteOutcome, why: bool| {
+            let mut k: Vec<(String, Option<KeptBecause>)> =
+                o.kept.iter().map(|(n, k)| (n.clone(), why.then(|| k.clone()))).collect();
+            k.sort_by(|a, b| a.0.cmp(&b.0));
+            k
+        };
+        let why = max_freed == u64::MAX;
+        assert_eq!(sorted(&parts, why), sorted(&one, why));
+        if max_freed == u64::MAX {
+            // Everything but chain 7's leaf (which keeps nothing alive).
+            assert_eq!(one.deleted.len(), entries.len() - 1);
+        } else {
+            // 250 directories of 1,000 bytes (the 24 `.drv` files count 8 bytes each).
+            let dirs = one.deleted.iter().filter(|d| d.is_dir).count();
+            assert!(one.limit_reached && dirs == 250, "{dirs}");
+        }
+    }
+}
+
+#[test]
+fn malformed_groups_are_refused_before_anything() {
+    let mut f = fixture();
+    let (entries, mut groups, _) = chains(&mut f, 10);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    groups[0] += 1;
+    let batch = DeadBatch {
+        collection: id,
+        entries: entries.iter().map(|(n, v)| DeadEntry { name: n.clone(), valid: *v }).collect(),
+        groups,
+        keep: KeepRules::default(),
+        freed_before: 0,
+        max_freed: u64::MAX,
+        link_threshold: 1,
+    };
+    assert!(matches!(DeadRun::new(batch), Err(BatchError::Failed(m)) if m.contains("malformed batch")));
+}
+
+#[test]
+fn a_failure_after_a_part_reports_what_went() {
+    let mut f = fixture();
+    let (entries, groups, _) = chains(&mut f, 40);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    // The last leaf cannot be looked at: its parent is not searchable... as root, a name too
+    // long for the file system is what fails `lstat` (ENAMETOOLONG) for anyone.
+    let mut entries: Vec<DeadEntry> = entries.iter().map(|(n, v)| DeadEntry { name: n.clone(), valid: *v }).collect();
+    let mut groups = groups;
+    entries.push(DeadEntry { name: "x".repeat(300), valid: false });
+    groups.push(1);
+    let batch = DeadBatch {
+        collection: id,
+        entries,
+        groups,
+        keep: KeepRules::default(),
+        freed_before: 0,
+        max_freed: u64::MAX,
+        link_threshold: 1,
+    };
+    let (o, parts) = run_in_parts(&mut f, batch);
+    let o = o.unwrap();
+    assert!(parts > 1);
+    assert!(o.stopped.as_deref().is_some_and(|m| m.contains("getting status of")), "{:?}", o.stopped);
+    assert!(!o.deleted.is_empty());
+    for d in &o.deleted {
+        let p = StorePath::from_base_name(&d.name).unwrap();
+        assert!(!f.db.is_valid(&p).unwrap() && !f.exists(&p));
+    }
+}
+
+#[test]
+fn requests_queued_meanwhile_run_between_the_parts_of_a_batch() {
+    use super::super::writer::{new, Job, WriterOptions};
+    let mut f = fixture();
+    let (entries, groups, _) = chains(&mut f, 60);
+    let (id, _) = f.roots.begin_collection().unwrap();
+    let batch = DeadBatch {
+        collection: id,
+        entries: entries.iter().map(|(n, v)| DeadEntry { name: n.clone(), valid: *v }).collect(),
+        groups,
+        keep: BOTH,
+        freed_before: 0,
+        max_freed: u64::MAX,
+        link_threshold: 1,
+    };
+    let Fixture { _dir, db, layout, roots } = f;
+    let writer = new(db, layout, WriterOptions::default());
+    let (done, mut outcome) = tokio::sync::oneshot::channel();
+    let run = Box::new(DeadRun::new(batch).unwrap());
+    writer.push(Job::DeleteDead { run, roots: std::sync::Arc::new(roots), reply: done });
+    // One turn of the writer: one part, the rest queued again.
+    assert!(writer.combine_once());
+    assert!(outcome.try_recv().is_err());
+    let (tx, mut cleared) = tokio::sync::oneshot::channel();
+    writer.push(Job::ClearFailed { paths: Vec::new(), reply: tx });
+    // The next turn runs the request queued meanwhile, then one more part.
+    assert!(writer.combine_once());
+    assert_eq!(cleared.try_recv(), Ok(Ok(())));
+    assert!(outcome.try_recv().is_err(), "the whole batch ran in one turn");
+    let mut turns = 2;
+    while writer.combine_once() {
+        turns += 1;
+    }
+    let o = outcome.try_recv().unwrap().unwrap();
+    assert_eq!(o.deleted.len(), entries.len() - 1);
+    assert!(turns >= 3, "{turns}");
 }
