@@ -77,13 +77,8 @@ pub fn optimise(setup: &Setup, log: &mut dyn FnMut(u32, String)) -> Result<()> {
 /// are per thread on Linux and inherited): a collection yields to the components serving
 /// clients on a busy machine.
 pub fn lower_priority() {
-    // SAFETY: plain system calls about this thread's own scheduling.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0 as libc::c_long, IOPRIO_CLASS_IDLE << 13);
-    }
+    let _ = guix_store::sched::set_thread_nice(10);
+    let _ = guix_store::sched::set_thread_io_idle();
 }
 
 pub fn main() -> std::process::ExitCode {

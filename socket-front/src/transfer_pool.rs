@@ -108,8 +108,7 @@ impl Slot {
             .name("transfer".into())
             .spawn(move || {
                 // Queries first: a transfer is paced by its client and may wait for the CPU.
-                // SAFETY: `setpriority` of the calling thread (Linux: `who` 0 is this thread).
-                unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, TRANSFER_NICE) };
+                let _ = guix_store::sched::set_thread_nice(TRANSFER_NICE);
                 let out = crate::bridge::under_idle_limit(idle, f);
                 drop(permit);
                 let _ = tx.send(out);

@@ -20,6 +20,7 @@
 //! - [`signing`] — signing exports with the daemon's key (`checkSecrecy`, `guix authenticate`).
 //! - [`optimise`] — file deduplication through `<store>/.links` (`optimise-store.cc`).
 //! - [`roots`] — GC root discovery (`findRoots`).
+//! - [`sched`] — the calling thread's nice value and I/O class.
 //! - [`storedb`] — [`storedb::StoreDb`], a component's side of the `store-db` link: its writes,
 //!   and the temp roots it holds (stamped, synced).
 //! - [`error`] — [`Error`], with the C++ daemon's messages, and [`strerror`].
@@ -32,6 +33,7 @@ pub mod files;
 pub mod info;
 pub mod optimise;
 pub mod roots;
+pub mod sched;
 pub mod scratch;
 pub mod signing;
 pub mod sql;

@@ -172,8 +172,7 @@ impl Remover {
     pub fn spawn() -> io::Result<Remover> {
         let (tx, rx) = sync_channel::<PathBuf>(REMOVER_QUEUE);
         std::thread::Builder::new().name("scratch-remover".into()).spawn(move || {
-            // SAFETY: `setpriority` on the calling thread (Linux: `who` 0 is this thread).
-            unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 10) };
+            let _ = crate::sched::set_thread_nice(10);
             for path in rx {
                 let _ = remove_tree(&path);
             }
