@@ -132,6 +132,9 @@ struct HolderRoots {
     closed: HashMap<ConnId, u64>,
     synced_seq: u64,
     synced_live: HashSet<ConnId>,
+    /// For each path, how many of `conns` hold it: whether a path is a temp root costs one
+    /// lookup per holder, however many connections there are.
+    counts: HashMap<StorePath, u32>,
 }
 
 #[derive(Debug)]
@@ -160,12 +163,31 @@ impl HolderRoots {
         c.first = c.first.min(seq);
         for p in paths {
             journal(collections, [&p]);
-            c.roots.insert(p);
+            if c.roots.insert(p.clone()) {
+                *self.counts.entry(p).or_insert(0) += 1;
+            }
         }
     }
 
+    /// A connection's roots are gone.
+    fn forget(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        for p in c.roots {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = self.counts.entry(p) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    fn holds(&self, path: &StorePath) -> bool {
+        self.counts.contains_key(path)
+    }
+
     fn close(&mut self, conn: ConnId, seq: u64) {
-        self.conns.remove(&conn);
+        self.forget(conn);
         if seq > self.synced_seq || self.synced_live.contains(&conn) {
             self.closed.insert(conn, seq);
         }
@@ -186,7 +208,11 @@ impl HolderRoots {
         if seq <= self.synced_seq {
             return false;
         }
-        self.conns.retain(|c, r| ids.contains(c) || r.first > seq);
+        let gone: Vec<ConnId> =
+            self.conns.iter().filter(|(c, r)| !ids.contains(c) && r.first <= seq).map(|(c, _)| *c).collect();
+        for c in gone {
+            self.forget(c);
+        }
         self.closed.retain(|_, k| *k > seq);
         self.synced_seq = seq;
         self.synced_live = ids;
@@ -378,7 +404,20 @@ impl Inner {
     }
 
     fn is_temp_root(&self, path: &StorePath) -> bool {
-        self.holders.values().flat_map(|h| h.conns.values()).any(|c| c.roots.contains(path))
+        self.holders.values().any(|h| h.holds(path))
+    }
+
+    /// Checks [`HolderRoots::counts`] against the connections' roots.
+    #[cfg(test)]
+    fn check_counts(&self) {
+        for h in self.holders.values() {
+            let mut want: HashMap<&StorePath, u32> = HashMap::new();
+            for p in h.conns.values().flat_map(|c| c.roots.iter()) {
+                *want.entry(p).or_insert(0) += 1;
+            }
+            let have: HashMap<&StorePath, u32> = h.counts.iter().map(|(p, n)| (p, *n)).collect();
+            assert_eq!(have, want);
+        }
     }
 }
 
@@ -728,6 +767,7 @@ mod tests {
             let applied: Vec<&StoreDbRequest> = order.iter().map(|i| &m.sent[usize::from(*i) % m.sent.len()]).collect();
             for msg in &applied {
                 prop_assert!(r.take((*msg).clone()).is_none());
+                r.lock().check_counts();
             }
             for (conn, roots) in &m.live {
                 let held = roots_of(&r, *conn);
@@ -756,8 +796,14 @@ mod tests {
             let r = socket_front_only();
             for msg in applied {
                 r.take(msg);
+                r.lock().check_counts();
             }
             prop_assert!(r.ready());
+            for (conn, roots) in &m.live {
+                for path in roots {
+                    prop_assert!(r.is_temp_root(path), "{path:?} of live connection {conn}");
+                }
+            }
             for (conn, roots) in &m.live {
                 prop_assert_eq!(&roots_of(&r, *conn), &roots.iter().cloned().collect::<HashSet<_>>());
             }
