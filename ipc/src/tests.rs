@@ -462,8 +462,7 @@ async fn resend_sends_a_job_again_when_its_server_is_killed_mid_stream() {
 #[tokio::test]
 async fn resend_gives_up_on_a_server_that_never_answers() {
     let (_dir, path) = socket();
-    let server = Test::new();
-    let _srv = serve(&path, server.clone());
+    let _srv = serve(&path, Test::new());
     let client = client(&path, Duration::from_secs(20));
     let limits = job::JobLimits {
         idle: Duration::from_millis(200),
@@ -480,6 +479,4 @@ async fn resend_gives_up_on_a_server_that_never_answers() {
     assert!(matches!(bounded(call.next()).await, Ok(job::Heard::Reply(Resp::Num(4)))));
     call.resend("restarting".into());
     assert!(matches!(bounded(call.next()).await, Ok(job::Heard::Reply(Resp::Num(4)))));
-    drop(call);
-    assert!(server.state.seen.load(Ordering::SeqCst) >= 3);
 }
