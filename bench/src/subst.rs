@@ -15,14 +15,12 @@
 //!
 //! Nothing is asserted about timings.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use guix_tests::http::{self, Body};
 use guix_tests::{DaemonKind, Rig, Session, SessionOptions};
 
 use crate::build::Kind;
@@ -134,46 +132,8 @@ fn substitute_once(rig: &Rig, kind: &(DaemonKind, SessionOptions), urls: &str, p
 
 /// The stand-in zstd server: the narinfo and the compressed nar (a file, streamed).
 fn serve_zstd(narinfo_path: String, narinfo: Vec<u8>, nar_path: String, nar_file: PathBuf) -> Res<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let routes: Arc<BTreeMap<String, Option<Vec<u8>>>> =
-        Arc::new([(narinfo_path, Some(narinfo)), (nar_path, None)].into_iter().collect());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (routes, nar_file) = (routes.clone(), nar_file.clone());
-            std::thread::spawn(move || {
-                let Ok(read_side) = conn.try_clone() else { return };
-                let (mut reader, mut conn) = (BufReader::new(read_side), conn);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let sent = match routes.get(&path) {
-                        Some(Some(bytes)) => write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len())
-                            .and_then(|_| conn.write_all(bytes)),
-                        Some(None) => std::fs::File::open(&nar_file).and_then(|mut f| {
-                            let len = f.metadata()?.len();
-                            write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")?;
-                            std::io::copy(&mut f, &mut conn).map(drop)
-                        }),
-                        None => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-                    };
-                    if sent.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(port)
+    let routes = [(narinfo_path, Body::Bytes(narinfo)), (nar_path, Body::File(nar_file))].into_iter().collect();
+    http::serve(routes, None).map_err(|e| e.to_string())
 }
 
 /// The nar of the big item compressed with zstd, and a server for it; the nar's URL.

@@ -5,36 +5,28 @@
 //! One `Substitute` job per call, under a job id unique across restarts of the builder
 //! (`builder-PID-START-subst-N`). Its events go to the goal's request as they come
 //! ([`BuildEvent::Output`] for what `guix substitute` would print, messages at their
-//! levels). The call is followed as socket-front follows one: when the stream breaks (the
-//! substituter restarted or was killed) or no event came for [`IDLE_LIMIT`], the same request
-//! is sent again under the same id (the substituter attaches to the running job, or a new
-//! substituter starts it again: what was registered stays valid); after [`UNAVAILABLE`] in a
-//! row without it, the goal fails with "substituter is unavailable: …". A goal that is
-//! cancelled drops the call, which cancels the job.
+//! levels). The call is followed as socket-front follows one ([`Resend`] under the default
+//! [`JobLimits`]): when the stream breaks (the substituter restarted or was killed) or no
+//! event came for [`guix_ipc::substituter::IDLE_LIMIT`], the same request is sent again under the same id (the
+//! substituter attaches to the running job, or a new substituter starts it again: what was
+//! registered stays valid); after [`JobLimits::unavailable`] (60 s) in a row without it, the
+//! goal fails with "substituter is unavailable: …". A goal that is cancelled drops the call,
+//! which cancels the job.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use guix_formats::StorePath;
 use guix_ipc::builder::BuildEvent;
-use guix_ipc::job::JobId;
+use guix_ipc::job::{Heard, JobId, JobLimits, Resend};
 use guix_ipc::store_db::HolderId;
-use guix_ipc::substituter::{
-    Outcome, SubstituteEvent, SubstituterReply, SubstituterRequest, IDLE_LIMIT, SUBSTITUTER_LINK,
-};
-use guix_ipc::{Client, ErrorKind, LinkError};
+use guix_ipc::substituter::{Outcome, SubstituteEvent, SubstituterReply, SubstituterRequest, SUBSTITUTER_LINK};
+use guix_ipc::{Client, ErrorKind};
 
 use crate::error::{Error, FailureKind, Result};
 use crate::schedule::{Builder, Job};
 
 pub type SubstituterClient = Client<SubstituterRequest, SubstituterReply, SubstituteEvent>;
-
-/// How long in a row the substituter may be unreachable or silent during a substitution.
-pub const UNAVAILABLE: Duration = Duration::from_secs(60);
-/// The deadline of one call: a download may be long; [`IDLE_LIMIT`] is what catches a hang.
-const CALL_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The builder's substituter link and its job names.
 pub struct SubstituterLink {
@@ -95,46 +87,17 @@ pub async fn substitute(b: &Arc<Builder>, job: &Arc<Job>, paths: Vec<StorePath>)
     }
     let link = &b.substituter;
     let req = SubstituterRequest::Substitute { job: link.new_job(), paths, options };
-    let unavailable = |why: &Option<String>| {
-        let mut m = format!("no answer within {}s", UNAVAILABLE.as_secs());
-        if let Some(w) = why {
-            m.push_str(&format!(" ({w})"));
-        }
-        Error::build(FailureKind::Misc, LinkError::retryable(m).client_text(SUBSTITUTER_LINK.name))
-    };
-    let mut away: Option<Instant> = Some(Instant::now());
-    let mut why: Option<String> = None;
+    let mut call = Resend::new(&link.client, req, JobLimits::default());
+    let failed = |text: String| Error::build(FailureKind::Misc, text);
     loop {
-        let broke = {
-            let mut call = link.client.call_stream_with_deadline(req.clone(), CALL_DEADLINE);
-            loop {
-                let wait = match away {
-                    None => IDLE_LIMIT,
-                    Some(since) => UNAVAILABLE.checked_sub(since.elapsed()).ok_or_else(|| unavailable(&why))?,
-                };
-                match tokio::time::timeout(wait, call.next_item()).await {
-                    Ok(Ok(Some(event))) => {
-                        away = None;
-                        relay(job, event);
-                    }
-                    Ok(Ok(None)) => match call.reply().await {
-                        Ok(SubstituterReply::Substituted(outcomes)) => return Ok(outcomes),
-                        Ok(SubstituterReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
-                        Ok(SubstituterReply::Error(e)) => {
-                            return Err(Error::build(FailureKind::Misc, e.client_text(SUBSTITUTER_LINK.name)))
-                        }
-                        Ok(SubstituterReply::Infos { .. }) => break "unexpected reply".to_owned(),
-                        Err(e) => break LinkError::from(e).message,
-                    },
-                    Ok(Err(e)) => break LinkError::from(e).message,
-                    Err(_) if away.is_none() => break format!("no event for {}s", IDLE_LIMIT.as_secs()),
-                    Err(_) => return Err(unavailable(&why)),
-                }
-            }
-        };
-        away.get_or_insert_with(Instant::now);
-        why = Some(broke);
-        tokio::time::sleep(RETRY_PAUSE).await;
+        match call.next().await {
+            Ok(Heard::Item(event)) => relay(job, event),
+            Ok(Heard::Reply(SubstituterReply::Substituted(outcomes))) => return Ok(outcomes),
+            Ok(Heard::Reply(SubstituterReply::Error(e))) if e.kind == ErrorKind::Retryable => call.resend(e.message),
+            Ok(Heard::Reply(SubstituterReply::Error(e))) => return Err(failed(e.client_text(SUBSTITUTER_LINK.name))),
+            Ok(Heard::Reply(SubstituterReply::Infos { .. })) => call.resend("unexpected reply".to_owned()),
+            Err(e) => return Err(failed(e.client_text(SUBSTITUTER_LINK.name))),
+        }
     }
 }
 

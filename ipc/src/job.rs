@@ -30,8 +30,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientError};
-use crate::error::LinkRequest;
+use crate::client::{CallStream, Client, ClientError};
+use crate::error::{LinkError, LinkRequest};
 use crate::server::Call;
 
 /// How often a server of a job link (builder, gc, substituter) sends its `Alive` event while
@@ -401,6 +401,138 @@ where
     }
 }
 
+/// The bounds of a job call that [`Resend`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// The deadline of one call, for its whole stream: long enough never to cut a job (a
+    /// build may run for days); `idle` is what catches a hang.
+    pub call: Duration,
+    /// With no event for this long from a server that was answering, it is taken for hung.
+    pub idle: Duration,
+    /// How long in a row the server may be unreachable or silent before the caller gives up.
+    pub unavailable: Duration,
+    /// The pause before the request is sent again.
+    pub retry_pause: Duration,
+}
+
+impl Default for JobLimits {
+    fn default() -> JobLimits {
+        JobLimits {
+            call: Duration::from_secs(365 * 24 * 3600),
+            idle: IDLE_LIMIT,
+            unavailable: Duration::from_secs(60),
+            retry_pause: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What [`Resend::next`] heard from the server.
+#[derive(Debug)]
+pub enum Heard<Item, Resp> {
+    /// A stream item (the server is there: the unavailable bound starts again at the next
+    /// break).
+    Item(Item),
+    /// The final reply of a call. If it asks for the request to be sent again (a retryable
+    /// error: the server restarting), say so with [`Resend::resend`].
+    Reply(Resp),
+}
+
+/// A job request (which must be idempotent: it names its [`JobId`], so a resent one joins the
+/// running job) followed on the calling side until it is answered, as socket-front follows
+/// builds, collections and substitutions and the builder its substitutions.
+///
+/// The server of a job link sends an event at least every [`HEARTBEAT`]; with none for
+/// [`JobLimits::idle`] it is taken for hung: the call is dropped (the link cancels it) and
+/// the same request sent again, as it is when the stream breaks (the server restarted or was
+/// killed). Items emitted meanwhile are missed. The server may stay unreachable or silent for
+/// [`JobLimits::unavailable`] in a row — at first contact, or from the moment a stream broke
+/// or the idle limit passed — before [`Resend::next`] gives up with a retryable
+/// [`LinkError`] "no answer within 60s (why)". Dropping it drops the call, which cancels the
+/// job.
+pub struct Resend<'c, Req, Resp, Item> {
+    client: &'c Client<Req, Resp, Item>,
+    req: Req,
+    limits: JobLimits,
+    call: Option<CallStream<'c, Req, Resp, Item>>,
+    /// Since when the server has been away (at first: not heard from yet), and why.
+    away: Option<tokio::time::Instant>,
+    why: Option<String>,
+    /// The last call broke: pause before the next.
+    pause: bool,
+}
+
+impl<'c, Req, Resp, Item> Resend<'c, Req, Resp, Item>
+where
+    Req: LinkRequest,
+    Resp: DeserializeOwned + Send + 'static,
+    Item: DeserializeOwned + Send + 'static,
+{
+    pub fn new(client: &'c Client<Req, Resp, Item>, req: Req, limits: JobLimits) -> Self {
+        Resend { client, req, limits, call: None, away: Some(tokio::time::Instant::now()), why: None, pause: false }
+    }
+
+    /// The next item or final reply, sending the request (again) as the type's documentation
+    /// says; the retryable error when the server stayed away too long. After a reply, the
+    /// next call sends the request again.
+    pub async fn next(&mut self) -> Result<Heard<Item, Resp>, LinkError> {
+        loop {
+            if std::mem::take(&mut self.pause) {
+                tokio::time::sleep(self.limits.retry_pause).await;
+            }
+            let wait = match self.away {
+                None => self.limits.idle,
+                Some(since) => match self.limits.unavailable.checked_sub(since.elapsed()) {
+                    Some(left) => left,
+                    None => return Err(self.unavailable()),
+                },
+            };
+            let (client, limits) = (self.client, self.limits);
+            let call = self.call.get_or_insert_with(|| client.call_stream_with_deadline(self.req.clone(), limits.call));
+            let broke = match tokio::time::timeout(wait, call.next_item()).await {
+                Ok(Ok(Some(item))) => {
+                    self.away = None;
+                    return Ok(Heard::Item(item));
+                }
+                Ok(Ok(None)) => match self.call.take().map(|c| c.reply()) {
+                    Some(reply) => match reply.await {
+                        Ok(r) => return Ok(Heard::Reply(r)),
+                        Err(e) => LinkError::from(e).message,
+                    },
+                    None => continue,
+                },
+                // The stream broke: the server restarted, was killed, or is gone.
+                Ok(Err(e)) => LinkError::from(e).message,
+                Err(_) if self.away.is_none() => format!("no event for {}s", self.limits.idle.as_secs_f64()),
+                Err(_) => return Err(self.unavailable()),
+            };
+            self.resend(broke);
+        }
+    }
+
+    /// Sends the request again after a pause, `why` being what the caller was told (a
+    /// retryable error in the reply); the unavailable bound starts unless it runs already.
+    pub fn resend(&mut self, why: String) {
+        // The call is dropped here: if its request is still running, it is cancelled.
+        self.call = None;
+        self.away.get_or_insert_with(tokio::time::Instant::now);
+        self.why = Some(why);
+        self.pause = true;
+    }
+
+    fn unavailable(&self) -> LinkError {
+        unavailable(self.limits.unavailable, self.why.as_deref())
+    }
+}
+
+/// The error of a job whose server stayed away for `limit`, for `why`.
+fn unavailable(limit: Duration, why: Option<&str>) -> LinkError {
+    let mut message = format!("no answer within {}s", limit.as_secs_f64());
+    if let Some(why) = why {
+        message.push_str(&format!(" ({why})"));
+    }
+    LinkError::retryable(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +546,13 @@ mod tests {
                 Next::Progress(_) => {}
             }
         }
+    }
+
+    #[test]
+    fn the_unavailable_message_says_how_long_and_why() {
+        let e = unavailable(Duration::from_secs(60), Some("connection refused"));
+        assert_eq!(e.client_text("builder"), "builder is unavailable: no answer within 60s (connection refused)");
+        assert_eq!(unavailable(Duration::from_millis(1500), None).message, "no answer within 1.5s");
     }
 
     #[tokio::test]

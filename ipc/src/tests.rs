@@ -434,3 +434,49 @@ async fn a_job_survives_its_caller_and_a_restarted_server_answers_unknown() {
     assert_eq!(r.unwrap(), Resp::Job(JobStatus::Unknown));
     assert_eq!(second.call(Req::Status(long)).await.unwrap(), Resp::Job(JobStatus::Unknown));
 }
+
+#[tokio::test]
+async fn resend_sends_a_job_again_when_its_server_is_killed_mid_stream() {
+    let (_dir, path) = socket();
+    let srv = serve(&path, Test::new());
+    let client = client(&path, Duration::from_secs(20));
+    let limits = job::JobLimits { unavailable: Duration::from_secs(10), ..job::JobLimits::default() };
+    let mut call = job::Resend::new(&client, Req::Count(1000), limits);
+    // The server is there: a first item, then it is killed (the client reads no more, so
+    // the stream is in the middle) and another comes back on the same path.
+    assert!(matches!(bounded(call.next()).await, Ok(job::Heard::Item(Progress::Output(0)))));
+    srv.kill();
+    let _srv2 = serve(&path, Test::new());
+    let mut items = 0;
+    let reply = loop {
+        match bounded(call.next()).await.unwrap() {
+            job::Heard::Item(_) => items += 1,
+            job::Heard::Reply(r) => break r,
+        }
+    };
+    assert_eq!(reply, Resp::Num(1000));
+    // The second server streamed the whole count again.
+    assert!(items >= 1000, "{items}");
+}
+
+#[tokio::test]
+async fn resend_gives_up_on_a_server_that_never_answers() {
+    let (_dir, path) = socket();
+    let _srv = serve(&path, Test::new());
+    let client = client(&path, Duration::from_secs(20));
+    let limits = job::JobLimits {
+        idle: Duration::from_millis(200),
+        unavailable: Duration::from_millis(300),
+        retry_pause: Duration::from_millis(10),
+        ..job::JobLimits::default()
+    };
+    // Sleep10s sends no item: at first contact, only the unavailable bound applies.
+    let mut call = job::Resend::new(&client, Req::Sleep10s, limits);
+    let e = bounded(call.next()).await.unwrap_err();
+    assert_eq!(e.client_text("test"), "test is unavailable: no answer within 0.3s");
+    // A reply asking to be resent: the request goes out again and the bound holds.
+    let mut call = job::Resend::new(&client, Req::Double(2, 0), limits);
+    assert!(matches!(bounded(call.next()).await, Ok(job::Heard::Reply(Resp::Num(4)))));
+    call.resend("restarting".into());
+    assert!(matches!(bounded(call.next()).await, Ok(job::Heard::Reply(Resp::Num(4)))));
+}

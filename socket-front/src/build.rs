@@ -30,17 +30,17 @@
 //!   `LinkError::client_text("builder")`.
 //!
 //! # Waits, restarts, a client that leaves
-//! A build may run for days, so the call's own deadline ([`BuildLimits::call`]) is a year: the
+//! A build may run for days, so the call's own deadline ([`JobLimits::call`]) is a year: the
 //! bounds that matter are about the builder being there.
 //! * While it answers, the builder sends an event at least every
-//!   [`guix_ipc::builder::HEARTBEAT`]; with none for [`BuildLimits::idle`]
+//!   [`guix_ipc::builder::HEARTBEAT`]; with none for [`JobLimits::idle`]
 //!   ([`guix_ipc::builder::IDLE_LIMIT`], 60 s) it is taken for hung: the call is dropped (the
 //!   link sends `Cancel`) and the same `Build` sent again.
 //! * When the stream breaks (the builder restarted or was killed: `Interrupted`, `MaybeDone`,
 //!   `Unavailable`, or a `Retryable` error reply) the same `Build`, with the same [`JobId`],
 //!   is sent again: the new builder realises what is not valid yet, or the running job is
 //!   joined. Events emitted meanwhile are not shown.
-//! * The builder may stay unreachable or silent for [`BuildLimits::unavailable`] (60 s) in a
+//! * The builder may stay unreachable or silent for [`JobLimits::unavailable`] (60 s) in a
 //!   row — at first contact, or from the moment a stream broke or the idle limit passed —
 //!   before the client gets "builder is unavailable: no answer within 60s…" (status 1, the
 //!   connection kept). So a builder that never answers fails a BuildPaths after 60 s; one that
@@ -55,15 +55,14 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use guix_formats::worker::{BuildMode as WireMode, DerivedPath, Reply, StderrMsg};
 use guix_formats::StorePath;
 use guix_ipc::builder::{BuildEvent, BuildMode, BuildOptions, BuildReply, BuildTarget, BuilderRequest, BUILDER_LINK};
 use guix_ipc::config::DaemonConfig;
-use guix_ipc::job::JobId;
+use guix_ipc::job::{Heard, JobId, JobLimits, Resend};
 use guix_ipc::store_db::{ConnId, HolderId};
-use guix_ipc::{Client, ErrorKind, LinkError};
+use guix_ipc::{Client, ErrorKind};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::backend::{StoreBackend, StoreReads};
@@ -72,31 +71,6 @@ use crate::error::Failure;
 
 /// The builder link's client as socket-front holds it.
 pub type BuilderClient = Client<BuilderRequest, BuildReply, BuildEvent>;
-
-/// The bounds of a build's waits (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BuildLimits {
-    /// The deadline of one `Build` call, for its whole stream: long enough never to cut a
-    /// build.
-    pub call: Duration,
-    /// With no event for this long from a builder that was answering, it is taken for hung.
-    pub idle: Duration,
-    /// How long in a row the builder may be unreachable or silent before the client is told.
-    pub unavailable: Duration,
-    /// The pause before a `Build` is sent again.
-    pub retry_pause: Duration,
-}
-
-impl Default for BuildLimits {
-    fn default() -> BuildLimits {
-        BuildLimits {
-            call: Duration::from_secs(365 * 24 * 3600),
-            idle: guix_ipc::builder::IDLE_LIMIT,
-            unavailable: Duration::from_secs(60),
-            retry_pause: Duration::from_millis(200),
-        }
-    }
-}
 
 /// Job names unique across restarts of socket-front and of the components running the jobs.
 pub struct JobNames {
@@ -127,18 +101,18 @@ impl Default for JobNames {
 /// The builder link of this socket-front: its client, the bounds, and job names.
 pub struct BuilderLink {
     client: BuilderClient,
-    limits: BuildLimits,
+    limits: JobLimits,
     jobs: JobNames,
 }
 
 impl BuilderLink {
-    pub fn new(client: BuilderClient, limits: BuildLimits) -> BuilderLink {
+    pub fn new(client: BuilderClient, limits: JobLimits) -> BuilderLink {
         BuilderLink { client, limits, jobs: JobNames::new() }
     }
 
     /// The production link: the supervisor's `builder` socket.
     pub fn from_config(config: &DaemonConfig) -> BuilderLink {
-        let limits = BuildLimits::default();
+        let limits = JobLimits::default();
         let client = guix_ipc::component::connect_link(config, BUILDER_LINK, crate::backend::HOLDER, limits.call);
         BuilderLink::new(client, limits)
     }
@@ -150,19 +124,10 @@ impl BuilderLink {
     }
 }
 
-/// The message the client gets when the component serving `link` stayed away too long.
-fn unavailable(link: &str, limit: Duration, why: Option<&str>) -> Failure {
-    let mut message = format!("no answer within {}s", limit.as_secs_f64());
-    if let Some(why) = why {
-        message.push_str(&format!(" ({why})"));
-    }
-    Failure::Op(LinkError::retryable(message).client_text(link))
-}
-
 /// A long job's link as [`Conn::run_job`] follows it: its client, bounds, and name.
 pub(crate) struct JobLink<'a, Req, Resp, Item> {
     pub client: &'a Client<Req, Resp, Item>,
-    pub limits: BuildLimits,
+    pub limits: JobLimits,
     pub name: &'static str,
 }
 
@@ -326,46 +291,17 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         Resp: serde::de::DeserializeOwned + Send + 'static,
         Item: serde::de::DeserializeOwned + Send + 'static,
     {
-        let limits = link.limits;
         let mut watching = true;
-        // Since when the component has been away (at first: not heard from yet), and why.
-        let mut away: Option<Instant> = Some(Instant::now());
-        let mut why: Option<String> = None;
+        let mut job = Resend::new(link.client, req, link.limits);
         loop {
-            let broke = {
-                let mut call = link.client.call_stream_with_deadline(req.clone(), limits.call);
-                loop {
-                    let wait = match away {
-                        None => limits.idle,
-                        Some(since) => match limits.unavailable.checked_sub(since.elapsed()) {
-                            Some(left) => left,
-                            None => return Err(unavailable(link.name, limits.unavailable, why.as_deref())),
-                        },
-                    };
-                    let next = self.unless_client_leaves(&mut watching, tokio::time::timeout(wait, call.next_item()));
-                    match next.await? {
-                        Ok(Ok(Some(event))) => {
-                            away = None;
-                            show(self, event).await?;
-                        }
-                        Ok(Ok(None)) => match call.reply().await {
-                            Ok(r) => match verdict(r) {
-                                Ok(done) => return done,
-                                Err(retry) => break retry,
-                            },
-                            Err(e) => break LinkError::from(e).message,
-                        },
-                        // The stream broke: the component restarted, was killed, or is gone.
-                        Ok(Err(e)) => break LinkError::from(e).message,
-                        Err(_) if away.is_none() => break format!("no event for {}s", limits.idle.as_secs_f64()),
-                        Err(_) => return Err(unavailable(link.name, limits.unavailable, why.as_deref())),
-                    }
-                }
-                // The call is dropped here: if its request is still running, it is cancelled.
-            };
-            away.get_or_insert_with(Instant::now);
-            why = Some(broke);
-            self.unless_client_leaves(&mut watching, tokio::time::sleep(limits.retry_pause)).await?;
+            match self.unless_client_leaves(&mut watching, job.next()).await? {
+                Ok(Heard::Item(event)) => show(self, event).await?,
+                Ok(Heard::Reply(r)) => match verdict(r) {
+                    Ok(done) => return done,
+                    Err(retry) => job.resend(retry),
+                },
+                Err(e) => return Err(Failure::Op(e.client_text(link.name))),
+            }
         }
     }
 
@@ -418,6 +354,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
 mod tests {
     use super::*;
     use guix_formats::StoreDir;
+    use std::time::Duration;
 
     fn dp(s: &str, outs: &[&str]) -> DerivedPath {
         let path = StoreDir::default().parse(&format!("/gnu/store/{}-{s}", "a".repeat(32))).unwrap();
@@ -440,18 +377,10 @@ mod tests {
     #[test]
     fn job_names_are_unique_and_name_the_incarnation() {
         let client = Client::new("/nonexistent", BUILDER_LINK, "test", Duration::from_secs(1));
-        let link = BuilderLink::new(client, BuildLimits::default());
+        let link = BuilderLink::new(client, JobLimits::default());
         let (a, b) = (link.new_job(0x1_0000_0002), link.new_job(0x1_0000_0002));
         assert_ne!(a, b);
         assert!(a.0.starts_with(&format!("socket-front-{}-", std::process::id())), "{a}");
         assert!(a.0.contains("-100000002-"), "{a}");
-    }
-
-    #[test]
-    fn the_unavailable_message_names_the_builder() {
-        let Failure::Op(m) = unavailable("builder", Duration::from_secs(60), Some("connection refused")) else {
-            panic!()
-        };
-        assert_eq!(m, "builder is unavailable: no answer within 60s (connection refused)");
     }
 }

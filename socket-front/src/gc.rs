@@ -19,29 +19,30 @@ use guix_ipc::store_db::ConnId;
 use guix_ipc::{Client, ErrorKind};
 
 use crate::backend::StoreBackend;
-use crate::build::{BuildLimits, JobLink, JobNames, Verdict};
+use crate::build::{JobLink, JobNames, Verdict};
 use crate::conn::{Conn, Stream};
 use crate::error::Failure;
 use crate::settings::Settings;
+use guix_ipc::job::JobLimits;
 
 pub type GcClient = Client<GcRequest, GcReply, GcEvent>;
 
 /// The gc link of this socket-front.
 pub struct GcLink {
     client: GcClient,
-    limits: BuildLimits,
+    limits: JobLimits,
     jobs: JobNames,
 }
 
 impl GcLink {
-    pub fn new(client: GcClient, limits: BuildLimits) -> GcLink {
+    pub fn new(client: GcClient, limits: JobLimits) -> GcLink {
         GcLink { client, limits, jobs: JobNames::new() }
     }
 
     /// The production link: the supervisor's `gc` socket. A collection may take long (the
     /// call's deadline is a year); the gc's heartbeats bound the waits that matter.
     pub fn from_config(config: &DaemonConfig) -> GcLink {
-        let limits = BuildLimits { idle: guix_ipc::gc::IDLE_LIMIT, ..BuildLimits::default() };
+        let limits = JobLimits { idle: guix_ipc::gc::IDLE_LIMIT, ..JobLimits::default() };
         let client = guix_ipc::component::connect_link(config, GC_LINK, crate::backend::HOLDER, limits.call);
         GcLink::new(client, limits)
     }

@@ -28,9 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::backend::memory::{stamp, MemoryStore};
 use crate::backend::StoreBackend;
-use crate::build::{BuildLimits, BuilderLink};
+use crate::build::BuilderLink;
 use crate::conn::{path_info_reply, serve, Peer, Shared};
 use crate::metrics::Metrics;
+use guix_ipc::job::JobLimits;
 use guix_store::scratch::Scratch;
 
 mod build;
@@ -53,12 +54,12 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
-        Rig::with_builder(BuildLimits::default())
+        Rig::with_builder(JobLimits::default())
     }
 
     /// The builder link goes to `<dir>/builder.sock`, where nothing listens unless a test
     /// serves it ([`Rig::builder_socket`]), with `limits`.
-    fn with_builder(limits: BuildLimits) -> Rig {
+    fn with_builder(limits: JobLimits) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut config = DaemonConfig::default();
         for (field, name) in [

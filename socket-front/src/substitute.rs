@@ -23,28 +23,30 @@
 //!   invalid.
 //!
 //! # Waits
-//! A `Query` gets [`QUERY_DEADLINE`]. A `Substitute` is followed as a build is: the call may
+//! A `Query` gets [`QUERY_DEADLINE`]. A `Substitute` is followed as a build is
+//! ([`Conn::run_job`], [`guix_ipc::job::Resend`] under the default [`JobLimits`]): the call may
 //! last a year, but with no event for [`guix_ipc::substituter::IDLE_LIMIT`] the substituter is
 //! taken for hung and the same request (same job) is sent again, as it is when the stream
-//! breaks; after [`UNAVAILABLE`] in a row without it the client gets "substituter is
-//! unavailable: …". A client that leaves cancels the call.
+//! breaks; after [`JobLimits::unavailable`] (60 s) in a row without it the client gets
+//! "substituter is unavailable: …". A client that leaves cancels the call.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use guix_formats::worker::{Reply, StderrMsg, SubstitutablePathInfo};
 use guix_formats::StorePath;
 use guix_ipc::config::DaemonConfig;
-use guix_ipc::job::JobId;
+use guix_ipc::job::{JobId, JobLimits};
 use guix_ipc::store_db::{ConnId, HolderId};
 use guix_ipc::substituter::{
-    Outcome, SubstitutableInfo, SubstituteEvent, SubstituteOptions, SubstituterReply, SubstituterRequest, IDLE_LIMIT,
+    Outcome, SubstitutableInfo, SubstituteEvent, SubstituteOptions, SubstituterReply, SubstituterRequest,
     SUBSTITUTER_LINK,
 };
 use guix_ipc::{Client, ErrorKind, LinkError};
 
 use crate::backend::StoreBackend;
+use crate::build::JobLink;
 use crate::conn::{Conn, Stream};
 use crate::error::Failure;
 
@@ -52,9 +54,6 @@ pub type SubstituterClient = Client<SubstituterRequest, SubstituterReply, Substi
 
 /// How long a query may take (narinfos of many paths from slow servers).
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(300);
-/// How long in a row the substituter may be unreachable or silent during a substitution.
-pub const UNAVAILABLE: Duration = Duration::from_secs(60);
-const CALL_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The substituter link of this socket-front.
 pub struct SubstituterLink {
@@ -218,52 +217,14 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         let shared = self.shared.clone();
         let link = &shared.substituter;
         let req = SubstituterRequest::Substitute { job: link.new_job(self.id), paths, options };
-        let mut watching = true;
-        let mut away: Option<Instant> = Some(Instant::now());
-        let mut why: Option<String> = None;
-        let unavailable = |why: Option<&str>| {
-            let mut m = format!("no answer within {}s", UNAVAILABLE.as_secs());
-            if let Some(w) = why {
-                m.push_str(&format!(" ({w})"));
-            }
-            Failure::Op(LinkError::retryable(m).client_text(SUBSTITUTER_LINK.name))
+        let job = JobLink { client: &link.client, limits: JobLimits::default(), name: SUBSTITUTER_LINK.name };
+        let verdict = |r: SubstituterReply| match r {
+            SubstituterReply::Substituted(outcomes) => Ok(Ok(outcomes)),
+            SubstituterReply::Error(e) if e.kind == ErrorKind::Retryable => Err(e.message),
+            SubstituterReply::Error(e) => Ok(Err(Failure::Op(e.client_text(SUBSTITUTER_LINK.name)))),
+            SubstituterReply::Infos { .. } => Err("unexpected reply".to_owned()),
         };
-        loop {
-            let broke = {
-                let mut call = link.client.call_stream_with_deadline(req.clone(), CALL_DEADLINE);
-                loop {
-                    let wait = match away {
-                        None => IDLE_LIMIT,
-                        Some(since) => match UNAVAILABLE.checked_sub(since.elapsed()) {
-                            Some(left) => left,
-                            None => return Err(unavailable(why.as_deref())),
-                        },
-                    };
-                    let next = self.unless_client_leaves(&mut watching, tokio::time::timeout(wait, call.next_item()));
-                    match next.await? {
-                        Ok(Ok(Some(event))) => {
-                            away = None;
-                            self.show_substitute_event(event).await?;
-                        }
-                        Ok(Ok(None)) => match call.reply().await {
-                            Ok(SubstituterReply::Substituted(outcomes)) => return Ok(outcomes),
-                            Ok(SubstituterReply::Error(e)) if e.kind == ErrorKind::Retryable => break e.message,
-                            Ok(SubstituterReply::Error(e)) => {
-                                return Err(Failure::Op(e.client_text(SUBSTITUTER_LINK.name)))
-                            }
-                            Ok(SubstituterReply::Infos { .. }) => break "unexpected reply".to_owned(),
-                            Err(e) => break LinkError::from(e).message,
-                        },
-                        Ok(Err(e)) => break LinkError::from(e).message,
-                        Err(_) if away.is_none() => break format!("no event for {}s", IDLE_LIMIT.as_secs()),
-                        Err(_) => return Err(unavailable(why.as_deref())),
-                    }
-                }
-            };
-            away.get_or_insert_with(Instant::now);
-            why = Some(broke);
-            self.unless_client_leaves(&mut watching, tokio::time::sleep(Duration::from_millis(200))).await?;
-        }
+        self.run_job(job, req, |c, e| Box::pin(c.show_substitute_event(e)), verdict).await
     }
 
     /// What `guix substitute` printed: written as it is when `verbosity >= buildVerbosity`

@@ -19,6 +19,7 @@
 //! [`supervised`] is the other way to run our daemon: on the host, in a temporary directory, for
 //! the tests of the supervisor and of the components (no rig needed).
 
+pub mod http;
 pub mod ours;
 pub mod rig;
 pub mod store_check;

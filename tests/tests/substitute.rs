@@ -13,12 +13,12 @@
 //!   small HTTP server in this test that serves `guix publish`'s own signed narinfos, altered.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use guix_tests::http;
 use guix_tests::{ours_kind, DaemonKind, Rig, Session, SessionOptions};
 
 fn rig() -> Rig {
@@ -253,63 +253,14 @@ fn dry_run_reports_as_the_cxx_daemon_does() {
     assert_eq!(infos(&ours, &closure), infos(&cxx, &closure));
 }
 
-/// A stand-in substitute server: fixed answers per path, 404 otherwise.
+/// A stand-in substitute server ([`http::serve`]): fixed answers per path, 404 otherwise.
 fn serve(files: BTreeMap<String, Vec<u8>>) -> u16 {
     serve_at(files, None)
 }
 
-/// [`serve`], sending bodies at `rate` bytes per second at most (in 64 KiB pieces).
+/// [`serve`], sending bodies at `rate` bytes per second at most.
 fn serve_at(files: BTreeMap<String, Vec<u8>>, rate: Option<usize>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let files = Arc::new(Mutex::new(files));
-    std::thread::spawn(move || {
-        // Bounded: the test is over long before.
-        let until = Instant::now() + Duration::from_secs(600);
-        for conn in listener.incoming() {
-            if Instant::now() > until {
-                break;
-            }
-            let Ok(mut conn) = conn else { continue };
-            let files = files.clone();
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let body = files.lock().unwrap().get(&path).cloned();
-                    let head = match &body {
-                        Some(b) => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len()),
-                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
-                    };
-                    if conn.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    let body = body.unwrap_or_default();
-                    let piece = 64 * 1024;
-                    for chunk in body.chunks(piece) {
-                        if conn.write_all(chunk).is_err() {
-                            return;
-                        }
-                        if let Some(rate) = rate {
-                            std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    http::serve(files.into_iter().map(|(p, b)| (p, http::Body::Bytes(b))).collect(), rate).unwrap()
 }
 
 fn hash_part(path: &str) -> &str {

@@ -884,35 +884,33 @@ pub(crate) mod tests {
         for p in ["/gnu/store/a", "/gnu/store/bb", "/gnu/store/ccc"] {
             e.str(p);
         }
-        let mut budget = Recording { totals: Vec::new(), max: u64::MAX };
         let store = StoreDir::default();
-        let r = read_request_budgeted(
-            &mut &e.buf[..],
-            Opcode::ClearFailedPaths,
-            &store,
-            0x164,
-            &Limits::DEFAULT,
-            &mut budget,
-        )
-        .await
-        .unwrap();
-        assert!(matches!(r, Request::ClearFailedPaths(ref s) if s.len() == 3));
-        assert_eq!(budget.totals, vec![12 + 64, 12 + 64 + 13 + 64, 12 + 64 + 13 + 64 + 14 + 64]);
+        // The request read under a budget that refuses past `max` bytes; what it was asked for.
+        let read = |max| {
+            let (buf, store) = (&e.buf, &store);
+            async move {
+                let mut budget = Recording { totals: Vec::new(), max };
+                let r = read_request_budgeted(
+                    &mut &buf[..],
+                    Opcode::ClearFailedPaths,
+                    store,
+                    0x164,
+                    &Limits::DEFAULT,
+                    &mut budget,
+                )
+                .await;
+                (r, budget.totals)
+            }
+        };
+        let (r, totals) = read(u64::MAX).await;
+        assert!(matches!(r.unwrap(), Request::ClearFailedPaths(ref s) if s.len() == 3));
+        assert_eq!(totals, vec![12 + 64, 12 + 64 + 13 + 64, 12 + 64 + 13 + 64 + 14 + 64]);
         // Refused at the second string: the error is the budget's, and closes the connection.
-        let mut budget = Recording { totals: Vec::new(), max: 100 };
-        let err = read_request_budgeted(
-            &mut &e.buf[..],
-            Opcode::ClearFailedPaths,
-            &store,
-            0x164,
-            &Limits::DEFAULT,
-            &mut budget,
-        )
-        .await
-        .unwrap_err();
+        let (r, totals) = read(100).await;
+        let err = r.unwrap_err();
         assert_eq!(err.to_string(), "daemon busy");
         assert!(err.closes_connection());
-        assert_eq!(budget.totals.len(), 2);
+        assert_eq!(totals.len(), 2);
     }
 
     #[tokio::test]

@@ -288,12 +288,12 @@ fn options(verbosity: u32, build_verbosity: u32, overrides: &[(&str, &str)]) -> 
     }
 }
 
-fn limits(idle_ms: u64, unavailable_ms: u64) -> BuildLimits {
-    BuildLimits {
+fn limits(idle_ms: u64, unavailable_ms: u64) -> JobLimits {
+    JobLimits {
         idle: Duration::from_millis(idle_ms),
         unavailable: Duration::from_millis(unavailable_ms),
         retry_pause: Duration::from_millis(20),
-        ..BuildLimits::default()
+        ..JobLimits::default()
     }
 }
 
