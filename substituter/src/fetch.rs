@@ -2,15 +2,20 @@
 //! decompressed, checked and unpacked into a scratch entry in one streaming pass.
 //!
 //! The bytes come from the network on the async side and go through a bounded channel to a
-//! blocking thread that decompresses them and runs the shared NAR restorer
-//! (`guix_formats::nar::restore`), which validates the archive, unpacks it and computes its
-//! SHA-256 and size as it goes. The restorer is bounded by the narinfo's `NarSize`: a nar
-//! that grows past it is refused the moment it does, so an oversized nar fills no disk. After
-//! the end of the archive the SHA-256 and size must be the narinfo's. On any failure the
-//! scratch entry is removed ([`ScratchItem`]'s drop), so nothing is left to register.
+//! blocking thread. For a compressed nar larger than one buffer that thread only
+//! decompresses, into [`PIPE_BUF`]-byte buffers that a second thread takes (through a
+//! channel of [`PIPE_DEPTH`]; the buffers are recycled) and runs the shared NAR restorer
+//! (`guix_formats::nar::restore`) on, which validates the archive, unpacks it and computes its
+//! SHA-256 and size as it goes: decompression and hashing-plus-writing overlap (one thread
+//! doing all three was the bottleneck of a large substitution). The restorer is bounded by
+//! the narinfo's `NarSize`: a nar that grows past it is refused the moment it does, so an
+//! oversized nar fills no disk. After the end of the archive the SHA-256 and size must be
+//! the narinfo's. On any failure the scratch entry is removed ([`ScratchItem`]'s drop), so
+//! nothing is left to register.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc as sync_mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -24,6 +29,11 @@ use crate::choose::{Choice, Compression};
 
 /// Chunks in flight between the network and the unpacking thread.
 const CHANNEL_CHUNKS: usize = 32;
+/// Size of the buffers the decompressing thread fills for the restoring one.
+const PIPE_BUF: usize = 1 << 20;
+/// Full buffers queued between the two; with the one being filled and the one being read,
+/// a download holds at most `PIPE_DEPTH + 2` buffers (6 MiB).
+const PIPE_DEPTH: usize = 4;
 /// Without a byte for this long, a download is given up (Guix has no such bound; a server
 /// that stalls would hold a Guix substitution for ever).
 pub const STALL_LIMIT: Duration = Duration::from_secs(300);
@@ -61,7 +71,8 @@ pub trait Progress: Send {
     fn finished(&mut self, done: u64, reports: u64);
 }
 
-/// A [`Read`] over the chunks the async side sends.
+/// A [`Read`] over the chunks the async side sends; a [`BufRead`] too, so a decompressor
+/// reads the chunks where they are.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
     current: bytes::Bytes,
@@ -69,26 +80,90 @@ struct ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        bytes::Buf::advance(&mut self.current, n);
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.current, n);
+    }
+}
+
+/// The restoring thread's end of the pipe: a [`Read`] over the buffers the decompressing
+/// thread fills, each sent back to it once read.
+struct PipeReader {
+    full: sync_mpsc::Receiver<io::Result<Vec<u8>>>,
+    empty: sync_mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.full.recv() {
+                Ok(Ok(next)) => {
+                    let done = std::mem::replace(&mut self.current, next);
+                    self.pos = 0;
+                    // A full queue of empty buffers, or a decompressor that stopped: dropped.
+                    let _ = self.empty.try_send(done);
+                }
+                Ok(Err(e)) => return Err(e),
+                // The decompressor ended the stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Fills `buf` from `r` as far as it goes; its length is then what was read.
+fn fill(r: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(PIPE_BUF, 0);
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(n);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(n);
+    Ok(())
+}
+
 /// The decompressing reader for `compression`.
-pub fn decompressor<'a>(compression: Compression, r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
+pub fn decompressor<'a>(
+    compression: Compression,
+    r: impl BufRead + Send + 'a,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
         Compression::Lzip => Box::new(lzma_rust2::LzipReader::new(r)),
         Compression::Xz => Box::new(lzma_rust2::XzReader::new(r, true)),
     })
@@ -96,7 +171,7 @@ pub fn decompressor<'a>(compression: Compression, r: impl Read + Send + 'a) -> i
 
 /// Unpacks the nar read (compressed) from `r` into `dest` and checks it against `info`.
 pub fn unpack(
-    r: impl Read + Send,
+    r: impl BufRead + Send,
     compression: Compression,
     dest: &Path,
     info: &NarInfo,
@@ -104,16 +179,20 @@ pub fn unpack(
     let bad = |what: String| FetchError::Bad(what);
     let dec = decompressor(compression, r).map_err(|e| bad(format!("decompressing: {e}")))?;
     let limits = Limits { max_nar_size: Some(info.nar_size()), ..Limits::default() };
-    let mut input = BufReader::with_capacity(64 * 1024, dec);
-    let summary = nar::restore(&mut input, dest, &limits).map_err(|e| bad(e.to_string()))?;
-    // The rest of a compressed stream, so that its own checks (gzip's CRC and length,
-    // lzip's and xz's trailers, zstd's frame end) run: a stream cut after the archive's end
-    // is refused too. Not for an uncompressed nar: `guix publish` sends it without a length
-    // and keeps the connection open, so its end is where the archive ends (Guix reads
-    // exactly `NarSize` bytes of it).
-    if compression != Compression::None {
-        io::copy(&mut input, &mut io::sink()).map_err(|e| bad(format!("decompressing: {e}")))?;
-    }
+    let summary = if compression == Compression::None {
+        // Not drained: `guix publish` sends an uncompressed nar without a length and keeps
+        // the connection open, so its end is where the archive ends (Guix reads exactly
+        // `NarSize` bytes of it).
+        nar::restore(BufReader::with_capacity(64 * 1024, dec), dest, &limits).map_err(|e| bad(e.to_string()))?
+    } else if info.nar_size() <= PIPE_BUF as u64 {
+        // One buffer's worth: nothing to overlap, no thread to start.
+        let mut input = BufReader::with_capacity(64 * 1024, dec);
+        let summary = nar::restore(&mut input, dest, &limits).map_err(|e| bad(e.to_string()))?;
+        drain(&mut input)?;
+        summary
+    } else {
+        restore_pipelined(dec, dest, &limits)?
+    };
     guix_store::scratch::canonicalise(dest).map_err(|e| bad(format!("canonicalising `{}': {e}", dest.display())))?;
     if summary.nar_hash != *info.nar_hash() {
         return Err(FetchError::HashMismatch {
@@ -125,6 +204,69 @@ pub fn unpack(
         return Err(bad(format!("nar size mismatch: expected {}, got {}", info.nar_size(), summary.nar_size)));
     }
     Ok(summary)
+}
+
+/// Reads the rest of a compressed stream, so that its own checks (gzip's CRC and length,
+/// lzip's and xz's trailers, zstd's frame end) run: a stream cut after the archive's end is
+/// refused too.
+fn drain(r: &mut dyn Read) -> Result<(), FetchError> {
+    io::copy(r, &mut io::sink()).map(drop).map_err(|e| FetchError::Bad(format!("decompressing: {e}")))
+}
+
+/// [`nar::restore`] of the decompressed `dec` on a second thread while this one
+/// decompresses; then the rest of `dec` is drained ([`drain`]). A decompression error
+/// reaches the restorer as its input's error; a restorer that stops (done or failed) makes
+/// this thread stop filling buffers for it.
+fn restore_pipelined(
+    mut dec: Box<dyn Read + Send + '_>,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<NarSummary, FetchError> {
+    let (full_tx, full_rx) = sync_mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
+    let (empty_tx, empty_rx) = sync_mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH + 2);
+    std::thread::scope(|s| {
+        let restorer = std::thread::Builder::new()
+            .name("nar-restore".into())
+            .spawn_scoped(s, move || {
+                let input = PipeReader { full: full_rx, empty: empty_tx, current: Vec::new(), pos: 0 };
+                nar::restore(input, dest, limits)
+            })
+            .map_err(|e| FetchError::Bad(format!("starting the restoring thread: {e}")))?;
+        // Whether the restorer stopped reading before the stream's end, and the
+        // decompressor's error if it had one (reported even when the restorer has finished:
+        // a trailer may be what is wrong).
+        let mut left_early = false;
+        let mut failed = None;
+        loop {
+            let mut buf = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(PIPE_BUF));
+            let res = fill(&mut dec, &mut buf);
+            let end = buf.is_empty();
+            if !end && full_tx.send(Ok(buf)).is_err() {
+                left_early = true;
+            }
+            if let Err(e) = res {
+                // The restorer fails on it, unless it has what it wants already.
+                let _ = full_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                failed = Some(e);
+                break;
+            }
+            if end || left_early {
+                break;
+            }
+        }
+        drop(full_tx);
+        let summary = restorer
+            .join()
+            .map_err(|_| FetchError::Bad("the restoring thread panicked".into()))?
+            .map_err(|e| FetchError::Bad(e.to_string()))?;
+        if let Some(e) = failed {
+            return Err(FetchError::Bad(format!("decompressing: {e}")));
+        }
+        if left_early {
+            drain(&mut dec)?;
+        }
+        Ok(summary)
+    })
 }
 
 /// Downloads `choice` and unpacks it into `dest` (which must not exist yet).
@@ -286,22 +428,43 @@ mod tests {
     use std::io::Write;
 
     fn sample() -> (Vec<u8>, NarInfo) {
+        sample_with(Vec::new())
+    }
+
+    /// The sample tree, with a file `big` of `big` bytes when that is not empty.
+    fn sample_with(big: Vec<u8>) -> (Vec<u8>, NarInfo) {
         let hello = Node::Regular { executable: true, contents: b"#!/bin/sh\necho hi\n".to_vec() };
-        let tree = Node::Directory(
-            [
-                (b"bin".to_vec(), Node::Directory([(b"hello".to_vec(), hello)].into())),
-                (b"link".to_vec(), Node::Symlink { target: b"bin/hello".to_vec() }),
-            ]
-            .into(),
-        );
-        let nar = tree.to_nar().unwrap();
-        let hash = guix_formats::hash::HashAlgo::Sha256.digest(&nar);
+        let mut entries: std::collections::BTreeMap<Vec<u8>, Node> = [
+            (b"bin".to_vec(), Node::Directory([(b"hello".to_vec(), hello)].into())),
+            (b"link".to_vec(), Node::Symlink { target: b"bin/hello".to_vec() }),
+        ]
+        .into();
+        if !big.is_empty() {
+            entries.insert(b"big".to_vec(), Node::Regular { executable: false, contents: big });
+        }
+        let nar = Node::Directory(entries).to_nar().unwrap();
+        let info = info_for(&nar, nar.len() as u64);
+        (nar, info)
+    }
+
+    fn info_for(nar: &[u8], size: u64) -> NarInfo {
+        let hash = guix_formats::hash::HashAlgo::Sha256.digest(nar);
         let text = format!(
-            "StorePath: /gnu/store/1x9vvimabb763h6ca48gb3p3cbshkyjq-a\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+            "StorePath: /gnu/store/1x9vvimabb763h6ca48gb3p3cbshkyjq-a\nNarHash: sha256:{}\nNarSize: {size}\nReferences: \n",
             hash.to_nix_base32(),
-            nar.len()
         );
-        (nar, NarInfo::parse(text.as_bytes()).unwrap())
+        NarInfo::parse(text.as_bytes()).unwrap()
+    }
+
+    /// Several [`PIPE_BUF`]s of not quite trivially compressible bytes.
+    fn big_contents() -> Vec<u8> {
+        let mut x: u32 = 7;
+        (0..2 * PIPE_BUF + 12345)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"abcdefghijklmnop"[(x >> 27) as usize & 15]
+            })
+            .collect()
     }
 
     fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
@@ -381,5 +544,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = unpack(&nar[..], Compression::None, &dir.path().join("x"), &info);
         assert!(matches!(&r, Err(FetchError::Bad(m)) if m.contains("larger than")), "{r:?}");
+    }
+
+    /// Larger than one pipe buffer: decompressed and restored on two threads.
+    #[test]
+    fn a_large_nar_is_unpacked_on_two_threads_with_every_check() {
+        let big = big_contents();
+        let (nar, info) = sample_with(big.clone());
+        assert!(info.nar_size() > PIPE_BUF as u64);
+        for c in ALL {
+            let packed = compress(c, &nar);
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("item");
+            let s = unpack(&packed[..], c, &dest, &info).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert_eq!((s.nar_size, s.nar_hash), (info.nar_size(), *info.nar_hash()), "{c:?}");
+            assert!(std::fs::read(dest.join("big")).unwrap() == big, "{c:?}");
+            assert_eq!(std::fs::read(dest.join("bin/hello")).unwrap(), b"#!/bin/sh\necho hi\n");
+            // Truncated in the middle, and just before the compressor's trailer.
+            for cut in [packed.len() / 2, packed.len() - 3] {
+                let r = unpack(&packed[..cut], c, &dir.path().join(format!("t{cut}")), &info);
+                assert!(matches!(r, Err(FetchError::Bad(_))), "{c:?} cut at {cut}: {r:?}");
+            }
+            // Corrupt compressed bytes.
+            let mut bad = packed.clone();
+            let at = bad.len() / 3;
+            bad[at] ^= 0x55;
+            assert!(unpack(&bad[..], c, &dir.path().join("c"), &info).is_err(), "{c:?}: corrupt accepted");
+            // Larger than announced: cut off.
+            let small = info_for(&nar, nar.len() as u64 - 4096);
+            let r = unpack(&packed[..], c, &dir.path().join("x"), &small);
+            assert!(matches!(&r, Err(FetchError::Bad(m)) if m.contains("larger than")), "{c:?}: {r:?}");
+        }
+        // Another nar of the same size: a hash mismatch, found after the whole stream.
+        let mut other_big = big.clone();
+        other_big[PIPE_BUF + 5] ^= 1;
+        let (other, _) = sample_with(other_big);
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack(&compress(Compression::Zstd, &other)[..], Compression::Zstd, &dir.path().join("m"), &info);
+        assert!(matches!(r, Err(FetchError::HashMismatch { .. })), "{r:?}");
+    }
+
+    /// Bytes after the archive's end inside the compressed stream are read (the trailer is
+    /// checked) but not part of the nar, as with one thread.
+    #[test]
+    fn a_large_nar_followed_by_more_bytes_is_drained() {
+        let (nar, info) = sample_with(big_contents());
+        let mut longer = nar.clone();
+        longer.extend(std::iter::repeat_n(0u8, 2 * PIPE_BUF));
+        let dir = tempfile::tempdir().unwrap();
+        let packed = compress(Compression::Zstd, &longer);
+        unpack(&packed[..], Compression::Zstd, &dir.path().join("a"), &info).unwrap();
+        let r = unpack(&packed[..packed.len() - 3], Compression::Zstd, &dir.path().join("b"), &info);
+        assert!(matches!(r, Err(FetchError::Bad(_))), "{r:?}");
     }
 }
