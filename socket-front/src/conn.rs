@@ -88,6 +88,10 @@ pub struct Conn<S, B = DaemonBackend> {
     pub(crate) trusted: bool,
     pub(crate) version: u32,
     pub(crate) settings: Settings,
+    /// The store items whose `@ download-started` or `@ download-progress` trace this client
+    /// was sent and whose `@ download-succeeded` it was not (see
+    /// [`crate::substitute::DownloadTraces`]).
+    pub(crate) downloads: crate::substitute::DownloadTraces,
     /// `None` only while a blocking thread has it (see [`Conn::blocking`]).
     stream: Option<S>,
 }
@@ -99,7 +103,16 @@ pub async fn serve<S: Stream, B: StoreBackend>(shared: Arc<Shared<B>>, id: ConnI
     shared.backend.open_connection(id);
     let trusted = peer.uid.is_some_and(|u| u == 0 || u == shared.daemon_uid);
     let settings = Settings::new(&shared.config);
-    let mut conn = Conn { shared: shared.clone(), id, peer, trusted, version: 0, settings, stream: Some(stream) };
+    let mut conn = Conn {
+        shared: shared.clone(),
+        id,
+        peer,
+        trusted,
+        version: 0,
+        settings,
+        downloads: Default::default(),
+        stream: Some(stream),
+    };
     if let Err(why) = conn.run().await {
         if shared.config.debug {
             eprintln!("guix-socket-front: connection {id:x} ended: {why}");

@@ -234,6 +234,9 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         if bytes.is_empty() || self.settings.verbosity < self.settings.build_verbosity {
             return Ok(());
         }
+        if let Some(started) = self.downloads.before(&bytes) {
+            self.send(&StderrMsg::Next(started)).await?;
+        }
         self.send(&StderrMsg::Next(bytes)).await
     }
 
@@ -268,5 +271,62 @@ mod tests {
         let (a, b) = (link.new_job(7), link.new_job(7));
         assert_ne!(a, b);
         assert!(a.0.starts_with(&format!("socket-front-{}-", std::process::id())), "{a}");
+    }
+}
+
+/// The download traces one client was sent, so that what it is sent stays a sequence the Guix
+/// client can follow when events were skipped (a client that reads too slowly misses some,
+/// [`SubstituteEvent::Skipped`]): its `guix build` status display fails ("struct-vtable … #f"
+/// in `guix/status.scm`) on an `@ download-succeeded` for an item it saw no
+/// `@ download-started` or `@ download-progress` of. Such a line is preceded by the
+/// `@ download-started` it missed (same item, URL and size).
+#[derive(Debug, Default)]
+pub(crate) struct DownloadTraces {
+    ongoing: std::collections::HashSet<Vec<u8>>,
+}
+
+impl DownloadTraces {
+    /// Notes the trace line `bytes` about to be sent; returns the line to send before it.
+    pub(crate) fn before(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let field = |rest: &[u8], n: usize| rest.split(|&b| b == b' ').nth(n).map(<[u8]>::to_vec);
+        if let Some(rest) =
+            line.strip_prefix(b"@ download-started ").or_else(|| line.strip_prefix(b"@ download-progress "))
+        {
+            self.ongoing.extend(field(rest, 0));
+            return None;
+        }
+        let rest = line.strip_prefix(b"@ download-succeeded ")?;
+        let (item, uri, size) = (field(rest, 0)?, field(rest, 1)?, field(rest, 2)?);
+        if self.ongoing.remove(&item) {
+            return None;
+        }
+        Some([b"@ download-started ".as_slice(), &item, b" ", &uri, b" ", &size, b"\n"].concat())
+    }
+}
+
+#[cfg(test)]
+mod download_trace_tests {
+    use super::DownloadTraces;
+
+    #[test]
+    fn a_success_without_its_start_gets_one() {
+        let mut t = DownloadTraces::default();
+        let item = "/gnu/store/00000000000000000000000000000000-x";
+        let ok = format!("@ download-succeeded {item} http://h/nar/gzip/x 120\n");
+        // Seen started: nothing added.
+        assert_eq!(t.before(format!("@ download-started {item} http://h/nar/gzip/x 120\n").as_bytes()), None);
+        assert_eq!(t.before(ok.as_bytes()), None);
+        // Started and progress skipped: the start is made up from the success.
+        assert_eq!(
+            t.before(ok.as_bytes()),
+            Some(format!("@ download-started {item} http://h/nar/gzip/x 120\n").into_bytes())
+        );
+        // A progress line counts as a start (the client makes the download from it).
+        assert_eq!(t.before(format!("@ download-progress {item} http://h/nar/gzip/x 120 60\n").as_bytes()), None);
+        assert_eq!(t.before(ok.as_bytes()), None);
+        // Anything else passes.
+        assert_eq!(t.before(b"substituting /gnu/store/x...\n"), None);
+        assert_eq!(t.before(b"@ download-succeeded short\n"), None);
     }
 }
