@@ -314,8 +314,13 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 }
             })
             .await?;
+        db.add_temp_roots(self.id, vec![p.clone()]).await?;
+        let substituted = self.substitute(vec![p.clone()], true).await?;
+        if substituted.iter().all(|(_, o)| *o == guix_ipc::substituter::Outcome::Valid) {
+            return Ok(None);
+        }
         let Some(drv) = deriver else { return Ok(Some(format!("cannot repair path `{shown}'"))) };
-        db.add_temp_roots(self.id, vec![drv.clone(), p.clone()]).await?;
+        db.add_temp_roots(self.id, vec![drv.clone()]).await?;
         let options = BuildOptions {
             settings: self.settings.map().clone(),
             keep_going: self.settings.keep_going,
