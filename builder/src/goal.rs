@@ -137,10 +137,11 @@ async fn build(
     }
 
     // Substitutes before building (C++ `haveDerivation`, `outputsSubstituted`).
-    let substituting = mode == BuildMode::Normal && substitutes_allowed(&drv);
+    // Repair too (C++ `SubstitutionGoal`s with repair for the corrupt outputs).
+    let substituting = mode != BuildMode::Check && substitutes_allowed(&drv);
     let mut retry_substitution = false;
     if substituting {
-        match substitute_outputs(b, job, drv_path, &missing, step).await {
+        match substitute_outputs(b, job, drv_path, &missing, mode, step).await {
             Ok(Substituted::All) => return Ok(()),
             Ok(Substituted::IncompleteClosure) => retry_substitution = true,
             Ok(Substituted::Some) => {}
@@ -167,7 +168,7 @@ async fn build(
     // (C++ `retrySubstitution`).
     if retry_substitution {
         let missing = missing_outputs(b, &outputs).await?;
-        match substitute_outputs(b, job, drv_path, &missing, step).await {
+        match substitute_outputs(b, job, drv_path, &missing, mode, step).await {
             Ok(Substituted::All) => return Ok(()),
             Ok(_) => {}
             Err(e) => {
@@ -473,15 +474,18 @@ async fn substitute_outputs(
     job: &Arc<Job>,
     drv_path: &StorePath,
     missing: &BTreeMap<String, StorePath>,
+    mode: BuildMode,
     step: &mut Option<Preparing>,
 ) -> Result<Substituted> {
     if job.settings.substitute.urls.is_empty() || missing.is_empty() {
         return Ok(Substituted::Some);
     }
     drop(step.take());
-    let outcomes = crate::substitute::substitute(b, job, missing.values().cloned().collect()).await;
+    let repair = mode == BuildMode::Repair;
+    let outcomes = crate::substitute::substitute(b, job, missing.values().cloned().collect(), repair).await;
     *step = Some(job.slots.preparing());
-    let tally = Tally::of(&outcomes?);
+    let outcomes = outcomes?;
+    let tally = Tally::of(&outcomes);
     if tally.some_failed() && !job.settings.fallback {
         return Err(Error::build(
             FailureKind::Misc,
@@ -491,7 +495,12 @@ async fn substitute_outputs(
             ),
         ));
     }
-    if missing_outputs(b, missing).await?.is_empty() {
+    // A repaired output was valid before: only its outcome tells.
+    let all = match repair {
+        true => outcomes.iter().all(|(_, o)| *o == SubstOutcome::Valid),
+        false => missing_outputs(b, missing).await?.is_empty(),
+    };
+    if all {
         Ok(Substituted::All)
     } else if tally.incomplete > 0 {
         Ok(Substituted::IncompleteClosure)
@@ -593,7 +602,7 @@ async fn realise_inputs(
     } else {
         drop(prep);
         let (results, substituted) =
-            tokio::join!(futures_join_all(tasks), crate::substitute::substitute(b, job, invalid));
+            tokio::join!(futures_join_all(tasks), crate::substitute::substitute(b, job, invalid, false));
         (results, substituted?, job.slots.preparing())
     };
     // An input's error that is no build failure escapes the worker in C++: pass it on.

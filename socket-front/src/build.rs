@@ -280,19 +280,24 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 None => Ok(Reply::Done),
             };
         }
-        let options = BuildOptions {
+        let options = self.build_options();
+        let job = shared.builder.new_job(self.id);
+        let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
+        match substitution_failed {
+            Some(msg) => Err(Failure::Status { msg, status: 1 }),
+            None => Ok(built),
+        }
+    }
+
+    /// What the builder needs of this connection's settings.
+    fn build_options(&self) -> BuildOptions {
+        BuildOptions {
             settings: self.settings.map().clone(),
             keep_going: self.settings.keep_going,
             keep_failed: self.settings.keep_failed,
             print_build_trace: self.settings.print_build_trace,
             client_uid: self.peer.uid,
             substitute: self.substitute_options(),
-        };
-        let job = shared.builder.new_job(self.id);
-        let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
-        match substitution_failed {
-            Some(msg) => Err(Failure::Status { msg, status: 1 }),
-            None => Ok(built),
         }
     }
 
@@ -321,14 +326,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         }
         let Some(drv) = deriver else { return Ok(Some(format!("cannot repair path `{shown}'"))) };
         db.add_temp_roots(self.id, vec![drv.clone()]).await?;
-        let options = BuildOptions {
-            settings: self.settings.map().clone(),
-            keep_going: self.settings.keep_going,
-            keep_failed: self.settings.keep_failed,
-            print_build_trace: self.settings.print_build_trace,
-            client_uid: self.peer.uid,
-            substitute: self.substitute_options(),
-        };
+        let options = self.build_options();
         let job = shared.builder.new_job(self.id);
         let targets = vec![BuildTarget { drv, outputs: Vec::new() }];
         match self.run_build(BuilderRequest::Build { job, targets, mode: BuildMode::Repair, options }).await {

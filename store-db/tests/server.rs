@@ -77,6 +77,25 @@ impl Daemon {
     fn store_db_pid(&self) -> Option<i32> {
         supervised::pid_in_status(&self.sup.ctl(&["status"]).1, "store-db")
     }
+    /// `times` times: waits `pause`, kills store-db with SIGKILL and waits for the supervisor
+    /// to start the next one; then waits `pause` once more. The pids killed.
+    fn kill_store_db_repeatedly(&self, times: usize, pause: Duration) -> BTreeSet<i32> {
+        let mut pids = BTreeSet::new();
+        for _ in 0..times {
+            std::thread::sleep(pause);
+            let pid = loop {
+                if let Some(p) = self.store_db_pid() {
+                    break p;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            pids.insert(pid);
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            wait_for(|| self.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
+        }
+        std::thread::sleep(pause);
+        pids
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -414,21 +433,7 @@ fn survives_kill_9_in_a_loop() {
         }));
     }
 
-    let mut pids = BTreeSet::new();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(400));
-        let pid = loop {
-            if let Some(p) = d.store_db_pid() {
-                break p;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        pids.insert(pid);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-        // Wait for the supervisor to start the next one.
-        wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
-    }
-    std::thread::sleep(Duration::from_millis(400));
+    let pids = d.kill_store_db_repeatedly(5, Duration::from_millis(400));
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         rt.block_on(t).unwrap();
@@ -705,20 +710,7 @@ fn a_replaced_path_survives_kill_9_in_a_loop() {
             n
         })
     };
-    let mut pids = BTreeSet::new();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(300));
-        let pid = loop {
-            if let Some(p) = d.store_db_pid() {
-                break p;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        pids.insert(pid);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-        wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let pids = d.kill_store_db_repeatedly(5, Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let replaces = rt.block_on(task).unwrap();
     let looks = watcher.join().unwrap();

@@ -493,6 +493,19 @@ fn derivation_outputs_are_substituted_instead_of_built() {
         assert_eq!(nar_of(&a), nar_of(&b), "{p} was built, not substituted");
     }
     assert_eq!(infos(&ours, &[top_out, dep_out]), infos(&src.session, &[top_out, dep_out]));
+    // `guix build --repair` of a modified output: substituted again in repair mode (C++
+    // `haveDerivation`'s substitution goals with repair), not rebuilt (the uuid stays the
+    // source's), the same transcript as C++'s (but the progress bar: `without_progress_bar`).
+    let repair = format!(
+        "chmod u+w {top_out} && echo tampered >> {top_out} && guix build --repair {top_drv} && guix gc --verify=contents"
+    );
+    let c = without_progress_bar(&transcript(&cxx.exec(&["sh", "-c", &repair]).unwrap()));
+    let o = without_progress_bar(&transcript(&ours.exec(&["sh", "-c", &repair]).unwrap()));
+    assert!(c.contains("is corrupted or missing!") && c.contains("status Some(0)"), "{c}");
+    assert_eq!(o, c, "guix build --repair: ours differs from C++");
+    let (a, b) = (src.session.host_path(top_out).unwrap(), ours.host_path(top_out).unwrap());
+    assert_eq!(nar_of(&a), nar_of(&b), "{top_out} was rebuilt, not substituted, by the repair");
+    assert_eq!(infos(&ours, &[top_out, dep_out]), infos(&src.session, &[top_out, dep_out]));
     assert!(ours.scratch_leftovers().is_empty(), "scratch entries left");
 }
 

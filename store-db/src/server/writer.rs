@@ -429,14 +429,7 @@ impl Writer {
         }
         let mut regs = Vec::with_capacity(todo.len());
         for (item, dest) in todo {
-            let info = ValidPathInfo {
-                path: item.path.clone(),
-                deriver: item.deriver.clone(),
-                nar_hash: item.nar_hash,
-                references: item.references.iter().cloned().collect(),
-                registration_time: 0,
-                nar_size: Some(item.nar_size),
-            };
+            let info = info_of(item);
             let reg = if item.path.is_derivation() {
                 // An inline text is parsed from the bytes just written, not read back.
                 let text = match &item.source {
@@ -524,14 +517,7 @@ impl Writer {
                     })?;
                 }
             }
-            let info = ValidPathInfo {
-                path: item.path.clone(),
-                deriver: item.deriver.clone(),
-                nar_hash: item.nar_hash,
-                references: item.references.iter().cloned().collect(),
-                registration_time: 0,
-                nar_size: Some(item.nar_size),
-            };
+            let info = info_of(item);
             // A valid path's row is updated: its derivation outputs are not added again.
             regs.push(Registration::new(info).map_err(|e| e.to_string())?);
         }
@@ -620,6 +606,18 @@ fn parse_drv(store: &StoreDir, file: &Path, text: &[u8]) -> Result<Derivation, S
         return Err(format!("derivation `{}' is too large", file.display()));
     }
     Derivation::parse(store, text).map_err(|e| format!("error parsing derivation `{}': {e}", file.display()))
+}
+
+/// What to register for `item` (registration time: now).
+fn info_of(item: &NewItem) -> ValidPathInfo {
+    ValidPathInfo {
+        path: item.path.clone(),
+        deriver: item.deriver.clone(),
+        nar_hash: item.nar_hash,
+        references: item.references.iter().cloned().collect(),
+        registration_time: 0,
+        nar_size: Some(item.nar_size),
+    }
 }
 
 /// Whether the invalid item at `dest` is exactly the one announced (NAR hash and size).
