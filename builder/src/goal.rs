@@ -102,11 +102,6 @@ async fn build(
     step: &mut Option<Preparing>,
 ) -> Result<()> {
     let shown = b.store.display(drv_path);
-    if mode == BuildMode::Repair {
-        // Replacing a valid path needs store-db's help (C++ `replaceValidPath`), not built yet.
-        take_turn(job, key, step).await;
-        return Err(Error::build(FailureKind::Misc, "repairing is not implemented yet in guix-daemon-rs"));
-    }
     let drv = match load(b, drv_path).await {
         Ok(d) => d,
         Err(e) => {
@@ -118,7 +113,12 @@ async fn build(
         drv.output_paths().filter_map(|(n, p)| Some((n.as_str().to_owned(), p?.clone()))).collect();
 
     // Which outputs to build (check mode: all, which must be valid).
-    let missing = missing_outputs(b, &outputs).await?;
+    let mut missing = missing_outputs(b, &outputs).await?;
+    if mode == BuildMode::Repair {
+        // C++ `checkPathValidity(false, true)`: valid outputs whose contents are not the
+        // registered ones are rebuilt too.
+        missing.extend(corrupt_outputs(b, job, &outputs, &missing).await?);
+    }
     if mode == BuildMode::Check && !missing.is_empty() {
         take_turn(job, key, step).await;
         return Err(Error::build(
@@ -126,7 +126,7 @@ async fn build(
             format!("`{shown}' is missing outputs; build it normally before using `--check'"),
         ));
     }
-    if missing.is_empty() && mode == BuildMode::Normal {
+    if missing.is_empty() && mode != BuildMode::Check {
         return Ok(());
     }
     if job.settings.cache_failures {
@@ -137,10 +137,11 @@ async fn build(
     }
 
     // Substitutes before building (C++ `haveDerivation`, `outputsSubstituted`).
-    let substituting = mode == BuildMode::Normal && substitutes_allowed(&drv);
+    // Repair too (C++ `SubstitutionGoal`s with repair for the corrupt outputs).
+    let substituting = mode != BuildMode::Check && substitutes_allowed(&drv);
     let mut retry_substitution = false;
     if substituting {
-        match substitute_outputs(b, job, drv_path, &missing, step).await {
+        match substitute_outputs(b, job, drv_path, &missing, mode, step).await {
             Ok(Substituted::All) => return Ok(()),
             Ok(Substituted::IncompleteClosure) => retry_substitution = true,
             Ok(Substituted::Some) => {}
@@ -167,7 +168,7 @@ async fn build(
     // (C++ `retrySubstitution`).
     if retry_substitution {
         let missing = missing_outputs(b, &outputs).await?;
-        match substitute_outputs(b, job, drv_path, &missing, step).await {
+        match substitute_outputs(b, job, drv_path, &missing, mode, step).await {
             Ok(Substituted::All) => return Ok(()),
             Ok(_) => {}
             Err(e) => {
@@ -227,8 +228,10 @@ async fn build(
     // A check without a chroot (a builtin, or `--disable-chroot`) must not touch the valid
     // outputs: the build makes them at other paths (C++ `addHashRewrite`).
     let settings = sandbox_settings(b, job);
+    // A repair the same way: the corrupt outputs are replaced only once the new ones are
+    // complete (store-db `ReplaceItems`).
     let redirects: BTreeMap<StorePath, StorePath> =
-        if mode == BuildMode::Check && (!settings.use_chroot || drv.is_builtin()) {
+        if mode != BuildMode::Normal && (!settings.use_chroot || drv.is_builtin()) {
             outputs.values().filter_map(|p| Some((p.clone(), sandbox::rewrite_path(&b.store, drv_path, p)?))).collect()
         } else {
             BTreeMap::new()
@@ -382,11 +385,14 @@ async fn build(
         // The last round's outputs only, as C++ `optimisePath` in `registerOutputs`.
         let processed = deduplicate(b, job, processed).await?;
         // Every output in one transaction; they become temp roots of the request first.
+        // A repair replaces the valid outputs' files (C++ `replaceValidPath`).
         let items = processed.hand_over();
-        b.storedb
-            .add_items(job.conn, items)
-            .await
-            .map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
+        let registered = if mode == BuildMode::Repair {
+            b.storedb.replace_items(job.conn, items).await
+        } else {
+            b.storedb.add_items(job.conn, items).await
+        };
+        registered.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
     }
     // Free for the next build before this one's slot is (C++ releases it in `buildDone`).
     if let Some(u) = user.take() {
@@ -468,15 +474,18 @@ async fn substitute_outputs(
     job: &Arc<Job>,
     drv_path: &StorePath,
     missing: &BTreeMap<String, StorePath>,
+    mode: BuildMode,
     step: &mut Option<Preparing>,
 ) -> Result<Substituted> {
     if job.settings.substitute.urls.is_empty() || missing.is_empty() {
         return Ok(Substituted::Some);
     }
     drop(step.take());
-    let outcomes = crate::substitute::substitute(b, job, missing.values().cloned().collect()).await;
+    let repair = mode == BuildMode::Repair;
+    let outcomes = crate::substitute::substitute(b, job, missing.values().cloned().collect(), repair).await;
     *step = Some(job.slots.preparing());
-    let tally = Tally::of(&outcomes?);
+    let outcomes = outcomes?;
+    let tally = Tally::of(&outcomes);
     if tally.some_failed() && !job.settings.fallback {
         return Err(Error::build(
             FailureKind::Misc,
@@ -486,7 +495,12 @@ async fn substitute_outputs(
             ),
         ));
     }
-    if missing_outputs(b, missing).await?.is_empty() {
+    // A repaired output was valid before: only its outcome tells.
+    let all = match repair {
+        true => outcomes.iter().all(|(_, o)| *o == SubstOutcome::Valid),
+        false => missing_outputs(b, missing).await?.is_empty(),
+    };
+    if all {
         Ok(Substituted::All)
     } else if tally.incomplete > 0 {
         Ok(Substituted::IncompleteClosure)
@@ -520,6 +534,33 @@ async fn missing_outputs(
         Ok(missing)
     })
     .await
+}
+
+/// C++ `pathContentsGood` of each valid output (not in `missing`), in output-name order:
+/// "checking path `P'..." (`lvlInfo`), and for one whose NAR hash is not the registered one
+/// (or that is not there) "path `P' is corrupted or missing!" (`lvlError`). Returns those.
+async fn corrupt_outputs(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    outputs: &BTreeMap<String, StorePath>,
+    missing: &BTreeMap<String, StorePath>,
+) -> Result<BTreeMap<String, StorePath>> {
+    let mut corrupt = BTreeMap::new();
+    for (name, p) in outputs.iter().filter(|(n, _)| !missing.contains_key(*n)) {
+        let shown = b.store.display(p);
+        job.message(LVL_INFO, format!("checking path `{shown}'..."));
+        let q = p.clone();
+        let Some(info) = b.read(move |r| Ok(r.try_query_path_info(&q)?)).await? else { continue };
+        let file = b.config.paths.store_dir.join(p.base_name());
+        let current = tokio::task::spawn_blocking(move || guix_formats::nar::dump_path(&file, &mut std::io::sink()))
+            .await
+            .map_err(|e| Error::io("hashing an output", std::io::Error::other(e.to_string())))?;
+        if !current.is_ok_and(|s| s.nar_hash == info.nar_hash) {
+            job.message(LVL_ERROR, format!("path `{shown}' is corrupted or missing!"));
+            corrupt.insert(name.clone(), p.clone());
+        }
+    }
+    Ok(corrupt)
 }
 
 /// `pathFailed`: with `--cache-failures`, an output that failed before fails at once.
@@ -561,7 +602,7 @@ async fn realise_inputs(
     } else {
         drop(prep);
         let (results, substituted) =
-            tokio::join!(futures_join_all(tasks), crate::substitute::substitute(b, job, invalid));
+            tokio::join!(futures_join_all(tasks), crate::substitute::substitute(b, job, invalid, false));
         (results, substituted?, job.slots.preparing())
     };
     // An input's error that is no build failure escapes the worker in C++: pass it on.

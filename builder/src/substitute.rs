@@ -78,10 +78,16 @@ impl Tally {
     }
 }
 
-/// Substitutes `paths` (with their closures) for `job`'s goal; one outcome per path.
-/// With substitutes off, every path has none (nothing is asked).
-pub async fn substitute(b: &Arc<Builder>, job: &Arc<Job>, paths: Vec<StorePath>) -> Result<Vec<(StorePath, Outcome)>> {
-    let options = job.settings.substitute.clone();
+/// Substitutes `paths` (with their closures) for `job`'s goal; one outcome per path; with
+/// `repair`, valid ones are fetched again and replaced. With substitutes off, every path has
+/// none (nothing is asked).
+pub async fn substitute(
+    b: &Arc<Builder>,
+    job: &Arc<Job>,
+    paths: Vec<StorePath>,
+    repair: bool,
+) -> Result<Vec<(StorePath, Outcome)>> {
+    let options = guix_ipc::substituter::SubstituteOptions { repair, ..job.settings.substitute.clone() };
     if options.urls.is_empty() || paths.is_empty() {
         return Ok(paths.into_iter().map(|p| (p, Outcome::NoSubstitute)).collect());
     }

@@ -6,6 +6,7 @@
 //! Idempotency ([`LinkRequest`]): every request but `BeginCollection` is, so [`crate::Client`] resends it after a
 //! store-db restart: adding a path that is already valid returns it unchanged (and the retry
 //! of an `AddItems` whose rename happened but whose commit did not accepts the renamed item),
+//! `ReplaceItems` skips the swap when the path already has the announced contents,
 //! temp-root messages may be applied twice, late, or in any order (below), an indirect root
 //! is made by renaming over its name, `InvalidateMissing` checks again before removing, and
 //! `DeleteDead` finds what it deleted gone (`KeptBecause::Gone`).
@@ -37,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::gc::KeepRules;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 9 };
+pub const STORE_DB_LINK: LinkSpec = LinkSpec { name: "store-db", version: 10 };
 
 /// The components that hold temp roots. After store-db starts, nothing may be collected until
 /// each of them has completed a sync with it (or is known not to run): store-db's
@@ -136,6 +137,17 @@ pub enum StoreDbRequest {
     /// their scratch copies removed. Also adds every path to the connection's temp roots
     /// (before the items become valid).
     AddItems {
+        conn: RootStamp,
+        items: Vec<NewItem>,
+    },
+    /// Repairing (C++ `replaceValidPath` and `registerValidPaths`): as `AddItems`, but the
+    /// files of an item whose path is valid are replaced: its scratch entry and the path's
+    /// files swap names in one `renameat2(RENAME_EXCHANGE)`, so the path is never missing,
+    /// then its row gets the new hash and size and its new references (registration time and
+    /// deriver stay), and the old files are deleted. Items must be scratch entries. Invalid
+    /// paths are added as by `AddItems`; all items are registered in one transaction. A
+    /// resent request finds the path's files already the announced ones and only registers.
+    ReplaceItems {
         conn: RootStamp,
         items: Vec<NewItem>,
     },

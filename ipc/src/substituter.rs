@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::JobId;
 use crate::{LinkError, LinkRequest, LinkSpec};
 
-pub const SUBSTITUTER_LINK: LinkSpec = LinkSpec { name: "substituter", version: 2 };
+pub const SUBSTITUTER_LINK: LinkSpec = LinkSpec { name: "substituter", version: 3 };
 
 /// What a request takes from the client's settings (module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -55,6 +55,10 @@ pub struct SubstituteOptions {
     /// The print-build-trace field of SetOptions: the `@ substituter-started/succeeded/failed`
     /// (and `@ hash-mismatch`) lines the C++ daemon prints.
     pub daemon_traces: bool,
+    /// C++ `SubstitutionGoal` in repair mode (`repairPath`): the requested paths are fetched
+    /// even when valid and replace the valid ones (store-db `ReplaceItems`); their
+    /// references are substituted as usual.
+    pub repair: bool,
 }
 
 /// What a substitute server says about a path (`guix substitute --query`'s `info` answer).
@@ -143,7 +147,12 @@ mod tests {
         let req = SubstituterRequest::Substitute {
             job: JobId("j".into()),
             paths: vec![p.clone()],
-            options: SubstituteOptions { urls: vec!["http://x".into()], print_build_trace: true, daemon_traces: true },
+            options: SubstituteOptions {
+                urls: vec!["http://x".into()],
+                print_build_trace: true,
+                daemon_traces: true,
+                repair: false,
+            },
         };
         let bytes = postcard::to_stdvec(&req).unwrap();
         assert_eq!(postcard::from_bytes::<SubstituterRequest>(&bytes).unwrap(), req);

@@ -245,19 +245,58 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                 None => Ok(Reply::Done),
             };
         }
-        let options = BuildOptions {
+        let options = self.build_options();
+        let job = shared.builder.new_job(self.id);
+        let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
+        match substitution_failed {
+            Some(msg) => Err(Failure::Status { msg, status: 1 }),
+            None => Ok(built),
+        }
+    }
+
+    /// What the builder needs of this connection's settings.
+    fn build_options(&self) -> BuildOptions {
+        BuildOptions {
             settings: self.settings.map().clone(),
             keep_going: self.settings.keep_going,
             keep_failed: self.settings.keep_failed,
             print_build_trace: self.settings.print_build_trace,
             client_uid: self.peer.uid,
             substitute: self.substitute_options(),
-        };
+        }
+    }
+
+    /// C++ `LocalStore::repairPath`: a substitution of `p` in repair mode, else, when its
+    /// deriver is valid, a build of the deriver in repair mode (its outcome, as in C++, is
+    /// only what the build printed); else the error "cannot repair path `P'" (returned, for
+    /// the caller to print). A failure of our own links fails the request.
+    pub(crate) async fn repair_path(&mut self, p: &StorePath) -> Result<Option<String>, Failure> {
+        let shared = self.shared.clone();
+        let db = &shared.backend;
+        let shown = shared.store.display(p);
+        let q = p.clone();
+        let deriver = db
+            .run(move |r| {
+                let Some(info) = r.try_path_info(&q)? else { return Ok(None) };
+                match info.deriver {
+                    Some(d) if r.is_valid(&d)? => Ok(Some(d)),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        db.add_temp_roots(self.id, vec![p.clone()]).await?;
+        let substituted = self.substitute(vec![p.clone()], true).await?;
+        if substituted.iter().all(|(_, o)| *o == guix_ipc::substituter::Outcome::Valid) {
+            return Ok(None);
+        }
+        let Some(drv) = deriver else { return Ok(Some(format!("cannot repair path `{shown}'"))) };
+        db.add_temp_roots(self.id, vec![drv.clone()]).await?;
+        let options = self.build_options();
         let job = shared.builder.new_job(self.id);
-        let built = self.run_build(BuilderRequest::Build { job, targets, mode, options }).await?;
-        match substitution_failed {
-            Some(msg) => Err(Failure::Status { msg, status: 1 }),
-            None => Ok(built),
+        let targets = vec![BuildTarget { drv, outputs: Vec::new() }];
+        match self.run_build(BuilderRequest::Build { job, targets, mode: BuildMode::Repair, options }).await {
+            Ok(_) | Err(Failure::Status { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -14,9 +14,6 @@ use crate::conn::{path_info_reply, Conn, Stream};
 use crate::error::Failure;
 use guix_store::roots;
 
-/// Operations that would need a component not built yet.
-pub const REPAIR_NOT_IMPLEMENTED: &str = "repairing is not implemented yet in guix-daemon-rs";
-
 impl<S: Stream, B: StoreBackend> Conn<S, B> {
     pub(crate) async fn handle(&mut self, req: Request) -> Result<Reply, Failure> {
         use Request as Q;
@@ -99,14 +96,12 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         }
     }
 
-    /// VerifyStore (35), without repair: every valid path must exist; with `check_contents`,
-    /// its NAR hash must match the database. Returns whether errors remain.
+    /// VerifyStore (35): every valid path must exist; with `check_contents`, its NAR hash must
+    /// match the database; with `repair`, a path that fails either is repaired
+    /// ([`Conn::repair_path`]). Returns whether errors remain.
     async fn verify_store(&mut self, check_contents: bool, repair: bool) -> Result<Reply, Failure> {
         if repair && !self.trusted {
             return Err(Failure::op("you are not privileged to repair paths"));
-        }
-        if repair {
-            return Err(Failure::op(REPAIR_NOT_IMPLEMENTED));
         }
         self.log("reading the store...").await?;
         self.log("checking path existence...").await?;
@@ -127,7 +122,18 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         if !check.invalidate.is_empty() {
             db.invalidate_missing(check.invalidate).await?;
         }
-        let (mut errors, valid) = (check.errors, check.valid);
+        // With repair, a disappeared path is an error only if it could not be repaired.
+        let (mut errors, valid) = (check.errors && !repair, check.valid);
+        // C++ `verifyPath` with repair: a disappeared path with valid referrers is repaired
+        // (after all messages of the existence pass: they come from one read of the database).
+        if repair {
+            for p in check.still_referred {
+                if let Some(message) = self.repair_path(&p).await? {
+                    self.log(&format!("warning: {message}")).await?;
+                    errors = true;
+                }
+            }
+        }
         if check_contents {
             self.log("checking hashes...").await?;
             for p in valid {
@@ -148,7 +154,16 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
                             sum.nar_hash.to_base16()
                         ))
                         .await?;
-                        errors = true;
+                        match repair {
+                            // C++: `repairPath`'s error is caught as the path's ("error: …").
+                            true => {
+                                if let Some(message) = self.repair_path(&p).await? {
+                                    self.log(&format!("error: {message}")).await?;
+                                    errors = true;
+                                }
+                            }
+                            false => errors = true,
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -173,6 +188,8 @@ struct Existence {
     valid: Vec<StorePath>,
     /// The disappeared paths to invalidate, referrers first.
     invalidate: Vec<StorePath>,
+    /// The disappeared paths that present paths still refer to, in the order reported.
+    still_referred: Vec<StorePath>,
 }
 
 /// C++ `verifyPath` over every valid path, without repair. A disappeared path is invalidated
@@ -225,6 +242,7 @@ fn check_existence<E>(
             if f.referred_by_valid {
                 out.messages.push(format!("path `{shown}' disappeared, but it still has valid referrers!"));
                 out.errors = true;
+                out.still_referred.push(f.path);
             } else {
                 out.messages.push(format!("path `{shown}' disappeared, removing from database..."));
                 out.invalidate.push(f.path);

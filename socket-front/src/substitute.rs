@@ -113,6 +113,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
             urls: self.settings.substitute_urls(),
             print_build_trace: extended,
             daemon_traces: self.settings.print_build_trace,
+            repair: false,
         }
     }
 
@@ -174,7 +175,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         if db.query(|r| r.is_valid(&p))? {
             return Ok(Reply::Done);
         }
-        let outcomes = self.substitute(vec![p.clone()]).await?;
+        let outcomes = self.substitute(vec![p.clone()], false).await?;
         if outcomes.iter().all(|(_, o)| *o == Outcome::Valid) && !outcomes.is_empty() {
             return Ok(Reply::Done);
         }
@@ -199,7 +200,7 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         if invalid.is_empty() || self.substitute_options().urls.is_empty() {
             return Ok(None);
         }
-        let outcomes = self.substitute(invalid).await?;
+        let outcomes = self.substitute(invalid, false).await?;
         let failed: Vec<String> = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
@@ -208,9 +209,14 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
         Ok((!failed.is_empty()).then(|| format!("build of {} failed", show_paths(&failed))))
     }
 
-    /// Sends one `Substitute` until it is answered, showing its events.
-    async fn substitute(&mut self, paths: Vec<StorePath>) -> Result<Vec<(StorePath, Outcome)>, Failure> {
-        let options = self.substitute_options();
+    /// Sends one `Substitute` (with `repair`, of valid paths to replace) until it is
+    /// answered, showing its events.
+    pub(crate) async fn substitute(
+        &mut self,
+        paths: Vec<StorePath>,
+        repair: bool,
+    ) -> Result<Vec<(StorePath, Outcome)>, Failure> {
+        let options = SubstituteOptions { repair, ..self.substitute_options() };
         if options.urls.is_empty() {
             return Ok(paths.into_iter().map(|p| (p, Outcome::NoSubstitute)).collect());
         }

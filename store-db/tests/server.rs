@@ -77,6 +77,25 @@ impl Daemon {
     fn store_db_pid(&self) -> Option<i32> {
         supervised::pid_in_status(&self.sup.ctl(&["status"]).1, "store-db")
     }
+    /// `times` times: waits `pause`, kills store-db with SIGKILL and waits for the supervisor
+    /// to start the next one; then waits `pause` once more. The pids killed.
+    fn kill_store_db_repeatedly(&self, times: usize, pause: Duration) -> BTreeSet<i32> {
+        let mut pids = BTreeSet::new();
+        for _ in 0..times {
+            std::thread::sleep(pause);
+            let pid = loop {
+                if let Some(p) = self.store_db_pid() {
+                    break p;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            pids.insert(pid);
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            wait_for(|| self.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
+        }
+        std::thread::sleep(pause);
+        pids
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -414,21 +433,7 @@ fn survives_kill_9_in_a_loop() {
         }));
     }
 
-    let mut pids = BTreeSet::new();
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(400));
-        let pid = loop {
-            if let Some(p) = d.store_db_pid() {
-                break p;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        pids.insert(pid);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-        // Wait for the supervisor to start the next one.
-        wait_for(|| d.store_db_pid().is_some_and(|p| p != pid), "store-db restart");
-    }
-    std::thread::sleep(Duration::from_millis(400));
+    let pids = d.kill_store_db_repeatedly(5, Duration::from_millis(400));
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         rt.block_on(t).unwrap();
@@ -596,5 +601,127 @@ fn collections_wait_for_the_barrier_and_do_not_survive_a_restart() {
         assert_eq!(o.deleted.len(), 1, "{o:?}");
     });
     assert!(d.reader().query_all_valid_paths().unwrap().is_empty());
+    integrity_ok(&d);
+}
+
+/// `ReplaceItems` (repair): the valid path's files are swapped for the new ones, its row
+/// updated (hash, size; registration time stays), the old files deleted; an invalid path in
+/// the same request is added; a resend changes nothing.
+#[test]
+fn replaces_the_files_of_a_valid_path() {
+    let d = Daemon::start();
+    let rt = rt();
+    let client = d.client();
+    let store = d.store_dir();
+    let path = store.make_text_path("repaired", b"good", &[]).unwrap();
+    let first = scratch_item(&d.scratch(), path.clone(), &tree(), vec![]);
+    let reply = rt.block_on(client.call(StoreDbRequest::AddItems { conn: conn(1), items: vec![first.clone()] }));
+    assert_eq!(reply.unwrap(), StoreDbReply::Ok);
+    let before = d.reader().query_path_info(&path).unwrap();
+    let other = store.make_text_path("added-by-replace", b"x", &[]).unwrap();
+    let items = vec![
+        scratch_item(&d.scratch(), path.clone(), &text("new"), vec![]),
+        text_item(&d, "added-by-replace", "x", vec![]),
+    ];
+    assert_eq!(items[1].path, other);
+    let req = StoreDbRequest::ReplaceItems { conn: conn(1), items: items.clone() };
+    assert_eq!(rt.block_on(client.call(req.clone())).unwrap(), StoreDbReply::Ok);
+    let on_disk = d.dirs().store_path().join(path.base_name());
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"new");
+    let after = d.reader().query_path_info(&path).unwrap();
+    assert_eq!((after.nar_hash, after.nar_size), (items[0].nar_hash, Some(items[0].nar_size)));
+    assert_ne!(after.nar_hash, before.nar_hash);
+    assert_eq!(after.registration_time, before.registration_time);
+    assert!(d.reader().is_valid(&other).unwrap());
+    // The old files and the scratch entries are gone.
+    assert_eq!(
+        std::fs::read_dir(d.scratch())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().unwrap().is_file() || e.file_type().unwrap().is_dir())
+            .filter(|e| e.file_name() != "front")
+            .count(),
+        0
+    );
+    // Resent (its scratch entries gone): the files are already the announced ones.
+    assert_eq!(rt.block_on(client.call(req)).unwrap(), StoreDbReply::Ok);
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"new");
+    // A resend after a kill between the swap and the commit: the scratch name holds the old
+    // files and the path the new ones; nothing is swapped back.
+    let stale = scratch_item(&d.scratch(), path.clone(), &tree(), vec![]);
+    let resent = NewItem { nar_hash: items[0].nar_hash, nar_size: items[0].nar_size, ..stale };
+    let reply = rt.block_on(client.call(StoreDbRequest::ReplaceItems { conn: conn(1), items: vec![resent] }));
+    assert_eq!(reply.unwrap(), StoreDbReply::Ok);
+    assert_eq!(std::fs::read(&on_disk).unwrap(), b"new");
+    integrity_ok(&d);
+}
+
+/// A kill -9 of store-db at any moment of repeated replaces leaves the path valid with
+/// complete files, never missing (watched meanwhile), and after the last reply the files and
+/// the row are those of the last replace.
+#[test]
+fn a_replaced_path_survives_kill_9_in_a_loop() {
+    let d = Daemon::start();
+    let rt = rt();
+    let client = Arc::new(d.client());
+    let store = d.store_dir();
+    let path = store.make_text_path("replaced", b"v", &[]).unwrap();
+    let big = |n: u32| {
+        let mut top = BTreeMap::new();
+        for i in 0..200 {
+            top.insert(format!("f{i}").into_bytes(), text(&format!("version {n} file {i}")));
+        }
+        Node::Directory(top)
+    };
+    let first = scratch_item(&d.scratch(), path.clone(), &big(0), vec![]);
+    assert_eq!(
+        rt.block_on(client.call(StoreDbRequest::AddItems { conn: conn(2), items: vec![first] })).unwrap(),
+        StoreDbReply::Ok
+    );
+    let on_disk = d.dirs().store_path().join(path.base_name());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let missing = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (stop, missing, on_disk) = (stop.clone(), missing.clone(), on_disk.clone());
+        std::thread::spawn(move || {
+            let mut looks = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::symlink_metadata(&on_disk).is_err() {
+                    missing.fetch_add(1, Ordering::Relaxed);
+                }
+                looks += 1;
+            }
+            looks
+        })
+    };
+    let last: Arc<std::sync::Mutex<Option<NewItem>>> = Arc::default();
+    let task = {
+        let (client, stop, last, scratch, path) =
+            (client.clone(), stop.clone(), last.clone(), d.scratch(), path.clone());
+        rt.spawn(async move {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                let item = scratch_item(&scratch, path.clone(), &big(n), vec![]);
+                let reply =
+                    client.call(StoreDbRequest::ReplaceItems { conn: conn(2), items: vec![item.clone()] }).await;
+                assert_eq!(reply.unwrap(), StoreDbReply::Ok, "replace {n}");
+                *last.lock().unwrap() = Some(item);
+                n += 1;
+            }
+            n
+        })
+    };
+    let pids = d.kill_store_db_repeatedly(5, Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let replaces = rt.block_on(task).unwrap();
+    let looks = watcher.join().unwrap();
+    assert!(pids.len() >= 5);
+    assert!(replaces > 10, "only {replaces} replaces");
+    assert_eq!(missing.load(Ordering::Relaxed), 0, "the path was missing in some of {looks} looks");
+    let last = last.lock().unwrap().clone().unwrap();
+    let info = d.reader().query_path_info(&path).unwrap();
+    let s = nar_of(&on_disk);
+    assert_eq!((s.nar_hash, Some(s.nar_size)), (last.nar_hash, Some(last.nar_size)));
+    assert_eq!((info.nar_hash, info.nar_size), (last.nar_hash, Some(last.nar_size)));
     integrity_ok(&d);
 }

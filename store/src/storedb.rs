@@ -115,6 +115,14 @@ impl StoreDb {
         self.call(StoreDbRequest::AddItems { conn: stamp, items }).await
     }
 
+    /// Repairs: the scratch items replace the files of their valid paths (invalid ones are
+    /// added), registered in one transaction (also temp roots). See
+    /// [`StoreDbRequest::ReplaceItems`].
+    pub async fn replace_items(&self, conn: ConnId, items: Vec<NewItem>) -> Result<(), LinkError> {
+        let (stamp, _) = self.remember_roots(conn, items.iter().map(|i| &i.path));
+        self.call(StoreDbRequest::ReplaceItems { conn: stamp, items }).await
+    }
+
     pub async fn add_indirect_root(&self, path: String) -> Result<(), LinkError> {
         self.call(StoreDbRequest::AddIndirectRoot { path }).await
     }

@@ -243,7 +243,11 @@ impl Substituter {
         while !level.is_empty() {
             order.extend(level.iter().cloned());
             self.storedb.add_temp_roots(conn, level.clone()).await?;
-            let v = self.valid(level.clone()).await.map_err(internal)?;
+            let mut v = self.valid(level.clone()).await.map_err(internal)?;
+            // Repair: the requested paths are fetched again although valid.
+            if options.repair {
+                v.retain(|p| !paths.contains(p));
+            }
             let need: Vec<StorePath> = level.iter().filter(|p| !v.contains(*p)).cloned().collect();
             valid.extend(v);
             let found = if options.urls.is_empty() || need.is_empty() {
@@ -298,7 +302,7 @@ impl Substituter {
             let me = self.clone();
             async move {
                 let out = seq.out(p);
-                let outcome = me.one(&out, conn, p, f, cells, options).await;
+                let outcome = me.one(&out, conn, p, f, cells, options, paths).await;
                 if let Some(c) = cells.get(p) {
                     c.send_replace(Some(outcome));
                 }
@@ -324,6 +328,7 @@ impl Substituter {
         found: &Found,
         cells: &HashMap<StorePath, watch::Sender<Option<Outcome>>>,
         options: &SubstituteOptions,
+        repaired: &[StorePath],
     ) -> Outcome {
         // `referencesValid`.
         let (mut failed, mut incomplete) = (false, false);
@@ -355,14 +360,16 @@ impl Substituter {
         // then finds the path valid.
         let gate = self.gate(path);
         let _gate = gate.lock().await;
-        if self.valid(vec![path.clone()]).await.is_ok_and(|v| !v.is_empty()) {
+        // A path to repair is valid already (and replaced: `repair`).
+        let repair = options.repair && repaired.contains(path);
+        if !repair && self.valid(vec![path.clone()]).await.is_ok_and(|v| !v.is_empty()) {
             return Outcome::Valid;
         }
         let Ok(_download) = self.downloads.acquire().await else {
             return Outcome::Failed("the substituter is shutting down".into());
         };
         // Someone else may have made it valid meanwhile.
-        if self.valid(vec![path.clone()]).await.is_ok_and(|v| !v.is_empty()) {
+        if !repair && self.valid(vec![path.clone()]).await.is_ok_and(|v| !v.is_empty()) {
             return Outcome::Valid;
         }
         let shown = self.store.display(path);
@@ -371,7 +378,7 @@ impl Substituter {
         if options.daemon_traces {
             emit_msg(0, format!("@ substituter-started {shown} substitute"));
         }
-        match self.fetch_and_register(ctx, conn, path, &found.cache_url, &found.info, options).await {
+        match self.fetch_and_register(ctx, conn, path, &found.cache_url, &found.info, options, repair).await {
             Ok(()) => {
                 emit_msg(3, format!("substitution of path `{shown}' succeeded"));
                 if options.daemon_traces {
@@ -406,6 +413,7 @@ impl Substituter {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the job's parts and the path's
     async fn fetch_and_register(
         self: &Arc<Self>,
         ctx: &PathOut<'_>,
@@ -414,6 +422,7 @@ impl Substituter {
         cache_url: &str,
         info: &NarInfo,
         options: &SubstituteOptions,
+        repair: bool,
     ) -> Result<(), Failure> {
         let shown = self.store.display(path);
         let choices = choose::preferred(cache_url, info, false);
@@ -448,7 +457,13 @@ impl Substituter {
                     };
                     // store-db owns the scratch entry from the request on (it moves or removes it).
                     item.handed_over();
-                    return self.storedb.add_items(conn, vec![new]).await.map_err(|e| Failure::Error(e.message));
+                    // A repair replaces the valid path's files (C++ `replaceValidPath`).
+                    let registered = if repair {
+                        self.storedb.replace_items(conn, vec![new]).await
+                    } else {
+                        self.storedb.add_items(conn, vec![new]).await
+                    };
+                    return registered.map_err(|e| Failure::Error(e.message));
                 }
                 Err(FetchError::Network(e)) if i + 1 < choices.len() => {
                     ctx.emit(SubstituteEvent::Output(

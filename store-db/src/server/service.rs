@@ -129,6 +129,7 @@ impl StoreDb {
             // It speaks for its own temp roots only (not the builder's or the substituter's).
             let holder = match &req {
                 StoreDbRequest::AddItems { conn, .. }
+                | StoreDbRequest::ReplaceItems { conn, .. }
                 | StoreDbRequest::AddTempRoots { conn, .. }
                 | StoreDbRequest::ConnectionClosed { conn } => Some(&conn.holder),
                 StoreDbRequest::SyncConnections { holder, .. } => Some(holder),
@@ -144,7 +145,8 @@ impl StoreDb {
         // Temp-root messages: applied by `TempRoots` under its lock (see `roots`).
         let Some(req) = self.temp_roots.take(req) else { return StoreDbReply::Ok };
         let res = match req {
-            StoreDbRequest::AddItems { conn, items } => self.add_items(peer, &conn, items).await,
+            StoreDbRequest::AddItems { conn, items } => self.add_items(peer, &conn, items, false).await,
+            StoreDbRequest::ReplaceItems { conn, items } => self.add_items(peer, &conn, items, true).await,
             StoreDbRequest::EnsureUserProfile { uid } => {
                 let state = self.state_dir.clone();
                 tokio::task::spawn_blocking(move || ensure_user_profile(&state, uid))
@@ -215,7 +217,8 @@ impl StoreDb {
         }
     }
 
-    async fn add_items(&self, peer: Peer, conn: &RootStamp, items: Vec<NewItem>) -> Result<(), String> {
+    /// `AddItems`, or with `replace` `ReplaceItems`.
+    async fn add_items(&self, peer: Peer, conn: &RootStamp, items: Vec<NewItem>, replace: bool) -> Result<(), String> {
         // As `addToStore`: the path is a temp root of the connection before it is valid. Also
         // when the request fails: the holder counts on store-db holding the roots of every
         // request it got an answer to.
@@ -232,7 +235,11 @@ impl StoreDb {
         }
         let finals = items.iter().map(|i| self.layout.store_path.join(i.path.base_name())).collect();
         let locks = self.locks.lock(finals).await;
-        let res = self.writer.run(|reply| Job::Add { items, reply }).await;
+        let res = if replace {
+            self.writer.run(|reply| Job::Replace { items, reply }).await
+        } else {
+            self.writer.run(|reply| Job::Add { items, reply }).await
+        };
         drop(locks);
         res
     }

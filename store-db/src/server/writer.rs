@@ -44,6 +44,17 @@
 //! of what is at the final name are the ones announced; otherwise it fails ("scratch item
 //! `N' does not exist").
 //!
+//! # Replacing valid paths (repair)
+//! C++ `replaceValidPath` renames the old files away, the new ones in, and deletes the old:
+//! a kill between the two renames leaves a valid path without files. Here the scratch item
+//! and the path's files swap names in one `renameat2(RENAME_EXCHANGE)`, then the row is
+//! updated (`registerValidPaths` on a valid path: hash, size, new references), then the old
+//! files (now at the scratch name) are deleted. A kill before the swap leaves the old files;
+//! after it, the new ones (with the old row until the commit, which a resend makes: the
+//! path's files are then already the announced ones, so nothing is swapped back); a kill
+//! before the deletion leaves the old files under the item's scratch name, which the resend
+//! removes (or the sweep, once the item's writer is gone). So the path is never missing.
+//!
 //! # Crash safety and durability
 //! A kill at any moment leaves the database consistent (one SQLite transaction per commit)
 //! and never a registered path without its files: files reach their final name (atomically,
@@ -78,6 +89,9 @@ pub type JobResult = Result<(), String>;
 pub enum Job {
     /// Move items into the store and register them (the caller holds their path locks).
     Add { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
+    /// Repairing: the items replace the files of their valid paths (invalid ones are added),
+    /// all registered in one transaction (see "Replacing valid paths" above).
+    Replace { items: Vec<NewItem>, reply: oneshot::Sender<JobResult> },
     /// `clearFailedPaths`.
     ClearFailed { paths: Vec<StorePath>, reply: oneshot::Sender<JobResult> },
     /// `registerFailedPath` of each path.
@@ -294,6 +308,10 @@ impl Writer {
                     }
                     self.add_group(group);
                 }
+                Job::Replace { items, reply } => {
+                    self.stats.jobs.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(self.replace(&items));
+                }
                 Job::ClearFailed { paths, reply } => {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     let set = paths.into_iter().collect();
@@ -430,14 +448,7 @@ impl Writer {
         }
         let mut regs = Vec::with_capacity(todo.len());
         for (item, dest) in todo {
-            let info = ValidPathInfo {
-                path: item.path.clone(),
-                deriver: item.deriver.clone(),
-                nar_hash: item.nar_hash,
-                references: item.references.iter().cloned().collect(),
-                registration_time: 0,
-                nar_size: Some(item.nar_size),
-            };
+            let info = info_of(item);
             let reg = if item.path.is_derivation() {
                 // An inline text is parsed from the bytes just written, not read back.
                 let text = match &item.source {
@@ -450,6 +461,88 @@ impl Writer {
                 Registration::new(info)
             };
             regs.push(reg.map_err(|e| e.to_string())?);
+        }
+        Ok(regs)
+    }
+
+    /// A `ReplaceItems` job: the valid paths' files are swapped with their scratch items, the
+    /// others placed as by an addition; then one transaction; then the old files go. On
+    /// error the swaps are undone, the additions deleted and the scratch entries removed.
+    fn replace(&mut self, items: &[NewItem]) -> JobResult {
+        let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut placed = Vec::new();
+        let res = self.replace_inner(items, &mut swapped, &mut placed);
+        let committed = res.and_then(|regs| {
+            self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            self.db.register_valid_paths(&regs).map_err(|e| e.to_string())
+        });
+        if committed.is_err() {
+            // The old files back at their names, so the row's hash describes them again.
+            for (dest, scratch) in &swapped {
+                if let Err(e) = exchange(scratch, dest) {
+                    eprintln!("guix-store-db: cannot put back `{}': {e}", dest.display());
+                }
+            }
+            undo(&placed);
+        }
+        // Now the old files of swapped paths (or, after an error, the new ones).
+        remove_scratch_copies(&self.layout.scratch, items);
+        committed
+    }
+
+    fn replace_inner(
+        &mut self,
+        items: &[NewItem],
+        swapped: &mut Vec<(PathBuf, PathBuf)>,
+        placed: &mut Vec<PathBuf>,
+    ) -> Result<Vec<Registration>, String> {
+        let mut seen = HashSet::new();
+        let (mut valid, mut invalid) = (Vec::new(), Vec::new());
+        for item in items {
+            check_item(item)?;
+            let Some(name) = item.scratch_name() else {
+                return Err(format!("replacing `{}' needs a scratch item", self.layout.store_dir.display(&item.path)));
+            };
+            if !seen.insert(item.path.clone()) {
+                return Err(format!("path `{}' is named twice", self.layout.store_dir.display(&item.path)));
+            }
+            if self.db.is_valid(&item.path).map_err(|e| e.to_string())? {
+                valid.push((item, name));
+            } else {
+                invalid.push(item.clone());
+            }
+        }
+        let mut regs = Vec::with_capacity(items.len());
+        for (item, name) in valid {
+            let dest = self.layout.store_path.join(item.path.base_name());
+            let scratch = self.layout.scratch.join(name);
+            // A resent request (swapped before a kill, not committed), or nothing to repair:
+            // the path has the announced files already.
+            if !already_in_place(&dest, item) {
+                match std::fs::symlink_metadata(&scratch) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(format!("scratch item `{name}' does not exist"));
+                    }
+                    Err(e) => return Err(format!("getting status of `{}': {}", scratch.display(), strerror(&e))),
+                }
+                if std::fs::symlink_metadata(&dest).is_ok() {
+                    exchange(&scratch, &dest)?;
+                    swapped.push((dest, scratch));
+                } else {
+                    // Its files disappeared: nothing to swap with.
+                    std::fs::rename(&scratch, &dest).map_err(|e| {
+                        format!("cannot rename `{}' to `{}': {}", scratch.display(), dest.display(), strerror(&e))
+                    })?;
+                }
+            }
+            let info = info_of(item);
+            // A valid path's row is updated: its derivation outputs are not added again.
+            regs.push(Registration::new(info).map_err(|e| e.to_string())?);
+        }
+        if !invalid.is_empty() {
+            let mut more = self.prepare_inner(&invalid, placed)?;
+            regs.append(&mut more);
         }
         Ok(regs)
     }
@@ -534,6 +627,18 @@ fn parse_drv(store: &StoreDir, file: &Path, text: &[u8]) -> Result<Derivation, S
     Derivation::parse(store, text).map_err(|e| format!("error parsing derivation `{}': {e}", file.display()))
 }
 
+/// What to register for `item` (registration time: now).
+fn info_of(item: &NewItem) -> ValidPathInfo {
+    ValidPathInfo {
+        path: item.path.clone(),
+        deriver: item.deriver.clone(),
+        nar_hash: item.nar_hash,
+        references: item.references.iter().cloned().collect(),
+        registration_time: 0,
+        nar_size: Some(item.nar_size),
+    }
+}
+
 /// Whether the invalid item at `dest` is exactly the one announced (NAR hash and size).
 fn already_in_place(dest: &Path, item: &NewItem) -> bool {
     if std::fs::symlink_metadata(dest).is_err() {
@@ -543,6 +648,15 @@ fn already_in_place(dest: &Path, item: &NewItem) -> bool {
         Ok(s) => s.nar_hash == item.nar_hash && s.nar_size == item.nar_size,
         Err(_) => false,
     }
+}
+
+/// Swaps the names of `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`): at no moment is
+/// either name missing. Both must exist, on the store's file system.
+fn exchange(a: &Path, b: &Path) -> Result<(), String> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE).map_err(|e| {
+        format!("cannot exchange `{}' and `{}': {}", a.display(), b.display(), strerror(&std::io::Error::from(e)))
+    })
 }
 
 fn undo(placed: &[PathBuf]) {
