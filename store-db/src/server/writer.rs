@@ -331,7 +331,12 @@ impl Writer {
                         // The gc's request is gone (link closed): stop between parts.
                         continue;
                     }
-                    match run.step(&mut self.db, &roots, &self.layout) {
+                    // At the gc's priority: serving clients goes first (an addition that
+                    // waits for this part meanwhile waits at most for it).
+                    let step = guix_store::sched::at_nice(super::collect::PART_NICE, || {
+                        run.step(&mut self.db, &roots, &self.layout)
+                    });
+                    match step {
                         super::collect::Step::More(run) => {
                             later.push(Job::DeleteDead { run: Box::new(run), roots, reply })
                         }
