@@ -183,6 +183,64 @@ fn the_epoch_moves_on_changes_not_on_additions() {
 }
 
 #[test]
+fn one_transaction_commits_all_or_nothing_and_then_moves_the_epoch() {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = fresh(t.path());
+    let epoch = std::sync::Arc::new(Epoch::open(&t.path().join("epoch")).unwrap());
+    s.writer.set_epoch(epoch.clone());
+    let (a, b, c) = (sp("a"), sp("b"), sp("c"));
+    s.writer.register_valid_paths(&[reg(&a, &[]), reg(&b, &[&a])]).unwrap();
+    let other = reader(t.path());
+    // A failure after a write undoes the write: `a`'s referrer is gone only inside.
+    let e = s
+        .writer
+        .in_one_transaction(|w| {
+            w.invalidate_path(&b)?;
+            assert!(!w.is_valid(&b)?, "reads see the transaction's own writes");
+            assert!(other.is_valid(&b)?, "other connections do not, before the commit");
+            assert_eq!(epoch.current(), 1, "the epoch moves after the commit, not before");
+            w.register_valid_paths(&[reg(&c, &[&sp("missing")])])
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::NotValidId(_)), "{e:?}");
+    assert!(s.writer.is_valid(&b).unwrap() && other.is_valid(&b).unwrap());
+    assert_eq!(epoch.current(), 1, "nothing changed");
+    // Success: both writes land at once, and the epoch moves once.
+    s.writer
+        .in_one_transaction(|w| {
+            w.invalidate_path(&b)?;
+            w.invalidate_path(&a)?;
+            w.register_valid_paths(&[reg(&c, &[])])
+        })
+        .unwrap();
+    assert!(!other.is_valid(&a).unwrap() && !other.is_valid(&b).unwrap() && other.is_valid(&c).unwrap());
+    assert_eq!(epoch.current(), 2);
+    // Afterwards writes commit on their own again.
+    s.writer.invalidate_path(&c).unwrap();
+    assert!(!other.is_valid(&c).unwrap());
+    assert_eq!(epoch.current(), 3);
+}
+
+#[test]
+fn invalidating_by_id_refuses_a_path_still_referred_to() {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = fresh(t.path());
+    let (a, b, c) = (sp("a"), sp("b"), sp("c"));
+    s.writer.register_valid_paths(&[reg(&a, &[]), reg(&b, &[&a]), reg(&c, &[&c])]).unwrap();
+    let id = |s: &guix_store_db::DbWriter, p| s.path_id(p).unwrap().expect("valid");
+    let (ia, ib, ic) = (id(&s.writer, &a), id(&s.writer, &b), id(&s.writer, &c));
+    // `b` refers to `a`: the foreign key refuses, and nothing of the batch goes.
+    let e = s.writer.invalidate_ids(&[ic, ia]).unwrap_err();
+    assert!(e.to_string().contains("FOREIGN KEY constraint failed"), "{e}");
+    assert!(s.writer.is_valid(&a).unwrap() && s.writer.is_valid(&c).unwrap());
+    assert_eq!(s.writer.query_referrers(&a).unwrap(), [b.clone()].into());
+    // With its referrer in the batch it goes; a self-reference is no obstacle.
+    s.writer.invalidate_ids(&[ib, ia, ic]).unwrap();
+    assert!(s.writer.query_all_valid_paths().unwrap().is_empty());
+    assert_eq!(s.writer.path_id(&a).unwrap(), None);
+}
+
+#[test]
 fn a_bad_batch_registers_nothing() {
     let t = tempfile::tempdir().unwrap();
     let mut s = fresh(t.path());

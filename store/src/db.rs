@@ -63,6 +63,9 @@ pub struct DbReader {
     store_dir: StoreDir,
     /// How long a read waits while SQLite is busy, retries included (C++: one hour).
     busy_limit: Duration,
+    /// Set while store-db's writer holds a transaction of its own open on this connection
+    /// ([`DbReader::set_in_transaction`]): reads then run inside it instead of opening one each.
+    in_transaction: std::cell::Cell<bool>,
 }
 
 impl DbReader {
@@ -80,12 +83,23 @@ impl DbReader {
                 .map_err(|source| Error::CannotOpen { path: path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(Error::sqlite("setting timeout"))?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT })
+        Ok(DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT, in_transaction: Default::default() })
     }
 
     /// Wraps a connection store-db's writer opened read-write (its queries are the reader's).
     pub fn from_connection(conn: Connection, store_dir: StoreDir) -> DbReader {
-        DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT }
+        DbReader { conn, store_dir, busy_limit: BUSY_TIMEOUT, in_transaction: Default::default() }
+    }
+
+    /// For store-db's writer: says that the caller has opened a transaction on this connection
+    /// (and will end it), so that reads run inside it rather than in one transaction each.
+    pub fn set_in_transaction(&self, open: bool) {
+        self.in_transaction.set(open);
+    }
+
+    /// Whether [`DbReader::set_in_transaction`] says a transaction of the caller's is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.get()
     }
 
     /// Waits at most `limit` while SQLite is busy (say, while another process recovers the WAL)
@@ -112,6 +126,9 @@ impl DbReader {
     /// microseconds, and parsing the transaction statements anew each time (as
     /// `Connection::unchecked_transaction` does) was a visible part of it.
     fn read<T>(&self, mut f: impl FnMut(&Ctx<'_>) -> Result<T>) -> Result<T> {
+        if self.in_transaction.get() {
+            return f(&Ctx { conn: &self.conn, store_dir: &self.store_dir });
+        }
         retry_for(self.busy_limit, || {
             if !self.conn.is_autocommit() {
                 // A previous call unwound (panicked) inside its transaction.
@@ -134,6 +151,11 @@ impl DbReader {
     /// `isValidPath`.
     pub fn is_valid(&self, path: &StorePath) -> Result<bool> {
         self.read(|c| Ok(c.path_id(path)?.is_some()))
+    }
+
+    /// The row id of `path` in `ValidPaths`, or `None` when it is not valid.
+    pub fn path_id(&self, path: &StorePath) -> Result<Option<i64>> {
+        self.read(|c| c.path_id(path))
     }
 
     /// `queryPathInfo`, or `None` when the path is not valid.

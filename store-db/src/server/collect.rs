@@ -82,8 +82,9 @@ impl std::fmt::Display for BatchError {
 /// An entry that passed step 1.
 struct Candidate {
     name: String,
-    /// Set when it is a valid path.
+    /// Set when it is a valid path: the path and its row id.
     valid: Option<StorePath>,
+    id: Option<i64>,
     /// `None`: nothing at its name (a valid path's row goes all the same).
     md: Option<std::fs::Metadata>,
 }
@@ -240,6 +241,97 @@ pub fn delete_dead(
 ) -> Result<DeleteOutcome, BatchError> {
     let mut guard = roots.deletion();
     guard.touch(batch.collection).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
+    // Steps 1 to 3 and the invalidation share one transaction; the files move once it has
+    // committed.
+    let link_threshold = batch.link_threshold;
+    let held = &guard;
+    let Decided { cands, accepted, accounted, mut kept, limit_reached } =
+        db.in_one_transaction(move |db| decide(db, held, layout, batch))?;
+
+    // Step 4, the files.
+    let trash = layout.store_path.join(TRASH_DIR_NAME);
+    let mut deleted = Vec::new();
+    for (i, c) in cands.iter().enumerate() {
+        if !accepted[i] {
+            continue;
+        }
+        let Some(md) = &c.md else {
+            kept.push((c.name.clone(), KeptBecause::Gone));
+            continue;
+        };
+        let from = layout.store_path.join(&c.name);
+        if !md.is_dir() {
+            // A file or symlink is unlinked right away, as C++ does: one system call, and its
+            // bytes are freed (and counted) in the order of deletion. What it frees is what
+            // step 3 counted: its links were counted then, and only the writer, which is
+            // running this, adds or removes links of store files.
+            let freed_in_place = accounted[i];
+            match std::fs::remove_file(&from) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(format!("cannot unlink `{}': {}", from.display(), strerror(&e)).into());
+                }
+                _ => {}
+            }
+            deleted.push(Deleted {
+                name: c.name.clone(),
+                trashed_as: None,
+                accounted: accounted[i],
+                is_dir: false,
+                freed_in_place,
+            });
+            continue;
+        }
+        let (trashed_as, freed_in_place) = match move_to_trash(&from, &trash, &c.name, md) {
+            Ok(name) => (Some(name), 0),
+            Err(e) => {
+                // C++: "note: can't create move": delete in place (rare: the trash directory
+                // cannot be made, or is another file system).
+                eprintln!(
+                    "guix-store-db: cannot move `{}' to the trash ({}); deleting it in place",
+                    from.display(),
+                    strerror(&e)
+                );
+                let n = delete_tree_counted(&from, link_threshold)
+                    .map_err(|e| format!("deleting `{}': {}", from.display(), strerror(&e)))?;
+                (None, n)
+            }
+        };
+        deleted.push(Deleted {
+            name: c.name.clone(),
+            trashed_as,
+            accounted: accounted[i],
+            is_dir: md.is_dir(),
+            freed_in_place,
+        });
+    }
+    drop(guard);
+    Ok(DeleteOutcome { deleted, kept, limit_reached, stopped: None })
+}
+
+/// What steps 1 to 3 decided of a batch, its valid accepted paths invalidated.
+struct Decided {
+    cands: Vec<Candidate>,
+    accepted: Vec<bool>,
+    /// What each candidate counts ([`Deleted::accounted`]).
+    accounted: Vec<u64>,
+    kept: Vec<(String, KeptBecause)>,
+    limit_reached: bool,
+}
+
+impl From<crate::Error> for BatchError {
+    fn from(e: crate::Error) -> BatchError {
+        BatchError::Failed(e.to_string())
+    }
+}
+
+/// Steps 1 to 3 and the invalidation of step 4, in the writer's transaction
+/// ([`DbWriter::in_one_transaction`]), holding the temp-roots lock.
+fn decide(
+    db: &mut DbWriter,
+    guard: &super::roots::DeletionGuard<'_>,
+    layout: &StoreLayout,
+    batch: DeadBatch,
+) -> Result<Decided, BatchError> {
     let err = |e: crate::Error| e.to_string();
     let mut kept: Vec<(String, KeptBecause)> = Vec::new();
     let mut cands: Vec<Candidate> = Vec::with_capacity(batch.entries.len());
@@ -255,10 +347,11 @@ pub fn delete_dead(
             continue;
         }
         let path = StorePath::from_base_name(&e.name).ok();
-        let valid = match &path {
-            Some(p) => db.is_valid(p).map_err(err)?,
-            None => false,
+        let id = match &path {
+            Some(p) => db.path_id(p).map_err(err)?,
+            None => None,
         };
+        let valid = id.is_some();
         if valid != e.valid {
             kept.push((e.name, KeptBecause::ValidityChanged));
             continue;
@@ -293,7 +386,7 @@ pub fn delete_dead(
             kept.push((e.name, KeptBecause::Gone));
             continue;
         }
-        cands.push(Candidate { name: e.name, valid: valid.then_some(path).flatten(), md });
+        cands.push(Candidate { name: e.name, valid: valid.then_some(path).flatten(), id, md });
     }
 
     // Step 2: what keeps each valid candidate alive.
@@ -358,69 +451,12 @@ pub fn delete_dead(
         settle(&cands, &keepers, &in_batch, &mut accepted, &mut kept, KeptBecause::NotReached);
     }
 
-    // Step 4: invalidate (one transaction, referrers first), then move away.
-    let doomed: Vec<StorePath> =
-        cands.iter().zip(&accepted).filter(|(_, a)| **a).filter_map(|(c, _)| c.valid.clone()).collect();
-    db.invalidate_paths(&doomed).map_err(err)?;
-
-    let trash = layout.store_path.join(TRASH_DIR_NAME);
-    let mut deleted = Vec::new();
-    for (i, c) in cands.iter().enumerate() {
-        if !accepted[i] {
-            continue;
-        }
-        let Some(md) = &c.md else {
-            kept.push((c.name.clone(), KeptBecause::Gone));
-            continue;
-        };
-        let from = layout.store_path.join(&c.name);
-        if !md.is_dir() {
-            // A file or symlink is unlinked right away, as C++ does: one system call, and its
-            // bytes are freed (and counted) in the order of deletion.
-            let freed_in_place = match std::fs::symlink_metadata(&from) {
-                Ok(now) if now.nlink() <= batch.link_threshold => now.size(),
-                _ => 0,
-            };
-            match std::fs::remove_file(&from) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(format!("cannot unlink `{}': {}", from.display(), strerror(&e)).into());
-                }
-                _ => {}
-            }
-            deleted.push(Deleted {
-                name: c.name.clone(),
-                trashed_as: None,
-                accounted: accounted[i],
-                is_dir: false,
-                freed_in_place,
-            });
-            continue;
-        }
-        let (trashed_as, freed_in_place) = match move_to_trash(&from, &trash, &c.name, md) {
-            Ok(name) => (Some(name), 0),
-            Err(e) => {
-                // C++: "note: can't create move": delete in place (rare: the trash directory
-                // cannot be made, or is another file system).
-                eprintln!(
-                    "guix-store-db: cannot move `{}' to the trash ({}); deleting it in place",
-                    from.display(),
-                    strerror(&e)
-                );
-                let n = delete_tree_counted(&from, batch.link_threshold)
-                    .map_err(|e| format!("deleting `{}': {}", from.display(), strerror(&e)))?;
-                (None, n)
-            }
-        };
-        deleted.push(Deleted {
-            name: c.name.clone(),
-            trashed_as,
-            accounted: accounted[i],
-            is_dir: md.is_dir(),
-            freed_in_place,
-        });
-    }
-    drop(guard);
-    Ok(DeleteOutcome { deleted, kept, limit_reached, stopped: None })
+    // Step 4: invalidate (referrers first); the caller moves the files once this commits.
+    // Step 2 found every valid referrer of these paths among them: the foreign key on
+    // `Refs.reference` would refuse the deletion otherwise (and the transaction roll back).
+    let doomed: Vec<i64> = cands.iter().zip(&accepted).filter(|(_, a)| **a).filter_map(|(c, _)| c.id).collect();
+    db.invalidate_ids(&doomed).map_err(err)?;
+    Ok(Decided { cands, accepted, accounted, kept, limit_reached })
 }
 
 /// Step 2's fixpoint: refuses every accepted valid candidate with a keeper that is valid and
