@@ -674,6 +674,21 @@ mod tests {
         assert_eq!(base64_decode(b"aGVsbG8=="), None);
     }
 
+    /// The sexp fuzz target's finding: an empty atom's canonical form does not read back.
+    /// That is libgcrypt's behaviour on both sides, kept: `gcry_sexp_sprint` prints an empty
+    /// atom as `0:`, and its reader refuses a length that begins with 0
+    /// (`GPG_ERR_SEXP_ZERO_PREFIX`; checked with the rig's guile-gcrypt: `string->canonical-sexp`
+    /// of `(1:a0:)` fails with "Zero prefix in S-expression", and `(a "")` prints as `(a "")`).
+    /// The advanced form (what Guix writes to files) reads back.
+    #[test]
+    fn an_empty_atom_prints_as_libgcrypt_does_and_its_canonical_form_is_refused_as_libgcrypt_does() {
+        let s = Sexp::list([Sexp::atom("a"), Sexp::atom("")]);
+        assert_eq!(s.to_canonical(), b"(1:a0:)");
+        assert_eq!(Sexp::parse(b"(1:a0:)"), Err(SexpError::ZeroPrefix(4)));
+        assert_eq!(s.to_advanced(), b"(a \"\")\n");
+        assert_eq!(Sexp::parse(&s.to_advanced()), Ok(s));
+    }
+
     fn has_empty_atom(s: &Sexp) -> bool {
         match s {
             Sexp::Atom(a) => a.is_empty(),

@@ -22,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, sexp);
         assert_eq!(again.to_advanced(), advanced);
     }
-    // An empty atom prints canonically as `0:`, which the reader refuses (libgcrypt's rule
-    // for length prefixes); found by this target and left open (see the fuzz notes).
+    // An empty atom prints canonically as `0:`, which the reader refuses: libgcrypt does both
+    // (found by this target; kept as libgcrypt's behaviour, with a regression test in
+    // formats/src/sexp.rs).
     let canonical = sexp.to_canonical();
     if canonical.len() <= MAX_INPUT && !has_empty_atom(&sexp) {
         assert_eq!(Sexp::parse(&canonical).ok().as_ref(), Some(&sexp));
