@@ -42,6 +42,56 @@ pub fn at_nice<T>(nice: i32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Background work that others may come to wait for: [`Lowered::run`] runs it at a higher
+/// nice value, and a thread about to wait for it calls [`Lowered::boost`], which puts the
+/// running thread back at its own value until that run ends. Without it, a request waiting
+/// for a collection's part (which holds the writer) waited for a thread at nice 10 sharing
+/// the CPU with busy nice-0 threads: priority inversion.
+///
+/// A boost that comes late (the run ended meanwhile, and maybe the next began) sets a thread
+/// of this process to the value it had before a run: at worst one more part runs boosted.
+#[derive(Debug, Default)]
+pub struct Lowered {
+    /// The running thread's id in the high half and its nice value before the run (offset by
+    /// 20 to be positive) in the low half; 0 when nothing runs lowered.
+    running: std::sync::atomic::AtomicU64,
+}
+
+impl Lowered {
+    pub const fn new() -> Lowered {
+        Lowered { running: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Runs `f` at nice `nice` at least ([`at_nice`]), boostable meanwhile.
+    pub fn run<T>(&self, nice: i32, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        let Some(before) = thread_nice().ok().filter(|&n| n < nice) else { return f() };
+        let tid = nix::unistd::gettid().as_raw() as u64;
+        let _ = set_thread_nice(nice);
+        self.running.store(tid << 32 | (before + 20) as u64, Ordering::SeqCst);
+        let out = f();
+        self.running.store(0, Ordering::SeqCst);
+        let _ = set_thread_nice(before);
+        out
+    }
+
+    /// Puts the thread running lowered, if any, back at its nice value before the run.
+    pub fn boost(&self) {
+        let running = self.running.load(std::sync::atomic::Ordering::SeqCst);
+        if running == 0 {
+            return;
+        }
+        let (tid, nice) = ((running >> 32) as nix::libc::id_t, (running & 0xffff_ffff) as i32 - 20);
+        // SAFETY: `setpriority` of one thread of this process, no memory involved.
+        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, nice) };
+    }
+
+    /// Whether something runs lowered now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst) != 0
+    }
+}
+
 /// Puts this thread in the idle I/O class: its disk I/O waits while others' is pending.
 pub fn set_thread_io_idle() -> io::Result<()> {
     const IOPRIO_WHO_PROCESS: nix::libc::c_long = 1;
@@ -65,6 +115,38 @@ pub fn set_thread_io_idle() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boost_puts_a_lowered_run_back_at_its_value_until_it_ends() {
+        // Raising a thread's priority again needs CAP_SYS_NICE: without it (not root) the
+        // boost and the run's own restoring fail, and the thread stays lowered.
+        let root = nix::unistd::geteuid().is_root();
+        static L: Lowered = Lowered::new();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (boosted_tx, boosted_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let before = thread_nice().unwrap();
+            let inside = L.run(before + 10, || {
+                let lowered = thread_nice().unwrap();
+                started_tx.send(()).unwrap();
+                boosted_rx.recv().unwrap();
+                (lowered, thread_nice().unwrap())
+            });
+            (before, inside, thread_nice().unwrap())
+        });
+        started_rx.recv().unwrap();
+        assert!(L.is_running());
+        L.boost();
+        boosted_tx.send(()).unwrap();
+        let (before, (lowered, boosted), after) = t.join().unwrap();
+        assert_eq!(lowered, before + 10);
+        let expected = if root { before } else { before + 10 };
+        assert_eq!(boosted, expected, "the boost reached the running thread");
+        assert_eq!(after, expected);
+        assert!(!L.is_running());
+        // Nothing runs: a boost does nothing.
+        L.boost();
+    }
 
     #[test]
     fn at_nice_runs_at_the_value_and_puts_it_back() {

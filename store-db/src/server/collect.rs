@@ -136,6 +136,10 @@ pub enum Step {
 /// 0.56–0.57x, with 0.7–1.5x and 2.3–3.3x.
 pub const PART_NICE: i32 = 10;
 
+/// The part running now, at [`PART_NICE`]: a request that comes to wait for it (queued for the
+/// writer, or for the temp-roots lock the part holds) boosts it back to normal priority.
+pub static PART: guix_store::sched::Lowered = guix_store::sched::Lowered::new();
+
 /// The first part's size, in entries; the parts grow to [`MAX_PART`] while they take under a
 /// quarter of [`DEAD_PART_TARGET`], and halve when one takes longer.
 const FIRST_PART: usize = 16;

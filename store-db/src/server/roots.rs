@@ -268,6 +268,11 @@ impl TempRoots {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        if let Some(g) = self.inner.try_lock() {
+            return g;
+        }
+        // Held, maybe by a collection's part at a low priority: it goes first now.
+        super::collect::PART.boost();
         self.inner.lock()
     }
 

@@ -182,6 +182,8 @@ impl WriterHandle {
 
     pub(super) fn push(&self, job: Job) {
         lock(&self.inner.queue).push_back(job);
+        // A collection's part may hold the writer at a low priority: this job waits for it.
+        super::collect::PART.boost();
     }
 
     /// If the writer is free: runs what is queued now (one round: jobs queued meanwhile wait),
@@ -333,9 +335,8 @@ impl Writer {
                     }
                     // At the gc's priority: serving clients goes first (an addition that
                     // waits for this part meanwhile waits at most for it).
-                    let step = guix_store::sched::at_nice(super::collect::PART_NICE, || {
-                        run.step(&mut self.db, &roots, &self.layout)
-                    });
+                    let step = super::collect::PART
+                        .run(super::collect::PART_NICE, || run.step(&mut self.db, &roots, &self.layout));
                     match step {
                         super::collect::Step::More(run) => {
                             later.push(Job::DeleteDead { run: Box::new(run), roots, reply })
