@@ -218,7 +218,9 @@ where
         }
         let mut stream = UnixStream::connect(&self.path).await?;
         exchange_hello(&mut stream, self.spec, &self.who).await?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
+        // Frames are read from a buffer (one system call for many small frames, not two each).
+        let mut rd = tokio::io::BufReader::with_capacity(crate::frame::READ_BUFFER, rd);
         let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing<Req>>();
         let pending: Pending<Resp, Item> = Arc::new(Mutex::new(Some(HashMap::new())));
         let conn = Arc::new(Conn { tx, pending: pending.clone() });

@@ -101,6 +101,12 @@ where
     }
 }
 
+/// The buffer a link connection's frames are read through.
+pub(crate) const READ_BUFFER: usize = 64 << 10;
+
+/// A server writes the frames queued meanwhile together, up to about this many bytes.
+pub(crate) const WRITE_BATCH: usize = 64 << 10;
+
 /// Reads one frame; `Closed` on a clean end of stream before the length.
 pub async fn read_frame<R, T>(r: &mut R) -> Result<T, FrameError>
 where

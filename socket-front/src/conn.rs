@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use guix_formats::nar;
 use guix_formats::worker::{
-    read_op, read_request_budgeted, server_handshake, write_reply, write_stderr, Limits, Opcode, PathInfo, ProtoError,
-    Reply, Request, StderrMsg,
+    put_stderr, read_op, read_request_budgeted, server_handshake, write_reply, write_stderr, Limits, Opcode, PathInfo,
+    ProtoError, Reply, Request, StderrMsg,
 };
 use guix_formats::StoreDir;
 use guix_ipc::config::DaemonConfig;
@@ -94,7 +94,13 @@ pub struct Conn<S, B = DaemonBackend> {
     pub(crate) downloads: crate::substitute::DownloadTraces,
     /// `None` only while a blocking thread has it (see [`Conn::blocking`]).
     stream: Option<S>,
+    /// While a job's events are shown ([`Conn::run_job`]): STDERR frames encoded and not yet
+    /// written ([`Conn::send`]), written together once no further event is ready.
+    held: Option<Vec<u8>>,
 }
+
+/// Held frames are written once they reach this size, whatever follows.
+const HELD_MAX: usize = 64 << 10;
 
 /// Serves one connection to its end. Never panics on input; every outcome is logged by the
 /// caller's metrics.
@@ -112,6 +118,7 @@ pub async fn serve<S: Stream, B: StoreBackend>(shared: Arc<Shared<B>>, id: ConnI
         settings,
         downloads: Default::default(),
         stream: Some(stream),
+        held: None,
     };
     if let Err(why) = conn.run().await {
         if shared.config.debug {
@@ -155,8 +162,44 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
     /// Sends one STDERR frame. A write failure means the client is gone.
     pub(crate) async fn send(&mut self, msg: &StderrMsg) -> Result<(), Failure> {
         let version = self.version;
+        if let Some(held) = &mut self.held {
+            put_stderr(held, msg, version);
+            if held.len() >= HELD_MAX {
+                self.write_held().await?;
+            }
+            return Ok(());
+        }
         let s = self.stream()?;
         write_stderr(s, msg, version).await.map_err(|e| Failure::Gone(e.to_string()))
+    }
+
+    /// From now on [`Conn::send`] holds its frames until [`Conn::write_held`] (one write for
+    /// many: a collection's 50,000 progress lines were 50,000 writes and as many wakeups of
+    /// the client).
+    pub(crate) fn hold_frames(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the held frames (and goes on holding).
+    pub(crate) async fn write_held(&mut self) -> Result<(), Failure> {
+        let Some(held) = self.held.as_mut().filter(|h| !h.is_empty()) else { return Ok(()) };
+        let bytes = std::mem::take(held);
+        let s = self.stream()?;
+        s.write_all(&bytes).await.map_err(|e| Failure::Gone(e.to_string()))?;
+        s.flush().await.map_err(|e| Failure::Gone(e.to_string()))?;
+        if let Some(h) = &mut self.held {
+            // Keep the allocation for the next frames.
+            *h = bytes;
+            h.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the held frames and stops holding.
+    pub(crate) async fn release_frames(&mut self) -> Result<(), Failure> {
+        let res = self.write_held().await;
+        self.held = None;
+        res
     }
 
     /// `STDERR_NEXT` with a log line the C++ daemon prints at `lvlError`: always sent.

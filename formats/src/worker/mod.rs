@@ -34,7 +34,7 @@ pub use request::{
     read_op, read_request, read_request_body, read_request_budgeted, write_request, BuildMode, DerivedPath, GcAction,
     Request, SetOptions,
 };
-pub use stderr::{read_stderr, write_stderr, StderrMsg, TunnelSink, TunnelSource};
+pub use stderr::{put_stderr, read_stderr, write_stderr, StderrMsg, TunnelSink, TunnelSource};
 
 /// `WORKER_MAGIC_1`, sent by the client first.
 pub const WORKER_MAGIC_1: u32 = 0x6e69_7863;

@@ -65,6 +65,13 @@ pub(crate) fn encode_stderr(e: &mut Enc, msg: &StderrMsg, client_version: u32) {
     }
 }
 
+/// Daemon side: appends one frame to `buf` (to write several at once).
+pub fn put_stderr(buf: &mut Vec<u8>, msg: &StderrMsg, client_version: u32) {
+    let mut e = Enc { buf: std::mem::take(buf) };
+    encode_stderr(&mut e, msg, client_version);
+    *buf = e.buf;
+}
+
 /// Daemon side: writes one frame and flushes. `client_version` decides whether an error's
 /// status is sent.
 pub async fn write_stderr<W>(w: &mut W, msg: &StderrMsg, client_version: u32) -> Result<(), ProtoError>
