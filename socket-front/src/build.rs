@@ -332,49 +332,37 @@ impl<S: Stream, B: StoreBackend> Conn<S, B> {
     {
         // The frames shown for a run of events that are ready at once are written together.
         self.hold_frames();
-        let res = self.run_job_held(link, req, show, verdict).await;
+        let res = async {
+            let mut watching = true;
+            let mut job = Resend::new(link.client, req, link.limits);
+            loop {
+                let heard = {
+                    let mut next = std::pin::pin!(job.next());
+                    // Polled once first: when nothing is ready, what is held goes out before
+                    // the wait (the same future is then awaited: nothing is dropped half-read).
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await {
+                        std::task::Poll::Ready(v) => v,
+                        std::task::Poll::Pending => {
+                            self.write_held().await?;
+                            self.unless_client_leaves(&mut watching, next).await?
+                        }
+                    }
+                };
+                match heard {
+                    Ok(Heard::Item(event)) => show(self, event).await?,
+                    Ok(Heard::Reply(r)) => match verdict(r) {
+                        Ok(done) => return done,
+                        Err(retry) => job.resend(retry),
+                    },
+                    Err(e) => return Err(Failure::Op(e.client_text(link.name))),
+                }
+            }
+        }
+        .await;
         let written = self.release_frames().await;
         let out = res?;
         written?;
         Ok(out)
-    }
-
-    async fn run_job_held<Req, Resp, Item, T>(
-        &mut self,
-        link: JobLink<'_, Req, Resp, Item>,
-        req: Req,
-        show: ShowFn<S, B, Item>,
-        verdict: impl Fn(Resp) -> Verdict<T>,
-    ) -> Result<T, Failure>
-    where
-        Req: guix_ipc::LinkRequest,
-        Resp: serde::de::DeserializeOwned + Send + 'static,
-        Item: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let mut watching = true;
-        let mut job = Resend::new(link.client, req, link.limits);
-        loop {
-            let heard = {
-                let mut next = std::pin::pin!(job.next());
-                // Polled once first: when nothing is ready, what is held goes out before the
-                // wait (the same future is then awaited: nothing is dropped half-read).
-                match std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await {
-                    std::task::Poll::Ready(v) => v,
-                    std::task::Poll::Pending => {
-                        self.write_held().await?;
-                        self.unless_client_leaves(&mut watching, next).await?
-                    }
-                }
-            };
-            match heard {
-                Ok(Heard::Item(event)) => show(self, event).await?,
-                Ok(Heard::Reply(r)) => match verdict(r) {
-                    Ok(done) => return done,
-                    Err(retry) => job.resend(retry),
-                },
-                Err(e) => return Err(Failure::Op(e.client_text(link.name))),
-            }
-        }
     }
 
     /// Waits for `fut` while watching the client's socket (module documentation): fails with
