@@ -159,12 +159,18 @@ fn re_registration_is_idempotent() {
     assert_eq!((got.nar_hash, got.nar_size, got.registration_time), (changed.nar_hash, Some(7), 1_700_000_000));
 }
 
+/// A fresh store whose writer advances an epoch of its own.
+fn fresh_with_epoch(root: &std::path::Path) -> (common::Store, std::sync::Arc<Epoch>) {
+    let mut s = fresh(root);
+    let epoch = std::sync::Arc::new(Epoch::open(&root.join("epoch")).unwrap());
+    s.writer.set_epoch(epoch.clone());
+    (s, epoch)
+}
+
 #[test]
 fn the_epoch_moves_on_changes_not_on_additions() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = fresh(t.path());
-    let epoch = std::sync::Arc::new(Epoch::open(&t.path().join("epoch")).unwrap());
-    s.writer.set_epoch(epoch.clone());
+    let (mut s, epoch) = fresh_with_epoch(t.path());
     // A new writer advances it once: a predecessor may have died between commit and advance.
     assert_eq!(epoch.current(), 1);
     let a = sp("a");
@@ -185,9 +191,7 @@ fn the_epoch_moves_on_changes_not_on_additions() {
 #[test]
 fn one_transaction_commits_all_or_nothing_and_then_moves_the_epoch() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = fresh(t.path());
-    let epoch = std::sync::Arc::new(Epoch::open(&t.path().join("epoch")).unwrap());
-    s.writer.set_epoch(epoch.clone());
+    let (mut s, epoch) = fresh_with_epoch(t.path());
     let (a, b, c) = (sp("a"), sp("b"), sp("c"));
     s.writer.register_valid_paths(&[reg(&a, &[]), reg(&b, &[&a])]).unwrap();
     let other = reader(t.path());

@@ -27,21 +27,6 @@ pub fn thread_nice() -> io::Result<i32> {
     }
 }
 
-/// Runs `f` at nice `nice` at least, then puts this thread's nice value back. Putting it back
-/// needs `CAP_SYS_NICE` (store-db runs as root); without it the thread stays at `nice`, which
-/// only makes it yield more.
-pub fn at_nice<T>(nice: i32, f: impl FnOnce() -> T) -> T {
-    let before = thread_nice().ok().filter(|&n| n < nice);
-    if before.is_some() {
-        let _ = set_thread_nice(nice);
-    }
-    let out = f();
-    if let Some(n) = before {
-        let _ = set_thread_nice(n);
-    }
-    out
-}
-
 /// Background work that others may come to wait for: [`Lowered::run`] runs it at a higher
 /// nice value, and a thread about to wait for it calls [`Lowered::boost`], which puts the
 /// running thread back at its own value until that run ends. Without it, a request waiting
@@ -62,7 +47,10 @@ impl Lowered {
         Lowered { running: std::sync::atomic::AtomicU64::new(0) }
     }
 
-    /// Runs `f` at nice `nice` at least ([`at_nice`]), boostable meanwhile.
+    /// Runs `f` at nice `nice` at least (a thread already at a higher value is left alone),
+    /// boostable meanwhile, then puts this thread's nice value back. Putting it back needs
+    /// `CAP_SYS_NICE` (store-db runs as root); without it the thread stays at `nice`, which
+    /// only makes it yield more.
     pub fn run<T>(&self, nice: i32, f: impl FnOnce() -> T) -> T {
         use std::sync::atomic::Ordering;
         let Some(before) = thread_nice().ok().filter(|&n| n < nice) else { return f() };
@@ -149,9 +137,11 @@ mod tests {
     }
 
     #[test]
-    fn at_nice_runs_at_the_value_and_puts_it_back() {
+    fn a_lowered_run_runs_at_the_value_and_puts_it_back() {
         // A thread of its own: the value is per thread.
         std::thread::spawn(|| {
+            let lowered = Lowered::new();
+            let at_nice = |nice, f: fn() -> i32| lowered.run(nice, f);
             let before = thread_nice().unwrap();
             assert_eq!(at_nice(before + 5, || thread_nice().unwrap()), before + 5);
             let after = thread_nice().unwrap();
