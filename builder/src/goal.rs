@@ -53,6 +53,9 @@ pub async fn run(
     let key = (depth, drv_name(drv_path).unwrap_or_default().to_owned(), drv_path.clone());
     let result = build(b, job, drv_path, mode, &key, &mut step).await;
     if let Err(e) = &result {
+        if let Some(s) = &step {
+            s.visible().await;
+        }
         report(job, &shown, e);
     }
     drop(step);
@@ -199,9 +202,18 @@ async fn build(
     // The daemon's own time per build, printed with `--debug` (bench/README.md).
     let granted = Instant::now();
     let mut started_in = Duration::ZERO;
-    let mut exited_at = Instant::now();
+    let mut exit_to_valid = None;
+    // Whether every kill of the build user's processes after a round succeeded.
+    let mut all_killed = true;
     let mut user = match &b.users {
-        Some(Ok(pool)) => Some(pool.acquire().await?),
+        Some(Ok(pool)) => Some(match pool.acquire_free().await? {
+            Some(u) => u,
+            None => {
+                // Waiting for a user another grantee may hold: later grants act meanwhile.
+                *step = None;
+                pool.acquire().await?
+            }
+        }),
         Some(Err(e)) => return Err(Error::Setup(e.clone())),
         None => None,
     };
@@ -248,20 +260,27 @@ async fn build(
             extra_files: extra_files.clone(),
             settings: settings.clone(),
         };
-        job.message(
-            LVL_INFO,
-            match mode {
-                BuildMode::Repair => format!("repairing path(s) {what}"),
-                BuildMode::Check => format!("checking path(s) {what}"),
-                BuildMode::Normal if rounds > 1 => format!("building path(s) {what} (round {round}/{rounds})"),
-                BuildMode::Normal => format!("building path(s) {what}"),
-            },
-        );
-        let mut log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
-        let mut started = sandbox::start(spec).await?;
+        let building = match mode {
+            BuildMode::Repair => format!("repairing path(s) {what}"),
+            BuildMode::Check => format!("checking path(s) {what}"),
+            BuildMode::Normal if rounds > 1 => format!("building path(s) {what} (round {round}/{rounds})"),
+            BuildMode::Normal => format!("building path(s) {what}"),
+        };
+        // Set up while earlier grants act; shown in grant order (`slots`), the message first
+        // even when the set-up failed, as C++ prints it before it starts.
+        let set_up = async {
+            let log = BuildLog::create(&b.config.paths.log_dir, drv_path, b.config.log_compression, b.config.keep_log)?;
+            Ok::<_, Error>((log, sandbox::start(spec).await?))
+        }
+        .await;
         if round == 1 {
             started_in = granted.elapsed();
         }
+        if let Some(s) = step.as_ref() {
+            s.visible().await;
+        }
+        job.message(LVL_INFO, building);
+        let (mut log, mut started) = set_up?;
         for note in started.notes.drain(..) {
             job.message(LVL_ERROR, note);
         }
@@ -270,7 +289,7 @@ async fn build(
         *step = None;
 
         let ended = supervise(job, &shown, &mut started, &mut log).await;
-        exited_at = Instant::now();
+        let exited_at = Instant::now();
         let _ = log.finish();
         let status = match ended {
             Ok(status) => status,
@@ -283,7 +302,10 @@ async fn build(
         };
         // Nothing of the build may run on once its builder ended (C++ `killUser`).
         if let Some(u) = &user {
-            let _ = crate::users::kill_user(u.uid);
+            let uid = u.uid;
+            let killed = tokio::task::spawn_blocking(move || crate::users::kill_user(uid)).await;
+            // Not known to run nothing: when released, it is killed again before it is freed.
+            all_killed &= matches!(killed, Ok(Ok(())));
         }
 
         if !status.success() {
@@ -296,7 +318,7 @@ async fn build(
                 job.message(LVL_ERROR, note);
             }
             if let Some(u) = user.take() {
-                u.release_killed();
+                u.release(all_killed);
             }
             if kind == FailureKind::Permanent && job.settings.cache_failures {
                 cache_failure(b, job, &to_build).await;
@@ -377,33 +399,43 @@ async fn build(
                 return Err(Error::Reported(e.failure_kind().unwrap_or(FailureKind::NotDeterministic)));
             }
         }
-        started.layout.cleanup(false, job.settings.client_uid)?;
         if round < rounds {
+            started.layout.cleanup(false, job.settings.client_uid)?;
             previous = Some(processed);
             continue;
         }
-        // The last round's outputs only, as C++ `optimisePath` in `registerOutputs`.
-        let processed = deduplicate(b, job, processed).await?;
-        // Every output in one transaction; they become temp roots of the request first.
-        // A repair replaces the valid outputs' files (C++ `replaceValidPath`).
-        let items = processed.hand_over();
-        let registered = if mode == BuildMode::Repair {
-            b.storedb.replace_items(job.conn, items).await
-        } else {
-            b.storedb.add_items(job.conn, items).await
-        };
-        registered.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))?;
+        let registered = async {
+            // The last round's outputs only, as C++ `optimisePath` in `registerOutputs`.
+            let processed = deduplicate(b, job, processed).await?;
+            // Every output in one transaction; they become temp roots of the request first.
+            // A repair replaces the valid outputs' files (C++ `replaceValidPath`).
+            let items = processed.hand_over();
+            let registered = if mode == BuildMode::Repair {
+                b.storedb.replace_items(job.conn, items).await
+            } else {
+                b.storedb.add_items(job.conn, items).await
+            };
+            registered.map_err(|e| Error::build(FailureKind::Misc, e.client_text("store-db")))
+        }
+        .await;
+        if registered.is_ok() {
+            exit_to_valid = Some(exited_at.elapsed());
+        }
+        // The build directory goes after the registration, as C++ `deleteTmpDir` after
+        // `registerOutputs`: the outputs are valid sooner.
+        started.layout.cleanup(false, job.settings.client_uid)?;
+        registered?;
     }
     // Free for the next build before this one's slot is (C++ releases it in `buildDone`).
     if let Some(u) = user.take() {
-        u.release_killed();
+        u.release(all_killed);
     }
     locks.release(true);
     if b.config.debug {
         eprintln!(
             "guix-builder: timing {shown}: {:.2} ms from slot to builder start, {:.2} ms from builder exit to valid outputs",
             started_in.as_secs_f64() * 1e3,
-            exited_at.elapsed().as_secs_f64() * 1e3
+            exit_to_valid.unwrap_or_default().as_secs_f64() * 1e3
         );
     }
     job.trace(|| format!("@ build-succeeded {shown} -"));
@@ -717,6 +749,7 @@ fn sandbox_settings(b: &Arc<Builder>, job: &Arc<Job>) -> SandboxSettings {
     settings.build_cores = job.settings.cores;
     settings.nix_options = job.settings.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     settings.journal_dir = Some(crate::schedule::build_dirs_journal(&b.config));
+    settings.spares = Some(b.spares.clone());
     settings
 }
 
@@ -965,6 +998,9 @@ async fn lock_outputs(
             Some(locks) => return Ok(locks),
             None => {
                 if !said {
+                    if let Some(s) = step.as_ref() {
+                        s.visible().await;
+                    }
                     job.message(LVL_ERROR, "waiting for locks or build slots...");
                     said = true;
                 }

@@ -175,6 +175,8 @@ pub struct Builder {
     pub scratch: Scratch,
     /// The link to the substituter (`crate::substitute`).
     pub substituter: crate::substitute::SubstituterLink,
+    /// Chroot helpers started ahead of time (`crate::sandbox::Spares`).
+    pub spares: Arc<crate::sandbox::Spares>,
     readers: Mutex<Vec<DbReader>>,
     goals: Mutex<HashMap<(StorePath, BuildModeKey), Weak<Goal>>>,
     next_conn: AtomicU64,
@@ -222,6 +224,7 @@ impl Builder {
             storedb,
             users,
             scratch,
+            spares: Arc::default(),
             readers: Mutex::new(Vec::new()),
             goals: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),

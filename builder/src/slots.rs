@@ -9,23 +9,28 @@
 //!   it must do ([`Slots::preparing`]);
 //! - a goal that is ready to build waits for a slot ([`Slots::acquire`]), one that has
 //!   something to report waits for its turn ([`Slots::turn`]);
-//! - nothing is granted while a goal prepares; then the waiter with the smallest key that can
-//!   go (a turn, or a slot while one is free) is granted, and the grant itself counts as
-//!   preparing until the goal has done its visible step (started its build, printed its
-//!   failure), so the next grant comes after it, as in C++;
+//! - nothing is granted while a goal prepares; then every waiter that can go (a turn, or a slot
+//!   while one is free) is granted, in key order, and each grant is numbered;
+//! - what a grantee does that the client sees (its build's start, its failure) waits until
+//!   every earlier grant's visible step is done ([`Preparing::visible`]), so the client sees
+//!   them in grant order, as in C++. The work before it — a build user, output locks, the log
+//!   file, the chroot and namespaces — runs in parallel: two builds set up at once on two
+//!   slots, instead of one after the other;
 //! - keys start with the goal's depth: C++ works a goal with nothing to wait for through to
 //!   its build in the round it is first worked on, and the inputs it creates only in the next
 //!   round, so what the client asked for and can build at once starts before inputs found on
 //!   the way.
 //!
 //! Preparing is short and bounded (file and database reads, starting a build), so holding
-//! grants back for it costs milliseconds at most.
+//! grants back for it costs milliseconds at most. A grantee that must wait for something
+//! another grantee may hold (a build user, an output lock) gives up its place in the order
+//! first (drops its guard), so no grantee waits on a later one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use guix_formats::StorePath;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// The order of ready builds: the goal's depth (0 for what the client asked for, 1 for their
 /// inputs, …: the C++ Worker's round in which the goal is first worked on), derivation name,
@@ -35,12 +40,16 @@ type Key = (u32, String, StorePath, u64);
 
 pub struct Slots {
     state: Mutex<State>,
+    /// The lowest grant number whose visible step is not done: a grant may act visibly once
+    /// this reaches its number.
+    visible: watch::Sender<u64>,
 }
 
 struct Waiter {
     /// A slot, or only a turn.
     slot: bool,
-    grant: oneshot::Sender<()>,
+    /// Sends the grant's number.
+    grant: oneshot::Sender<u64>,
 }
 
 struct State {
@@ -48,11 +57,26 @@ struct State {
     preparing: usize,
     waiting: BTreeMap<Key, Waiter>,
     next: u64,
+    /// The next grant's number.
+    next_grant: u64,
+    /// See [`Slots::visible`].
+    visible_from: u64,
+    /// Grants done out of order (above `visible_from`).
+    done: BTreeSet<u64>,
 }
 
 impl Slots {
     pub fn new(n: usize) -> Arc<Slots> {
-        Arc::new(Slots { state: Mutex::new(State { free: n, preparing: 0, waiting: BTreeMap::new(), next: 0 }) })
+        let state = State {
+            free: n,
+            preparing: 0,
+            waiting: BTreeMap::new(),
+            next: 0,
+            next_grant: 0,
+            visible_from: 0,
+            done: BTreeSet::new(),
+        };
+        Arc::new(Slots { state: Mutex::new(state), visible: watch::Sender::new(0) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -62,23 +86,27 @@ impl Slots {
     /// A goal of this request is preparing until the guard is dropped.
     pub fn preparing(self: &Arc<Self>) -> Preparing {
         self.lock().preparing += 1;
-        Preparing(self.clone())
+        Preparing { slots: self.clone(), grant: None }
     }
 
     /// Waits for a slot; `prep` (the caller's preparing guard) ends once the caller is queued.
-    /// The slot comes with a preparing guard of its own: drop it once the build started.
+    /// The slot comes with the grant's guard: await [`Preparing::visible`] before the build's
+    /// start is shown, and drop it after.
     pub async fn acquire(self: &Arc<Self>, key: SlotKey, prep: Preparing) -> (Slot, Preparing) {
-        self.wait(key, prep, true).await;
-        (Slot(self.clone()), Preparing(self.clone()))
+        let grant = self.wait(key, prep, true).await;
+        (Slot(self.clone()), Preparing { slots: self.clone(), grant: Some(grant) })
     }
 
-    /// Waits for the goal's turn to act (no slot); the guard ends the turn.
+    /// Waits for the goal's turn to act (no slot): returns once it may act visibly; the guard
+    /// ends the turn.
     pub async fn turn(self: &Arc<Self>, key: SlotKey, prep: Preparing) -> Preparing {
-        self.wait(key, prep, false).await;
-        Preparing(self.clone())
+        let grant = self.wait(key, prep, false).await;
+        let step = Preparing { slots: self.clone(), grant: Some(grant) };
+        step.visible().await;
+        step
     }
 
-    async fn wait(self: &Arc<Self>, key: SlotKey, prep: Preparing, slot: bool) {
+    async fn wait(self: &Arc<Self>, key: SlotKey, prep: Preparing, slot: bool) -> u64 {
         let (grant, rx) = oneshot::channel();
         let key = {
             let mut s = self.lock();
@@ -90,40 +118,81 @@ impl Slots {
         drop(prep);
         // Dropped while waiting (cancelled): leave the queue, or give back what was granted
         // meanwhile.
-        let mut queued = Queued { slots: self.clone(), key: Some(key), slot };
-        // The sender lives in the queue until it grants: an error cannot happen, and would
-        // mean a grant.
-        let _ = rx.await;
+        let mut queued = Queued { slots: self.clone(), key: Some(key), slot, rx };
+        // The sender lives in the queue until it grants, so an error cannot happen; were it to,
+        // the grant numbered `u64::MAX` never waits and marks nothing done.
+        let grant = (&mut queued.rx).await.unwrap_or(u64::MAX);
         queued.key = None;
+        grant
     }
 
-    /// Grants the first waiter (in key order) that can go, if no goal is preparing. A grant
-    /// counts as preparing (its guard is made by the waiter), so one grant at a time.
+    /// Grants, in key order, every waiter that can go, if no goal is preparing.
     fn dispatch(state: &mut State) {
-        while state.preparing == 0 {
+        if state.preparing > 0 {
+            return;
+        }
+        loop {
             let free = state.free;
             let Some(key) = state.waiting.iter().find(|(_, w)| !w.slot || free > 0).map(|(k, _)| k.clone()) else {
                 break;
             };
             let Some(w) = state.waiting.remove(&key) else { break };
-            if w.grant.send(()).is_ok() {
-                state.preparing += 1;
+            let number = state.next_grant;
+            if w.grant.send(number).is_ok() {
+                state.next_grant += 1;
                 if w.slot {
                     state.free -= 1;
                 }
             }
         }
     }
+
+    /// The visible step of grant `number` is done (or will never come).
+    fn done(&self, number: u64) {
+        let mut s = self.lock();
+        if number < s.visible_from || number >= s.next_grant {
+            return;
+        }
+        let st = &mut *s;
+        st.done.insert(number);
+        while st.done.remove(&st.visible_from) {
+            st.visible_from += 1;
+        }
+        let v = st.visible_from;
+        drop(s);
+        self.visible.send_replace(v);
+    }
 }
 
-/// See [`Slots::preparing`].
-pub struct Preparing(Arc<Slots>);
+/// A goal preparing (counted, so that nothing is granted meanwhile), or a grant that has not
+/// yet done its visible step.
+pub struct Preparing {
+    slots: Arc<Slots>,
+    grant: Option<u64>,
+}
+
+impl Preparing {
+    /// Waits until every earlier grant has done its visible step (at once for a goal that is
+    /// only preparing). Not bounded here: an earlier grantee reaches its visible step within
+    /// its own bounded set-up, or drops its guard before it waits for anything.
+    pub async fn visible(&self) {
+        let Some(number) = self.grant else { return };
+        let mut rx = self.slots.visible.subscribe();
+        // The sender lives as long as `self.slots`: the wait cannot fail.
+        let _ = rx.wait_for(|v| *v >= number).await;
+    }
+}
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        let mut s = self.0.lock();
-        s.preparing -= 1;
-        Slots::dispatch(&mut s);
+        match self.grant {
+            Some(number) => self.slots.done(number),
+            None => {
+                let mut s = self.slots.lock();
+                s.preparing -= 1;
+                Slots::dispatch(&mut s);
+            }
+        }
     }
 }
 
@@ -143,20 +212,23 @@ struct Queued {
     slots: Arc<Slots>,
     key: Option<Key>,
     slot: bool,
+    rx: oneshot::Receiver<u64>,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let mut s = self.slots.lock();
-            if s.waiting.remove(&key).is_none() {
+            let granted = if s.waiting.remove(&key).is_none() { self.rx.try_recv().ok() } else { None };
+            if granted.is_some() && self.slot {
                 // Granted just now, but nobody will use it.
-                s.preparing -= 1;
-                if self.slot {
-                    s.free += 1;
-                }
+                s.free += 1;
             }
             Slots::dispatch(&mut s);
+            drop(s);
+            if let Some(number) = granted {
+                self.slots.done(number);
+            }
         }
     }
 }
@@ -200,8 +272,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn turns_and_slots_are_granted_one_at_a_time_in_key_order() {
-        // Two slots, but a grant waits until the previous grantee is done with its step.
+    async fn visible_steps_follow_key_order() {
+        // Two slots: both builds are granted, but each visible step waits for the earlier ones.
         let slots = Slots::new(2);
         let gate = slots.preparing();
         let order = Arc::new(Mutex::new(Vec::new()));
@@ -212,11 +284,12 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let (held, step) = if slot {
                     let (s, p) = slots.acquire(key(name), prep).await;
+                    p.visible().await;
                     (Some(s), p)
                 } else {
                     (None, slots.turn(key(name), prep).await)
                 };
-                // The visible step takes a while; nobody else is granted meanwhile.
+                // The visible step takes a while; nobody else acts visibly meanwhile.
                 order.lock().unwrap().push(format!("{name} begins"));
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 order.lock().unwrap().push(format!("{name} ends"));
@@ -235,6 +308,52 @@ mod tests {
             .flat_map(|n| [format!("{n} begins"), format!("{n} ends")])
             .collect();
         assert_eq!(*order.lock().unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn free_slots_are_granted_at_once_and_set_up_in_parallel() {
+        let slots = Slots::new(2);
+        let gate = slots.preparing();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for name in ["a", "b"] {
+            let (slots, tx) = (slots.clone(), tx.clone());
+            let prep = slots.preparing();
+            tasks.push(tokio::spawn(async move {
+                let (held, step) = slots.acquire(key(name), prep).await;
+                let _ = tx.send(format!("{name} granted"));
+                // "a" sets up slowly; "b" is granted meanwhile, not after "a" started.
+                if name == "a" {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                step.visible().await;
+                let _ = tx.send(format!("{name} visible"));
+                drop(step);
+                drop(held);
+            }));
+        }
+        drop(tx);
+        drop(gate);
+        let mut seen = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() {
+            seen.push(e);
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Both grants come before either visible step (the tasks may report them in any order).
+        seen[..2].sort();
+        assert_eq!(seen, ["a granted", "b granted", "a visible", "b visible"]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_grant_lets_the_later_ones_act() {
+        let slots = Slots::new(2);
+        let (_a, a_step) = slots.acquire(key("a"), slots.preparing()).await;
+        let (_b, b_step) = slots.acquire(key("b"), slots.preparing()).await;
+        // "a" waits for something (a build user) and gives up its place: "b" may act.
+        drop(a_step);
+        tokio::time::timeout(Duration::from_secs(1), b_step.visible()).await.unwrap();
     }
 
     #[tokio::test]

@@ -3,11 +3,17 @@
 //! same store sees our users as taken and we see its), and `killUser` before and after every
 //! use so that no process of a previous build survives into the next.
 //!
-//! Where we differ: when every user is taken, [`UserPool::acquire`] waits for one instead of
-//! failing with "all build users are currently in use" — released users of this process wake
-//! a waiter at once, users held by another process are polled every second.
+//! Where we differ:
+//! - when every user is taken, [`UserPool::acquire`] waits for one instead of failing with "all
+//!   build users are currently in use" — released users of this process wake a waiter at once,
+//!   users held by another process are polled every second;
+//! - a user whose processes were all killed after its build ([`BuildUser::release_killed`])
+//!   keeps its lock for [`IDLE_HOLD`]: no other daemon can run anything as that user meanwhile,
+//!   so the next build of ours takes it without killing again;
+//! - the kill itself runs in a `vfork`-style child (`CLONE_VM | CLONE_VFORK`), which copies no
+//!   page tables: a `fork` of the builder costs milliseconds, twice per build.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
@@ -24,6 +30,11 @@ use crate::error::{Error, IoContext, Result};
 
 /// How often users locked by another process are tried again.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a user released with nothing left running keeps its lock, ready for our next
+/// build: long enough to bridge the gap between two builds, short enough that a C++ daemon on
+/// the same store (which fails when every user is locked) rarely notices.
+pub const IDLE_HOLD: Duration = Duration::from_secs(2);
 
 /// One member of the build users group.
 #[derive(Debug, Clone)]
@@ -43,8 +54,19 @@ pub struct UserPool {
     userpool_dir: PathBuf,
     /// Users this process holds (C++ `UserLock::lockedPaths`): their lock files must not be
     /// opened again, since closing any descriptor of a file drops the process's lock on it.
-    in_use: Mutex<HashSet<u32>>,
+    in_use: Mutex<InUse>,
     released: Notify,
+}
+
+/// The users this process holds.
+#[derive(Debug, Default)]
+struct InUse {
+    /// Taken by a build.
+    taken: HashSet<u32>,
+    /// Free, nothing of theirs running, lock still held (see [`IDLE_HOLD`]); with the number of
+    /// the release that put them here, so a late expiry leaves a newer one alone.
+    idle: HashMap<u32, (File, u64)>,
+    releases: u64,
 }
 
 impl UserPool {
@@ -67,7 +89,7 @@ impl UserPool {
             gid,
             members,
             userpool_dir: state_dir.join("userpool"),
-            in_use: Mutex::new(HashSet::new()),
+            in_use: Mutex::new(InUse::default()),
             released: Notify::new(),
         }))
     }
@@ -93,12 +115,7 @@ impl UserPool {
             let notified = self.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(user) = self.try_acquire()? {
-                // From here `user` owns the lock: dropping this future releases it.
-                let uid = user.uid;
-                tokio::task::spawn_blocking(move || kill_user(uid))
-                    .await
-                    .map_err(|e| Error::Setup(format!("killing the processes of uid `{uid}': {e}")))??;
+            if let Some(user) = self.acquire_free().await? {
                 return Ok(user);
             }
             tokio::select! {
@@ -108,13 +125,36 @@ impl UserPool {
         }
     }
 
+    /// [`UserPool::acquire`] without the wait: `None` when every user is taken.
+    pub async fn acquire_free(self: &Arc<Self>) -> Result<Option<BuildUser>> {
+        let Some((user, clean)) = self.take_first_free()? else { return Ok(None) };
+        if !clean {
+            // From here `user` owns the lock: dropping this future releases it.
+            let uid = user.uid;
+            tokio::task::spawn_blocking(move || kill_user(uid))
+                .await
+                .map_err(|e| Error::Setup(format!("killing the processes of uid `{uid}': {e}")))??;
+        }
+        Ok(Some(user))
+    }
+
     /// One pass over the members in group order, as C++ `UserLock::acquire`; `None` when all
-    /// are taken.
+    /// are taken. Whoever takes a user kills its processes first.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Option<BuildUser>> {
+        Ok(self.take_first_free()?.map(|(user, _)| user))
+    }
+
+    /// The first free member and whether it is known to run nothing (idle since its last
+    /// build of ours, lock held throughout).
+    fn take_first_free(self: &Arc<Self>) -> Result<Option<(BuildUser, bool)>> {
         let mut in_use = self.lock_in_use();
         for m in &self.members {
-            if in_use.contains(&m.uid) {
+            if in_use.taken.contains(&m.uid) {
                 continue;
+            }
+            if let Some((file, _)) = in_use.idle.remove(&m.uid) {
+                in_use.taken.insert(m.uid);
+                return Ok(Some((self.user(m, file), true)));
             }
             let mut dir = fs::DirBuilder::new();
             dir.recursive(true).mode(0o755);
@@ -138,29 +178,55 @@ impl UserPool {
             if m.uid == me || m.uid == eme {
                 return Err(Error::Setup(format!("the build user should not be a member of `{}'", self.group)));
             }
-            in_use.insert(m.uid);
-            return Ok(Some(BuildUser {
-                uid: m.uid,
-                gid: self.gid,
-                groups: m.groups.clone(),
-                name: m.name.clone(),
-                lock: Some(file),
-                pool: Arc::clone(self),
-            }));
+            in_use.taken.insert(m.uid);
+            return Ok(Some((self.user(m, file), false)));
         }
         Ok(None)
     }
 
-    fn lock_in_use(&self) -> MutexGuard<'_, HashSet<u32>> {
+    fn user(self: &Arc<Self>, m: &Member, lock: File) -> BuildUser {
+        BuildUser {
+            uid: m.uid,
+            gid: self.gid,
+            groups: m.groups.clone(),
+            name: m.name.clone(),
+            lock: Some(lock),
+            pool: Arc::clone(self),
+        }
+    }
+
+    fn lock_in_use(&self) -> MutexGuard<'_, InUse> {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn release(&self, uid: u32, lock: File) {
         let mut in_use = self.lock_in_use();
         drop(lock); // Closing the only descriptor releases the fcntl lock.
-        in_use.remove(&uid);
+        in_use.taken.remove(&uid);
         drop(in_use);
         self.released.notify_one();
+    }
+
+    /// Frees `uid`, which runs nothing, keeping its lock for [`IDLE_HOLD`] (released at once
+    /// outside a runtime).
+    fn release_idle(self: &Arc<Self>, uid: u32, lock: File) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return self.release(uid, lock) };
+        let mut in_use = self.lock_in_use();
+        in_use.taken.remove(&uid);
+        in_use.releases += 1;
+        let number = in_use.releases;
+        in_use.idle.insert(uid, (lock, number));
+        drop(in_use);
+        self.released.notify_one();
+        let pool = Arc::clone(self);
+        rt.spawn(async move {
+            tokio::time::sleep(IDLE_HOLD).await;
+            let mut in_use = pool.lock_in_use();
+            if in_use.idle.get(&uid).is_some_and(|(_, n)| *n == number) {
+                // Closing the only descriptor releases the fcntl lock.
+                in_use.idle.remove(&uid);
+            }
+        });
     }
 }
 
@@ -181,11 +247,19 @@ pub struct BuildUser {
 impl BuildUser {
     /// Releases the user at once, for a caller that has just killed its processes (C++
     /// `killUser` in `buildDone`, after the builder exited): free for the next build when this
-    /// returns, without killing a second time. Dropping it instead kills them again, then
-    /// releases it in the background.
+    /// returns, without killing a second time, and kept locked a while for it ([`IDLE_HOLD`]).
+    /// Dropping it instead kills them again, then releases it in the background.
     pub fn release_killed(mut self) {
         if let Some(lock) = self.lock.take() {
-            self.pool.release(self.uid, lock);
+            self.pool.release_idle(self.uid, lock);
+        }
+    }
+
+    /// [`BuildUser::release_killed`] if `killed` (its processes were just killed), else drops
+    /// it (killed again, then freed).
+    pub fn release(self, killed: bool) {
+        if killed {
+            self.release_killed();
         }
     }
 
@@ -215,38 +289,50 @@ impl Drop for BuildUser {
 }
 
 /// C++ `killUser`: a child process takes the uid and sends SIGKILL to every process it may
-/// signal (`kill(-1, SIGKILL)`, until none is left), which is every process of that uid,
-/// in every PID namespace below ours.
+/// signal (`kill(-1, SIGKILL)`), which is every process of that uid, in every PID namespace
+/// below ours.
+///
+/// The child shares our memory and runs on a stack of its own while the calling thread is
+/// suspended (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does): no page tables are copied.
 pub fn kill_user(uid: u32) -> Result<()> {
     if uid == 0 {
         return Err(Error::Setup("refusing to kill every process of uid 0".into()));
     }
-    // SAFETY: the child only makes raw system calls (no allocation, no locks) and exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(sys("unable to fork".into(), &std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: async-signal-safe system calls only. The raw setuid syscall changes this
-        // thread's (the only one after fork) ids without glibc's cross-thread machinery.
+    /// What the child runs: raw system calls only (it must not take a lock another thread of
+    /// ours may hold, nor allocate); its return value is its exit status.
+    extern "C" fn kill_child(arg: *mut libc::c_void) -> libc::c_int {
+        let uid = arg as usize as libc::uid_t;
+        // SAFETY: plain system calls. The raw setresuid changes only this process's ids (it is
+        // a process of its own, not a thread of ours), without glibc's cross-thread machinery.
         unsafe {
             if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
-                libc::_exit(1);
+                return 1;
             }
+            // As C++: one signal to all, retried only when interrupted. errno here is the
+            // suspended caller's thread's, which reads nothing of it after we exit.
             loop {
                 if libc::kill(-1, libc::SIGKILL) == 0 {
-                    break;
+                    return 0;
                 }
-                let e = *libc::__errno_location();
-                if e == libc::ESRCH {
-                    break;
-                }
-                if e != libc::EINTR {
-                    libc::_exit(2);
+                match *libc::__errno_location() {
+                    libc::ESRCH => return 0,
+                    libc::EINTR => continue,
+                    _ => return 2,
                 }
             }
-            libc::_exit(0);
         }
+    }
+    const STACK: usize = 64 * 1024;
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: the stack is ours until the child exits (`CLONE_VFORK` suspends us until then);
+    // its top is 16-byte aligned as the ABI wants.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK);
+        let top = top.sub(top as usize % 16);
+        libc::clone(kill_child, top.cast(), libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, uid as usize as *mut _)
+    };
+    if pid < 0 {
+        return Err(sys("unable to fork".into(), &std::io::Error::last_os_error()));
     }
     let mut status = 0;
     loop {
@@ -260,6 +346,7 @@ pub fn kill_user(uid: u32) -> Result<()> {
             return Err(sys("waiting for the kill process".into(), &e));
         }
     }
+    drop(stack);
     if status != 0 {
         return Err(Error::Setup(format!(
             "cannot kill processes for uid `{uid}': {}",

@@ -651,3 +651,66 @@ async fn keep_failed_for_a_client_that_is_not_root_gives_it_the_tree() {
     assert!(!tmp_dir.join("top").exists());
     assert!(!Path::new(&format!("{}.pivot", tmp_dir.display())).exists());
 }
+
+/// Waits (10 s at most) until `spares` has its full count of waiting helpers.
+fn wait_for_spares(spares: &sandbox::Spares) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = spares.waiting();
+        if pids.len() == sandbox::Spares::KEPT {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "spare helpers not started: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // Not a zombie: the spares' parent (tokio) reaps them when they die.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn spare_helpers_outlive_idle_threads_and_a_dead_one_is_replaced() {
+    if !can_run() {
+        return;
+    }
+    // Blocking threads that end after 50 ms idle: spares started by one would die with it
+    // (`PR_SET_PDEATHSIG` follows the thread).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(Duration::from_millis(50))
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = TestStore::new();
+    let spares = std::sync::Arc::new(sandbox::Spares::default());
+    rt.block_on(async {
+        for round in 0..3 {
+            let mut spec = t.spec(&format!("spare-{round}"), "echo ok > $out", false);
+            spec.settings.spares = Some(spares.clone());
+            if round > 0 {
+                let pids = wait_for_spares(&spares);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(pids.iter().all(|p| alive(*p)), "spares died while waiting: {pids:?}");
+                if round == 2 {
+                    // Killed while waiting (by an administrator, say): the build still starts.
+                    for p in &pids {
+                        // SAFETY: signalling our own children.
+                        unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while pids.iter().any(|p| alive(*p)) {
+                        assert!(Instant::now() < deadline, "killed spares still alive");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            let mut started = sandbox::start(spec).await.unwrap();
+            let (log, status) = finish(&mut started).await;
+            assert!(status.success(), "round {round}: {log}");
+            started.layout.cleanup(false, None).unwrap();
+        }
+    });
+}

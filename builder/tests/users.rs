@@ -217,3 +217,53 @@ fn kill_user_kills_every_process_of_the_uid_and_acquire_does_it_first() {
     assert!(killed_by_sigkill(&mut before));
     assert!(killed_by_sigkill(&mut after));
 }
+
+/// Whether another process can take `lock` now (a C++ daemon on the same store, say).
+fn lockable_by_another_process(lock: &Path) -> bool {
+    Command::new("python3")
+        .args(["-c", "import fcntl,sys; fcntl.lockf(open(sys.argv[1], 'r+'), fcntl.LOCK_EX | fcntl.LOCK_NB)"])
+        .arg(lock)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn a_user_released_killed_stays_ours_a_while_and_is_taken_again_without_a_kill() {
+    let _serial = serial();
+    if !ensure_users() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pool = UserPool::new(GROUP, dir.path()).unwrap();
+    let uid1 = uid_of(USERS[0]);
+    let lock = dir.path().join("userpool").join(uid1.to_string());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let u = pool.acquire().await.unwrap();
+        assert_eq!(u.uid, uid1);
+        u.release_killed();
+        // Still locked by us, so nobody else can have run anything as the user…
+        assert!(!lockable_by_another_process(&lock));
+        // …and the next build takes it at once, without a kill (this process would die by one).
+        let mut survivor = process_as(uid1);
+        let again = pool.acquire().await.unwrap();
+        assert_eq!(again.uid, uid1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(survivor.try_wait().unwrap().is_none(), "an idle user was killed again");
+        kill_user(uid1).unwrap();
+        assert!(killed_by_sigkill(&mut survivor));
+        again.release_killed();
+        // After the hold the lock is given back.
+        tokio::time::sleep(guix_builder::users::IDLE_HOLD + Duration::from_millis(500)).await;
+        assert!(lockable_by_another_process(&lock));
+        // Dropped instead of released killed: unlocked at once (after the kill), not held.
+        let u = pool.acquire().await.unwrap();
+        drop(u);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lockable_by_another_process(&lock) {
+            assert!(Instant::now() < deadline, "a dropped user stayed locked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

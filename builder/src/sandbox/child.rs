@@ -3,8 +3,14 @@
 //! and the build process's `PR_SET_PDEATHSIG` follows a parent that does not go away while the
 //! build runs (a thread of the tokio blocking pool would).
 //!
-//! File descriptors on entry: 0 = the [`ChildPlan`] as JSON (read to EOF), 1 and 2 = the log
-//! pipe, 3 = the status pipe ([`Report`] lines). The helper enters the new namespaces
+//! With [`UNSHARED_FLAG`] after the helper flag, the helper enters the new namespaces before
+//! it reads the plan (which must then be a chroot build's): the daemon starts such helpers
+//! ahead of time, so a build's start does not wait for the helper's `exec` and namespaces.
+//!
+//! File descriptors on entry: 0 = the [`ChildPlan`] as JSON (read to EOF), 1 = the status
+//! pipe ([`Report`] lines), 2 = the log pipe; the helper moves the status pipe out of the way
+//! and gives the build the log on 1 and 2. (No descriptor above 2 is passed, so the daemon
+//! starts the helper with `posix_spawn`, without a `fork` of its own large address space.) The helper enters the new namespaces
 //! (`unshare`), forks the build process (PID 1 of the new PID namespace for chroot builds),
 //! reports its pid, whether its set-up succeeded, and finally its wait status.
 //!
@@ -21,14 +27,23 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::plan::{Bind, ChildPlan, ChrootPlan, Exec, Report, CHROOT_NAMESPACES};
 
-const STATUS_FD: RawFd = 3;
-
 type Phase = Result<(), String>;
+
+/// See the module documentation.
+pub const UNSHARED_FLAG: &str = "--unshared";
+
+/// The niceness of a spare helper until it has a build.
+const SPARE_NICE: libc::c_int = 10;
 
 /// Entry point of `guix-builder --sandbox-child`. Never returns.
 pub fn helper_main() -> ! {
-    // SAFETY: fd 3 is the status pipe given by the daemon (see the module documentation).
-    let mut status = unsafe { std::fs::File::from_raw_fd(STATUS_FD) };
+    // SAFETY: fd 1 is the status pipe given by the daemon (see the module documentation); it
+    // moves to a close-on-exec descriptor of its own, and fd 1 becomes the log, as fd 2 is.
+    let status_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if status_fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        std::process::exit(1);
+    }
+    let mut status = unsafe { std::fs::File::from_raw_fd(status_fd) };
     let code = match run_helper(&mut status) {
         Ok(()) => 0,
         Err(msg) => {
@@ -63,18 +78,42 @@ fn cstr(b: &[u8]) -> Result<CString, String> {
 }
 
 fn run_helper(status: &mut std::fs::File) -> Result<(), String> {
-    let mut json = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut json).map_err(|e| format!("reading the build plan: {e}"))?;
-    let plan: ChildPlan = serde_json::from_slice(&json).map_err(|e| format!("parsing the build plan: {e}"))?;
-    // SAFETY: plain system calls.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        if libc::getppid() as u32 != plan.daemon_pid {
-            // The daemon is gone already: nobody wants this build.
-            libc::_exit(1);
+    let status_fd = std::os::fd::AsRawFd::as_raw_fd(status);
+    // SAFETY: plain system calls. A daemon that dies from here on takes us with it; one that
+    // died before is noticed below (our parent changed), or as the plan's EOF.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let unshared = std::env::args_os().nth(2).is_some_and(|a| a == UNSHARED_FLAG);
+    if unshared {
+        // A spare: its start-up must not take the CPU from builds being set up now. Back at
+        // our priority once it has a build (a build inherits it).
+        // SAFETY: plain system calls; this process is single-threaded.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SPARE_NICE) };
+        if unsafe { libc::unshare(CHROOT_NAMESPACES) } == -1 {
+            return Err(sys("clone"));
         }
     }
-    if plan.chroot.is_some() {
+    let mut json = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut json).map_err(|e| format!("reading the build plan: {e}"))?;
+    // SAFETY: plain system call (root may raise its priority again).
+    if unshared && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) } == -1 {
+        return Err(sys("setpriority"));
+    }
+    if json.is_empty() {
+        // A spare helper the daemon no longer wants (or a daemon gone).
+        // SAFETY: exiting without unwinding.
+        unsafe { libc::_exit(1) };
+    }
+    let plan: ChildPlan = serde_json::from_slice(&json).map_err(|e| format!("parsing the build plan: {e}"))?;
+    // SAFETY: plain system call.
+    if unsafe { libc::getppid() } as u32 != plan.daemon_pid {
+        // The daemon is gone already: nobody wants this build.
+        // SAFETY: exiting without unwinding.
+        unsafe { libc::_exit(1) };
+    }
+    if plan.chroot.is_some() != unshared {
+        if unshared {
+            return Err("a helper started for a chroot build got a build without one".into());
+        }
         // SAFETY: this process is single-threaded.
         if unsafe { libc::unshare(CHROOT_NAMESPACES) } == -1 {
             return Err(sys("clone"));
@@ -92,7 +131,7 @@ fn run_helper(status: &mut std::fs::File) -> Result<(), String> {
         unsafe {
             libc::close(setup_r);
             libc::close(life_w);
-            libc::close(STATUS_FD);
+            libc::close(status_fd);
         }
         build_process(&plan, setup_w, life_r);
     }

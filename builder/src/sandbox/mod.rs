@@ -26,12 +26,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guix_formats::derivation::Derivation;
@@ -85,6 +86,8 @@ pub struct SandboxSettings {
     /// (`crate::schedule::build_dirs_journal`), so that a builder killed at any moment has
     /// its successor remove it; `None`: not noted (tests).
     pub journal_dir: Option<PathBuf>,
+    /// Chroot helpers started ahead of time (see [`Spares`]); `None`: each build starts its own.
+    pub spares: Option<Arc<Spares>>,
 }
 
 impl SandboxSettings {
@@ -104,6 +107,7 @@ impl SandboxSettings {
             nix_options: Vec::new(),
             helper_program: None,
             journal_dir: None,
+            spares: None,
         }
     }
 }
@@ -838,92 +842,218 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts the helper with the plan and waits until the build process is set up.
+/// A started sandbox helper waiting for its plan on `stdin`.
+struct Helper {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    status: pipe::Receiver,
+    log: pipe::Receiver,
+}
+
+impl Helper {
+    /// Starts `program` as the helper; `unshared`: in the chroot build's namespaces already
+    /// ([`child::UNSHARED_FLAG`]). Needs a runtime.
+    fn spawn(program: &Path, unshared: bool) -> Result<Helper> {
+        let (log_r, log_w) = cloexec_pipe()?;
+        let (status_r, status_w) = cloexec_pipe()?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(HELPER_FLAG);
+        if unshared {
+            cmd.arg(child::UNSHARED_FLAG);
+        }
+        // No `pre_exec`: std then starts the helper with `posix_spawn`, without a `fork` of our
+        // address space. The helper itself takes `PR_SET_PDEATHSIG` and checks that we are
+        // still its parent (`ChildPlan::daemon_pid`).
+        cmd.stdin(Stdio::piped()).stdout(Stdio::from(status_w)).stderr(Stdio::from(log_w)).kill_on_drop(true);
+        let mut child =
+            cmd.spawn().map_err(|e| sys(format!("starting the sandbox helper `{}'", program.display()), &e))?;
+        // Our copies of the helper's ends of the pipes: the helper's death must be their EOF.
+        drop(cmd);
+        let stdin = child.stdin.take().ok_or_else(|| Error::Setup("the sandbox helper has no stdin".into()))?;
+        let status = pipe::Receiver::from_owned_fd(status_r).map_err(|e| sys("status pipe".into(), &e))?;
+        let log = pipe::Receiver::from_owned_fd(log_r).map_err(|e| sys("log pipe".into(), &e))?;
+        Ok(Helper { child, stdin, status, log })
+    }
+}
+
+/// Chroot-build helpers started ahead of time, so that a build's start does not wait for a
+/// helper's `exec` and for its new namespaces. One pool per builder process (its runtime owns
+/// the helpers' pipes); at most [`Spares::KEPT`] wait, each an idle process blocked on
+/// reading its plan, which exits when the builder does (`PR_SET_PDEATHSIG`, and its plan's
+/// EOF).
+///
+/// They are started by a thread of the pool's own that lives as long as the pool: a helper's
+/// `PR_SET_PDEATHSIG` follows the *thread* that started it, and tokio's blocking threads end
+/// when idle, which would kill the spares they started.
+#[derive(Debug, Default)]
+pub struct Spares {
+    kept: Mutex<Vec<HelperSlot>>,
+    /// Wakes the starting thread (made on first use) with the helper program.
+    starter: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
+}
+
+/// A spare helper (behind a type that `Debug` can show).
+struct HelperSlot(Helper);
+
+impl std::fmt::Debug for HelperSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Helper({:?})", self.0.child.id())
+    }
+}
+
+impl Spares {
+    /// How many spare helpers wait at most.
+    pub const KEPT: usize = 2;
+
+    /// The pids of the spares waiting now.
+    pub fn waiting(&self) -> Vec<u32> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(|h| h.0.child.id()).collect()
+    }
+
+    /// A waiting spare. It may have died meanwhile (killed by someone): then `launch` sees its
+    /// pipe's EOF before any report and starts a helper of the build's own.
+    fn take(&self) -> Option<Helper> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop().map(|h| h.0)
+    }
+
+    /// Starts spare helpers of `program` until [`Spares::KEPT`] wait, off the caller's path
+    /// (each start is a `posix_spawn` and its `exec`). Needs a runtime.
+    fn refill(self: &Arc<Self>, program: PathBuf) {
+        let mut starter = self.starter.lock().unwrap_or_else(|p| p.into_inner());
+        if starter.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let pool = Arc::downgrade(self);
+            let rt = tokio::runtime::Handle::current();
+            let started = std::thread::Builder::new().name("spare-helpers".into()).spawn(move || {
+                let _rt = rt.enter();
+                // Ends when the pool (the sender's owner) is dropped.
+                while let Ok(program) = rx.recv() {
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.fill(&program);
+                }
+            });
+            match started {
+                Ok(_) => *starter = Some(tx),
+                Err(e) => {
+                    eprintln!("guix-builder: starting the spare helpers' thread: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = starter.as_ref() {
+            let _ = tx.send(program);
+        }
+    }
+
+    fn fill(&self, program: &Path) {
+        while self.kept.lock().unwrap_or_else(|p| p.into_inner()).len() < Spares::KEPT {
+            match Helper::spawn(program, true) {
+                Ok(h) => self.kept.lock().unwrap_or_else(|p| p.into_inner()).push(HelperSlot(h)),
+                Err(e) => {
+                    eprintln!("guix-builder: starting a spare sandbox helper: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Starts the helper with the plan (a spare one for a chroot build, when there is one) and
+/// waits until the build process is set up.
 async fn launch(spec: &StartSpec, prepared: &mut Prepared) -> Result<Started> {
     let json = serde_json::to_vec(&prepared.plan).map_err(|e| Error::Setup(format!("encoding the build plan: {e}")))?;
-    let (log_r, log_w) = cloexec_pipe()?;
-    let (status_r, status_w) = cloexec_pipe()?;
-    let helper = spec.settings.helper_program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let mut cmd = tokio::process::Command::new(&helper);
-    cmd.arg(HELPER_FLAG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(log_w.try_clone().map_err(|e| sys("duplicating the log pipe".into(), &e))?))
-        .stderr(Stdio::from(log_w))
-        .kill_on_drop(true);
-    let status_fd = status_w.as_raw_fd();
-    let daemon = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe system calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if status_fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(status_fd, 3) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 || libc::getppid() != daemon {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+    let program = spec.settings.helper_program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let chroot = prepared.plan.chroot.is_some();
+    let spares = spec.settings.spares.as_ref().filter(|_| chroot);
+    let mut spare = spares.and_then(|s| s.take());
+    if let Some(s) = spares {
+        s.refill(program.clone());
     }
-    let mut child = cmd.spawn().map_err(|e| sys(format!("starting the sandbox helper `{}'", helper.display()), &e))?;
-    drop(status_w);
-    let status = pipe::Receiver::from_owned_fd(status_r).map_err(|e| sys("status pipe".into(), &e))?;
-    let log = pipe::Receiver::from_owned_fd(log_r).map_err(|e| sys("log pipe".into(), &e))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| Error::Setup("the sandbox helper has no stdin".into()))?;
-    let mut status = BufReader::new(status);
+    loop {
+        let from_spare = spare.is_some();
+        let Helper { mut child, mut stdin, status, log } = match spare.take() {
+            Some(h) => {
+                // Back at our priority before it is woken with its plan (it waits at a lower
+                // one, `child::SPARE_NICE`).
+                if let Some(pid) = h.child.id() {
+                    // SAFETY: plain system call on our own child.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 0) };
+                }
+                h
+            }
+            None => Helper::spawn(&program, false)?,
+        };
+        let mut status = BufReader::new(status);
+        let mut reported = false;
+        let setup = async {
+            // A helper that dies early makes this write fail; its report says why.
+            let _ = stdin.write_all(&json).await;
+            drop(stdin);
+            let mut pid = None;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = status.read_line(&mut line).await.map_err(|e| sys("reading the build status".into(), &e))?;
+                if n == 0 {
+                    return Err(None);
+                }
+                reported = true;
+                match serde_json::from_str::<Report>(line.trim_end()) {
+                    Ok(Report::Pid(p)) => pid = Some(p),
+                    Ok(Report::SetUp) => return pid.ok_or(None),
+                    Ok(Report::SetupFailed(msg)) => return Err(Some(Error::Setup(msg))),
+                    Ok(Report::Exited(_)) => return Err(None),
+                    Err(e) => return Err(Some(Error::Setup(format!("bad report from the sandbox helper: {e}")))),
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(SETUP_DEADLINE, setup).await;
+        let pid = match outcome {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(None)) if from_spare && !reported => {
+                // A spare that died before it said anything (killed while it waited): it
+                // started nothing, so the build goes to a helper of its own.
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                continue;
+            }
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                let st = child.wait().await.ok();
+                return Err(e.map_or_else(
+                    || {
+                        Error::Setup(format!(
+                            "the sandbox helper failed ({})",
+                            st.as_ref().map_or("?".into(), status_to_string)
+                        ))
+                    },
+                    |e| match e {
+                        Error::Io { context, source } => sys(context, &source),
+                        e => e,
+                    },
+                ));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(Error::Setup(format!(
+                    "setting up the build environment took more than {} s",
+                    SETUP_DEADLINE.as_secs()
+                )));
+            }
+        };
+        return started(prepared, pid, log, child, status);
+    }
+}
 
-    let setup = async {
-        // A helper that dies early makes this write fail; its report says why.
-        let _ = stdin.write_all(&json).await;
-        drop(stdin);
-        let mut pid = None;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = status.read_line(&mut line).await.map_err(|e| sys("reading the build status".into(), &e))?;
-            if n == 0 {
-                return Err(None);
-            }
-            match serde_json::from_str::<Report>(line.trim_end()) {
-                Ok(Report::Pid(p)) => pid = Some(p),
-                Ok(Report::SetUp) => return pid.ok_or(None),
-                Ok(Report::SetupFailed(msg)) => return Err(Some(Error::Setup(msg))),
-                Ok(Report::Exited(_)) => return Err(None),
-                Err(e) => return Err(Some(Error::Setup(format!("bad report from the sandbox helper: {e}")))),
-            }
-        }
-    };
-    let outcome = tokio::time::timeout(SETUP_DEADLINE, setup).await;
-    let pid = match outcome {
-        Ok(Ok(pid)) => pid,
-        Ok(Err(e)) => {
-            let _ = child.start_kill();
-            let st = child.wait().await.ok();
-            return Err(e.map_or_else(
-                || {
-                    Error::Setup(format!(
-                        "the sandbox helper failed ({})",
-                        st.as_ref().map_or("?".into(), status_to_string)
-                    ))
-                },
-                |e| match e {
-                    Error::Io { context, source } => sys(context, &source),
-                    e => e,
-                },
-            ));
-        }
-        Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(Error::Setup(format!(
-                "setting up the build environment took more than {} s",
-                SETUP_DEADLINE.as_secs()
-            )));
-        }
-    };
+/// The build set up by `child` (the helper), whose build process is `pid`.
+fn started(
+    prepared: &mut Prepared,
+    pid: u32,
+    log: pipe::Receiver,
+    child: tokio::process::Child,
+    status: BufReader<pipe::Receiver>,
+) -> Result<Started> {
     let layout = prepared.layout.take().ok_or_else(|| Error::Setup("build layout used twice".into()))?;
     Ok(Started {
         pid,
