@@ -95,9 +95,13 @@ fn fmt_value(v: f64, unit: &str) -> String {
     format!("{n} {unit}")
 }
 
+/// The C++ column of a figure only our daemon has.
+const OURS_ONLY: &str = "ours only";
+
 fn print_row(r: &Row) {
     let cxx = match &r.cxx {
         Ok(v) => fmt_value(*v, r.unit),
+        Err(e) if e == OURS_ONLY => "-".into(),
         Err(e) => format!("failed: {e}"),
     };
     let ours = match &r.ours {
@@ -256,15 +260,15 @@ fn main() -> ExitCode {
         if scenario == Scenario::TrivialBuilds {
             let cxx_kind = Ok((DaemonKind::Cxx, SessionOptions::default()));
             let (c, o) = builds::alternate(&rig, &cxx_kind, &ours, args.only.as_deref(), params.builds, params.reps);
-            for f in figures {
-                cxx_failed |= c.is_err() && args.only.as_deref() != Some("ours");
-                print_row(&Row {
-                    label: f.label,
-                    unit: f.unit,
-                    higher_is_better: f.higher_is_better,
-                    cxx: c.clone(),
-                    ours: o.clone(),
-                });
+            cxx_failed |= c.is_err() && args.only.as_deref() != Some("ours");
+            let (before, after) = if args.only.as_deref() == Some("cxx") {
+                (Err("skipped (--only)".to_owned()), Err("skipped (--only)".to_owned()))
+            } else {
+                builds::own_time(&rig, &ours, params.builds)
+            };
+            let values = [(c, o), (Err(OURS_ONLY.to_owned()), before), (Err(OURS_ONLY.to_owned()), after)];
+            for (f, (cxx, ours)) in figures.into_iter().zip(values) {
+                print_row(&Row { label: f.label, unit: f.unit, higher_is_better: f.higher_is_better, cxx, ours });
             }
             continue;
         }

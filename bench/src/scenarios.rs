@@ -122,11 +122,23 @@ impl Scenario {
                 Figure { label: format!("AddToStore, {}", p.tree.describe()), unit: "s", higher_is_better: false },
                 Figure { label: FLOOR_LABEL.into(), unit: "s", higher_is_better: false },
             ],
-            Scenario::TrivialBuilds => vec![Figure {
-                label: format!("{} trivial builds, --max-jobs=2", p.builds),
-                unit: "s",
-                higher_is_better: false,
-            }],
+            Scenario::TrivialBuilds => vec![
+                Figure {
+                    label: format!("{} trivial builds, --max-jobs=2", p.builds),
+                    unit: "s",
+                    higher_is_better: false,
+                },
+                Figure {
+                    label: "  own time per build (1 job): slot -> exec".into(),
+                    unit: "ms",
+                    higher_is_better: false,
+                },
+                Figure {
+                    label: "  own time per build (1 job): exit -> valid".into(),
+                    unit: "ms",
+                    higher_is_better: false,
+                },
+            ],
             Scenario::Gc => crate::gc::figures(p.gc_paths),
             Scenario::Substitute => {
                 let (paths, mib) = if p.quick {
