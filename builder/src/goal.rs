@@ -29,6 +29,7 @@ use crate::sandbox::{self, SandboxSettings, StartSpec};
 use crate::schedule::{closure_of, Builder, Job, Outcome};
 use crate::slots::{Preparing, SlotKey};
 use crate::substitute::Tally;
+use crate::users::{Picked, UserPool};
 use guix_ipc::substituter::Outcome as SubstOutcome;
 
 /// C++ `lvlError`, `lvlInfo`, `lvlDebug`.
@@ -60,6 +61,15 @@ pub async fn run(
     }
     drop(step);
     result
+}
+
+/// Picks a free build user in grant order (see `slots`), as C++ gives the first user to the
+/// first build it starts.
+async fn pick_user(pool: &Arc<UserPool>, step: &Option<Preparing>) -> Result<Option<Picked>> {
+    match step {
+        Some(s) => s.in_order(|| pool.pick()).await,
+        None => pool.pick(),
+    }
 }
 
 /// Waits for the goal's turn (see `slots`), holding it in `step`.
@@ -206,8 +216,8 @@ async fn build(
     // Whether every kill of the build user's processes after a round succeeded.
     let mut all_killed = true;
     let mut user = match &b.users {
-        Some(Ok(pool)) => Some(match pool.acquire_free().await? {
-            Some(u) => u,
+        Some(Ok(pool)) => Some(match pick_user(pool, step).await? {
+            Some(p) => p.ready().await?,
             None => {
                 // Waiting for a user another grantee may hold: later grants act meanwhile.
                 *step = None;
@@ -300,8 +310,9 @@ async fn build(
                 return Err(e);
             }
         };
-        // Nothing of the build may run on once its builder ended (C++ `killUser`).
-        if let Some(u) = &user {
+        // Nothing of the build may run on once its builder ended (C++ `killUser`; not needed
+        // when its PID namespace is gone).
+        if let Some(u) = user.as_ref().filter(|_| !started.nothing_left_running()) {
             let uid = u.uid;
             let killed = tokio::task::spawn_blocking(move || crate::users::kill_user(uid)).await;
             // Not known to run nothing: when released, it is killed again before it is freed.

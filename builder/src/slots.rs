@@ -43,6 +43,35 @@ pub struct Slots {
     /// The lowest grant number whose visible step is not done: a grant may act visibly once
     /// this reaches its number.
     visible: watch::Sender<u64>,
+    /// Likewise for taking from what grants share (a build user): see [`Preparing::in_order`].
+    picked: watch::Sender<u64>,
+}
+
+/// One of the two orders grants keep.
+#[derive(Clone, Copy)]
+enum Order {
+    Visible,
+    Picked,
+}
+
+/// Grant numbers done with a step: the lowest one that is not, and those above it that are.
+#[derive(Default)]
+struct Done {
+    from: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Done {
+    /// Marks `number` done; the new lowest number not done.
+    fn mark(&mut self, number: u64) -> u64 {
+        if number >= self.from {
+            self.above.insert(number);
+            while self.above.remove(&self.from) {
+                self.from += 1;
+            }
+        }
+        self.from
+    }
 }
 
 struct Waiter {
@@ -60,9 +89,9 @@ struct State {
     /// The next grant's number.
     next_grant: u64,
     /// See [`Slots::visible`].
-    visible_from: u64,
-    /// Grants done out of order (above `visible_from`).
-    done: BTreeSet<u64>,
+    visible: Done,
+    /// See [`Slots::picked`].
+    picked: Done,
 }
 
 impl Slots {
@@ -73,10 +102,10 @@ impl Slots {
             waiting: BTreeMap::new(),
             next: 0,
             next_grant: 0,
-            visible_from: 0,
-            done: BTreeSet::new(),
+            visible: Done::default(),
+            picked: Done::default(),
         };
-        Arc::new(Slots { state: Mutex::new(state), visible: watch::Sender::new(0) })
+        Arc::new(Slots { state: Mutex::new(state), visible: watch::Sender::new(0), picked: watch::Sender::new(0) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -147,20 +176,29 @@ impl Slots {
         }
     }
 
-    /// The visible step of grant `number` is done (or will never come).
-    fn done(&self, number: u64) {
+    /// Grant `number` is done with the step of `order` (or will never take it).
+    fn done(&self, number: u64, order: Order) {
         let mut s = self.lock();
-        if number < s.visible_from || number >= s.next_grant {
+        if number >= s.next_grant {
             return;
         }
-        let st = &mut *s;
-        st.done.insert(number);
-        while st.done.remove(&st.visible_from) {
-            st.visible_from += 1;
-        }
-        let v = st.visible_from;
+        let (done, tx) = match order {
+            Order::Visible => (&mut s.visible, &self.visible),
+            Order::Picked => (&mut s.picked, &self.picked),
+        };
+        let from = done.mark(number);
         drop(s);
-        self.visible.send_replace(v);
+        tx.send_replace(from);
+    }
+
+    /// Waits until every grant before `number` is done with the step of `order`.
+    async fn wait_for(&self, number: u64, order: Order) {
+        let tx = match order {
+            Order::Visible => &self.visible,
+            Order::Picked => &self.picked,
+        };
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = tx.subscribe().wait_for(|v| *v >= number).await;
     }
 }
 
@@ -176,17 +214,31 @@ impl Preparing {
     /// only preparing). Not bounded here: an earlier grantee reaches its visible step within
     /// its own bounded set-up, or drops its guard before it waits for anything.
     pub async fn visible(&self) {
-        let Some(number) = self.grant else { return };
-        let mut rx = self.slots.visible.subscribe();
-        // The sender lives as long as `self.slots`: the wait cannot fail.
-        let _ = rx.wait_for(|v| *v >= number).await;
+        if let Some(number) = self.grant {
+            self.slots.wait_for(number, Order::Visible).await;
+        }
+    }
+
+    /// Runs `f` once every earlier grant has run its own (or dropped its guard): grants take
+    /// from what they share in grant order, as the C++ Worker's goals do one after another
+    /// (two builds started at once get the first and the second build user, in key order).
+    /// `f` must not wait: later grants wait for it.
+    pub async fn in_order<T>(&self, f: impl FnOnce() -> T) -> T {
+        let Some(number) = self.grant else { return f() };
+        self.slots.wait_for(number, Order::Picked).await;
+        let out = f();
+        self.slots.done(number, Order::Picked);
+        out
     }
 }
 
 impl Drop for Preparing {
     fn drop(&mut self) {
         match self.grant {
-            Some(number) => self.slots.done(number),
+            Some(number) => {
+                self.slots.done(number, Order::Picked);
+                self.slots.done(number, Order::Visible);
+            }
             None => {
                 let mut s = self.slots.lock();
                 s.preparing -= 1;
@@ -227,7 +279,8 @@ impl Drop for Queued {
             Slots::dispatch(&mut s);
             drop(s);
             if let Some(number) = granted {
-                self.slots.done(number);
+                self.slots.done(number, Order::Picked);
+                self.slots.done(number, Order::Visible);
             }
         }
     }
@@ -344,6 +397,36 @@ mod tests {
         // Both grants come before either visible step (the tasks may report them in any order).
         seen[..2].sort();
         assert_eq!(seen, ["a granted", "b granted", "a visible", "b visible"]);
+    }
+
+    #[tokio::test]
+    async fn grants_pick_in_grant_order() {
+        let slots = Slots::new(2);
+        let gate = slots.preparing();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for name in ["a", "b"] {
+            let (slots, order) = (slots.clone(), order.clone());
+            let prep = slots.preparing();
+            tasks.push(tokio::spawn(async move {
+                let (_held, step) = slots.acquire(key(name), prep).await;
+                // "a" gets there late; "b" still picks after it.
+                if name == "a" {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                step.in_order(|| order.lock().unwrap().push(name)).await;
+            }));
+        }
+        drop(gate);
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["a", "b"]);
+        // A grant dropped before picking does not hold the next one up.
+        let (_c, c_step) = slots.acquire(key("c"), slots.preparing()).await;
+        drop(c_step);
+        let (_d, d_step) = slots.acquire(key("d"), slots.preparing()).await;
+        tokio::time::timeout(Duration::from_secs(1), d_step.in_order(|| ())).await.unwrap();
     }
 
     #[tokio::test]

@@ -126,16 +126,17 @@ impl UserPool {
     }
 
     /// [`UserPool::acquire`] without the wait: `None` when every user is taken.
-    pub async fn acquire_free(self: &Arc<Self>) -> Result<Option<BuildUser>> {
-        let Some((user, clean)) = self.take_first_free()? else { return Ok(None) };
-        if !clean {
-            // From here `user` owns the lock: dropping this future releases it.
-            let uid = user.uid;
-            tokio::task::spawn_blocking(move || kill_user(uid))
-                .await
-                .map_err(|e| Error::Setup(format!("killing the processes of uid `{uid}': {e}")))??;
+    async fn acquire_free(self: &Arc<Self>) -> Result<Option<BuildUser>> {
+        match self.pick()? {
+            Some(p) => Ok(Some(p.ready().await?)),
+            None => Ok(None),
         }
-        Ok(Some(user))
+    }
+
+    /// Takes the first free user, at once (`None` when every user is taken); its processes
+    /// are killed by [`Picked::ready`].
+    pub fn pick(self: &Arc<Self>) -> Result<Option<Picked>> {
+        Ok(self.take_first_free()?.map(|(user, clean)| Picked { user, clean }))
     }
 
     /// One pass over the members in group order, as C++ `UserLock::acquire`; `None` when all
@@ -227,6 +228,28 @@ impl UserPool {
                 in_use.idle.remove(&uid);
             }
         });
+    }
+}
+
+/// A build user taken by [`UserPool::pick`], whose processes may not be killed yet.
+#[derive(Debug)]
+pub struct Picked {
+    user: BuildUser,
+    /// Idle since its last build of ours, lock held throughout: nothing to kill.
+    clean: bool,
+}
+
+impl Picked {
+    /// Kills whatever still runs under the user's uid (unless nothing can). Cancel-safe: a
+    /// dropped call releases the user.
+    pub async fn ready(self) -> Result<BuildUser> {
+        if !self.clean {
+            let uid = self.user.uid;
+            tokio::task::spawn_blocking(move || kill_user(uid))
+                .await
+                .map_err(|e| Error::Setup(format!("killing the processes of uid `{uid}': {e}")))??;
+        }
+        Ok(self.user)
     }
 }
 

@@ -714,3 +714,53 @@ fn spare_helpers_outlive_idle_threads_and_a_dead_one_is_replaced() {
         }
     });
 }
+
+/// The pids of processes whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else { continue };
+        let ruid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+        if ruid == Some(&uid.to_string()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn a_chroot_build_leaves_nothing_running_once_reaped_and_one_without_may() {
+    if !can_run() {
+        return;
+    }
+    let t = TestStore::new();
+    // A uid of its own: the other tests here build as BUILD_UID at the same time.
+    const UID: u32 = 30997;
+    // Whatever an earlier failed run left.
+    guix_builder::users::kill_user(UID).unwrap();
+    let spec = |name: &str| {
+        let mut spec = t.spec(name, "$1 sleep 100 & echo ok > $out", false);
+        spec.user = Some((UID, BUILD_GID, vec![BUILD_GID]));
+        spec
+    };
+    // A background process that would outlive its builder.
+    let mut started = sandbox::start(spec("leftover-chroot")).await.unwrap();
+    let (log, status) = finish(&mut started).await;
+    assert!(status.success(), "{log}");
+    assert!(started.nothing_left_running());
+    assert_eq!(processes_of(UID), Vec::<u32>::new(), "a chroot build's process survived");
+    started.layout.cleanup(false, None).unwrap();
+
+    let mut spec = spec("leftover-nochroot");
+    spec.settings.use_chroot = false;
+    let mut started = sandbox::start(spec).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), started.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!started.nothing_left_running());
+    assert!(!processes_of(UID).is_empty(), "the background sleep should still run without a chroot");
+    guix_builder::users::kill_user(UID).unwrap();
+    let out = started.layout.output_location(&path(2, "leftover-nochroot"));
+    let _ = fs::remove_file(&out);
+    started.layout.cleanup(false, None).unwrap();
+}

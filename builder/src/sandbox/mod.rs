@@ -264,9 +264,19 @@ pub struct Started {
     line: String,
     chroot: bool,
     exited: Option<ExitStatus>,
+    /// The helper reported the build process's exit (it reaped it).
+    reaped: bool,
 }
 
 impl Started {
+    /// Whether nothing of the build can still run: it ran as PID 1 of its own PID namespace
+    /// (a chroot build), and the helper reaped it. The kernel ends a PID namespace's init only
+    /// once every other process in the namespace is gone, and no build process can start one
+    /// outside it; so its build user runs nothing now and need not be killed again.
+    pub fn nothing_left_running(&self) -> bool {
+        self.chroot && self.reaped
+    }
+
     /// Waits for the build process to exit. Cancel-safe.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         if let Some(s) = self.exited {
@@ -289,6 +299,7 @@ impl Started {
             if let Ok(Report::Exited(raw)) = report {
                 let s = ExitStatus::from_raw(raw);
                 self.exited = Some(s);
+                self.reaped = true;
                 let _ = self.helper.wait().await;
                 return Ok(s);
             }
@@ -966,9 +977,6 @@ async fn launch(spec: &StartSpec, prepared: &mut Prepared) -> Result<Started> {
     let chroot = prepared.plan.chroot.is_some();
     let spares = spec.settings.spares.as_ref().filter(|_| chroot);
     let mut spare = spares.and_then(|s| s.take());
-    if let Some(s) = spares {
-        s.refill(program.clone());
-    }
     loop {
         let from_spare = spare.is_some();
         let Helper { mut child, mut stdin, status, log } = match spare.take() {
@@ -1042,6 +1050,11 @@ async fn launch(spec: &StartSpec, prepared: &mut Prepared) -> Result<Started> {
                 )));
             }
         };
+        // The next spare only now: its new namespaces (the network one takes the kernel's
+        // rtnl lock) would slow down this build's set-up (its loopback takes it too).
+        if let Some(s) = spares {
+            s.refill(program.clone());
+        }
         return started(prepared, pid, log, child, status);
     }
 }
@@ -1065,6 +1078,7 @@ fn started(
         line: String::new(),
         chroot: prepared.plan.chroot.is_some(),
         exited: None,
+        reaped: false,
     })
 }
 
