@@ -23,6 +23,17 @@ use std::time::{Duration, Instant};
 use guix_tests::ours::{ctl_status, ours_kind};
 use guix_tests::{Rig, Session};
 
+/// The rig's sessions share the build users' uids (the chroot's `/etc/passwd`) but not their
+/// `userpool` locks (each session has its own `/var/guix`), so a daemon killing a user's
+/// processes (before and after each build, and every free user when the builder starts)
+/// kills the other session's builds of that uid. These two tests build for seconds with many
+/// users, and one restarts the builder: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A client script: adds the rig's static busybox, then builds `n` derivations named
 /// `PREFIX-I`, each sleeping `secs` seconds and writing `built PREFIX-I`, and prints each
 /// output's contents.
@@ -143,6 +154,7 @@ fn wait_for_pid(s: &Session, component: &str, not: Option<u32>) -> u32 {
 
 #[test]
 fn builds_survive_builder_restarts() {
+    let _one = one_at_a_time();
     let rig = Rig::discover().unwrap_or_else(|e| panic!("{e}"));
     let (kind, opts) = ours_kind(&["--max-jobs=20"]);
     let s = Session::start_with(&rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"));
@@ -185,6 +197,7 @@ fn builds_survive_builder_restarts() {
 
 #[test]
 fn more_builds_than_build_users_all_succeed() {
+    let _one = one_at_a_time();
     let rig = Rig::discover().unwrap_or_else(|e| panic!("{e}"));
     let (kind, opts) = ours_kind(&["--max-jobs=20"]);
     let s = Session::start_with(&rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"));
