@@ -11,11 +11,10 @@
 //! within [`WINDOW`] of the path being shown, and of the `@ download-progress` lines of a
 //! path held back only the two latest are kept.
 //!
-//! The order ([`serial_order`]) is the one a single slot given first come first served
-//! yields: the paths whose references are valid, in goal-key order; each path done makes
-//! the paths waiting only on it ready, after those already waiting.
+//! The order ([`serial_order`]) is the one the C++ Worker's rounds give one build slot:
+//! the order in which its goals reach the slot, simulated.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
@@ -24,31 +23,132 @@ use guix_formats::StorePath;
 use guix_ipc::job::JobContext;
 use guix_ipc::substituter::SubstituteEvent;
 
-/// `todo` (in goal-key order) as one slot would run it; `refs` gives a path's references.
-pub fn serial_order<'a>(todo: &[&'a StorePath], refs: impl Fn(&StorePath) -> Vec<StorePath>) -> Vec<&'a StorePath> {
-    let set: HashSet<&StorePath> = todo.iter().copied().collect();
-    let deps: Vec<Vec<StorePath>> =
-        todo.iter().map(|p| refs(p).into_iter().filter(|r| r != *p && set.contains(r)).collect()).collect();
-    let mut done: HashSet<&StorePath> = HashSet::new();
-    let mut queued = vec![false; todo.len()];
-    let mut queue = VecDeque::new();
+/// `todo` as one build slot runs it in the C++ Worker, for a request of `requested`; `refs`
+/// gives a path's references. A simulation of the Worker's rounds (`Worker::run`): each round
+/// runs every awake goal once, in goal-key order (the `awake` set is ordered by key); a
+/// substitution goal takes one round to make the goals of its references (a path already
+/// valid, or done earlier in the request, gets a goal that is done in its first round), one
+/// when they are all done, and one to try for the slot. A goal that finds the slot taken
+/// waits in `wantingToBuild` (ordered by key too), all of which are woken when a
+/// substitution ends; and a substitution ends only when no goal is awake (the Worker then
+/// waits for its children). Every path of `todo` comes once; a path its references keep
+/// from ever running (none should be left: cycles are failed before) comes last.
+pub fn serial_order<'a>(
+    requested: &[StorePath],
+    todo: &[&'a StorePath],
+    refs: impl Fn(&StorePath) -> Vec<StorePath>,
+) -> Vec<&'a StorePath> {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum State {
+        /// No goal: never made, or done (a later reference makes a new one).
+        Absent,
+        Init,
+        /// Waiting for its references' goals, or (awake) all done.
+        RefsValid,
+        TryToRun,
+        Running,
+        /// Its substitution ended: woken to finish.
+        Finished,
+    }
+    // Every path a goal can be made for, in goal-key order (`a$NAME$PATH`).
+    let goal_key = |a: &&StorePath, b: &&StorePath| (a.name(), *a).cmp(&(b.name(), *b));
+    let todo_refs: Vec<Vec<StorePath>> = todo
+        .iter()
+        .map(|p| {
+            let mut r = refs(p);
+            r.retain(|r| r != *p);
+            r
+        })
+        .collect();
+    let mut all: Vec<&StorePath> = todo.to_vec();
+    all.extend(todo_refs.iter().flatten());
+    all.extend(requested);
+    all.sort_by(goal_key);
+    all.dedup();
+    let rank: HashMap<&StorePath, usize> = all.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    // For each goal (by rank): its `todo` index, if it is to be substituted.
+    let mut todo_of: Vec<Option<usize>> = vec![None; all.len()];
+    for (i, p) in todo.iter().enumerate() {
+        todo_of[rank[p]] = Some(i);
+    }
+    let deps: Vec<Vec<usize>> = todo_refs.iter().map(|r| r.iter().map(|p| rank[p]).collect()).collect();
+    let mut state = vec![State::Absent; all.len()];
+    let mut waitees = vec![0usize; all.len()];
+    let mut waiters: Vec<Vec<usize>> = vec![Vec::new(); all.len()];
+    let mut substituted = vec![false; all.len()];
+    let mut awake: BTreeSet<usize> = requested.iter().map(|p| rank[p]).collect();
+    for &g in &awake {
+        state[g] = State::Init;
+    }
+    let mut wanting: BTreeSet<usize> = BTreeSet::new();
+    let mut running: Option<usize> = None;
     let mut out = Vec::with_capacity(todo.len());
-    let enqueue_ready = |done: &HashSet<&StorePath>, queued: &mut Vec<bool>, queue: &mut VecDeque<usize>| {
-        for (i, d) in deps.iter().enumerate() {
-            if !queued[i] && d.iter().all(|r| done.contains(r)) {
-                queued[i] = true;
-                queue.push_back(i);
+    loop {
+        while !awake.is_empty() {
+            for g in std::mem::take(&mut awake) {
+                let mut done = false;
+                match state[g] {
+                    State::Init => match todo_of[g].filter(|_| !substituted[g]) {
+                        None => done = true,
+                        Some(t) => {
+                            for &r in &deps[t] {
+                                if state[r] == State::Absent {
+                                    state[r] = State::Init;
+                                    awake.insert(r);
+                                }
+                                waiters[r].push(g);
+                                waitees[g] += 1;
+                            }
+                            state[g] = State::RefsValid;
+                            if waitees[g] == 0 {
+                                awake.insert(g);
+                            }
+                        }
+                    },
+                    State::RefsValid => {
+                        state[g] = State::TryToRun;
+                        awake.insert(g);
+                    }
+                    State::TryToRun if running.is_some() => {
+                        wanting.insert(g);
+                    }
+                    State::TryToRun => {
+                        running = Some(g);
+                        state[g] = State::Running;
+                        if let Some(t) = todo_of[g] {
+                            out.push(todo[t]);
+                        }
+                    }
+                    State::Finished => {
+                        awake.append(&mut wanting);
+                        substituted[g] = true;
+                        done = true;
+                    }
+                    State::Absent | State::Running => {}
+                }
+                if done {
+                    state[g] = State::Absent;
+                    for w in std::mem::take(&mut waiters[g]) {
+                        waitees[w] -= 1;
+                        if waitees[w] == 0 {
+                            awake.insert(w);
+                        }
+                    }
+                }
             }
         }
-    };
-    enqueue_ready(&done, &mut queued, &mut queue);
-    while let Some(i) = queue.pop_front() {
-        done.insert(todo[i]);
-        out.push(todo[i]);
-        enqueue_ready(&done, &mut queued, &mut queue);
+        match running.take() {
+            Some(g) => {
+                state[g] = State::Finished;
+                awake.insert(g);
+            }
+            None => break,
+        }
     }
-    // Paths in a cycle were failed before; anything left goes last.
-    out.extend(todo.iter().enumerate().filter(|(i, _)| !queued[*i]).map(|(_, p)| *p));
+    if out.len() < todo.len() {
+        let shown: HashSet<&StorePath> = out.iter().copied().collect();
+        out.extend(todo.iter().copied().filter(|p| !shown.contains(p)));
+    }
     out
 }
 
@@ -161,8 +261,10 @@ mod tests {
     }
 
     #[test]
-    fn one_slot_order_puts_dependents_after_those_already_waiting() {
-        // top → b → a; top → d; c alone. Goal-key order: a b c d top.
+    fn one_slot_order_follows_the_worker_rounds() {
+        // top → b → a; top → d; c alone; c and top requested. Goal-key order: a b c d top.
+        // c starts first (nothing to wait for); a and d then wait for the slot, and a, first
+        // in key order, gets it; d next, as b still has a round to go; b, top.
         let (a, b, c, d, top) = (p('a'), p('b'), p('c'), p('d'), p('z'));
         let refs = |x: &StorePath| -> Vec<StorePath> {
             if *x == top {
@@ -173,8 +275,57 @@ mod tests {
                 vec![]
             }
         };
-        let todo = [&a, &b, &c, &d, &top];
-        let order = serial_order(&todo, refs);
-        assert_eq!(order, [&a, &c, &d, &b, &top]);
+        let todo = [&top, &c, &b, &d, &a];
+        let order = serial_order(&[c.clone(), top.clone()], &todo, refs);
+        assert_eq!(order, [&c, &a, &d, &b, &top]);
+    }
+
+    /// The closures `tests/tests/substitute.rs` substitutes, in the orders the C++ daemon
+    /// showed: top → (b → a, dir), and top → (b → a, big, dir).
+    #[test]
+    fn one_slot_order_is_the_cxx_daemons() {
+        let named =
+            |name: &str, c: char| StorePath::from_base_name(&format!("{}-{name}", c.to_string().repeat(32))).unwrap();
+        let (a, b, big, dir, top) = (
+            named("subst-a", 'a'),
+            named("subst-b", 'i'),
+            named("subst-big", 'j'),
+            named("subst-dir", 'm'),
+            named("subst-top", 'y'),
+        );
+        for (with_big, want) in [(false, vec![&dir, &a, &b, &top]), (true, vec![&big, &a, &dir, &b, &top])] {
+            let refs = |x: &StorePath| -> Vec<StorePath> {
+                if *x == top {
+                    let mut r = vec![b.clone(), dir.clone()];
+                    if with_big {
+                        r.push(big.clone());
+                    }
+                    r
+                } else if *x == b {
+                    vec![a.clone()]
+                } else {
+                    vec![]
+                }
+            };
+            let mut todo = vec![&top, &b, &dir, &a];
+            if with_big {
+                todo.push(&big);
+            }
+            assert_eq!(serial_order(std::slice::from_ref(&top), &todo, refs), want, "with big: {with_big}");
+        }
+    }
+
+    /// A reference already valid (not to be substituted) still costs its goal a round; a
+    /// path whose references can never run comes last.
+    #[test]
+    fn valid_references_take_a_round_and_stuck_paths_come_last() {
+        // x → v (valid), y alone; both requested: y first, as x waits a round for v.
+        let (v, x, y) = (p('v'), p('x'), p('y'));
+        let refs = |p: &StorePath| if *p == x { vec![v.clone()] } else { vec![] };
+        assert_eq!(serial_order(&[x.clone(), y.clone()], &[&x, &y], refs), [&y, &x]);
+        // s → r, r → s (a cycle, not failed here): neither runs; both come, in todo order.
+        let (s, t) = (p('s'), p('r'));
+        let refs = |p: &StorePath| if *p == s { vec![t.clone()] } else { vec![s.clone()] };
+        assert_eq!(serial_order(std::slice::from_ref(&s), &[&s, &t], refs), [&s, &t]);
     }
 }

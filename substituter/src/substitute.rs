@@ -296,7 +296,8 @@ impl Substituter {
         let cells = &cells;
         let todo: Vec<&StorePath> =
             order.iter().filter(|p| cells.get(*p).is_some_and(|c| c.borrow().is_none())).collect();
-        let serial = serial_order(&todo, |p| infos.get(p).map(|f| f.info.references().to_vec()).unwrap_or_default());
+        let serial =
+            serial_order(paths, &todo, |p| infos.get(p).map(|f| f.info.references().to_vec()).unwrap_or_default());
         let seq = &Sequencer::new(ctx, &serial);
         let work = todo.into_iter().filter_map(|p| Some((p, infos.get(p)?))).map(|(p, f)| {
             let me = self.clone();
