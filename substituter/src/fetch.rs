@@ -14,7 +14,7 @@
 //! nothing is left to register.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as sync_mpsc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use futures_util::{FutureExt, StreamExt};
 use guix_formats::nar::{self, Limits, NarSummary};
 use guix_formats::narinfo::NarInfo;
 use guix_formats::Hash;
+use guix_store::optimise::{optimise_path_with, FileNarHashes, KnownHashes, OptimiseStats, DEDUPLICATION_MIN_SIZE};
 use guix_store::scratch::ScratchItem;
 use tokio::sync::mpsc;
 
@@ -169,29 +170,43 @@ pub fn decompressor<'a>(
     })
 }
 
+/// A nar unpacked and checked by [`unpack`].
+#[derive(Debug)]
+pub struct Unpacked {
+    pub summary: NarSummary,
+    /// What the deduplication told, at `printMsg` levels (C++ prints them to the client).
+    pub messages: Vec<(u32, String)>,
+}
+
 /// Unpacks the nar read (compressed) from `r` into `dest` and checks it against `info`.
+/// With `dedup` (the store directory, when `auto-optimise-store` is on) the checked item's
+/// big files are then linked with their `<store>/.links` entries, as C++ `optimisePath` does
+/// after a substitution; their NAR hashes are computed as they are unpacked (a root regular
+/// file's is the nar's own), so nothing is read back.
 pub fn unpack(
     r: impl BufRead + Send,
     compression: Compression,
     dest: &Path,
     info: &NarInfo,
-) -> Result<NarSummary, FetchError> {
+    dedup: Option<&Path>,
+) -> Result<Unpacked, FetchError> {
     let bad = |what: String| FetchError::Bad(what);
     let dec = decompressor(compression, r).map_err(|e| bad(format!("decompressing: {e}")))?;
     let limits = Limits { max_nar_size: Some(info.nar_size()), ..Limits::default() };
-    let summary = if compression == Compression::None {
+    let hash_files = dedup.is_some() && info.nar_size() >= DEDUPLICATION_MIN_SIZE;
+    let (summary, mut known) = if compression == Compression::None {
         // Not drained: `guix publish` sends an uncompressed nar without a length and keeps
         // the connection open, so its end is where the archive ends (Guix reads exactly
         // `NarSize` bytes of it).
-        nar::restore(BufReader::with_capacity(64 * 1024, dec), dest, &limits).map_err(|e| bad(e.to_string()))?
+        restore(BufReader::with_capacity(64 * 1024, dec), dest, &limits, hash_files).map_err(|e| bad(e.to_string()))?
     } else if info.nar_size() <= PIPE_BUF as u64 {
         // One buffer's worth: nothing to overlap, no thread to start.
         let mut input = BufReader::with_capacity(64 * 1024, dec);
-        let summary = nar::restore(&mut input, dest, &limits).map_err(|e| bad(e.to_string()))?;
+        let restored = restore(&mut input, dest, &limits, hash_files).map_err(|e| bad(e.to_string()))?;
         drain(&mut input)?;
-        summary
+        restored
     } else {
-        restore_pipelined(dec, dest, &limits)?
+        restore_pipelined(dec, dest, &limits, hash_files)?
     };
     guix_store::scratch::canonicalise(dest).map_err(|e| bad(format!("canonicalising `{}': {e}", dest.display())))?;
     if summary.nar_hash != *info.nar_hash() {
@@ -203,7 +218,32 @@ pub fn unpack(
     if summary.nar_size != info.nar_size() {
         return Err(bad(format!("nar size mismatch: expected {}, got {}", info.nar_size(), summary.nar_size)));
     }
-    Ok(summary)
+    let mut messages = Vec::new();
+    if let (Some(store), true) = (dedup, hash_files) {
+        if std::fs::symlink_metadata(dest).is_ok_and(|md| md.is_file()) {
+            known.insert(PathBuf::new(), summary.nar_hash);
+        }
+        let mut stats = OptimiseStats::default();
+        optimise_path_with(store, &store.join(".links"), dest, &known, &mut stats, &mut |l, m| messages.push((l, m)))
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Unpacked { summary, messages })
+}
+
+/// [`nar::restore`], also computing the NAR hash of each big regular file below the root
+/// when `hash_files` (see [`FileNarHashes`]).
+fn restore(
+    input: impl Read,
+    dest: &Path,
+    limits: &Limits,
+    hash_files: bool,
+) -> Result<(NarSummary, KnownHashes), nar::NarError> {
+    if !hash_files {
+        return Ok((nar::restore(input, dest, limits)?, KnownHashes::new()));
+    }
+    let mut visitor = FileNarHashes::new(nar::Restorer::new(dest));
+    let summary = nar::read_with(input, limits, &mut visitor, &mut io::sink())?;
+    Ok((summary, visitor.into_hashes()))
 }
 
 /// Reads the rest of a compressed stream, so that its own checks (gzip's CRC and length,
@@ -221,7 +261,8 @@ fn restore_pipelined(
     mut dec: Box<dyn Read + Send + '_>,
     dest: &Path,
     limits: &Limits,
-) -> Result<NarSummary, FetchError> {
+    hash_files: bool,
+) -> Result<(NarSummary, KnownHashes), FetchError> {
     let (full_tx, full_rx) = sync_mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
     let (empty_tx, empty_rx) = sync_mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH + 2);
     std::thread::scope(|s| {
@@ -229,7 +270,7 @@ fn restore_pipelined(
             .name("nar-restore".into())
             .spawn_scoped(s, move || {
                 let input = PipeReader { full: full_rx, empty: empty_tx, current: Vec::new(), pos: 0 };
-                nar::restore(input, dest, limits)
+                restore(input, dest, limits, hash_files)
             })
             .map_err(|e| FetchError::Bad(format!("starting the restoring thread: {e}")))?;
         // Whether the restorer stopped reading before the stream's end, and the
@@ -255,7 +296,7 @@ fn restore_pipelined(
             }
         }
         drop(full_tx);
-        let summary = restorer
+        let restored = restorer
             .join()
             .map_err(|_| FetchError::Bad("the restoring thread panicked".into()))?
             .map_err(|e| FetchError::Bad(e.to_string()))?;
@@ -265,30 +306,32 @@ fn restore_pipelined(
         if left_early {
             drain(&mut dec)?;
         }
-        Ok(summary)
+        Ok(restored)
     })
 }
 
-/// Downloads `choice` and unpacks it into `dest` (which must not exist yet).
+/// Downloads `choice` and unpacks it into `dest` (which must not exist yet); `dedup` as
+/// for [`unpack`].
 pub async fn download(
     http: &reqwest::Client,
     choice: &Choice,
     info: &NarInfo,
     dest: ScratchItem,
+    dedup: Option<PathBuf>,
     progress: &mut dyn Progress,
-) -> Result<(ScratchItem, NarSummary), FetchError> {
+) -> Result<(ScratchItem, Unpacked), FetchError> {
     let (tx, rx) = mpsc::channel::<io::Result<bytes::Bytes>>(CHANNEL_CHUNKS);
     let compression = choice.compression;
     let info2 = info.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
         let r = ChannelReader { rx, current: bytes::Bytes::new() };
-        let res = unpack(r, compression, dest.path(), &info2);
+        let res = unpack(r, compression, dest.path(), &info2, dedup.as_deref());
         (dest, res)
     });
     let sent = send_bytes(http, choice, info, tx, progress).await;
     let (dest, res) = unpacker.await.map_err(|e| FetchError::Bad(format!("unpacking: {e}")))?;
     match (sent, res) {
-        (_, Ok(summary)) => Ok((dest, summary)),
+        (_, Ok(unpacked)) => Ok((dest, unpacked)),
         // The network failed first: the unpacker only saw the stream end.
         (Err(e), Err(_)) => Err(e),
         (Ok(()), Err(e)) => Err(e),
@@ -498,8 +541,9 @@ mod tests {
         for c in ALL {
             let dir = tempfile::tempdir().unwrap();
             let dest = dir.path().join("item");
-            let s = unpack(&compress(c, &nar)[..], c, &dest, &info).unwrap_or_else(|e| panic!("{c:?}: {e}"));
-            assert_eq!(s.nar_size, nar.len() as u64);
+            let s = unpack(&compress(c, &nar)[..], c, &dest, &info, None).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert!(s.messages.is_empty());
+            assert_eq!(s.summary.nar_size, nar.len() as u64);
             assert_eq!(std::fs::read(dest.join("bin/hello")).unwrap(), b"#!/bin/sh\necho hi\n");
             // Canonical: mtime 1.
             let m = std::fs::symlink_metadata(dest.join("bin/hello")).unwrap();
@@ -514,13 +558,13 @@ mod tests {
             let packed = compress(c, &nar);
             let dir = tempfile::tempdir().unwrap();
             // Truncated.
-            let r = unpack(&packed[..packed.len() - 9], c, &dir.path().join("t"), &info);
+            let r = unpack(&packed[..packed.len() - 9], c, &dir.path().join("t"), &info, None);
             assert!(matches!(r, Err(FetchError::Bad(_))), "{c:?}: {r:?}");
             // Corrupt compressed bytes (or, uncompressed, a changed byte in a file).
             let mut bad = packed.clone();
             let at = bad.len() / 2;
             bad[at] ^= 0x55;
-            let r = unpack(&bad[..], c, &dir.path().join("c"), &info);
+            let r = unpack(&bad[..], c, &dir.path().join("c"), &info, None);
             assert!(r.is_err(), "{c:?}: corrupt accepted");
         }
         // Another nar than announced, of the same size: a hash mismatch.
@@ -528,7 +572,7 @@ mod tests {
         let at = other.windows(7).position(|w| w == b"echo hi").unwrap();
         other[at + 5] = b'H';
         let dir = tempfile::tempdir().unwrap();
-        let r = unpack(&other[..], Compression::None, &dir.path().join("m"), &info);
+        let r = unpack(&other[..], Compression::None, &dir.path().join("m"), &info, None);
         assert!(matches!(r, Err(FetchError::HashMismatch { .. })), "{r:?}");
     }
 
@@ -542,7 +586,7 @@ mod tests {
         );
         let info = NarInfo::parse(text.as_bytes()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let r = unpack(&nar[..], Compression::None, &dir.path().join("x"), &info);
+        let r = unpack(&nar[..], Compression::None, &dir.path().join("x"), &info, None);
         assert!(matches!(&r, Err(FetchError::Bad(m)) if m.contains("larger than")), "{r:?}");
     }
 
@@ -556,23 +600,28 @@ mod tests {
             let packed = compress(c, &nar);
             let dir = tempfile::tempdir().unwrap();
             let dest = dir.path().join("item");
-            let s = unpack(&packed[..], c, &dest, &info).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            // Deduplicated as it is unpacked (into a store of its own per compression).
+            let store = dir.path().join("store");
+            std::fs::create_dir_all(store.join(".links")).unwrap();
+            let s = unpack(&packed[..], c, &dest, &info, Some(&store)).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            let s = s.summary;
             assert_eq!((s.nar_size, s.nar_hash), (info.nar_size(), *info.nar_hash()), "{c:?}");
             assert!(std::fs::read(dest.join("big")).unwrap() == big, "{c:?}");
+            assert_linked(&store, &dest.join("big"));
             assert_eq!(std::fs::read(dest.join("bin/hello")).unwrap(), b"#!/bin/sh\necho hi\n");
             // Truncated in the middle, and just before the compressor's trailer.
             for cut in [packed.len() / 2, packed.len() - 3] {
-                let r = unpack(&packed[..cut], c, &dir.path().join(format!("t{cut}")), &info);
+                let r = unpack(&packed[..cut], c, &dir.path().join(format!("t{cut}")), &info, None);
                 assert!(matches!(r, Err(FetchError::Bad(_))), "{c:?} cut at {cut}: {r:?}");
             }
             // Corrupt compressed bytes.
             let mut bad = packed.clone();
             let at = bad.len() / 3;
             bad[at] ^= 0x55;
-            assert!(unpack(&bad[..], c, &dir.path().join("c"), &info).is_err(), "{c:?}: corrupt accepted");
+            assert!(unpack(&bad[..], c, &dir.path().join("c"), &info, None).is_err(), "{c:?}: corrupt accepted");
             // Larger than announced: cut off.
             let small = info_for(&nar, nar.len() as u64 - 4096);
-            let r = unpack(&packed[..], c, &dir.path().join("x"), &small);
+            let r = unpack(&packed[..], c, &dir.path().join("x"), &small, None);
             assert!(matches!(&r, Err(FetchError::Bad(m)) if m.contains("larger than")), "{c:?}: {r:?}");
         }
         // Another nar of the same size: a hash mismatch, found after the whole stream.
@@ -580,8 +629,40 @@ mod tests {
         other_big[PIPE_BUF + 5] ^= 1;
         let (other, _) = sample_with(other_big);
         let dir = tempfile::tempdir().unwrap();
-        let r = unpack(&compress(Compression::Zstd, &other)[..], Compression::Zstd, &dir.path().join("m"), &info);
+        let r = unpack(&compress(Compression::Zstd, &other)[..], Compression::Zstd, &dir.path().join("m"), &info, None);
         assert!(matches!(r, Err(FetchError::HashMismatch { .. })), "{r:?}");
+    }
+
+    /// `file` is a hard link of its `.links` entry, named by its NAR hash read back.
+    fn assert_linked(store: &Path, file: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let hash = nar::dump_path(file, &mut io::sink()).unwrap().nar_hash;
+        let link = store.join(".links").join(hash.to_nix_base32());
+        let (a, b) = (std::fs::metadata(file).unwrap(), std::fs::metadata(&link).unwrap());
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{} not linked with {}", file.display(), link.display());
+    }
+
+    /// A root regular file is linked under the nar's own hash; a small nar is not looked at;
+    /// without `dedup` nothing is linked.
+    #[test]
+    fn a_root_file_is_deduplicated_under_the_nar_hash() {
+        let nar = Node::Regular { executable: false, contents: big_contents() }.to_nar().unwrap();
+        let info = info_for(&nar, nar.len() as u64);
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(store.join(".links")).unwrap();
+        for c in [Compression::None, Compression::Zstd] {
+            let dest = dir.path().join(format!("{c:?}"));
+            unpack(&compress(c, &nar)[..], c, &dest, &info, Some(&store)).unwrap();
+            assert_linked(&store, &dest);
+            std::fs::remove_file(&dest).unwrap();
+        }
+        let plain = dir.path().join("plain");
+        unpack(&nar[..], Compression::None, &plain, &info, None).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&plain).unwrap()), 1);
+        let (small, small_info) = sample();
+        unpack(&small[..], Compression::None, &dir.path().join("small"), &small_info, Some(&store)).unwrap();
+        assert_eq!(std::fs::read_dir(store.join(".links")).unwrap().count(), 1);
     }
 
     /// Bytes after the archive's end inside the compressed stream are read (the trailer is
@@ -593,8 +674,8 @@ mod tests {
         longer.extend(std::iter::repeat_n(0u8, 2 * PIPE_BUF));
         let dir = tempfile::tempdir().unwrap();
         let packed = compress(Compression::Zstd, &longer);
-        unpack(&packed[..], Compression::Zstd, &dir.path().join("a"), &info).unwrap();
-        let r = unpack(&packed[..packed.len() - 3], Compression::Zstd, &dir.path().join("b"), &info);
+        unpack(&packed[..], Compression::Zstd, &dir.path().join("a"), &info, None).unwrap();
+        let r = unpack(&packed[..packed.len() - 3], Compression::Zstd, &dir.path().join("b"), &info, None);
         assert!(matches!(r, Err(FetchError::Bad(_))), "{r:?}");
     }
 }

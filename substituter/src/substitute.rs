@@ -440,8 +440,12 @@ impl Substituter {
                 size: None,
                 trace: options.print_build_trace,
             };
-            match fetch::download(&self.http, choice, info, dest, &mut progress).await {
-                Ok((item, summary)) => {
+            let dedup = self.config.auto_optimise_store.then(|| self.config.paths.store_dir.clone());
+            match fetch::download(&self.http, choice, info, dest, dedup, &mut progress).await {
+                Ok((item, fetch::Unpacked { summary, messages })) => {
+                    for (level, text) in messages {
+                        ctx.emit(SubstituteEvent::Message { level, text });
+                    }
                     // The blank lines `guix substitute` ends a download with.
                     ctx.emit(SubstituteEvent::Output(if options.print_build_trace {
                         b"\n".to_vec()

@@ -63,7 +63,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 /// The source: a C++ session holding the closure, and `guix publish` processes serving it.
 struct Source {
     session: Session,
-    /// top → b → a, top → dir; e1…e6 stand alone.
+    /// top → b → a, top → dir, top → big (10,000 bytes: deduplicated); e1…e6 stand alone.
     paths: BTreeMap<&'static str, String>,
 }
 
@@ -73,9 +73,10 @@ const MAKE: &str = r#"
   (let* ((a (add-text-to-store s "subst-a" "hello from a\n"))
          (b (add-text-to-store s "subst-b" (string-append "b refers to " a "\n") (list a)))
          (dir (add-to-store s "subst-dir" #t "sha256" "/tmp/subst-dir"))
-         (top (add-text-to-store s "subst-top" (string-append b " " dir "\n") (list b dir))))
+         (big (add-text-to-store s "subst-big" (make-string 10000 #\y)))
+         (top (add-text-to-store s "subst-top" (string-append b " " dir " " big "\n") (list b dir big))))
     (for-each (lambda (name path) (format #t "~a ~a~%" name path))
-              '("a" "b" "dir" "top") (list a b dir top))
+              '("a" "b" "dir" "big" "top") (list a b dir big top))
     (for-each (lambda (i)
                 (format #t "e~a ~a~%" i
                         (add-text-to-store s (format #f "subst-e~a" i)
@@ -100,7 +101,7 @@ impl Source {
             let k: &'static str = Box::leak(k.to_owned().into_boxed_str());
             paths.insert(k, v.to_owned());
         }
-        assert_eq!(paths.len(), 10, "{out}");
+        assert_eq!(paths.len(), 11, "{out}");
         Source { session, paths }
     }
 
@@ -213,7 +214,7 @@ fn zstd_server(src: &Source, port: u16, paths: &[&str]) -> u16 {
 fn every_compression_substitutes_the_closure_exactly() {
     let rig = rig();
     let src = Source::start(&rig);
-    let closure = ["a", "b", "dir", "top"].map(|k| src.path(k).to_owned());
+    let closure = ["a", "b", "dir", "big", "top"].map(|k| src.path(k).to_owned());
     let closure: Vec<&str> = closure.iter().map(String::as_str).collect();
     let expected = infos(&src.session, &closure);
     let gzip_port = src.publish(&["gzip"]);
@@ -249,9 +250,23 @@ fn dry_run_reports_as_the_cxx_daemon_does() {
         let o = transcript(&ours.exec_guix(&args).unwrap());
         assert_eq!(o, c, "guix {args:?}: ours differs from C++");
     }
-    let closure: Vec<&str> = ["a", "b", "dir", "top"].iter().map(|k| src.path(k)).collect();
+    let closure: Vec<&str> = ["a", "b", "dir", "big", "top"].iter().map(|k| src.path(k)).collect();
     assert_eq!(infos(&ours, &closure), infos(&cxx, &closure));
+    // Substitutes are deduplicated as C++ `optimisePath` does after a substitution: `big`
+    // (a root file) and `dir`'s `data` linked with their `.links` entries, nothing else.
+    let links = |s: &Session| {
+        let out = s.exec(&["sh", "-c", LINKS]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (c, o) = (links(&cxx), links(&ours));
+    assert_eq!(o, c, "the store's links differ from C++");
+    assert_eq!(c.lines().filter(|l| l.starts_with("2 ")).count(), 4, "not what this test expects of C++:\n{c}");
 }
+
+/// Every `.links` entry and store file: link count and name, sorted.
+const LINKS: &str = r#"cd /gnu/store && find .links -type f -printf '%n %P\n' | sort
+find . -path ./.links -prune -o -path ./.rs-scratch -prune -o -type f ! -name '*.lock' -printf '%n %P\n' | sort -k2"#;
 
 /// A stand-in substitute server ([`http::serve`]): fixed answers per path, 404 otherwise.
 fn serve(files: BTreeMap<String, Vec<u8>>) -> u16 {
