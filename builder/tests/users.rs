@@ -135,17 +135,32 @@ fn acquire_waits_for_a_free_user_instead_of_failing() {
     });
 }
 
-#[test]
-fn a_user_locked_by_another_process_is_skipped() {
-    let _serial = serial();
+/// A pool over a fresh state directory, one test at a time, and its first user's lock file.
+struct FirstUser {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    pool: std::sync::Arc<UserPool>,
+    uid: u32,
+    lock: std::path::PathBuf,
+}
+
+/// [`FirstUser`], or `None` where the build users cannot be made.
+fn first_user() -> Option<FirstUser> {
+    let serial = serial();
     if !ensure_users() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let pool = UserPool::new(GROUP, dir.path()).unwrap();
-    let uid1 = uid_of(USERS[0]);
+    let uid = uid_of(USERS[0]);
     std::fs::create_dir_all(dir.path().join("userpool")).unwrap();
-    let lock = dir.path().join("userpool").join(uid1.to_string());
+    let lock = dir.path().join("userpool").join(uid.to_string());
+    Some(FirstUser { _serial: serial, _dir: dir, pool, uid, lock })
+}
+
+#[test]
+fn a_user_locked_by_another_process_is_skipped() {
+    let Some(FirstUser { _serial, _dir, pool, lock, .. }) = first_user() else { return };
     // Another process (a C++ daemon, say) holds user 1's fcntl lock.
     let mut other = lock_in_other_process(&lock);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -230,14 +245,7 @@ fn lockable_by_another_process(lock: &Path) -> bool {
 
 #[test]
 fn a_user_released_killed_stays_ours_a_while_and_is_taken_again_without_a_kill() {
-    let _serial = serial();
-    if !ensure_users() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pool = UserPool::new(GROUP, dir.path()).unwrap();
-    let uid1 = uid_of(USERS[0]);
-    let lock = dir.path().join("userpool").join(uid1.to_string());
+    let Some(FirstUser { _serial, _dir, pool, uid: uid1, lock }) = first_user() else { return };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let u = pool.acquire().await.unwrap();
