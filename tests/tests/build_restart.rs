@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use guix_tests::ours::{ctl_status, ours_kind};
 use guix_tests::{Rig, Session};
 
-/// The rig's sessions share the build users' uids (the chroot's `/etc/passwd`) but not their
-/// `userpool` locks (each session has its own `/var/guix`), so a daemon killing a user's
-/// processes (before and after each build, and every free user when the builder starts)
-/// kills the other session's builds of that uid. These two tests build for seconds with many
-/// users, and one restarts the builder: one at a time.
+/// The rig's sessions share the build users' uids (the chroot's `/etc/passwd`). Each session
+/// has its own PID namespace, so one daemon's kills of a build user's processes do not reach
+/// another session's builds; but [`assert_nothing_stray`] looks for build users' processes in
+/// the host's `/proc`, where it sees every session's. These two tests build for seconds with
+/// many users: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
