@@ -38,6 +38,25 @@ const PIPE_DEPTH: usize = 4;
 /// Without a byte for this long, a download is given up (Guix has no such bound; a server
 /// that stalls would hold a Guix substitution for ever).
 pub const STALL_LIMIT: Duration = Duration::from_secs(300);
+/// The environment variable that sets the stall limit instead, in seconds (fractions
+/// allowed): for tests of a stalling server.
+pub const STALL_ENV: &str = "GUIX_DAEMON_RS_SUBSTITUTE_STALL";
+
+/// [`STALL_LIMIT`], or what [`STALL_ENV`] says (read once; a value that is not a positive
+/// number of seconds is reported and ignored).
+pub fn stall_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let Ok(v) = std::env::var(STALL_ENV) else { return STALL_LIMIT };
+        match v.parse::<f64>() {
+            Ok(secs) if secs > 0.0 && secs.is_finite() => Duration::from_secs_f64(secs),
+            _ => {
+                eprintln!("guix-substituter: ignoring {STALL_ENV}={v:?}: not a positive number of seconds");
+                STALL_LIMIT
+            }
+        }
+    })
+}
 
 /// Why a nar could not be substituted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,11 +401,12 @@ async fn send_bytes(
         progress.finished(done, reports);
         return Ok(());
     }
-    let resp = http
-        .get(&choice.url)
-        .header("User-Agent", "GNU Guile")
-        .send()
+    let stall = stall_limit();
+    let stalled = || net(format!("{}: no data for {}s", choice.url, stall.as_secs_f64()));
+    // A server that takes the request and never answers is a stall too.
+    let resp = tokio::time::timeout(stall, http.get(&choice.url).header("User-Agent", "GNU Guile").send())
         .await
+        .map_err(|_| stalled())?
         .map_err(|e| net(crate::lookup::io_reason(&e)))?;
     if !resp.status().is_success() {
         let s = resp.status();
@@ -403,7 +423,7 @@ async fn send_bytes(
     let mut body = resp.bytes_stream();
     loop {
         let next = tokio::select! {
-            n = tokio::time::timeout(STALL_LIMIT, body.next()) => n,
+            n = tokio::time::timeout(stall, body.next()) => n,
             // The unpacker has what it wants (an uncompressed nar has no end on the wire).
             _ = tx.closed() => break,
         };
@@ -411,7 +431,7 @@ async fn send_bytes(
             Ok(n) => n,
             Err(_) => {
                 let _ = tx.send(Err(io::Error::other("stalled"))).await;
-                return Err(net(format!("{}: no data for {}s", choice.url, STALL_LIMIT.as_secs())));
+                return Err(stalled());
             }
         };
         match next {

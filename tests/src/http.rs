@@ -1,6 +1,6 @@
 //! A stand-in HTTP/1.1 file server for substitutes, for the tests and the bench: where the
 //! answer must be something `guix publish` will not serve (altered narinfos, a slow server, a
-//! nar compressed otherwise). It reads each request line, skips the headers, and answers from
+//! nar compressed otherwise, a redirect, a server that stalls). It reads each request line, skips the headers, and answers from
 //! a map of paths (404 for any other), keeping the connection open for the next request.
 
 use std::collections::BTreeMap;
@@ -16,6 +16,16 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// A file, streamed (a nar too large to hold).
     File(PathBuf),
+    /// `302 Found` to this location.
+    Redirect(String),
+    /// A 200 answer announcing `announced` bytes that sends `sent`, then nothing more for a
+    /// minute (a server that stalls), then closes the connection.
+    Stall {
+        announced: u64,
+        sent: Vec<u8>,
+    },
+    /// No answer at all for a minute, then the connection closes.
+    Silent,
 }
 
 /// Serves `routes` on a fresh port of 127.0.0.1 (returned) from a thread that lives as long
@@ -58,6 +68,20 @@ fn answer(conn: TcpStream, routes: &BTreeMap<String, Body>, rate: Option<usize>)
                 let len = f.metadata()?.len();
                 send(&mut conn, len, &mut f, rate)
             }),
+            Some(Body::Redirect(to)) => {
+                write!(conn, "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
+            }
+            Some(Body::Stall { announced, sent }) => {
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\n\r\n")
+                    .and_then(|()| conn.write_all(sent))
+                    .and_then(|()| conn.flush());
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            }
+            Some(Body::Silent) => {
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            }
             None => conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
         };
         if sent.is_err() {

@@ -11,11 +11,13 @@
 //!   ACL are refused; a nar that is corrupt, truncated or larger than announced is rejected;
 //!   in every case nothing is registered and nothing is left in the store. These come from a
 //!   small HTTP server in this test that serves `guix publish`'s own signed narinfos, altered.
+//! * A nar behind a redirect is fetched; a nar that stops halfway and a server that never
+//!   answers fail within the (shortened) stall limit, leaving nothing behind.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guix_tests::http;
@@ -371,6 +373,91 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
         ))
         .unwrap();
     assert_eq!(out.trim(), "#t", "the control item");
+    assert_eq!(nar_of(&ours.host_path(a).unwrap()), nar("a"));
+}
+
+/// Our daemon substituting from `urls` with the substituter's stall limit at `stall_secs`
+/// (`GUIX_DAEMON_RS_SUBSTITUTE_STALL`; the rig starts the daemon with an empty environment, so
+/// `env` sets it).
+fn ours_with_stall(rig: &Rig, urls: &str, stall_secs: u32) -> Session {
+    let (kind, mut opts) = ours_kind(&[]);
+    let DaemonKind::Ours { args, .. } = kind else { unreachable!() };
+    let mut env_args = vec![
+        format!("GUIX_DAEMON_RS_SUBSTITUTE_STALL={stall_secs}"),
+        format!("{}/guix-daemon-rs", guix_tests::ours::LIBEXEC_IN_CHROOT),
+    ];
+    env_args.extend(args);
+    let kind = DaemonKind::Ours { binary: PathBuf::from("/usr/bin/env"), args: env_args };
+    opts.daemon_flags = Some(vec!["--build-users-group=guixbuild".into(), format!("--substitute-urls={urls}")]);
+    Session::start_with(rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Faults of the server: a nar behind a redirect is fetched; a nar that stops coming halfway,
+/// and a server that never answers the nar's request, fail the substitution with a clear
+/// error once the stall limit passes (2 s here), leaving nothing at the path nor in scratch
+/// space; the control item is then substituted as usual.
+#[test]
+fn redirects_are_followed_and_stalled_downloads_fail_cleanly() {
+    const STALL_SECS: u32 = 2;
+    let rig = rig();
+    let src = Source::start(&rig);
+    let port = src.publish(&["gzip"]);
+    let signed = |k: &str| {
+        let (status, body) = http_get(port, &format!("/{}.narinfo", hash_part(src.path(k)))).unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    };
+    let nar = |k: &str| nar_of(&src.session.host_path(src.path(k)).unwrap());
+    let mut routes = BTreeMap::new();
+    let mut put = |k: &str, url: String, route: (String, http::Body)| {
+        let h = hash_part(src.path(k)).to_owned();
+        routes.insert(format!("/{h}.narinfo"), http::Body::Bytes(narinfo_with_nar(&signed(k), &url).into_bytes()));
+        routes.insert(route.0, route.1);
+    };
+    let h = |k: &str| hash_part(src.path(k)).to_owned();
+    // e1: the nar's URL redirects to where it is.
+    put(
+        "e1",
+        format!("moved/{}", h("e1")),
+        (format!("/moved/{}", h("e1")), http::Body::Redirect(format!("/nar/{}", h("e1")))),
+    );
+    // e2: half the nar, then nothing.
+    let full = nar("e2");
+    let half = full[..full.len() / 2].to_vec();
+    put(
+        "e2",
+        format!("nar/{}", h("e2")),
+        (format!("/nar/{}", h("e2")), http::Body::Stall { announced: full.len() as u64, sent: half }),
+    );
+    // e3: no answer to the nar's request.
+    put("e3", format!("nar/{}", h("e3")), (format!("/nar/{}", h("e3")), http::Body::Silent));
+    // a: the control.
+    put("a", format!("nar/{}", h("a")), (format!("/nar/{}", h("a")), http::Body::Bytes(nar("a"))));
+    routes.insert(format!("/nar/{}", h("e1")), http::Body::Bytes(nar("e1")));
+    let bad_port = http::serve(routes, None).unwrap();
+    let ours = ours_with_stall(&rig, &format!("http://127.0.0.1:{bad_port}"), STALL_SECS);
+
+    let e1 = src.path("e1");
+    let out = ours.exec_guix(&["build", e1]).unwrap();
+    assert!(out.status.success(), "e1 behind a redirect: {}", transcript(&out));
+    assert_eq!(nar_of(&ours.host_path(e1).unwrap()), nar("e1"), "e1's contents");
+    for k in ["e2", "e3"] {
+        let p = src.path(k);
+        let started = Instant::now();
+        let out = ours.exec_guix(&["build", p]).unwrap();
+        let took = started.elapsed();
+        let text = transcript(&out);
+        assert!(!out.status.success(), "{k}: substituted from a stalled server: {text}");
+        assert!(text.contains(&format!("no data for {STALL_SECS}s")), "{k}: no stall error: {text}");
+        // A deadline, not a speed: without the limit this waits for the server's minute.
+        assert!(took < Duration::from_secs(50), "{k}: took {took:?}");
+        assert!(!ours.store_dir_on_host().join(&p["/gnu/store/".len()..]).exists(), "{k}: something at {p}");
+        assert!(ours.scratch_leftovers().is_empty(), "{k}: scratch entries left");
+        assert_eq!(infos(&ours, &[p]), format!("{p} #f\n"), "{k}: valid after a stalled download");
+    }
+    let a = src.path("a");
+    let out = ours.exec_guix(&["build", a]).unwrap();
+    assert!(out.status.success(), "the control: {}", transcript(&out));
     assert_eq!(nar_of(&ours.host_path(a).unwrap()), nar("a"));
 }
 
