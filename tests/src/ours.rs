@@ -33,6 +33,18 @@ pub fn ours_kind_in(dir: &Path, extra_args: &[&str]) -> (DaemonKind, SessionOpti
     (kind, opts)
 }
 
+/// Like [`ours_kind`], with `env` (`NAME=VALUE`) in the daemon's environment: the rig starts
+/// the daemon with an empty one, so the host's `/usr/bin/env`, bound in as the daemon binary,
+/// starts it with these.
+pub fn ours_kind_with_env(env: &[String], extra_args: &[&str]) -> (DaemonKind, SessionOptions) {
+    let (kind, opts) = ours_kind(extra_args);
+    let DaemonKind::Ours { args, .. } = kind else { unreachable!("ours_kind makes Ours") };
+    let mut env_args = env.to_vec();
+    env_args.push(format!("{LIBEXEC_IN_CHROOT}/guix-daemon-rs"));
+    env_args.extend(args);
+    (DaemonKind::Ours { binary: PathBuf::from("/usr/bin/env"), args: env_args }, opts)
+}
+
 /// Starts a session running our daemon; the binaries must have been built.
 pub fn start_ours(rig: &Rig) -> Result<Session, RigError> {
     let (kind, opts) = ours_kind(&[]);

@@ -22,7 +22,7 @@ mod common;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::wire::*;
 use guix_formats::wire::put_u64;
-use guix_tests::{DaemonKind, Rig, Session};
+use guix_tests::{Rig, Session};
 
 /// socket-front's peak RSS while hostile clients do their worst: its request pool (128 MiB),
 /// what each connection may use without it, and the process itself, with room to spare.
@@ -194,17 +194,10 @@ fn largest_requests_are_refused_and_others_succeed() {
 /// Idle limit of transfers in the second test (`GUIX_DAEMON_RS_TRANSFER_IDLE`).
 const IDLE_SECS: u64 = 5;
 
-/// Our daemon with `GUIX_DAEMON_RS_TRANSFER_IDLE` set: the rig starts the daemon with an empty
-/// environment, so `env` (the host's, bound in as the daemon binary) sets it.
+/// Our daemon with `GUIX_DAEMON_RS_TRANSFER_IDLE` set.
 fn start_with_idle(rig: &Rig) -> Session {
-    let (kind, opts) = guix_tests::ours::ours_kind(&[]);
-    let DaemonKind::Ours { args, .. } = kind else { unreachable!() };
-    let mut env_args = vec![
-        format!("GUIX_DAEMON_RS_TRANSFER_IDLE={IDLE_SECS}"),
-        format!("{}/guix-daemon-rs", guix_tests::ours::LIBEXEC_IN_CHROOT),
-    ];
-    env_args.extend(args);
-    let kind = DaemonKind::Ours { binary: PathBuf::from("/usr/bin/env"), args: env_args };
+    let (kind, opts) =
+        guix_tests::ours::ours_kind_with_env(&[format!("GUIX_DAEMON_RS_TRANSFER_IDLE={IDLE_SECS}")], &[]);
     Session::start_with(rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 

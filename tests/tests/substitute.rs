@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guix_tests::http;
@@ -125,6 +125,18 @@ impl Source {
 
     fn path(&self, k: &str) -> &str {
         &self.paths[k]
+    }
+
+    /// The signed narinfo of item `k` from the `guix publish` on `port`.
+    fn signed_narinfo(&self, port: u16, k: &str) -> String {
+        let (status, body) = http_get(port, &format!("/{}.narinfo", hash_part(self.path(k)))).unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    }
+
+    /// The NAR of item `k`.
+    fn nar(&self, k: &str) -> Vec<u8> {
+        nar_of(&self.session.host_path(self.path(k)).unwrap())
     }
 }
 
@@ -307,12 +319,8 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
     let rig = rig();
     let src = Source::start(&rig);
     let port = src.publish(&["gzip"]);
-    let signed = |k: &str| {
-        let (status, body) = http_get(port, &format!("/{}.narinfo", hash_part(src.path(k)))).unwrap();
-        assert_eq!(status, 200);
-        String::from_utf8(body).unwrap()
-    };
-    let nar = |k: &str| nar_of(&src.session.host_path(src.path(k)).unwrap());
+    let signed = |k: &str| src.signed_narinfo(port, k);
+    let nar = |k: &str| src.nar(k);
     let mut files = BTreeMap::new();
     let mut put = |k: &str, narinfo: String, nar_bytes: Vec<u8>| {
         let h = hash_part(src.path(k)).to_owned();
@@ -377,17 +385,10 @@ fn untrusted_narinfos_and_bad_nars_are_refused_and_leave_nothing() {
 }
 
 /// Our daemon substituting from `urls` with the substituter's stall limit at `stall_secs`
-/// (`GUIX_DAEMON_RS_SUBSTITUTE_STALL`; the rig starts the daemon with an empty environment, so
-/// `env` sets it).
+/// (`GUIX_DAEMON_RS_SUBSTITUTE_STALL`).
 fn ours_with_stall(rig: &Rig, urls: &str, stall_secs: u32) -> Session {
-    let (kind, mut opts) = ours_kind(&[]);
-    let DaemonKind::Ours { args, .. } = kind else { unreachable!() };
-    let mut env_args = vec![
-        format!("GUIX_DAEMON_RS_SUBSTITUTE_STALL={stall_secs}"),
-        format!("{}/guix-daemon-rs", guix_tests::ours::LIBEXEC_IN_CHROOT),
-    ];
-    env_args.extend(args);
-    let kind = DaemonKind::Ours { binary: PathBuf::from("/usr/bin/env"), args: env_args };
+    let (kind, mut opts) =
+        guix_tests::ours::ours_kind_with_env(&[format!("GUIX_DAEMON_RS_SUBSTITUTE_STALL={stall_secs}")], &[]);
     opts.daemon_flags = Some(vec!["--build-users-group=guixbuild".into(), format!("--substitute-urls={urls}")]);
     Session::start_with(rig, kind, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -402,12 +403,8 @@ fn redirects_are_followed_and_stalled_downloads_fail_cleanly() {
     let rig = rig();
     let src = Source::start(&rig);
     let port = src.publish(&["gzip"]);
-    let signed = |k: &str| {
-        let (status, body) = http_get(port, &format!("/{}.narinfo", hash_part(src.path(k)))).unwrap();
-        assert_eq!(status, 200);
-        String::from_utf8(body).unwrap()
-    };
-    let nar = |k: &str| nar_of(&src.session.host_path(src.path(k)).unwrap());
+    let signed = |k: &str| src.signed_narinfo(port, k);
+    let nar = |k: &str| src.nar(k);
     let mut routes = BTreeMap::new();
     let mut put = |k: &str, url: String, route: (String, http::Body)| {
         let h = hash_part(src.path(k)).to_owned();
