@@ -891,10 +891,6 @@ async fn deduplicate(b: &Arc<Builder>, job: &Arc<Job>, processed: ProcessedOutpu
         for out in processed.outputs().iter().filter(|o| o.item.nar_size >= DEDUPLICATION_MIN_SIZE) {
             let known: KnownHashes = [(PathBuf::new(), out.item.nar_hash)].into();
             let dir = out.scratch_path();
-            let known = match std::fs::symlink_metadata(dir) {
-                Ok(md) if md.is_file() => known,
-                _ => KnownHashes::new(),
-            };
             let r = optimise_path_with(&store, &links, dir, &known, &mut stats, &mut |l, m| msgs.push((l, m)));
             if let Err(e) = r {
                 return Err(Error::build(FailureKind::Misc, e.to_string()));

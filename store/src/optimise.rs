@@ -84,7 +84,9 @@ pub struct OptimiseStats {
 
 /// The NAR hashes of some regular files of a tree, by their path relative to its root (the
 /// root itself: the empty path), for files already hashed while they were written (see
-/// [`FileNarHashes`]). A file not listed is read and hashed.
+/// [`FileNarHashes`]). A file not listed is read and hashed. An item's own NAR hash can always
+/// go at the empty path: it is the root file's when the root is a regular file, and only then
+/// is the entry looked at.
 pub type KnownHashes = HashMap<PathBuf, Hash>;
 
 /// C++ `optimisePath_` over the tree at `path` (one store item, in the store or in scratch

@@ -239,9 +239,7 @@ pub fn unpack(
     }
     let mut messages = Vec::new();
     if let (Some(store), true) = (dedup, hash_files) {
-        if std::fs::symlink_metadata(dest).is_ok_and(|md| md.is_file()) {
-            known.insert(PathBuf::new(), summary.nar_hash);
-        }
+        known.insert(PathBuf::new(), summary.nar_hash);
         let mut stats = OptimiseStats::default();
         optimise_path_with(store, &store.join(".links"), dest, &known, &mut stats, &mut |l, m| messages.push((l, m)))
             .map_err(|e| bad(e.to_string()))?;
