@@ -182,23 +182,33 @@ impl Slots {
         if number >= s.next_grant {
             return;
         }
-        let (done, tx) = match order {
-            Order::Visible => (&mut s.visible, &self.visible),
-            Order::Picked => (&mut s.picked, &self.picked),
+        let done = match order {
+            Order::Visible => &mut s.visible,
+            Order::Picked => &mut s.picked,
         };
         let from = done.mark(number);
         drop(s);
-        tx.send_replace(from);
+        self.sender(order).send_replace(from);
+    }
+
+    /// Grant `number` is done with every step (its guard is gone).
+    fn done_with_all(&self, number: u64) {
+        self.done(number, Order::Picked);
+        self.done(number, Order::Visible);
+    }
+
+    /// Where the lowest grant not done with the step of `order` is published.
+    fn sender(&self, order: Order) -> &watch::Sender<u64> {
+        match order {
+            Order::Visible => &self.visible,
+            Order::Picked => &self.picked,
+        }
     }
 
     /// Waits until every grant before `number` is done with the step of `order`.
     async fn wait_for(&self, number: u64, order: Order) {
-        let tx = match order {
-            Order::Visible => &self.visible,
-            Order::Picked => &self.picked,
-        };
         // The sender lives as long as `self`: the wait cannot fail.
-        let _ = tx.subscribe().wait_for(|v| *v >= number).await;
+        let _ = self.sender(order).subscribe().wait_for(|v| *v >= number).await;
     }
 }
 
@@ -235,10 +245,7 @@ impl Preparing {
 impl Drop for Preparing {
     fn drop(&mut self) {
         match self.grant {
-            Some(number) => {
-                self.slots.done(number, Order::Picked);
-                self.slots.done(number, Order::Visible);
-            }
+            Some(number) => self.slots.done_with_all(number),
             None => {
                 let mut s = self.slots.lock();
                 s.preparing -= 1;
@@ -279,8 +286,7 @@ impl Drop for Queued {
             Slots::dispatch(&mut s);
             drop(s);
             if let Some(number) = granted {
-                self.slots.done(number, Order::Picked);
-                self.slots.done(number, Order::Visible);
+                self.slots.done_with_all(number);
             }
         }
     }
