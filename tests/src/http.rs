@@ -1,7 +1,8 @@
 //! A stand-in HTTP/1.1 file server for substitutes, for the tests and the bench: where the
 //! answer must be something `guix publish` will not serve (altered narinfos, a slow server, a
-//! nar compressed otherwise, a redirect, a server that stalls). It reads each request line, skips the headers, and answers from
-//! a map of paths (404 for any other), keeping the connection open for the next request.
+//! nar compressed otherwise, a redirect, a server that stalls). It reads each request line,
+//! skips the headers, and answers from a map of paths (404 for any other), keeping the
+//! connection open for the next request.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -406,31 +406,25 @@ fn redirects_are_followed_and_stalled_downloads_fail_cleanly() {
     let signed = |k: &str| src.signed_narinfo(port, k);
     let nar = |k: &str| src.nar(k);
     let mut routes = BTreeMap::new();
-    let mut put = |k: &str, url: String, route: (String, http::Body)| {
+    // Item `k`'s narinfo, naming its nar `DIR/HASH`, and what that URL answers.
+    let mut put = |k: &str, dir: &str, body: http::Body| {
         let h = hash_part(src.path(k)).to_owned();
+        let url = format!("{dir}/{h}");
         routes.insert(format!("/{h}.narinfo"), http::Body::Bytes(narinfo_with_nar(&signed(k), &url).into_bytes()));
-        routes.insert(route.0, route.1);
+        routes.insert(format!("/{url}"), body);
     };
-    let h = |k: &str| hash_part(src.path(k)).to_owned();
     // e1: the nar's URL redirects to where it is.
-    put(
-        "e1",
-        format!("moved/{}", h("e1")),
-        (format!("/moved/{}", h("e1")), http::Body::Redirect(format!("/nar/{}", h("e1")))),
-    );
+    let e1 = hash_part(src.path("e1")).to_owned();
+    put("e1", "moved", http::Body::Redirect(format!("/nar/{e1}")));
     // e2: half the nar, then nothing.
     let full = nar("e2");
     let half = full[..full.len() / 2].to_vec();
-    put(
-        "e2",
-        format!("nar/{}", h("e2")),
-        (format!("/nar/{}", h("e2")), http::Body::Stall { announced: full.len() as u64, sent: half }),
-    );
+    put("e2", "nar", http::Body::Stall { announced: full.len() as u64, sent: half });
     // e3: no answer to the nar's request.
-    put("e3", format!("nar/{}", h("e3")), (format!("/nar/{}", h("e3")), http::Body::Silent));
+    put("e3", "nar", http::Body::Silent);
     // a: the control.
-    put("a", format!("nar/{}", h("a")), (format!("/nar/{}", h("a")), http::Body::Bytes(nar("a"))));
-    routes.insert(format!("/nar/{}", h("e1")), http::Body::Bytes(nar("e1")));
+    put("a", "nar", http::Body::Bytes(nar("a")));
+    routes.insert(format!("/nar/{e1}"), http::Body::Bytes(nar("e1")));
     let bad_port = http::serve(routes, None).unwrap();
     let ours = ours_with_stall(&rig, &format!("http://127.0.0.1:{bad_port}"), STALL_SECS);
 
