@@ -118,13 +118,25 @@ struct Samples {
     during: Vec<Duration>,
 }
 
+/// The `q` quantile of `v` (sorted), none when empty.
+fn quantile(v: &[Duration], q: f64) -> Option<Duration> {
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
+    v.get(i).copied()
+}
+
 fn p99(v: &mut [Duration]) -> Res<f64> {
-    if v.is_empty() {
-        return Err("no samples".into());
-    }
     v.sort();
-    let i = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
-    Ok(v[i].as_secs_f64() * 1e6)
+    quantile(v, 0.99).map(|d| d.as_secs_f64() * 1e6).ok_or_else(|| "no samples".into())
+}
+
+/// The median, p90, p99, p99.9 and longest of `v`, in µs, for the log.
+fn spread(v: &mut [Duration]) -> String {
+    v.sort();
+    let at = |q| quantile(v, q).map_or(0, |d| d.as_micros());
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    format!("p50 {} p90 {} p99 {} p99.9 {} max {} µs", at(0.5), at(0.9), at(0.99), at(0.999), at(1.0))
 }
 
 /// Phases of the run, seen by the loops.
@@ -228,6 +240,9 @@ pub async fn run(session: &Session, paths: usize) -> Res<Vec<Res<f64>>> {
         add.idle.len(),
         add.during.len()
     );
+    for (name, v) in [("QueryPathInfo", &mut qpi), ("AddTextToStore", &mut add)] {
+        eprintln!("guix-bench: gc: {name} idle: {}; during: {}", spread(&mut v.idle), spread(&mut v.during));
+    }
     // Where our collection's time went (its own summary lines in the daemon log).
     for line in session.daemon_log().lines().filter(|l| l.starts_with("guix-gc: ")) {
         eprintln!("guix-bench: gc: daemon log: {line}");

@@ -4,8 +4,8 @@
 //!
 //! Writes run in `BEGIN IMMEDIATE` transactions (the C++ daemon
 //! uses a deferred `begin;`; taking the write lock up front only avoids the deadlock-prone lock
-//! upgrade, the rows written are the same). Both retry on `SQLITE_BUSY`/`SQLITE_PROTOCOL` after
-//! a random sleep of at most 0.1 s, like `retrySQLite`.
+//! upgrade, the rows written are the same). Both retry on `SQLITE_BUSY`/`SQLITE_PROTOCOL`, like
+//! `retrySQLite` ([`guix_store::db::retry`]).
 
 use std::collections::BTreeSet;
 use std::ops::Deref;

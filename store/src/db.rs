@@ -7,8 +7,8 @@
 //! Reads run in one deferred read transaction each: under WAL they see a consistent snapshot
 //! and never wait for a writer. Writes run in `BEGIN IMMEDIATE` transactions (the C++ daemon
 //! uses a deferred `begin;`; taking the write lock up front only avoids the deadlock-prone lock
-//! upgrade, the rows written are the same). Both retry on `SQLITE_BUSY`/`SQLITE_PROTOCOL` after
-//! a random sleep of at most 0.1 s, like `retrySQLite`.
+//! upgrade, the rows written are the same). Both retry on `SQLITE_BUSY`/`SQLITE_PROTOCOL`, like
+//! `retrySQLite`, after pauses that start short ([`retry_for`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -411,27 +411,108 @@ fn parse_hash_field(path: &str, s: &str) -> Result<Hash> {
         .ok_or_else(|| Error::Corrupt(format!("invalid hash `{digest}' in valid-path entry for `{path}'")))
 }
 
-/// `retrySQLite`: runs `f` again while it fails with "busy", after a random sleep ≤ 0.1 s.
+/// `retrySQLite`: runs `f` again while it fails with "busy" (see [`retry_for`]).
 pub fn retry<T>(f: impl FnMut() -> Result<T>) -> Result<T> {
     retry_for(Duration::MAX, f)
+}
+
+/// The first pause of [`retry_for`].
+const FIRST_PAUSE: Duration = Duration::from_micros(20);
+/// The longest pause of [`retry_for`]: the C++ `retrySQLite` sleeps a random time up to this.
+const LONGEST_PAUSE: Duration = Duration::from_millis(100);
+/// [`retry_for`] warns once the database has been busy this long: shorter spells are races of
+/// a few microseconds, not contention worth a line in the log.
+const WARN_AFTER: Duration = Duration::from_millis(10);
+
+/// The pauses of [`retry_for`]: each a random time between half of and the whole of a bound
+/// that starts at [`FIRST_PAUSE`] and doubles up to [`LONGEST_PAUSE`]; `noise` gives a number
+/// for the randomness.
+///
+/// Not the C++ daemon's flat random sleep of up to 0.1 s: a reader that cannot write the
+/// `-shm` (socket-front as its own user) is told "busy" (`SQLITE_READONLY_RECOVERY`,
+/// `SQLITE_READONLY_CANTINIT`) when it reads the WAL index header while the writer is updating
+/// it, a race that is over microseconds later. Measured during a collection (a commit every
+/// half millisecond): a few such races a second, each of which had held socket-front's runtime
+/// thread, so every client, for up to 100 ms.
+fn pauses(mut noise: impl FnMut() -> u32) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(FIRST_PAUSE), |&bound| Some((bound * 2).min(LONGEST_PAUSE)))
+        .map(move |bound| bound / 2 + bound / 2 * (noise() % 1000) / 1000)
 }
 
 /// [`retry`] for at most `limit`; then the "busy" error is returned.
 pub fn retry_for<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let start = std::time::Instant::now();
     let mut warned = false;
+    let noise = || SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mut pauses = pauses(noise);
     loop {
         match f() {
             Err(e) if e.is_busy() && start.elapsed() < limit => {
-                if !warned {
+                if !warned && start.elapsed() >= WARN_AFTER {
                     eprintln!("warning: SQLite database is busy");
                     warned = true;
                 }
-                let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 100;
-                let left = limit.saturating_sub(start.elapsed());
-                std::thread::sleep(Duration::from_millis(u64::from(jitter)).min(left));
+                let pause = pauses.next().unwrap_or(LONGEST_PAUSE);
+                std::thread::sleep(pause.min(limit.saturating_sub(start.elapsed())));
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> Error {
+        let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY_RECOVERY);
+        Error::sqlite("reading")(rusqlite::Error::SqliteFailure(code, None))
+    }
+
+    #[test]
+    fn pauses_start_at_microseconds_and_double_up_to_the_cxx_bound() {
+        for noise in [0, 499, 999] {
+            let p: Vec<Duration> = pauses(|| noise).take(20).collect();
+            assert!(p[0] >= FIRST_PAUSE / 2 && p[0] <= FIRST_PAUSE, "{p:?}");
+            for w in p.windows(2) {
+                assert!(w[1] <= LONGEST_PAUSE, "{p:?}");
+                assert!(w[1] >= w[0], "{p:?}");
+            }
+            // 20 µs doubled 13 times is past 100 ms: capped from there on.
+            assert!(p[13..].iter().all(|&d| d >= LONGEST_PAUSE / 2), "{p:?}");
+            let spent: Duration = p[..8].iter().sum();
+            assert!(spent < Duration::from_millis(6), "the first eight retries take under 6 ms: {p:?}");
+        }
+    }
+
+    #[test]
+    fn retry_for_runs_again_while_busy_and_gives_up_at_its_limit() {
+        let mut calls = 0;
+        let r = retry_for(Duration::from_secs(10), || {
+            calls += 1;
+            if calls < 5 {
+                Err(busy())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.ok(), Some(5));
+
+        let mut calls = 0;
+        let r: Result<()> = retry_for(Duration::ZERO, || {
+            calls += 1;
+            Err(busy())
+        });
+        assert!(r.is_err_and(|e| e.is_busy()));
+        assert_eq!(calls, 1, "no time left: no second try");
+
+        // Anything else is not retried.
+        let mut calls = 0;
+        let r: Result<()> = retry_for(Duration::from_secs(10), || {
+            calls += 1;
+            Err(Error::Corrupt("x".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
     }
 }
