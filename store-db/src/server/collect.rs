@@ -102,8 +102,8 @@ fn reserved(name: &str) -> bool {
 
 /// A [`DeadBatch`] being run in parts by the writer ([`super::writer::Job::DeleteDead`]):
 /// each [`DeadRun::step`] decides and deletes the next runs of whole groups (about
-/// [`DEAD_PART_TARGET`] of work, the size adapting to what the last part took) as a batch of
-/// its own, so that the writer can run the requests waiting for it before the next part.
+/// [`DEAD_PART_TARGET`] of work, as many entries as the writer's [`PartSize`] says) as a batch
+/// of its own, so that the writer can run the requests waiting for it before the next part.
 ///
 /// Cutting between groups changes nothing of the outcome: every entry comes after what keeps
 /// it alive, or in its group, so a keeper in an earlier part is invalid by now (deleted) or
@@ -116,8 +116,6 @@ pub struct DeadRun {
     next_group: usize,
     /// The entries not run yet (the batch's, taken out as their parts run).
     entries: std::vec::IntoIter<guix_ipc::store_db::DeadEntry>,
-    /// Entries in the next part (at least one group).
-    part: usize,
     outcome: DeleteOutcome,
     freed: u64,
 }
@@ -140,10 +138,37 @@ pub const PART_NICE: i32 = 10;
 /// writer, or for the temp-roots lock the part holds) boosts it back to normal priority.
 pub static PART: guix_store::sched::Lowered = guix_store::sched::Lowered::new();
 
-/// The first part's size, in entries; the parts grow to [`MAX_PART`] while they take under a
-/// quarter of [`DEAD_PART_TARGET`], and halve when one takes longer.
-const FIRST_PART: usize = 16;
-const MAX_PART: usize = 4096;
+/// How many entries a part of a collection takes, learned from the parts before (kept by the
+/// writer from one batch to the next): it doubles, up to [`PartSize::MAX`], after a part that
+/// took under a quarter of [`DEAD_PART_TARGET`], and halves after one that took longer. Each
+/// batch starting again at a fixed size made its first parts take three times the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSize(usize);
+
+impl PartSize {
+    const FIRST: usize = 4;
+    const MAX: usize = 4096;
+
+    /// The entries of the next part (a whole group at least).
+    pub fn entries(self) -> usize {
+        self.0
+    }
+
+    /// Learns from a part that took `took`.
+    pub fn took(&mut self, took: std::time::Duration) {
+        if took > DEAD_PART_TARGET {
+            self.0 = (self.0 / 2).max(1);
+        } else if took < DEAD_PART_TARGET / 4 {
+            self.0 = (self.0 * 2).min(PartSize::MAX);
+        }
+    }
+}
+
+impl Default for PartSize {
+    fn default() -> Self {
+        PartSize(PartSize::FIRST)
+    }
+}
 
 impl DeadRun {
     /// Checks the batch's groups (they must add up to its entries; none are given: one group
@@ -169,16 +194,15 @@ impl DeadRun {
             groups,
             next_group: 0,
             entries,
-            part: FIRST_PART,
             outcome: DeleteOutcome { deleted: Vec::new(), kept: Vec::new(), limit_reached: false, stopped: None },
             freed,
         })
     }
 
-    /// Runs the next part.
-    pub fn step(mut self, db: &mut DbWriter, roots: &TempRoots, layout: &StoreLayout) -> Step {
+    /// Runs the next part, of about `size` entries, and updates `size` with what it took.
+    pub fn step(mut self, db: &mut DbWriter, roots: &TempRoots, layout: &StoreLayout, size: &mut PartSize) -> Step {
         let mut n = 0;
-        while self.next_group < self.groups.len() && (n == 0 || n + self.groups[self.next_group] <= self.part) {
+        while self.next_group < self.groups.len() && (n == 0 || n + self.groups[self.next_group] <= size.entries()) {
             n += self.groups[self.next_group];
             self.next_group += 1;
         }
@@ -195,11 +219,7 @@ impl DeadRun {
         let started = std::time::Instant::now();
         let res = delete_dead(db, roots, layout, part);
         let took = started.elapsed();
-        if took > DEAD_PART_TARGET {
-            self.part = (self.part / 2).max(1);
-        } else if took < DEAD_PART_TARGET / 4 {
-            self.part = (self.part * 2).min(MAX_PART);
-        }
+        size.took(took);
         match res {
             Ok(o) => {
                 self.freed = o.deleted.iter().fold(self.freed, |f, d| f.saturating_add(freed_by(d)));

@@ -190,8 +190,14 @@ impl WriterHandle {
     /// then, if more came, leaves them to [`WriterHandle::combine_all`] on the blocking pool,
     /// so a caller never works for others without end while its own client waits. Outside a
     /// tokio runtime, runs them all itself.
+    ///
+    /// A collection's part is never run on the caller's thread, a runtime worker: it waits for
+    /// the blocking pool. Run there, a part (up to milliseconds) took one of store-db's two
+    /// workers each time an addition found the writer free between two parts, and with the
+    /// other one waiting for the temp-roots lock that part held, no request was served at all.
     fn combine(&self) {
-        if !self.combine_once() {
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if !self.combine_round(on_runtime) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -211,13 +217,19 @@ impl WriterHandle {
     /// One round, if the writer is free; whether jobs are queued after it. `false` when the
     /// writer is busy: its holder runs what is queued before it lets go, or sees it after.
     pub(super) fn combine_once(&self) -> bool {
+        self.combine_round(false)
+    }
+
+    /// [`WriterHandle::combine_once`]; with `no_parts`, a collection's part is queued again
+    /// instead of run.
+    pub(super) fn combine_round(&self, no_parts: bool) -> bool {
         let mut writer = match self.inner.writer.try_lock() {
             Ok(w) => w,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return false,
         };
         let jobs = std::mem::take(&mut *lock(&self.inner.queue));
-        let later = writer.run_jobs(jobs);
+        let later = writer.run_jobs(jobs, no_parts);
         // Behind what came meanwhile, before letting go of the writer (so the holder, or the
         // next caller, sees them).
         lock(&self.inner.queue).extend(later);
@@ -260,6 +272,8 @@ struct Writer {
     stats: Arc<WriterStats>,
     hasher: ModuloHasher<Loader>,
     drv_checks: u64,
+    /// The size of a collection's parts, learned from one batch to the next.
+    part_size: super::collect::PartSize,
 }
 
 /// A job whose items are in place, ready to be registered.
@@ -272,7 +286,7 @@ struct Prepared {
 impl Writer {
     fn new(db: DbWriter, layout: StoreLayout, opts: WriterOptions, stats: Arc<WriterStats>) -> Writer {
         let hasher = new_hasher(&layout);
-        Writer { db, layout, opts, stats, hasher, drv_checks: 0 }
+        Writer { db, layout, opts, stats, hasher, drv_checks: 0, part_size: Default::default() }
     }
 
     /// Runs with the writer, which also does every rename into the store, so a path found
@@ -291,8 +305,8 @@ impl Writer {
     }
 
     /// Runs `jobs` in order, `AddItems` jobs in groups; returns the jobs to queue again (the
-    /// rest of a long job, after one part).
-    fn run_jobs(&mut self, mut jobs: VecDeque<Job>) -> Vec<Job> {
+    /// rest of a long job, after one part; with `no_parts`, every collection's job untouched).
+    fn run_jobs(&mut self, mut jobs: VecDeque<Job>, no_parts: bool) -> Vec<Job> {
         let mut later = Vec::new();
         while let Some(job) = jobs.pop_front() {
             match job {
@@ -327,6 +341,7 @@ impl Writer {
                 Job::InvalidateMissing { paths, reply } => {
                     let _ = reply.send(self.invalidate_missing(&paths));
                 }
+                job @ Job::DeleteDead { .. } if no_parts => later.push(job),
                 Job::DeleteDead { run, roots, reply } => {
                     self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                     if reply.is_closed() {
@@ -335,8 +350,9 @@ impl Writer {
                     }
                     // At the gc's priority: serving clients goes first (an addition that
                     // waits for this part meanwhile waits at most for it).
-                    let step = super::collect::PART
-                        .run(super::collect::PART_NICE, || run.step(&mut self.db, &roots, &self.layout));
+                    let step = super::collect::PART.run(super::collect::PART_NICE, || {
+                        run.step(&mut self.db, &roots, &self.layout, &mut self.part_size)
+                    });
                     match step {
                         super::collect::Step::More(run) => {
                             later.push(Job::DeleteDead { run: Box::new(run), roots, reply })

@@ -378,9 +378,10 @@ fn chains(f: &mut Fixture, n: usize) -> (Vec<(String, bool)>, Vec<u32>, StorePat
 fn run_in_parts(f: &mut Fixture, batch: DeadBatch) -> (Result<DeleteOutcome, BatchError>, usize) {
     let mut run = DeadRun::new(batch).unwrap();
     let mut parts = 0;
+    let mut size = PartSize::default();
     loop {
         parts += 1;
-        match run.step(&mut f.db, &f.roots, &f.layout) {
+        match run.step(&mut f.db, &f.roots, &f.layout, &mut size) {
             Step::More(next) => run = next,
             Step::Done(o) => return (o, parts),
         }
@@ -504,8 +505,15 @@ fn requests_queued_meanwhile_run_between_the_parts_of_a_batch() {
     let (done, mut outcome) = tokio::sync::oneshot::channel();
     let run = Box::new(DeadRun::new(batch).unwrap());
     writer.push(Job::DeleteDead { run, roots: std::sync::Arc::new(roots), reply: done });
+    // A turn on a runtime worker (a caller's) runs no part: left for the blocking pool.
+    let stats =
+        |w: &super::super::writer::WriterHandle| w.stats().transactions.load(std::sync::atomic::Ordering::SeqCst);
+    let before = stats(&writer);
+    assert!(writer.combine_round(true));
+    assert_eq!(stats(&writer), before, "no part ran on the caller's thread");
     // One turn of the writer: one part, the rest queued again.
     assert!(writer.combine_once());
+    assert_eq!(stats(&writer), before + 1);
     assert!(outcome.try_recv().is_err());
     let (tx, mut cleared) = tokio::sync::oneshot::channel();
     writer.push(Job::ClearFailed { paths: Vec::new(), reply: tx });
@@ -520,4 +528,24 @@ fn requests_queued_meanwhile_run_between_the_parts_of_a_batch() {
     let o = outcome.try_recv().unwrap().unwrap();
     assert_eq!(o.deleted.len(), entries.len() - 1);
     assert!(turns >= 3, "{turns}");
+}
+
+#[test]
+fn part_sizes_follow_what_the_parts_took() {
+    let mut size = PartSize::default();
+    let first = size.entries();
+    size.took(DEAD_PART_TARGET * 3);
+    assert_eq!(size.entries(), first / 2);
+    size.took(DEAD_PART_TARGET / 2);
+    assert_eq!(size.entries(), first / 2, "within the target: kept");
+    size.took(DEAD_PART_TARGET / 8);
+    assert_eq!(size.entries(), first);
+    for _ in 0..20 {
+        size.took(DEAD_PART_TARGET * 2);
+    }
+    assert_eq!(size.entries(), 1, "a whole group at least");
+    for _ in 0..20 {
+        size.took(std::time::Duration::ZERO);
+    }
+    assert_eq!(size.entries(), PartSize::MAX);
 }
