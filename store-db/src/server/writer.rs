@@ -196,11 +196,11 @@ impl WriterHandle {
     /// workers each time an addition found the writer free between two parts, and with the
     /// other one waiting for the temp-roots lock that part held, no request was served at all.
     fn combine(&self) {
-        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
-        if !self.combine_round(on_runtime) {
+        let runtime = tokio::runtime::Handle::try_current();
+        if !self.combine_round(runtime.is_ok()) {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
+        match runtime {
             Ok(rt) => {
                 let this = self.clone();
                 rt.spawn_blocking(move || this.combine_all());
