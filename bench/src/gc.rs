@@ -41,7 +41,10 @@ pub const PATHS: usize = 100_000;
 pub const QUICK_PATHS: usize = 2_000;
 const GROUP: usize = 50;
 const WRITERS: usize = 4;
-const IDLE: Duration = Duration::from_secs(3);
+/// How long the idle latencies are sampled: about 5,000 operations per loop, so that the idle
+/// p99 (the ratio's denominator) is the 50th longest, not the 15th (3 s moved it between 1.3
+/// and 6.5 ms from run to run on the 2-core VM).
+const IDLE: Duration = Duration::from_secs(10);
 /// One probe operation per loop every this long (see the module docs).
 const PACE: Duration = Duration::from_millis(2);
 

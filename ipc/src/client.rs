@@ -36,6 +36,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ErrorKind, LinkError, LinkRequest};
 use crate::frame::{exchange_hello, read_frame, write_frame, FrameError, ToClient, ToServer};
+use crate::quiet::QuietStream;
 use crate::LinkSpec;
 
 /// The deadline of a call when its client was not given another: a component that cannot
@@ -216,7 +217,8 @@ where
                 return Ok(c.clone());
             }
         }
-        let mut stream = UnixStream::connect(&self.path).await?;
+        // Registered for reading only: see [`crate::quiet`].
+        let mut stream = QuietStream::from_unix(UnixStream::connect(&self.path).await?)?;
         exchange_hello(&mut stream, self.spec, &self.who).await?;
         let (rd, mut wr) = stream.into_split();
         // Frames are read from a buffer (one system call for many small frames, not two each).

@@ -26,6 +26,7 @@ pub mod error;
 pub mod frame;
 pub mod gc;
 pub mod job;
+pub mod quiet;
 pub mod server;
 pub mod store_db;
 pub mod substituter;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::frame::{
     encode_frame, exchange_hello, read_frame, FrameError, Hello, ToClient, ToServer, READ_BUFFER, WRITE_BATCH,
 };
+use crate::quiet::QuietStream;
 use crate::LinkSpec;
 
 /// Encoded frames waiting to be written on one connection.
@@ -166,11 +167,13 @@ pub async fn serve_until_signalled<H: Handler>(
 }
 
 pub async fn serve_connection<H: Handler>(
-    mut stream: UnixStream,
+    stream: UnixStream,
     spec: LinkSpec,
     who: &str,
     handler: Arc<H>,
 ) -> Result<(), ServerError> {
+    // Registered for reading only: see [`crate::quiet`].
+    let mut stream = QuietStream::from_unix(stream).map_err(FrameError::Io)?;
     let peer = Arc::new(exchange_hello(&mut stream, spec, who).await?);
     let (rd, mut wr) = stream.into_split();
     // Frames are read from a buffer (one system call for many small frames, not two each).

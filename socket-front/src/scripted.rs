@@ -593,3 +593,50 @@ async fn verify_store_invalidates_a_vanished_path() {
     assert!(!rig.backend().is_valid(&gone.path).unwrap());
     assert!(rig.backend().is_valid(&kept.path).unwrap());
 }
+
+/// A client's socket is watched for reading only (`guix_ipc::quiet`): the daemon is not woken
+/// each time its client reads a reply. Through the accept loop and a real Unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_clients_socket_is_watched_for_reading_only() {
+    use guix_ipc::component::InheritedListener;
+    use guix_ipc::quiet::watched_events;
+    const EPOLLOUT: u32 = 0x4;
+    let rig = Rig::new();
+    let path = rig._dir.path().join("client.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let ids = Arc::new(crate::server::ConnIds::new(1));
+    tokio::spawn(crate::server::accept_loop(rig.shared.clone(), ids, InheritedListener::Unix(listener)));
+    let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let client = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        client.write_all(&hello(V)).unwrap();
+        let mut got = vec![0u8; server_hello().len()];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, server_hello());
+        client
+    })
+    .await
+    .unwrap();
+    // The daemon's end: the connected socket bound to our path in /proc/net/unix (accepted
+    // sockets carry their listener's address), found among our descriptors by its inode.
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let inodes: Vec<String> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && w[7] == path.to_str().unwrap() && w[5] == "03")
+        .map(|w| w[6].to_owned())
+        .collect();
+    assert_eq!(inodes.len(), 1, "one accepted connection: {inodes:?}");
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == format!("socket:[{}]", inodes[0])))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .expect("the accepted socket is open here");
+    let masks = watched_events(fd).unwrap();
+    assert!(!masks.is_empty(), "the accepted socket is not registered with the runtime");
+    assert!(masks.iter().all(|m| m & EPOLLOUT == 0), "watched for writability: {masks:x?}");
+    drop(client);
+}

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use guix_ipc::component::InheritedListener;
+use guix_ipc::quiet::QuietStream;
 use guix_ipc::store_db::ConnId;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixListener};
@@ -45,8 +46,15 @@ pub async fn accept_loop<B: StoreBackend>(
                             Ok(c) => Peer { uid: Some(c.uid()), pid: c.pid() },
                             Err(_) => Peer { uid: None, pid: None },
                         };
-                        let id = ids.next();
-                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
+                        // Registered for reading only (see `guix_ipc::quiet`): not woken each
+                        // time the client reads a reply.
+                        match QuietStream::from_unix(stream) {
+                            Ok(stream) => {
+                                let id = ids.next();
+                                tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
+                            }
+                            Err(e) => eprintln!("guix-socket-front: dropping a connection: {e}"),
+                        }
                     }
                     Err(e) => pause_after(&e).await,
                 }
@@ -58,9 +66,14 @@ pub async fn accept_loop<B: StoreBackend>(
                 match l.accept().await {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        let id = ids.next();
-                        let peer = Peer { uid: None, pid: None };
-                        tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
+                        match QuietStream::from_tcp(stream) {
+                            Ok(stream) => {
+                                let id = ids.next();
+                                let peer = Peer { uid: None, pid: None };
+                                tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
+                            }
+                            Err(e) => eprintln!("guix-socket-front: dropping a connection: {e}"),
+                        }
                     }
                     Err(e) => pause_after(&e).await,
                 }
