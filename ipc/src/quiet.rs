@@ -34,35 +34,26 @@ pub trait Socket: AsRawFd + AsFd + Into<OwnedFd> + Send + Sync + 'static {
     fn set_nonblocking(&self) -> io::Result<()>;
 }
 
-impl Socket for std::os::unix::net::UnixStream {
-    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn set_nonblocking(&self) -> io::Result<()> {
-        std::os::unix::net::UnixStream::set_nonblocking(self, true)
-    }
+/// The standard library's stream sockets: reads and writes through `&T`.
+macro_rules! std_socket {
+    ($($t:ty),*) => {$(
+        impl Socket for $t {
+            fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+                (&*self).read(buf)
+            }
+            fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+                (&*self).write(buf)
+            }
+            fn shutdown_write(&self) -> io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+            fn set_nonblocking(&self) -> io::Result<()> {
+                <$t>::set_nonblocking(self, true)
+            }
+        }
+    )*};
 }
-
-impl Socket for std::net::TcpStream {
-    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
-    }
-    fn set_nonblocking(&self) -> io::Result<()> {
-        std::net::TcpStream::set_nonblocking(self, true)
-    }
-}
+std_socket!(std::os::unix::net::UnixStream, std::net::TcpStream);
 
 /// A socket registered for readability only (see the module docs). Must be made inside a
 /// tokio runtime with I/O enabled.
