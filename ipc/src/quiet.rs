@@ -88,10 +88,6 @@ impl<T: Socket> QuietStream<T> {
         Ok(QuietStream { read: QuietRead { io: io.clone() }, write: QuietWrite { io, blocked: None } })
     }
 
-    pub fn get_ref(&self) -> &T {
-        self.read.io.get_ref()
-    }
-
     pub fn into_split(self) -> (QuietRead<T>, QuietWrite<T>) {
         (self.read, self.write)
     }

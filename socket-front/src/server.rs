@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use guix_ipc::component::InheritedListener;
-use guix_ipc::quiet::QuietStream;
+use guix_ipc::quiet::{QuietStream, Socket};
 use guix_ipc::store_db::ConnId;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, UnixListener};
@@ -46,15 +46,7 @@ pub async fn accept_loop<B: StoreBackend>(
                             Ok(c) => Peer { uid: Some(c.uid()), pid: c.pid() },
                             Err(_) => Peer { uid: None, pid: None },
                         };
-                        // Registered for reading only (see `guix_ipc::quiet`): not woken each
-                        // time the client reads a reply.
-                        match QuietStream::from_unix(stream) {
-                            Ok(stream) => {
-                                let id = ids.next();
-                                tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
-                            }
-                            Err(e) => eprintln!("guix-socket-front: dropping a connection: {e}"),
-                        }
+                        start(&shared, &ids, peer, QuietStream::from_unix(stream));
                     }
                     Err(e) => pause_after(&e).await,
                 }
@@ -66,19 +58,28 @@ pub async fn accept_loop<B: StoreBackend>(
                 match l.accept().await {
                     Ok((stream, _)) => {
                         let _ = stream.set_nodelay(true);
-                        match QuietStream::from_tcp(stream) {
-                            Ok(stream) => {
-                                let id = ids.next();
-                                let peer = Peer { uid: None, pid: None };
-                                tokio::spawn(serve(shared.clone(), id, peer, BufReader::with_capacity(4096, stream)));
-                            }
-                            Err(e) => eprintln!("guix-socket-front: dropping a connection: {e}"),
-                        }
+                        start(&shared, &ids, Peer { uid: None, pid: None }, QuietStream::from_tcp(stream));
                     }
                     Err(e) => pause_after(&e).await,
                 }
             }
         }
+    }
+}
+
+/// Serves an accepted connection, registered for reading only (see `guix_ipc::quiet`: not
+/// woken each time the client reads a reply); one that cannot be registered is dropped.
+fn start<B: StoreBackend, T: Socket>(
+    shared: &Arc<Shared<B>>,
+    ids: &ConnIds,
+    peer: Peer,
+    stream: std::io::Result<QuietStream<T>>,
+) {
+    match stream {
+        Ok(stream) => {
+            tokio::spawn(serve(shared.clone(), ids.next(), peer, BufReader::with_capacity(4096, stream)));
+        }
+        Err(e) => eprintln!("guix-socket-front: dropping a connection: {e}"),
     }
 }
 
