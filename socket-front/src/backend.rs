@@ -246,8 +246,12 @@ mod storedb_tests {
                 if matches!(req, StoreDbRequest::SyncConnections { .. }) {
                     tokio::time::sleep(me.sync_delay).await;
                 }
-                if let Some(StoreDbRequest::AddItems { conn, items }) = me.roots.take(req) {
-                    me.roots.add(&conn, items.into_iter().map(|i| i.path));
+                match me.roots.take(req) {
+                    Ok(settle) => settle.settled().await,
+                    Err(StoreDbRequest::AddItems { conn, items }) => {
+                        me.roots.add(&conn, items.into_iter().map(|i| i.path)).settled().await
+                    }
+                    Err(_) => {}
                 }
                 StoreDbReply::Ok
             }

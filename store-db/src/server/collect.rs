@@ -4,10 +4,10 @@
 //! The gc computes what is live from its roots and a snapshot of the database, and sends the
 //! dead store entries in batches, everything that keeps an entry alive before it or in the
 //! same batch ([`guix_ipc::store_db::DeadEntry`]). Its snapshot may be stale; this module
-//! decides against the present, holding the temp-roots lock ([`TempRoots::deletion`], which
-//! every temp-root addition takes) from the first check to the last rename, and running in
-//! the writer (which every registration goes through), so no root and no registration can
-//! come in between:
+//! decides against the present, with the part's names marked from the first check to the
+//! last rename ([`TempRoots::deletion`]: an addition of a temp root for one of them is
+//! answered only after the part), and running in the writer (which every registration goes
+//! through), so no root and no registration can come in between:
 //! 1. an entry is refused if it is a temp root, or became one since the collection began, or
 //!    is `<P>.lock` / `<P>.chroot` of such a `P`; if its validity is not the one the gc saw
 //!    (a path registered since the gc's snapshot is not known to be dead); or if it is one of
@@ -135,7 +135,8 @@ pub enum Step {
 pub const PART_NICE: i32 = 10;
 
 /// The part running now, at [`PART_NICE`]: a request that comes to wait for it (queued for the
-/// writer, or for the temp-roots lock the part holds) boosts it back to normal priority.
+/// writer, or adding a temp root for a name the part decides) boosts it back to normal
+/// priority.
 pub static PART: guix_store::sched::Lowered = guix_store::sched::Lowered::new();
 
 /// How many entries a part of a collection takes, learned from the parts before (kept by the
@@ -256,6 +257,17 @@ pub fn freed_by(d: &Deleted) -> u64 {
     }
 }
 
+/// The paths whose temp roots keep the entry `name`: itself if it is a store path name, and
+/// the owner `P` of `<P>.lock` and `<P>.chroot` (which parse as store paths too).
+fn marked_names(name: &str) -> impl Iterator<Item = StorePath> {
+    let path = StorePath::from_base_name(name).ok();
+    let owner = name
+        .strip_suffix(".lock")
+        .or_else(|| name.strip_suffix(".chroot"))
+        .and_then(|base| StorePath::from_base_name(base).ok());
+    path.into_iter().chain(owner)
+}
+
 /// Runs one batch (see the module docs).
 pub fn delete_dead(
     db: &mut DbWriter,
@@ -263,7 +275,7 @@ pub fn delete_dead(
     layout: &StoreLayout,
     batch: DeadBatch,
 ) -> Result<DeleteOutcome, BatchError> {
-    let mut guard = roots.deletion();
+    let mut guard = roots.deletion(batch.entries.iter().flat_map(|e| marked_names(&e.name)));
     guard.touch(batch.collection).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
     // Steps 1 to 3 and the invalidation share one transaction; the files move once it has
     // committed.
@@ -349,7 +361,7 @@ impl From<crate::Error> for BatchError {
 }
 
 /// Steps 1 to 3 and the invalidation of step 4, in the writer's transaction
-/// ([`DbWriter::in_one_transaction`]), holding the temp-roots lock.
+/// ([`DbWriter::in_one_transaction`]), the part's names marked.
 fn decide(
     db: &mut DbWriter,
     guard: &super::roots::DeletionGuard<'_>,
@@ -380,15 +392,10 @@ fn decide(
             kept.push((e.name, KeptBecause::ValidityChanged));
             continue;
         }
-        // `<P>.lock` and `<P>.chroot` parse as store paths too: both names count.
-        let owner = e
-            .name
-            .strip_suffix(".lock")
-            .or_else(|| e.name.strip_suffix(".chroot"))
-            .and_then(|base| StorePath::from_base_name(base).ok());
         let mut rooted = false;
-        for p in path.iter().chain(owner.iter()) {
-            rooted |= guard.rooted(batch.collection, p).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
+        for p in marked_names(&e.name) {
+            rooted |=
+                guard.rooted(batch.collection, &p).map_err(|_| BatchError::UnknownCollection(batch.collection))?;
         }
         if rooted {
             kept.push((e.name, KeptBecause::TempRoot));

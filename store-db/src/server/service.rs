@@ -142,8 +142,15 @@ impl StoreDb {
                 )));
             }
         }
-        // Temp-root messages: applied by `TempRoots` under its lock (see `roots`).
-        let Some(req) = self.temp_roots.take(req) else { return StoreDbReply::Ok };
+        // Temp-root messages: applied by `TempRoots` at once, answered once settled (see
+        // `roots`).
+        let req = match self.temp_roots.take(req) {
+            Ok(settle) => {
+                settle.settled().await;
+                return StoreDbReply::Ok;
+            }
+            Err(req) => req,
+        };
         let res = match req {
             StoreDbRequest::AddItems { conn, items } => self.add_items(peer, &conn, items, false).await,
             StoreDbRequest::ReplaceItems { conn, items } => self.add_items(peer, &conn, items, true).await,
@@ -222,7 +229,7 @@ impl StoreDb {
         // As `addToStore`: the path is a temp root of the connection before it is valid. Also
         // when the request fails: the holder counts on store-db holding the roots of every
         // request it got an answer to.
-        self.temp_roots.add(conn, items.iter().map(|i| i.path.clone()));
+        self.temp_roots.add(conn, items.iter().map(|i| i.path.clone())).settled().await;
         if let Some(bad) = items.iter().find_map(|i| check_item(i).err()) {
             // socket-front removes its own copies (we do not walk its directory).
             if peer == Peer::Root {

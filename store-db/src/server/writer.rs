@@ -194,7 +194,8 @@ impl WriterHandle {
     /// A collection's part is never run on the caller's thread, a runtime worker: it waits for
     /// the blocking pool. Run there, a part (up to milliseconds) took one of store-db's two
     /// workers each time an addition found the writer free between two parts, and with the
-    /// other one waiting for the temp-roots lock that part held, no request was served at all.
+    /// other one waiting for the temp-roots lock that part held (then for all of the part; now
+    /// only a moment), no request was served at all.
     fn combine(&self) {
         let runtime = tokio::runtime::Handle::try_current();
         if !self.combine_round(runtime.is_ok()) {

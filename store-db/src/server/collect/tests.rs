@@ -164,7 +164,7 @@ fn a_root_added_during_the_collection_saves_its_closure_even_when_released() {
     f.add(&c, &[&b], None, &[]);
     f.roots.sync(&stamp(0, 0).holder, 1, vec![], true);
     let (id, _) = f.roots.begin_collection().unwrap();
-    f.roots.add(&stamp(7, 2), [c.clone()]);
+    assert!(f.roots.add(&stamp(7, 2), [c.clone()]).is_settled());
     f.roots.close(&stamp(7, 3));
     let all = [(c.base_name(), true), (b.base_name(), true), (a.base_name(), true)];
     let entries: Vec<(&str, bool)> = all.iter().map(|(n, v)| (n.as_str(), *v)).collect();
@@ -191,7 +191,7 @@ fn invalid_entries_locks_of_roots_validity_changes_and_reserved_names() {
     std::fs::create_dir_all(f.layout.store_path.join(".links")).unwrap();
     f.roots.sync(&stamp(0, 0).holder, 1, vec![], true);
     let (id, _) = f.roots.begin_collection().unwrap();
-    f.roots.add(&stamp(3, 2), [out.clone()]);
+    assert!(f.roots.add(&stamp(3, 2), [out.clone()]).is_settled());
     let o = f
         .run(
             id,
