@@ -142,6 +142,16 @@ fn journal<'a>(collections: &mut HashMap<CollectionId, Collection>, paths: impl 
     }
 }
 
+/// Takes one off `path`'s count, forgetting it at zero.
+fn count_down(counts: &mut HashMap<StorePath, u32>, path: &StorePath) {
+    if let Some(n) = counts.get_mut(path) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(path);
+        }
+    }
+}
+
 /// What store-db knows of one holder (see the module docs for the rules).
 #[derive(Debug, Default)]
 struct HolderRoots {
@@ -190,13 +200,8 @@ impl HolderRoots {
     /// A connection's roots are gone.
     fn forget(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
-        for p in c.roots {
-            if let std::collections::hash_map::Entry::Occupied(mut e) = self.counts.entry(p) {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
-                    e.remove();
-                }
-            }
+        for p in &c.roots {
+            count_down(&mut self.counts, p);
         }
     }
 
@@ -322,8 +327,7 @@ impl TempRoots {
         if let Some(h) = holder(holders, newest, &stamp.holder) {
             h.add(stamp.conn, stamp.seq, paths.iter().cloned(), collections);
         }
-        let clash = if deciding.is_empty() { Vec::new() } else { clashing(deciding, &paths) };
-        Settle { roots: self, clash }
+        Settle { roots: self, clash: clashing(deciding, &paths) }
     }
 
     /// A holder's connection ended: its roots go away.
@@ -514,12 +518,7 @@ impl Drop for DeletionGuard<'_> {
         {
             let mut inner = self.roots.lock();
             for n in &self.names {
-                if let std::collections::hash_map::Entry::Occupied(mut e) = inner.deciding.entry(n.clone()) {
-                    *e.get_mut() -= 1;
-                    if *e.get() == 0 {
-                        e.remove();
-                    }
-                }
+                count_down(&mut inner.deciding, n);
             }
         }
         self.roots.part_ended.notify_waiters();
